@@ -1,0 +1,13 @@
+"""lazyadam: a compiler for LazyAdam optimizer kernels (C/OpenMP and CUDA) and the optimizer over them."""
+
+__version__ = "0.1.0"
+
+from .codegen import Source, Spec, SpecError, generate, stages  # noqa: E402
+from .errors import (CompilationError, CompilerNotFoundError, KernelError,  # noqa: E402
+                     TargetUnavailableError)
+from .targets import compile  # noqa: E402
+from .targets.base import HParams  # noqa: E402
+
+__all__ = ["Spec", "SpecError", "Source", "HParams", "generate", "stages", "compile",
+           "CompilationError", "CompilerNotFoundError", "KernelError", "TargetUnavailableError",
+           "__version__"]

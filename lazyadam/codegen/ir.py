@@ -1,0 +1,236 @@
+"""The IR: the update rule as a small expression tree, and its lowering from a spec.
+
+A kernel has three parts:
+
+- `scalars`: per-step values computed once per call, before the loop, in double precision and then
+  stored in the parameter dtype (`lr_t`, `1 - beta1`, ...). Filled by `passes.hoist_invariants`.
+- `grad`: the effective gradient of one occurrence (one element of a dense gradient, or one element of
+  one row of a sparse gradient, before duplicates are summed).
+- `update`: the Adam update of one element, given the (summed) effective gradient `g`.
+
+Expressions refer to hyperparameters (`Param`, fields of `lazyadam_hparams`), to per-element values
+(`Elem`: the arrays `var`, `m`, `v`, `vmax`, the raw gradient `grad` and the effective gradient `g`),
+and to hoisted scalars (`Scalar`). `Switch` nodes are feature gates resolved by
+`passes.drop_dead_terms`; `Named` marks a subexpression that hoisting should keep under a readable
+name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Callable, Union
+
+from .spec import Spec
+
+#: Fields of `lazyadam_hparams`, in ABI order.
+HPARAMS = ("lr", "beta1", "beta2", "eps", "weight_decay", "loss_scale", "beta1_power", "beta2_power")
+
+
+@dataclass(frozen=True)
+class Const:
+    value: float
+
+
+@dataclass(frozen=True)
+class Param:
+    """A field of `lazyadam_hparams` (double)."""
+    name: str
+
+
+@dataclass(frozen=True)
+class Elem:
+    """The current value of one element of a per-element quantity."""
+    name: str
+
+
+@dataclass(frozen=True)
+class Scalar:
+    """A hoisted per-step scalar, stored in the parameter dtype."""
+    name: str
+
+
+@dataclass(frozen=True)
+class Unary:
+    op: str  # "-"
+    x: Expr
+
+
+@dataclass(frozen=True)
+class Binary:
+    op: str  # "+", "-", "*", "/"
+    a: Expr
+    b: Expr
+
+
+@dataclass(frozen=True)
+class Call:
+    fn: str  # "sqrt", "max"
+    args: tuple[Expr, ...]
+
+
+@dataclass(frozen=True)
+class Switch:
+    """`on` where the spec switch `flag` is set (see `Spec.flag`), `off` otherwise."""
+    flag: str
+    on: Expr
+    off: Expr
+
+
+@dataclass(frozen=True)
+class Named:
+    """A subexpression that keeps the name `name` when hoisted."""
+    name: str
+    x: Expr
+
+
+Expr = Union[Const, Param, Elem, Scalar, Unary, Binary, Call, Switch, Named]
+
+
+@dataclass(frozen=True)
+class Assign:
+    """`target = expr` for one element; `when` gates the whole statement (a spec switch or None)."""
+    target: str
+    expr: Expr
+    when: str | None = None
+
+
+@dataclass(frozen=True)
+class Let:
+    """A hoisted scalar: `name = expr`, evaluated once per call."""
+    name: str
+    expr: Expr
+
+
+@dataclass(frozen=True)
+class Kernel:
+    spec: Spec
+    grad: tuple[Assign, ...]
+    update: tuple[Assign, ...]
+    scalars: tuple[Let, ...] = field(default=())
+
+    @property
+    def arrays(self) -> tuple[str, ...]:
+        """The state arrays the kernel reads and writes, in ABI order."""
+        return ("var", "m", "v", "vmax") if self.spec.amsgrad else ("var", "m", "v")
+
+    def with_statements(self, fn: Callable[[Assign], Assign | None]) -> Kernel:
+        """A copy with `fn` applied to every statement of `grad` and `update` (None drops one)."""
+        def apply(stmts):
+            return tuple(s for s in map(fn, stmts) if s is not None)
+        return replace(self, grad=apply(self.grad), update=apply(self.update))
+
+
+def children(e: Expr) -> tuple[Expr, ...]:
+    if isinstance(e, Unary):
+        return (e.x,)
+    if isinstance(e, Binary):
+        return (e.a, e.b)
+    if isinstance(e, Call):
+        return e.args
+    if isinstance(e, Switch):
+        return (e.on, e.off)
+    if isinstance(e, Named):
+        return (e.x,)
+    return ()
+
+
+def rebuild(e: Expr, kids: tuple[Expr, ...]) -> Expr:
+    """`e` with its children replaced by `kids`."""
+    if isinstance(e, Unary):
+        return Unary(e.op, kids[0])
+    if isinstance(e, Binary):
+        return Binary(e.op, kids[0], kids[1])
+    if isinstance(e, Call):
+        return Call(e.fn, tuple(kids))
+    if isinstance(e, Switch):
+        return Switch(e.flag, kids[0], kids[1])
+    if isinstance(e, Named):
+        return Named(e.name, kids[0])
+    return e
+
+
+def transform(e: Expr, fn: Callable[[Expr], Expr]) -> Expr:
+    """Rewrites bottom-up: children first, then `fn` on the rebuilt node."""
+    kids = children(e)
+    if kids:
+        e = rebuild(e, tuple(transform(k, fn) for k in kids))
+    return fn(e)
+
+
+def walk(e: Expr):
+    """Yields every node of `e`, parents before children."""
+    yield e
+    for k in children(e):
+        yield from walk(k)
+
+
+# Small constructors so that the rule below reads like the math.
+def _p(name: str) -> Param:
+    return Param(name)
+
+
+def _e(name: str) -> Elem:
+    return Elem(name)
+
+
+def _add(a, b):
+    return Binary("+", a, b)
+
+
+def _sub(a, b):
+    return Binary("-", a, b)
+
+
+def _mul(a, b):
+    return Binary("*", a, b)
+
+
+def _div(a, b):
+    return Binary("/", a, b)
+
+
+def _sqrt(x):
+    return Call("sqrt", (x,))
+
+
+ONE = Const(1.0)
+
+
+# [Spec] -> [ir.Kernel]
+def lower(spec: Spec) -> Kernel:
+    """Writes the LazyAdam rule of SEMANTICS.md, every option included behind a `Switch`."""
+    spec.validate()
+    beta1, beta2, eps, lr, wd = _p("beta1"), _p("beta2"), _p("eps"), _p("lr"), _p("weight_decay")
+    w, m, v, vmax, g = _e("var"), _e("m"), _e("v"), _e("vmax"), _e("g")
+    one_minus_beta1 = Named("one_minus_beta1", _sub(ONE, beta1))
+    one_minus_beta2 = Named("one_minus_beta2", _sub(ONE, beta2))
+
+    # Effective gradient of one occurrence: g = grad/loss_scale; maximize negates it (PyTorch's order:
+    # before the decay); coupled L2 decay adds wd*w.
+    grad = (
+        Assign("g", _div(_e("grad"), _p("loss_scale"))),
+        Assign("g", Unary("-", g), when="maximize"),
+        Assign("g", _add(g, _mul(wd, w)), when="decay=l2"),
+    )
+
+    vhat = Switch("amsgrad", vmax, v)
+    numerator = Switch("nesterov", _add(_mul(beta1, m), _mul(one_minus_beta1, g)), m)
+    # MindSpore: lr_t = lr*sqrt(1 - beta2^t)/(1 - beta1^t);  w -= lr_t*num/(sqrt(v) + eps)
+    lr_t = Named("lr_t", _div(_mul(lr, _sqrt(_sub(ONE, _p("beta2_power")))),
+                              _sub(ONE, _p("beta1_power"))))
+    mindspore = _sub(w, _div(_mul(lr_t, numerator), _add(_sqrt(vhat), eps)))
+    # PyTorch: w -= lr/(1 - beta1^t) * num/(sqrt(v)/sqrt(1 - beta2^t) + eps)
+    step_size = Named("step_size", _div(lr, _sub(ONE, _p("beta1_power"))))
+    bias2_sqrt = Named("bias_correction2_sqrt", _sqrt(_sub(ONE, _p("beta2_power"))))
+    pytorch = _sub(w, _div(_mul(step_size, numerator), _add(_div(_sqrt(vhat), bias2_sqrt), eps)))
+
+    update = (
+        Assign("m", _add(_mul(beta1, m), _mul(one_minus_beta1, g))),
+        Assign("v", _add(_mul(beta2, v), _mul(_mul(one_minus_beta2, g), g))),
+        Assign("vmax", Call("max", (vmax, v)), when="amsgrad"),
+        # AdamW: w *= 1 - lr*wd before the Adam step, on the updated elements only.
+        Assign("var", _mul(w, Named("decay_factor", _sub(ONE, _mul(lr, wd)))),
+               when="decay=decoupled"),
+        Assign("var", Switch("eps_mode=pytorch", pytorch, mindspore)),
+    )
+    return Kernel(spec=spec, grad=grad, update=update)

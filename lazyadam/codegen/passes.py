@@ -1,0 +1,126 @@
+"""Passes over `ir.Kernel`: each `(Kernel) -> Kernel`, pure, and printable between stages.
+
+    lower -> fold_constants -> drop_dead_terms -> hoist_invariants
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+from .ir import (Assign, Binary, Call, Const, Elem, Expr, Kernel, Let, Named, Param, Scalar, Switch,
+                 Unary, children, rebuild, transform, walk)
+
+
+# [ir.Kernel] -> [ir.Kernel]
+def fold_constants(kernel: Kernel) -> Kernel:
+    """Replaces static hyperparameters by constants and folds what then becomes constant.
+
+    Constant arithmetic is evaluated in double precision, the precision in which per-step scalars are
+    computed at run time, so a static and a runtime hyperparameter give bitwise the same kernel output.
+    Identities are only those exact in IEEE arithmetic (`x*1`, `1*x`, `x/1`, `-(-x)`); `x*0` is kept
+    because it is NaN for an infinite `x`.
+    """
+    statics = kernel.spec.statics
+
+    def fold(e: Expr) -> Expr:
+        if isinstance(e, Param) and e.name in statics:
+            return Const(float(statics[e.name]))
+        if isinstance(e, Unary):
+            if isinstance(e.x, Const):
+                return Const(-e.x.value)
+            if isinstance(e.x, Unary):
+                return e.x.x
+        if isinstance(e, Binary):
+            a, b = e.a, e.b
+            if isinstance(a, Const) and isinstance(b, Const):
+                return Const(_ARITH[e.op](a.value, b.value))
+            if e.op in "*/" and b == Const(1.0):
+                return a
+            if e.op == "*" and a == Const(1.0):
+                return b
+        if isinstance(e, Call) and e.fn == "sqrt" and isinstance(e.args[0], Const):
+            return Const(math.sqrt(e.args[0].value))
+        return e
+
+    return kernel.with_statements(lambda s: replace(s, expr=transform(s.expr, fold)))
+
+
+_ARITH = {"+": lambda a, b: a + b, "-": lambda a, b: a - b,
+          "*": lambda a, b: a * b, "/": lambda a, b: a / b}
+
+
+# [ir.Kernel] -> [ir.Kernel]
+def drop_dead_terms(kernel: Kernel) -> Kernel:
+    """Resolves every `Switch` and gated statement by the spec's flags, dropping the dead branches."""
+    spec = kernel.spec
+
+    def choose(e: Expr) -> Expr:
+        if isinstance(e, Switch):
+            return e.on if spec.flag(e.flag) else e.off
+        return e
+
+    def keep(s: Assign) -> Assign | None:
+        if s.when is not None and not spec.flag(s.when):
+            return None
+        return Assign(s.target, transform(s.expr, choose))
+
+    return kernel.with_statements(keep)
+
+
+# [ir.Kernel] -> [ir.Kernel]
+def hoist_invariants(kernel: Kernel) -> Kernel:
+    """Moves every maximal per-step subexpression out of the element loop into `scalars`.
+
+    A subexpression is per-step when it reads no element (`Elem`): `lr_t`, `1 - beta1`, `eps`, ... It is
+    computed once per call in double precision, then stored in the parameter dtype. Equal
+    subexpressions share one scalar. A `Named` subexpression keeps its name; a bare hyperparameter keeps
+    the hyperparameter's; others are numbered. Bare constants stay in the loop as literals.
+    """
+    lets: dict[Expr, str] = {}
+    taken: set[str] = set()
+
+    def name_for(e: Expr) -> str:
+        if isinstance(e, Named):
+            base = e.name
+        elif isinstance(e, Param):
+            base = e.name
+        else:
+            base = "c"
+        name, n = base, 0
+        while name in taken:
+            n += 1
+            name = f"{base}{n}"
+        taken.add(name)
+        return name
+
+    def hoist(e: Expr) -> Expr:
+        if _invariant(e) and not isinstance(e, Const):
+            body = _strip_names(e)
+            if body not in lets:
+                lets[body] = name_for(e)
+            return Scalar(lets[body])
+        if isinstance(e, Named):
+            return hoist(e.x)
+        kids = children(e)
+        if not kids:
+            return e
+        return rebuild(e, tuple(hoist(k) for k in kids))
+
+    kernel = kernel.with_statements(lambda s: replace(s, expr=hoist(s.expr)))
+    scalars = tuple(Let(name, body) for body, name in lets.items())
+    return replace(kernel, scalars=kernel.scalars + scalars)
+
+
+def _invariant(e: Expr) -> bool:
+    return not any(isinstance(n, (Elem, Scalar)) for n in walk(e))
+
+
+def _strip_names(e: Expr) -> Expr:
+    return transform(e, lambda n: n.x if isinstance(n, Named) else n)
+
+
+#: The passes in order, by name: the stages `lazyadam ir` prints.
+PIPELINE = (("fold_constants", fold_constants),
+            ("drop_dead_terms", drop_dead_terms),
+            ("hoist_invariants", hoist_invariants))

@@ -1,0 +1,105 @@
+"""What every target shares: the per-call hyperparameters and the checks a kernel call makes.
+
+A target (`c.py`, `cuda.py`) says whether it can run here, names its compiler (for the cache key),
+renders, builds and loads. A loaded kernel is called as
+
+    kernel(var, m, v, grad, hp)                      # dense
+    kernel(var, m, v, (indices, values), hp)         # lazy sparse
+    kernel(var, m, v, ..., hp, vmax=vmax)            # amsgrad
+
+and checks every argument before the kernel runs: on an error nothing is written.
+"""
+
+from __future__ import annotations
+
+from dataclasses import astuple, dataclass
+from typing import Any
+
+import numpy as np
+
+from ..codegen.ir import HPARAMS
+from ..codegen.spec import Spec
+
+
+@dataclass(frozen=True)
+class HParams:
+    """The fields of `lazyadam_hparams` for one call. `beta*_power` are beta^t of this step."""
+
+    lr: float
+    beta1: float
+    beta2: float
+    eps: float
+    weight_decay: float
+    loss_scale: float
+    beta1_power: float
+    beta2_power: float
+
+    @classmethod
+    def at_step(cls, t: int, lr: float = 1e-3, beta1: float = 0.9, beta2: float = 0.999,
+                eps: float = 1e-8, weight_decay: float = 0.0, loss_scale: float = 1.0) -> HParams:
+        """Hyperparameters for step `t` (1 on the first step), with beta^t computed here."""
+        return cls(lr, beta1, beta2, eps, weight_decay, loss_scale, beta1 ** t, beta2 ** t)
+
+    def as_tuple(self) -> tuple[float, ...]:
+        return astuple(self)
+
+
+assert tuple(HParams.__dataclass_fields__) == HPARAMS, "HParams must follow the C struct"
+
+
+def check_arrays(spec: Spec, var: Any, m: Any, v: Any, vmax: Any, grad: Any) -> None:
+    """Raises TypeError/ValueError naming the offending argument if a call would be wrong.
+
+    Works on anything with `shape` and `dtype` (numpy arrays, and device arrays wrapped by the CUDA
+    target); contiguity and writability are checked where the array exposes numpy-style `flags`.
+    """
+    dtype = np.dtype(spec.dtype)
+    if spec.amsgrad != (vmax is not None):
+        raise TypeError("vmax is required by amsgrad kernels and only by them")
+    state = {"var": var, "m": m, "v": v} | ({"vmax": vmax} if spec.amsgrad else {})
+    for name, arr in state.items():
+        _check(name, arr, dtype, writable=True)
+        if arr.shape != var.shape:
+            raise ValueError(f"{name} has shape {arr.shape}, var has {var.shape}")
+    if not spec.sparse:
+        _check("grad", grad, dtype)
+        if grad.shape != var.shape:
+            raise ValueError(f"grad has shape {grad.shape}, var has {var.shape}")
+        return
+    if not (isinstance(grad, tuple) and len(grad) == 2):
+        raise TypeError("a sparse kernel takes its gradient as an (indices, values) pair")
+    indices, values = grad
+    if var.ndim < 1:
+        raise ValueError("a sparse kernel needs var of rank >= 1 (rows first)")
+    _check("indices", indices, np.dtype(spec.index_dtype))
+    if indices.ndim != 1:
+        raise ValueError(f"indices must be 1-d, got shape {indices.shape}")
+    _check("values", values, dtype)
+    expected = (indices.shape[0],) + tuple(var.shape[1:])
+    if values.shape != expected:
+        raise ValueError(f"values has shape {values.shape}, expected {expected} "
+                         f"(len(indices),) + var.shape[1:]")
+
+
+def _check(name: str, arr: Any, dtype: np.dtype, writable: bool = False) -> None:
+    if not hasattr(arr, "dtype") or not hasattr(arr, "shape"):
+        raise TypeError(f"{name} must be an array, got {type(arr).__name__}")
+    if arr.dtype != dtype:
+        raise TypeError(f"{name} has dtype {arr.dtype}, this kernel takes {dtype}")
+    flags = getattr(arr, "flags", None)
+    if flags is not None:
+        if not flags.c_contiguous:
+            raise ValueError(f"{name} must be C-contiguous (use np.ascontiguousarray)")
+        if writable and not flags.writeable:
+            raise ValueError(f"{name} is read-only")
+
+
+def first_bad_index(indices: np.ndarray, rows: int) -> tuple[int, int] | None:
+    """(position, value) of the first index outside [0, rows), or None."""
+    bad = np.flatnonzero((indices < 0) | (indices >= rows))
+    return (int(bad[0]), int(indices[bad[0]])) if bad.size else None
+
+
+def index_error(indices: np.ndarray, rows: int) -> IndexError:
+    pos, value = first_bad_index(indices, rows)
+    return IndexError(f"indices[{pos}] = {value} is outside [0, {rows})")

@@ -1,0 +1,194 @@
+"""The C target: C99 + OpenMP, built by the system C compiler, loaded through cffi.
+
+Environment:
+    LAZYADAM_CC (else CC): the compiler command (default `cc`).
+    LAZYADAM_CFLAGS: extra flags, appended after the defaults.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import platform
+import shlex
+import shutil
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import cffi
+import numpy as np
+
+from ..codegen.pipeline import generate
+from ..codegen.render import Source
+from ..codegen.spec import Spec
+from ..errors import CompilationError, CompilerNotFoundError, KernelError
+from . import cache
+from .base import HParams, check_arrays, index_error
+
+#: -fno-math-errno lets sqrt vectorize (an Adam loop ran 5x slower without it); no -ffast-math: the
+#: kernels keep IEEE semantics so that they match the reference and are reproducible.
+BASE_FLAGS = ("-std=c99", "-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math",
+              "-fPIC", "-shared", "-fopenmp")
+
+name = "c"
+
+
+def compiler() -> list[str]:
+    """The compiler command, split into words."""
+    return shlex.split(os.environ.get("LAZYADAM_CC") or os.environ.get("CC") or "cc")
+
+
+def flags() -> list[str]:
+    return [*BASE_FLAGS, *shlex.split(os.environ.get("LAZYADAM_CFLAGS", ""))]
+
+
+def unavailable() -> str | None:
+    """None when the C target can build here; otherwise what is missing."""
+    cmd = compiler()
+    if not cmd or shutil.which(cmd[0]) is None:
+        tried = " ".join(cmd) or "(empty)"
+        return (f"no C compiler: tried {tried!r} (from LAZYADAM_CC, CC or the default 'cc'); "
+                "install gcc or clang, or set LAZYADAM_CC to a C compiler command")
+    return None
+
+
+@functools.lru_cache(maxsize=None)
+def _identity(cmd: tuple[str, ...]) -> dict:
+    version = subprocess.run([*cmd, "--version"], capture_output=True, text=True).stdout
+    return {
+        "compiler": " ".join(cmd),
+        "version": version.strip(),
+        "isa": _isa(),
+        "python": sys.implementation.cache_tag,
+        "cffi": cffi.__version__,
+    }
+
+
+def identity() -> dict:
+    """Everything about the toolchain and machine that can change a binary."""
+    problem = unavailable()
+    if problem:
+        raise CompilerNotFoundError(problem)
+    return _identity(tuple(compiler()))
+
+
+def _isa() -> str:
+    """The machine and, on Linux, its CPU flags (what -march=native builds for)."""
+    flags_line = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags_line = next((line for line in f if line.startswith("flags")), "")
+    except OSError:
+        pass
+    return f"{platform.machine()} {' '.join(sorted(flags_line.split(':')[-1].split()))}".strip()
+
+
+def cache_key(source: Source) -> str:
+    return cache.make_key({"target": name, "source": source.text, "header": source.header,
+                           "flags": flags(), **identity()})
+
+
+def build(source: Source, folder: Path) -> Path:
+    """Compiles `source` into `folder/<symbol>.so`; returns that path.
+
+    Raises:
+        CompilerNotFoundError: no compiler.
+        CompilationError: the compiler failed; carries its log and the source path.
+    """
+    problem = unavailable()
+    if problem:
+        raise CompilerNotFoundError(problem)
+    src = folder / source.filename
+    src.write_text(source.text)
+    (folder / f"{source.symbol}.h").write_text(source.header)
+    out = folder / f"{source.symbol}.so"
+    cmd = [*compiler(), *flags(), str(src), "-o", str(out), "-lm"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=folder)
+    log = f"$ {shlex.join(cmd)}\n{proc.stdout}{proc.stderr}"
+    (folder / "build.log").write_text(log)
+    if proc.returncode != 0 or not out.exists():
+        raise CompilationError(f"{compiler()[0]} failed to build {source.symbol} "
+                               f"(exit {proc.returncode})", log=log,
+                               log_path=folder / "build.log", source_path=src)
+    return out
+
+
+class CKernel:
+    """A compiled C kernel, called on numpy arrays in place (no copies).
+
+    The C function runs without the GIL (cffi releases it), so several Python threads can run kernels
+    at once.
+    """
+
+    def __init__(self, spec: Spec, source: Source, path: Path):
+        self.spec = spec
+        self.source = source
+        self.path = path
+        self.ffi = cffi.FFI()
+        self.ffi.cdef(source.cdef)
+        self.lib = self.ffi.dlopen(str(path))
+        self.fn = getattr(self.lib, source.symbol)
+        self._ctype = self.ffi.typeof(f"{'float' if spec.dtype == 'float32' else 'double'} *")
+        self._itype = self.ffi.typeof(f"{spec.index_dtype}_t *")
+
+    def __call__(self, var: np.ndarray, m: np.ndarray, v: np.ndarray, grad, hp: HParams,
+                 vmax: np.ndarray | None = None) -> None:
+        """One step, in place. `grad` is an array (dense) or an `(indices, values)` pair (sparse).
+
+        Raises:
+            TypeError, ValueError: a wrong dtype, shape or layout (nothing was written).
+            IndexError: an index outside [0, var.shape[0]), naming the first (nothing was written).
+        """
+        check_arrays(self.spec, var, m, v, vmax, grad)
+        ptr = self._ptr
+        state = [ptr(var), ptr(m), ptr(v)] + ([ptr(vmax)] if vmax is not None else [])
+        params = self.ffi.new("lazyadam_hparams *", hp.as_tuple())
+        if self.spec.sparse:
+            indices, values = grad
+            rows = var.shape[0]
+            row_size = var.size // rows if rows else int(np.prod(var.shape[1:]))
+            status = self.fn(*state, rows, row_size, self.ffi.cast(self._itype, indices.ctypes.data),
+                             ptr(values), indices.shape[0], params)
+            if status == self.lib.LAZYADAM_EINDEX:
+                raise index_error(indices, rows)
+        else:
+            status = self.fn(*state, ptr(grad), var.size, params)
+        if status != self.lib.LAZYADAM_OK:
+            raise KernelError(f"{self.source.symbol} returned {status}")
+
+    def _ptr(self, arr: np.ndarray):
+        return self.ffi.cast(self._ctype, arr.ctypes.data)
+
+
+_loaded: dict[str, CKernel] = {}
+_lock = threading.Lock()
+
+
+def load(spec: Spec) -> CKernel:
+    """The compiled kernel for `spec`: from this process, the disk cache, or a fresh build."""
+    source = generate(spec.validate(), "c")
+    key = cache_key(source)
+    with _lock:
+        kernel = _loaded.get(key)
+        if kernel is None:
+            kernel = _loaded[key] = _load(spec, source, key)
+        return kernel
+
+
+def _load(spec: Spec, source: Source, key: str) -> CKernel:
+    if not cache.enabled():
+        path, folder = cache.build_uncached(lambda folder: build(source, folder))
+        try:
+            return CKernel(spec, source, path)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+    def build_here(folder: Path) -> Path:
+        return build(source, folder)
+
+    artifact = f"{source.symbol}.so"
+    try:
+        return CKernel(spec, source, cache.fetch(key, artifact, build_here))
+    except OSError:  # the cache entry was deleted between fetch and dlopen: fetch (build) again
+        return CKernel(spec, source, cache.fetch(key, artifact, build_here))

@@ -1,0 +1,160 @@
+"""The on-disk kernel cache.
+
+An entry is a folder `<root>/<key[:2]>/<key>/` holding the built artifact and the files it was built
+from. The key must hash everything that can change the binary (the targets build it: rendered source,
+flags, compiler version, ISA, Python ABI).
+
+Concurrency: a builder claims an entry by creating `claim` with O_EXCL, builds in a private temporary
+folder and `os.replace`s the artifact in, so a reader never sees half a file. Others wait for the
+artifact; a failed build leaves `failed` (holding the log) so that waiters stop waiting, and a claim
+whose owner died is taken over after `STALE_SECONDS`.
+
+Environment:
+    LAZYADAM_CACHE_DIR: the cache root (default `$XDG_CACHE_HOME/lazyadam`, else `~/.cache/lazyadam`).
+    LAZYADAM_DISABLE_CACHE=1: build every kernel afresh in a temporary folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+from ..errors import CompilationError
+
+STALE_SECONDS = 600.0
+POLL_SECONDS = 0.02
+
+
+def root() -> Path:
+    """The cache directory (not created)."""
+    if os.environ.get("LAZYADAM_CACHE_DIR"):
+        return Path(os.environ["LAZYADAM_CACHE_DIR"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "lazyadam"
+
+
+def enabled() -> bool:
+    return os.environ.get("LAZYADAM_DISABLE_CACHE", "").lower() not in ("1", "true", "yes", "on")
+
+
+def make_key(parts: dict) -> str:
+    """sha256 of the canonical JSON of `parts`."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+
+def entries() -> list[Path]:
+    """Every complete or partial entry folder in the cache."""
+    base = root()
+    return sorted(p for p in base.glob("??/*") if p.is_dir()) if base.is_dir() else []
+
+
+def clear() -> int:
+    """Removes every entry; returns how many there were."""
+    found = entries()
+    for entry in found:
+        shutil.rmtree(entry, ignore_errors=True)
+    return len(found)
+
+
+def fetch(key: str, artifact: str, build: Callable[[Path], Path]) -> Path:
+    """The path of the cached `artifact` for `key`, building it with `build(folder)` if needed.
+
+    `build` writes whatever it needs into the empty `folder` it is given and returns the path of the
+    artifact it made there (it raises `CompilationError` on failure).
+
+    Raises:
+        CompilationError: the build failed, here or in another process building the same key.
+    """
+    entry = root() / key[:2] / key
+    target = entry / artifact
+    while True:
+        if target.exists():
+            return target
+        try:
+            entry.mkdir(parents=True, exist_ok=True)
+            fd = os.open(entry / "claim", os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            _wait_for_claim(entry, target)
+            continue
+        except FileNotFoundError:  # the folder was deleted between mkdir and open
+            continue
+        with os.fdopen(fd, "w") as claim:
+            claim.write(str(os.getpid()))
+        try:
+            return _build_into(entry, target, build)
+        except FileNotFoundError:  # the cache was deleted mid-build: build again
+            continue
+        finally:
+            _unlink(entry / "claim")
+
+
+def _build_into(entry: Path, target: Path, build: Callable[[Path], Path]) -> Path:
+    _unlink(entry / "failed")
+    work = Path(tempfile.mkdtemp(prefix="build-", dir=entry))
+    try:
+        try:
+            product = build(work)
+        except CompilationError as err:
+            if not work.is_dir():
+                raise FileNotFoundError(work) from err
+            _write_atomic(entry / "failed", err.log or str(err))
+            raise
+        for path in work.iterdir():  # sources and log next to the artifact, for a person to read
+            if path != product:
+                os.replace(path, entry / path.name)
+        os.replace(product, target)
+        return target
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _wait_for_claim(entry: Path, target: Path) -> None:
+    """Returns when the claim is gone (built, failed or stale); raises if the build failed."""
+    claim = entry / "claim"
+    while True:
+        if target.exists():
+            return
+        try:
+            age = time.time() - claim.stat().st_mtime
+        except FileNotFoundError:
+            failed = entry / "failed"
+            if failed.exists() and not target.exists():
+                raise CompilationError(f"another process failed to build {entry.name}",
+                                       log=_read(failed), log_path=failed)
+            return
+        if age > STALE_SECONDS:
+            _unlink(claim)
+            return
+        time.sleep(POLL_SECONDS)
+
+
+def build_uncached(build: Callable[[Path], Path]) -> tuple[Path, Path]:
+    """Builds in a fresh temporary folder; returns (artifact, folder). The caller removes the folder."""
+    work = Path(tempfile.mkdtemp(prefix="lazyadam-"))
+    return build(work), work
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError:
+        return ""
+
+
+def _unlink(path: Path) -> None:
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass
