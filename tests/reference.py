@@ -1,0 +1,152 @@
+"""A plain numpy reference for one LazyAdam step, mirroring /work/shared/SEMANTICS.md line by line.
+
+Everything is computed in float64 on copies, so the kernels (float32 or float64) can be checked
+against it with tolerances chosen by their dtype. It deliberately does not import `lazyadam`.
+"""
+
+import math
+
+import numpy as np
+
+DECAYS = ("none", "l2", "decoupled")
+EPS_MODES = ("mindspore", "pytorch")
+
+
+def _effective_gradient(grad, w, *, weight_decay, decay, loss_scale, maximize):
+    """SEMANTICS "One step" 2: `g = g/loss_scale + wd*w`, with maximize's `g = -g` in between.
+
+    The order (negate, then add the L2 term) is PyTorch's, so maximize ascends the loss but
+    still decays the weights towards zero.
+    """
+    g = grad / loss_scale
+    if maximize:
+        g = -g
+    if decay == "l2":
+        g = g + weight_decay * w
+    return g
+
+
+def _check_indices(indices, rows, values_shape, row_shape):
+    """SEMANTICS "Bad input": 1-d integer indices in `[0, rows)`, values `(len(indices),) + row`."""
+    idx = np.asarray(indices)
+    if idx.ndim != 1 or not np.issubdtype(idx.dtype, np.integer):
+        raise ValueError(f"indices must be a 1-d integer array, got shape {idx.shape} "
+                         f"and dtype {idx.dtype}")
+    if values_shape != (len(idx),) + row_shape:
+        raise ValueError(f"values have shape {values_shape}, expected {(len(idx),) + row_shape}")
+    bad = np.flatnonzero((idx < 0) | (idx >= rows))
+    if bad.size:
+        raise ValueError(f"index {int(idx[bad[0]])} at position {int(bad[0])} is outside "
+                         f"[0, {rows})")
+    return idx.astype(np.int64)
+
+
+def lazyadam_step(var, m, v, grad, *, lr, beta1, beta2, eps, beta1_power, beta2_power,
+                  indices=None, weight_decay=0.0, decay="none", loss_scale=1.0,
+                  nesterov=False, amsgrad=False, vmax=None, maximize=False, eps_mode="mindspore"):
+    """One kernel-level step, computed in float64.
+
+    Args:
+        var, m, v: the parameter and its moments (same shape).
+        grad: dense, var's shape (indices None); sparse, shape `(len(indices),) + var.shape[1:]`.
+        lr, beta1, beta2, eps: hyperparameters of this step.
+        beta1_power, beta2_power: beta^t of THIS step (t=1 on the first step), as passed to a kernel.
+        indices: None for a dense step; otherwise the rows of the lazy sparse step, in any order,
+            duplicates allowed (their effective gradients are summed in input order).
+        weight_decay: used only when decay is "l2" (added to the gradient) or "decoupled" (AdamW).
+        decay: "none", "l2" or "decoupled".
+        loss_scale: the gradient is divided by it.
+        nesterov, amsgrad, maximize: the flags of SEMANTICS.md.
+        vmax: running max of v for amsgrad; None means zeros (the first step).
+        eps_mode: "mindspore" (eps added to sqrt(v), correction folded into lr_t) or "pytorch"
+            (eps added to the bias-corrected sqrt(v_hat), as torch.optim.Adam).
+
+    Returns:
+        (var, m, v, vmax) as new float64 arrays; vmax is None unless amsgrad. Inputs are not modified.
+
+    Raises:
+        ValueError: unknown decay or eps_mode, a gradient of the wrong shape, or an index outside
+            `[0, var.shape[0])` (the message names the first one).
+    """
+    if decay not in DECAYS:
+        raise ValueError(f"decay must be one of {DECAYS}, got {decay!r}")
+    if eps_mode not in EPS_MODES:
+        raise ValueError(f"eps_mode must be one of {EPS_MODES}, got {eps_mode!r}")
+    var, m, v = (np.array(a, dtype=np.float64) for a in (var, m, v))
+    grad = np.asarray(grad, dtype=np.float64)
+    if amsgrad:
+        vmax = np.zeros_like(var) if vmax is None else np.array(vmax, dtype=np.float64)
+    else:
+        vmax = None
+    flags = dict(weight_decay=weight_decay, decay=decay, loss_scale=loss_scale, maximize=maximize)
+
+    if indices is None:
+        if grad.shape != var.shape:
+            raise ValueError(f"dense gradient has shape {grad.shape}, parameter has {var.shape}")
+        rows = ...
+        # 2. dense: g = g/loss_scale + wd*w
+        g = _effective_gradient(grad, var, **flags)
+    else:
+        idx = _check_indices(indices, var.shape[0], grad.shape, var.shape[1:])
+        rows = np.unique(idx)
+        # 2. sparse: values[i] = values[i]/loss_scale + wd*w[indices[i]] per occurrence ...
+        g_occurrence = _effective_gradient(grad, var[idx], **flags)
+        # ... then duplicate indices are summed, in input order.
+        g = np.zeros((len(rows),) + var.shape[1:])
+        for i, position in enumerate(np.searchsorted(rows, idx)):
+            g[position] += g_occurrence[i]
+
+    # 4. Only the rows in indices (every element, dense) are read and written: "lazy".
+    w, mm, vv = var[rows], m[rows], v[rows]
+    if decay == "decoupled":
+        w = w - lr * weight_decay * w                      # AdamW: w -= lr*wd*w, before the update
+    mm = beta1 * mm + (1 - beta1) * g                      # m = beta1*m + (1-beta1)*g
+    vv = beta2 * vv + (1 - beta2) * g * g                  # v = beta2*v + (1-beta2)*g*g
+    v_denominator = vv
+    if amsgrad:
+        v_denominator = np.maximum(vmax[rows], vv)         # vmax = max(vmax, v), used for v
+        vmax[rows] = v_denominator
+    numerator = beta1 * mm + (1 - beta1) * g if nesterov else mm
+    if eps_mode == "mindspore":
+        # 3. lr_t = lr * sqrt(1 - beta2_power) / (1 - beta1_power); w = w - lr_t*m/(sqrt(v) + eps)
+        lr_t = lr * math.sqrt(1 - beta2_power) / (1 - beta1_power)
+        w = w - lr_t * numerator / (np.sqrt(v_denominator) + eps)
+    else:
+        # w -= lr/(1-beta1^t) * m / (sqrt(v)/sqrt(1-beta2^t) + eps)
+        w = w - lr / (1 - beta1_power) * numerator / (
+            np.sqrt(v_denominator) / math.sqrt(1 - beta2_power) + eps)
+    var[rows], m[rows], v[rows] = w, mm, vv
+    return var, m, v, vmax
+
+
+def run_steps(var, grads, *, steps, beta1, beta2, lr, **flags):
+    """Apply `steps` steps from zero m and v (and vmax), as the optimizer would.
+
+    Args:
+        var: the initial parameter.
+        grads: one gradient per step: a dense array, or an `(indices, values)` tuple for a
+            sparse step.
+        steps: the number of steps; must equal len(grads).
+        beta1, beta2, lr: hyperparameters, fixed over the steps.
+        **flags: the other keywords of `lazyadam_step` (eps is required).
+
+    Returns:
+        The final (var, m, v, vmax) in float64; vmax is None unless flags["amsgrad"].
+
+    Raises:
+        ValueError: steps differs from len(grads), or as `lazyadam_step`.
+    """
+    if steps != len(grads):
+        raise ValueError(f"steps={steps} but {len(grads)} gradients were given")
+    var = np.array(var, dtype=np.float64)
+    m, v, vmax = np.zeros_like(var), np.zeros_like(var), None
+    beta1_power = beta2_power = 1.0
+    for grad in grads:
+        # 1. beta1_power *= beta1, beta2_power *= beta2: step t uses beta^t.
+        beta1_power *= beta1
+        beta2_power *= beta2
+        indices, values = grad if isinstance(grad, tuple) else (None, grad)
+        var, m, v, vmax = lazyadam_step(
+            var, m, v, values, lr=lr, beta1=beta1, beta2=beta2, beta1_power=beta1_power,
+            beta2_power=beta2_power, indices=indices, vmax=vmax, **flags)
+    return var, m, v, vmax

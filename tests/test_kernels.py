@@ -1,0 +1,261 @@
+"""Every C kernel variant against the numpy reference, the known values, and bad input."""
+
+from __future__ import annotations
+
+import itertools
+import subprocess
+import sys
+import textwrap
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+import lazyadam
+from lazyadam import HParams, Spec
+from reference import lazyadam_step
+
+from tolerance import assert_close
+
+FLAGS = dict(nesterov=(False, True), use_locking=(False, True), decay=("none", "l2", "decoupled"),
+             amsgrad=(False, True), maximize=(False, True), eps_mode=("mindspore", "pytorch"))
+LAYOUTS = [(False, dtype, "int64") for dtype in ("float32", "float64")] + [
+    (True, dtype, index) for dtype in ("float32", "float64") for index in ("int32", "int64")]
+ALL_SPECS = [Spec(sparse=sparse, dtype=dtype, index_dtype=index, **dict(zip(FLAGS, values)))
+             for sparse, dtype, index in LAYOUTS for values in itertools.product(*FLAGS.values())]
+
+HYPER = dict(lr=0.01, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.05, loss_scale=4.0)
+
+
+@pytest.fixture(scope="module")
+def kernels():
+    """Builds every variant once, two at a time (a cold cache takes a minute or two)."""
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        return dict(zip(ALL_SPECS, pool.map(lazyadam.compile, ALL_SPECS)))
+
+
+def sparse_grads(rng, rows, row_shape, dtype, index_dtype):
+    """Three steps: unsorted with duplicates, all-duplicates, and an empty index set."""
+    steps = [np.array([5, 1, 5, 0, 9, 1, 5], index_dtype), np.array([3, 3, 3], index_dtype),
+             np.array([], index_dtype)]
+    return [(idx, rng.standard_normal((len(idx),) + row_shape).astype(dtype)) for idx in steps]
+
+
+def run_kernel_and_reference(kernel, spec, rng, steps=3):
+    shape = (11, 2, 3) if spec.sparse else (3, 37)
+    var0 = rng.standard_normal(shape).astype(spec.dtype)
+    if spec.sparse:
+        grads = sparse_grads(rng, shape[0], shape[1:], spec.dtype, spec.index_dtype)
+    else:
+        grads = [rng.standard_normal(shape).astype(spec.dtype) for _ in range(steps)]
+    var, m, v = var0.copy(), np.zeros_like(var0), np.zeros_like(var0)
+    vmax = np.zeros_like(var0) if spec.amsgrad else None
+    ref = (var0.astype(np.float64), np.zeros(shape), np.zeros(shape),
+           np.zeros(shape) if spec.amsgrad else None)
+    flags = dict(nesterov=spec.nesterov, decay=spec.decay, amsgrad=spec.amsgrad,
+                 maximize=spec.maximize, eps_mode=spec.eps_mode)
+    for t, grad in enumerate(grads, start=1):
+        hp = HParams.at_step(t, **HYPER)
+        kernel(var, m, v, grad, hp, vmax=vmax)
+        indices, values = grad if spec.sparse else (None, grad)
+        ref = lazyadam_step(*ref[:3], values, indices=indices, vmax=ref[3], lr=hp.lr,
+                            beta1=hp.beta1, beta2=hp.beta2, eps=hp.eps,
+                            beta1_power=hp.beta1_power, beta2_power=hp.beta2_power,
+                            weight_decay=hp.weight_decay, loss_scale=hp.loss_scale, **flags)
+    return (var, m, v, vmax), ref, var0
+
+
+@pytest.mark.parametrize("spec", ALL_SPECS, ids=lambda s: s.symbol())
+def test_every_variant_matches_reference(kernels, spec, rng):
+    got, ref, var0 = run_kernel_and_reference(kernels[spec], spec, rng)
+    for name, actual, expected in zip(("var", "m", "v", "vmax"), got, ref):
+        if expected is not None:
+            assert_close(actual, expected, spec.dtype, name)
+    if spec.sparse:  # rows never named in indices are untouched, bit for bit
+        untouched = [r for r in range(var0.shape[0]) if r not in (0, 1, 3, 5, 9)]
+        np.testing.assert_array_equal(got[0][untouched], var0[untouched])
+        assert not got[1][untouched].any() and not got[2][untouched].any()
+
+
+# Known values of SEMANTICS.md (kernel level: beta1_power = 0.9, beta2_power = 0.999 passed in).
+KNOWN_HP = HParams(lr=0.001, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0, loss_scale=1.0,
+                   beta1_power=0.9, beta2_power=0.999)
+
+
+@pytest.mark.parametrize("nesterov, expected", [(False, 0.9997121), (True, 0.99973774)])
+def test_known_sparse_values(nesterov, expected):
+    kernel = lazyadam.compile(Spec(sparse=True, nesterov=nesterov))
+    var, m, v = (np.ones((3, 1, 2), np.float32) for _ in range(3))
+    kernel(var, m, v, (np.array([0, 1]), np.full((2, 1, 2), 0.1, np.float32)), KNOWN_HP)
+    np.testing.assert_allclose(var[:2], expected, rtol=1e-7)
+    np.testing.assert_allclose(m[:2], 0.91, rtol=1e-7)
+    np.testing.assert_allclose(v[:2], 0.99901, rtol=1e-7)
+    for arr in (var, m, v):
+        np.testing.assert_array_equal(arr[2], 1.0)
+
+
+def test_known_dense_value():
+    kernel = lazyadam.compile(Spec(sparse=False))
+    var, m, v = (np.ones((2, 2), np.float32) for _ in range(3))
+    kernel(var, m, v, np.ones((2, 2), np.float32), KNOWN_HP)
+    np.testing.assert_allclose(var, 0.9996838, rtol=1e-7)
+
+
+def test_duplicate_row_is_decayed_per_occurrence():
+    """SEMANTICS: wd*w is added per occurrence, before duplicates are summed."""
+    kernel = lazyadam.compile(Spec(sparse=True, decay="l2", dtype="float64"))
+    var = np.array([[2.0], [3.0]])
+    m, v = np.zeros_like(var), np.zeros_like(var)
+    hp = HParams.at_step(1, lr=0.1, weight_decay=0.5)
+    kernel(var, m, v, (np.array([1, 1]), np.array([[1.0], [1.0]])), hp)
+    g = 2 * (1.0 + 0.5 * 3.0)  # decayed twice
+    assert m[1, 0] == pytest.approx(0.1 * g, rel=1e-15)
+    assert var[0, 0] == 2.0
+
+
+def test_static_and_runtime_hyperparameters_agree_bitwise(rng):
+    """Folding a static value computes the same double the prologue would: identical output."""
+    static = {"beta1": 0.85, "beta2": 0.995, "eps": 1e-7, "loss_scale": 8.0, "weight_decay": 0.01}
+    hp = HParams.at_step(2, lr=0.003, beta1=0.85, beta2=0.995, eps=1e-7, weight_decay=0.01,
+                         loss_scale=8.0)
+    results = []
+    for spec in (Spec(sparse=True, decay="l2", nesterov=True),
+                 Spec(sparse=True, decay="l2", nesterov=True, static=static)):
+        data = np.random.default_rng(1)
+        var = data.standard_normal((20, 16)).astype(np.float32)
+        m, v = np.zeros_like(var), np.zeros_like(var)
+        idx = np.array([3, 7, 3, 19])
+        lazyadam.compile(spec)(var, m, v, (idx, data.standard_normal((4, 16)).astype(np.float32)),
+                               hp)
+        results.append((var, m, v))
+    for a, b in zip(*results):
+        np.testing.assert_array_equal(a, b)
+
+
+THREADS_SCRIPT = textwrap.dedent("""
+    import sys
+    import numpy as np
+    import lazyadam
+    from lazyadam import HParams, Spec
+
+    rng = np.random.default_rng(7)
+    out = []
+    for spec in (Spec(sparse=True, decay="l2"), Spec(sparse=False)):
+        var = rng.standard_normal((5000, 33)).astype(np.float32)
+        m, v = np.zeros_like(var), np.zeros_like(var)
+        kernel = lazyadam.compile(spec)
+        for t in range(1, 4):
+            if spec.sparse:
+                idx = (rng.zipf(1.3, 20000) % 5000).astype(np.int64)
+                grad = (idx, rng.standard_normal((idx.size, 33)).astype(np.float32))
+            else:
+                grad = rng.standard_normal(var.shape).astype(np.float32)
+            kernel(var, m, v, grad, HParams.at_step(t, weight_decay=0.1))
+        out += [var, m, v]
+    sys.stdout.buffer.write(b"".join(a.tobytes() for a in out))
+""")
+
+
+def test_result_does_not_depend_on_thread_count():
+    outputs = []
+    for threads in ("1", "2"):
+        env = {**__import__("os").environ, "OMP_NUM_THREADS": threads}
+        proc = subprocess.run([sys.executable, "-c", THREADS_SCRIPT], capture_output=True, env=env,
+                              check=True)
+        outputs.append(proc.stdout)
+    assert len(outputs[0]) > 0 and outputs[0] == outputs[1]
+
+
+# --- bad input: a clear error and nothing written ---------------------------------------------
+def _state(shape=(4, 3), dtype=np.float32):
+    var = np.arange(np.prod(shape), dtype=dtype).reshape(shape) / 10
+    return var, np.ones(shape, dtype), np.full(shape, 2.0, dtype)
+
+
+@pytest.mark.parametrize("bad, error, match", [
+    (np.array([0, 4]), IndexError, r"indices\[1\] = 4 is outside \[0, 4\)"),
+    (np.array([2, -1, 9]), IndexError, r"indices\[1\] = -1"),
+    (np.array([0, 1], np.int32), TypeError, "indices has dtype int32"),
+    (np.array([[0, 1]]), ValueError, "indices must be 1-d"),
+])
+def test_bad_indices_raise_and_write_nothing(bad, error, match):
+    kernel = lazyadam.compile(Spec(sparse=True))
+    var, m, v = _state()
+    before = [a.copy() for a in (var, m, v)]
+    values = np.ones((bad.shape[-1], 3), np.float32)
+    with pytest.raises(error, match=match):
+        kernel(var, m, v, (bad, values), KNOWN_HP)
+    for a, b in zip((var, m, v), before):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_wrong_arrays_raise_before_the_kernel_runs():
+    kernel = lazyadam.compile(Spec(sparse=False))
+    var, m, v = _state()
+    with pytest.raises(TypeError, match="grad has dtype float64"):
+        kernel(var, m, v, np.ones((4, 3)), KNOWN_HP)
+    with pytest.raises(ValueError, match=r"grad has shape \(3, 4\)"):
+        kernel(var, m, v, np.ones((3, 4), np.float32), KNOWN_HP)
+    with pytest.raises(ValueError, match="C-contiguous"):
+        kernel(var, m, v, np.ones((3, 4), np.float32).T, KNOWN_HP)
+    with pytest.raises(ValueError, match="m has shape"):
+        kernel(var, m[:2], v, np.ones((4, 3), np.float32), KNOWN_HP)
+    frozen = m.copy()
+    frozen.flags.writeable = False
+    with pytest.raises(ValueError, match="m is read-only"):
+        kernel(var, frozen, v, np.ones((4, 3), np.float32), KNOWN_HP)
+    with pytest.raises(TypeError, match="vmax is required by amsgrad kernels and only"):
+        kernel(var, m, v, np.ones((4, 3), np.float32), KNOWN_HP, vmax=v.copy())
+    sparse = lazyadam.compile(Spec(sparse=True))
+    with pytest.raises(ValueError, match=r"values has shape \(2, 4\), expected \(2, 3\)"):
+        sparse(var, m, v, (np.array([0, 1]), np.ones((2, 4), np.float32)), KNOWN_HP)
+    with pytest.raises(TypeError, match=r"\(indices, values\) pair"):
+        sparse(var, m, v, np.ones((4, 3), np.float32), KNOWN_HP)
+    np.testing.assert_array_equal(var, _state()[0])
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_mindspore_eps_mode_matches_torch_sparse_adam(dtype, rng):
+    """torch.optim.SparseAdam adds eps to sqrt(v) and folds the bias correction into the step size,
+    i.e. MindSpore's placement (torch/optim/_functional.py), not Adam's."""
+    torch = pytest.importorskip("torch", reason="torch is not installed: no cross-check")
+    shape = (50, 8)
+    var0 = rng.standard_normal(shape).astype(dtype)
+    weight = torch.tensor(var0, requires_grad=True)
+    opt = torch.optim.SparseAdam([weight], lr=0.01)
+    kernel = lazyadam.compile(Spec(sparse=True, dtype=dtype))
+    ours = [var0.copy(), np.zeros_like(var0), np.zeros_like(var0)]
+    for t, idx in enumerate([np.array([3, 17, 3, 49, 0]), np.array([8, 8]), np.array([17, 2])], 1):
+        vals = rng.standard_normal((len(idx), 8)).astype(dtype)
+        weight.grad = torch.sparse_coo_tensor(torch.tensor(idx)[None], torch.tensor(vals), shape)
+        opt.step()
+        kernel(*ours, (idx, vals), HParams.at_step(t, lr=0.01))
+    assert_close(ours[0], weight.detach().double().numpy(), dtype, "SparseAdam")
+
+
+@pytest.mark.parametrize("sparse", [False, True], ids=["dense", "sparse-all-rows"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_pytorch_eps_mode_matches_torch_adam(dtype, sparse, rng):
+    """With eps_mode="pytorch" a kernel is torch.optim.Adam; a lazy step that touches every row (with
+    duplicates) is the dense step on the summed gradient."""
+    torch = pytest.importorskip("torch", reason="torch is not installed: no cross-check")
+    shape = (6, 8)
+    var0 = rng.standard_normal(shape).astype(dtype)
+    weight = torch.tensor(var0, requires_grad=True)
+    opt = torch.optim.Adam([weight], lr=0.01, amsgrad=True, maximize=True, weight_decay=0.1)
+    kernel = lazyadam.compile(Spec(sparse=sparse, eps_mode="pytorch", dtype=dtype, amsgrad=True,
+                                   maximize=True, decay="l2"))
+    ours = [var0.copy(), np.zeros_like(var0), np.zeros_like(var0)]
+    vmax = np.zeros_like(var0)
+    for t in range(1, 4):
+        idx = np.array([5, 0, 1, 2, 3, 4, 0])
+        vals = rng.standard_normal((len(idx), 8)).astype(dtype)
+        dense = np.zeros(shape, dtype)
+        np.add.at(dense, idx, vals)
+        # Lazy L2 decay is added per occurrence: torch is given the extra decay of repeated rows.
+        repeats = np.bincount(idx, minlength=shape[0])[:, None] - 1 if sparse else 0
+        weight.grad = torch.tensor((dense - 0.1 * repeats * weight.detach().numpy()).astype(dtype))
+        opt.step()
+        kernel(*ours, (idx, vals) if sparse else dense, HParams.at_step(t, lr=0.01, weight_decay=0.1),
+               vmax=vmax)
+    assert_close(ours[0], weight.detach().double().numpy(), dtype, "Adam")
