@@ -1,0 +1,165 @@
+"""The kernel cache: hits and misses across processes, concurrent builds, failures, deletion."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+import textwrap
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+import lazyadam
+from lazyadam import CompilationError, CompilerNotFoundError, HParams, Spec
+from lazyadam.targets import c, cache
+
+# A spec no other test builds, with a static value unique to this file so that its key is fresh.
+FRESH = Spec(sparse=True, nesterov=True, static={"eps": 3.25e-7})
+
+# Builds a kernel and checks one known step; prints nothing on success.
+STEP_SCRIPT = textwrap.dedent("""
+    import numpy as np
+    import lazyadam
+    from lazyadam import HParams, Spec
+    spec = Spec.from_json({spec!r})
+    kernel = lazyadam.compile(spec)
+    var, m, v = (np.ones((3, 2), np.float32) for _ in range(3))
+    kernel(var, m, v, (np.array([1]), np.ones((1, 2), np.float32)), HParams.at_step(1))
+    assert var[0, 0] == 1 and var[1, 0] < 1, var
+""")
+
+
+@pytest.fixture
+def counting_cc(tmp_path, monkeypatch):
+    """A cache of its own and a compiler wrapper that logs every build it does."""
+    log = tmp_path / "cc.log"
+    wrapper = tmp_path / "cc"
+    wrapper.write_text(f'#!/bin/sh\ncase "$*" in *-shared*) echo build >> {log};; esac\n'
+                       f'exec cc "$@"\n')
+    wrapper.chmod(wrapper.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv("LAZYADAM_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("LAZYADAM_CC", str(wrapper))
+    monkeypatch.setattr(c, "_loaded", {})
+
+    def builds() -> int:
+        return len(log.read_text().splitlines()) if log.exists() else 0
+    return builds
+
+
+def run_step_process(spec: Spec, **env):
+    return subprocess.run([sys.executable, "-c", STEP_SCRIPT.format(spec=spec.to_json())],
+                          env={**os.environ, **env}, capture_output=True, text=True)
+
+
+def test_second_process_loads_from_the_cache_without_compiling(counting_cc):
+    for _ in range(2):
+        proc = run_step_process(FRESH)
+        assert proc.returncode == 0, proc.stderr
+    assert counting_cc() == 1
+    (entry,) = cache.entries()
+    assert {p.suffix for p in entry.iterdir()} >= {".so", ".c", ".h", ".log"}
+
+
+def test_concurrent_processes_build_once(counting_cc):
+    procs = [subprocess.Popen([sys.executable, "-c", STEP_SCRIPT.format(spec=FRESH.to_json())],
+                              env=os.environ.copy(), stderr=subprocess.PIPE, text=True)
+             for _ in range(4)]
+    for proc in procs:
+        assert proc.wait(timeout=120) == 0, proc.stderr.read()
+    assert counting_cc() == 1
+
+
+def test_concurrent_threads_share_one_kernel(counting_cc):
+    with ThreadPoolExecutor(4) as pool:
+        kernels = list(pool.map(lambda _: lazyadam.compile(FRESH), range(4)))
+    assert all(k is kernels[0] for k in kernels) and counting_cc() == 1
+
+
+def test_flags_and_compiler_are_part_of_the_key(counting_cc, monkeypatch):
+    key = c.cache_key(lazyadam.generate(FRESH))
+    monkeypatch.setenv("LAZYADAM_CFLAGS", "-DSOMETHING")
+    assert c.cache_key(lazyadam.generate(FRESH)) != key
+    assert c.cache_key(lazyadam.generate(Spec(sparse=True, nesterov=True))) != key
+
+
+def test_disabled_cache_builds_in_a_temporary_folder(counting_cc, monkeypatch, tmp_path):
+    monkeypatch.setenv("LAZYADAM_DISABLE_CACHE", "1")
+    kernel = lazyadam.compile(FRESH)
+    var, m, v = (np.ones((2, 2), np.float32) for _ in range(3))
+    kernel(var, m, v, (np.array([0]), np.ones((1, 2), np.float32)), HParams.at_step(1))
+    assert var[0, 0] < 1
+    assert not (tmp_path / "cache").exists() and counting_cc() == 1
+
+
+def test_cache_deleted_between_processes_is_rebuilt(counting_cc, tmp_path):
+    assert run_step_process(FRESH).returncode == 0
+    assert cache.clear() == 1
+    proc = run_step_process(FRESH)
+    assert proc.returncode == 0, proc.stderr
+    assert counting_cc() == 2
+
+
+def test_cache_deleted_after_the_build_but_before_loading(counting_cc, monkeypatch):
+    real_fetch = cache.fetch
+    calls = []
+
+    def fetch_then_delete(key, artifact, build):
+        path = real_fetch(key, artifact, build)
+        calls.append(path)
+        if len(calls) == 1:
+            cache.clear()  # someone empties the cache just before dlopen
+        return path
+    monkeypatch.setattr(cache, "fetch", fetch_then_delete)
+    kernel = lazyadam.compile(FRESH)
+    assert len(calls) == 2 and kernel.path.exists() and counting_cc() == 2
+
+
+def test_stale_claim_of_a_dead_builder_is_taken_over(counting_cc, monkeypatch):
+    key = c.cache_key(lazyadam.generate(FRESH))
+    entry = cache.root() / key[:2] / key
+    entry.mkdir(parents=True)
+    (entry / "claim").write_text("999999")
+    old = time.time() - 2 * cache.STALE_SECONDS
+    os.utime(entry / "claim", (old, old))
+    assert lazyadam.compile(FRESH).path.exists()
+    assert not (entry / "claim").exists()
+
+
+def test_failed_build_raises_with_the_compiler_log(counting_cc, monkeypatch):
+    monkeypatch.setenv("LAZYADAM_CFLAGS", "--no-such-flag-for-lazyadam")
+    with pytest.raises(CompilationError) as info:
+        lazyadam.compile(FRESH)
+    err = info.value
+    assert "--no-such-flag-for-lazyadam" in err.log
+    assert err.source_path is not None and err.source_path.name.endswith(".c")
+    assert err.log_path is not None
+    assert "failed to build" in str(err)
+
+
+def test_waiters_see_a_failed_build_instead_of_waiting_forever(tmp_path, monkeypatch):
+    monkeypatch.setenv("LAZYADAM_CACHE_DIR", str(tmp_path))
+    entry = cache.root() / "ab" / ("ab" + "0" * 62)
+    entry.mkdir(parents=True)
+    (entry / "claim").write_text("1")
+    (entry / "failed").write_text("error: boom")
+
+    def release():
+        time.sleep(0.2)
+        (entry / "claim").unlink()
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(release)
+        with pytest.raises(CompilationError, match="another process failed"):
+            cache.fetch(entry.name, "k.so", lambda folder: pytest.fail("must not build"))
+
+
+def test_missing_compiler_names_the_command_and_the_variable(monkeypatch, tmp_path):
+    monkeypatch.setenv("LAZYADAM_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("LAZYADAM_CC", "/nonexistent/bin/cc-lazyadam")
+    monkeypatch.setattr(c, "_loaded", {})
+    with pytest.raises(CompilerNotFoundError, match=r"tried '/nonexistent/bin/cc-lazyadam'.*"
+                                                    r"LAZYADAM_CC"):
+        lazyadam.compile(FRESH)

@@ -1,0 +1,158 @@
+"""The compiler's stages: spec values, each pass, printers and rendered source."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+
+from lazyadam import Spec, SpecError, generate, stages
+from lazyadam.codegen import ir
+from lazyadam.codegen.passes import drop_dead_terms, fold_constants, hoist_invariants
+from lazyadam.codegen.printer import CPrinter
+
+
+# --- spec ---------------------------------------------------------------------------------------
+def test_spec_is_a_hashable_value_with_a_stable_key():
+    a = Spec(sparse=True, static={"eps": 1e-6, "beta1": 0.8})
+    b = Spec(sparse=True, static=(("beta1", 0.8), ("eps", 1e-6)))
+    assert a == b and hash(a) == hash(b) and a.key() == b.key()
+    assert a.key() != Spec(sparse=True).key()
+    assert Spec.from_json(a.to_json()) == a
+    assert re.fullmatch(r"[0-9a-f]{64}", a.key())
+
+
+def test_symbols_are_readable_and_distinct():
+    assert Spec(sparse=True, nesterov=True).symbol() == "lazyadam_sparse_nesterov_f32_i64"
+    assert Spec(sparse=False, dtype="float64", decay="decoupled").symbol() == \
+        "lazyadam_dense_adamw_f64"
+    assert Spec(static={"beta1": 0.9}).symbol() != Spec(static={"beta1": 0.8}).symbol()
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(dtype="float16"), "dtype must be one of float32, float64; got 'float16'"),
+    (dict(index_dtype="uint8"), "index_dtype must be one of"),
+    (dict(decay="l1"), "decay must be one of none, l2, decoupled"),
+    (dict(eps_mode="keras"), "eps_mode must be one of"),
+    (dict(nesterov=1), "nesterov must be a bool"),
+    (dict(static={"lr": 0.1}), "'lr' cannot be static"),
+    (dict(static={"beta1": 1.0}), r"static beta1 must lie in \(0, 1\)"),
+    (dict(static={"eps": 0.0}), "static eps must be > 0"),
+    (dict(static={"loss_scale": float("nan")}), "static loss_scale must be a finite number"),
+    (dict(static={"weight_decay": 0.1}), "a static weight_decay needs decay='l2' or 'decoupled'"),
+    (dict(decay="l2", static={"weight_decay": 0.0}), "use decay='none'"),
+    (dict(decay="l2", static={"weight_decay": -1.0}), "static weight_decay must be >= 0"),
+])
+def test_illegal_specs_say_what_to_change(kwargs, match):
+    with pytest.raises(SpecError, match=match):
+        Spec(**kwargs).validate()
+
+
+# --- passes -------------------------------------------------------------------------------------
+def nodes(kernel: ir.Kernel, stmts="all"):
+    chosen = {"grad": kernel.grad, "update": kernel.update, "all": kernel.grad + kernel.update}
+    return [n for s in chosen[stmts] for n in ir.walk(s.expr)]
+
+
+def test_lowering_keeps_every_option_behind_a_switch():
+    kernel = ir.lower(Spec())
+    flags = {n.flag for n in nodes(kernel) if isinstance(n, ir.Switch)}
+    gates = {s.when for s in kernel.grad + kernel.update if s.when}
+    assert flags | gates == {"amsgrad", "nesterov", "eps_mode=pytorch", "maximize", "decay=l2",
+                             "decay=decoupled"}
+
+
+def test_fold_constants_bakes_statics_and_folds_arithmetic():
+    kernel = fold_constants(ir.lower(Spec(static={"beta1": 0.9, "loss_scale": 1.0})))
+    params = {n.name for n in nodes(kernel) if isinstance(n, ir.Param)}
+    assert "beta1" not in params and "loss_scale" not in params and "beta2" in params
+    # 1 - beta1 is now a constant computed in double, and g / 1 is gone.
+    assert ir.Const(1.0 - 0.9) in nodes(kernel)
+    assert kernel.grad[0] == ir.Assign("g", ir.Elem("grad"))
+
+
+def test_fold_constants_keeps_ieee_non_identities():
+    x = ir.Elem("var")
+    spec = Spec()
+    kernel = ir.Kernel(spec, grad=(ir.Assign("g", ir.Binary("*", x, ir.Const(0.0))),), update=())
+    assert fold_constants(kernel).grad == kernel.grad  # x*0 is NaN for infinite x: kept
+
+
+def test_drop_dead_terms_resolves_switches_by_the_spec():
+    plain = drop_dead_terms(ir.lower(Spec()))
+    assert not any(isinstance(n, ir.Switch) for n in nodes(plain))
+    assert [s.target for s in plain.grad] == ["g"]
+    assert [s.target for s in plain.update] == ["m", "v", "var"]
+    full = drop_dead_terms(ir.lower(Spec(amsgrad=True, maximize=True, decay="decoupled")))
+    assert [s.target for s in full.grad] == ["g", "g"]
+    assert [s.target for s in full.update] == ["m", "v", "vmax", "var", "var"]
+
+
+def test_hoist_invariants_leaves_only_elements_and_literals_in_the_loop():
+    kernel = hoist_invariants(drop_dead_terms(ir.lower(Spec(nesterov=True, decay="decoupled"))))
+    assert not any(isinstance(n, ir.Param) for n in nodes(kernel))
+    names = [s.name for s in kernel.scalars]
+    assert len(names) == len(set(names))
+    assert {"lr_t", "one_minus_beta1", "one_minus_beta2", "decay_factor", "eps"} <= set(names)
+    # one_minus_beta1 is used twice with nesterov but computed once
+    assert sum(1 for s in kernel.scalars if s.expr == ir.Binary("-", ir.Const(1.0),
+                                                                 ir.Param("beta1"))) == 1
+
+
+def test_every_stage_prints():
+    out = stages(Spec(nesterov=True, static={"beta2": 0.99}))
+    assert list(out) == ["spec", "lower", "fold_constants", "drop_dead_terms",
+                         "hoist_invariants", "header", "source"]
+    assert "[nesterov ?" in out["lower"] and "[nesterov ?" not in out["drop_dead_terms"]
+    assert "one_minus_beta2 = 0.010000000000000009" in out["hoist_invariants"]
+
+
+def test_dump_writes_every_stage(tmp_path, monkeypatch):
+    monkeypatch.setenv("LAZYADAM_DUMP", str(tmp_path))
+    source = generate(Spec(sparse=False))
+    files = sorted(p.name for p in (tmp_path / f"{source.symbol}.c").iterdir())
+    assert files[0] == "00-spec.txt" and files[-1] == "06-source.txt"
+    assert (tmp_path / f"{source.symbol}.c" / "06-source.txt").read_text().strip() == \
+        source.text.strip()
+
+
+# --- printer ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("value", [0.9, 0.999, 1e-8, 0.09999999999999998, 3.0, 1e20, 2.0 ** -130])
+def test_float_literals_are_exact(value):
+    text = CPrinter("float32").literal(value, scalar=False)
+    assert text.endswith("f")
+    assert np.float32(float(text[:-1])) == np.float32(value)
+    assert float(CPrinter("float32").literal(value, scalar=True)) == value
+
+
+def test_printer_respects_precedence_and_dtype():
+    e = ir.Binary("-", ir.Elem("var"), ir.Binary("-", ir.Elem("m"), ir.Call("sqrt", (ir.Elem("v"),))))
+    assert CPrinter("float32").expr(e) == "var_i - (m_i - sqrtf(v_i))"
+    assert CPrinter("float64").expr(e) == "var_i - (m_i - sqrt(v_i))"
+    quotient = ir.Binary("/", ir.Elem("m"), ir.Binary("*", ir.Elem("v"), ir.Const(2.0)))
+    assert CPrinter("float64").expr(quotient) == "m_i / (v_i * 2.0)"
+
+
+# --- rendered source ----------------------------------------------------------------------------
+def test_dense_source_is_an_openmp_simd_loop_without_locks():
+    text = generate(Spec(sparse=False)).text
+    assert "#pragma omp parallel for" in text and "#pragma omp simd" in text
+    assert "lock(" not in text and "vmax" not in text and "hp->" in text
+
+
+def test_locking_and_amsgrad_appear_only_when_asked():
+    text = generate(Spec(sparse=True, use_locking=True, amsgrad=True)).text
+    assert "lock(var_row);" in text and "unlock(var_row);" in text
+    assert "vmax_row[j] = vmax_i;" in text
+
+
+def test_static_hyperparameters_are_documented_in_the_header():
+    source = generate(Spec(static={"beta1": 0.9}))
+    assert "static beta1 = 0.9: baked into the code, hp->beta1 is ignored." in source.header
+    assert not re.search(r"hp->beta1\b", source.text)
+
+
+def test_generation_is_deterministic():
+    spec = Spec(sparse=True, amsgrad=True, decay="l2")
+    assert generate(spec) == generate(spec)
