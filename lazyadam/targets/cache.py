@@ -87,6 +87,8 @@ def fetch(key: str, artifact: str, build: Callable[[Path], Path]) -> Path:
         with os.fdopen(fd, "w") as claim:
             claim.write(str(os.getpid()))
         try:
+            if target.exists():  # built by the previous claimant after our first look
+                return target
             return _build_into(entry, target, build)
         except FileNotFoundError:  # the cache was deleted mid-build: build again
             continue
