@@ -106,7 +106,21 @@ class CPrinter:
 
 
 class CudaPrinter(CPrinter):
-    """Prints IR as CUDA C++: the same math, with hyperparameters passed by value (`hp.lr`)."""
+    """Prints IR as CUDA C++: the same element math as C, with per-step scalars carried by a struct.
 
-    def __init__(self, dtype: str, hparams: str = "hp.{}"):
-        super().__init__(dtype, hparams)
+    The host launcher computes each scalar from `lazyadam_hparams` in double, exactly as the C
+    prologue does, stores it in a struct field of the element type (`s.lr_t = (float)(...);`), and
+    passes the struct to the kernels by value; device code reads it back (`const float lr_t = s.lr_t;`).
+    """
+
+    def field(self, stmt: Let) -> str:
+        """The struct member of a scalar: `T name;`."""
+        return f"{self.ctype} {stmt.name};"
+
+    def set_field(self, stmt: Let, struct: str = "s") -> str:
+        """Host code: `s.name = (T)(expr);`, the expression evaluated in double."""
+        return f"{struct}.{stmt.name} = ({self.ctype})({self.expr(stmt.expr, scalar=True)});"
+
+    def unpack(self, name: str, struct: str = "s") -> str:
+        """Device code: `const T name = s.name;`."""
+        return f"const {self.ctype} {name} = {struct}.{name};"

@@ -1,0 +1,64 @@
+"""Rendering for the CUDA target: the rule printed by `CudaPrinter` into the CUDA scaffolding.
+
+    [ir.Kernel] --CudaPrinter--> device functions --render--> [Source] (lang "cuda")
+
+The printed rule becomes two `__device__` functions, `<symbol>_grad` (the effective gradient of one
+occurrence) and `<symbol>_update` (the Adam update of one element); the templates only decide which
+thread calls them on which element. Per-step scalars travel in a struct `<symbol>_scalars` that the
+host launcher fills (in double, then cast, as the C prologue does) and passes by value.
+"""
+
+from __future__ import annotations
+
+from .ir import Kernel, Scalar, walk
+from .printer import CudaPrinter
+from .render import ENV, Source, template_context
+
+#: Threads per block of every kernel; a multiple of the warp size.
+THREADS = 256
+#: Bytes moved by one vector load or store of the dense kernel.
+VECTOR_BYTES = 16
+#: Tensors updated by one launch of the dense kernel (their pointers travel as a kernel argument).
+TENSORS_PER_LAUNCH = 16
+
+
+def _scalars_read(stmts) -> list[str]:
+    """Names of the hoisted scalars that `stmts` read, in first-use order."""
+    names: list[str] = []
+    for s in stmts:
+        for e in walk(s.expr):
+            if isinstance(e, Scalar) and e.name not in names:
+                names.append(e.name)
+    return names
+
+
+# [ir.Kernel] -> [Source]
+def render_cuda(kernel: Kernel, symbol: str | None = None) -> Source:
+    """CUDA C++ source and header for an optimized kernel (all passes applied)."""
+    spec = kernel.spec
+    symbol = symbol or spec.symbol()
+    printer = CudaPrinter(spec.dtype)
+    ctx = template_context(kernel, printer, symbol, indent=4)
+    ctx.update(
+        threads=THREADS,
+        # "float *__restrict__ var, ...", "var, m, v", "float &var_i, ...", "var_i, m_i, v_i"
+        state_params=", ".join(f"{printer.ctype} *__restrict__ {a}" for a in kernel.arrays),
+        state_args=", ".join(kernel.arrays),
+        state_refs=", ".join(f"{printer.ctype} &{a}_i" for a in kernel.arrays),
+        state_locals=", ".join(f"{a}_i" for a in kernel.arrays),
+        vector=VECTOR_BYTES // (4 if spec.dtype == "float32" else 8),
+        tensors_per_launch=TENSORS_PER_LAUNCH,
+        scalar_fields="\n".join("    " + printer.field(s) for s in kernel.scalars),
+        scalar_setters="\n".join("    " + printer.set_field(s) for s in kernel.scalars),
+        grad_scalars="\n".join("    " + printer.unpack(n) for n in _scalars_read(kernel.grad)),
+        update_scalars="\n".join("    " + printer.unpack(n) for n in _scalars_read(kernel.update)),
+    )
+    body = "cuda_sparse.cu.j2" if spec.sparse else "cuda_dense.cu.j2"
+    header = ENV.get_template("cuda_header.h.j2")
+    return Source(
+        symbol=symbol,
+        lang="cuda",
+        text=ENV.get_template(body).render(ctx),
+        header=header.render(ctx, cdef=False),
+        cdef=header.render(ctx, cdef=True),
+    )

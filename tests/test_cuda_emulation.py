@@ -1,0 +1,328 @@
+"""The CUDA kernels and launchers, built for the CPU with tests/cuda_emulation, against the reference.
+
+The generated .cu sources are compiled unchanged by the host C++ compiler with
+`cuda_emulation.h` force-included: the same kernels, the same launch sequence (index check, sort,
+one warp per row), run block by block with each thread a coroutine. Host numpy arrays stand in for
+device arrays by exposing `__cuda_array_interface__`, so the calls also go through the CUDA target's
+Python wrapper (`CudaKernel`). Only a GPU run (tests/test_cuda_gpu.py) checks real hardware.
+"""
+
+from __future__ import annotations
+
+import shlex
+import shutil
+import subprocess
+import threading
+from pathlib import Path
+
+import cffi
+import numpy as np
+import pytest
+
+from lazyadam import HParams, Spec, generate
+from lazyadam.errors import CompilationError
+from lazyadam.targets import cache
+from lazyadam.targets.cuda import CudaKernel
+from reference import lazyadam_step
+
+from tolerance import assert_close
+
+HEADER = Path(__file__).parent / "cuda_emulation" / "cuda_emulation.h"
+FLAGS = ("-std=c++17", "-O1", "-fPIC", "-shared", "-Wall", "-Wno-unknown-pragmas", "-Werror")
+
+LAYOUTS = [(False, "float32", "int64"), (False, "float64", "int64"), (True, "float32", "int32"),
+           (True, "float32", "int64"), (True, "float64", "int32"), (True, "float64", "int64")]
+ONE_FLAG = [dict(nesterov=True), dict(use_locking=True), dict(decay="l2"), dict(decay="decoupled"),
+            dict(amsgrad=True), dict(maximize=True), dict(eps_mode="pytorch")]
+ALL_ON = [dict(nesterov=True, use_locking=True, decay=decay, amsgrad=True, maximize=True,
+               eps_mode="pytorch") for decay in ("l2", "decoupled")]
+STATIC = {"beta1": 0.85, "beta2": 0.995, "eps": 1e-7, "loss_scale": 8.0, "weight_decay": 0.01}
+#: Each layout bare and with every flag on; each flag alone on f32; baked hyperparameters.
+SPECS = list(dict.fromkeys(
+    [Spec(sparse=s, dtype=d, index_dtype=i, **flags) for s, d, i in LAYOUTS for flags in [{}] + ALL_ON]
+    + [Spec(sparse=s, **flags) for s in (False, True) for flags in ONE_FLAG]
+    + [Spec(sparse=s, decay="l2", static=STATIC) for s in (False, True)]))
+
+HYPER = dict(lr=0.01, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.05, loss_scale=4.0)
+
+
+def host_compiler() -> str | None:
+    return shutil.which("c++") or shutil.which("g++")
+
+
+@pytest.fixture(scope="module")
+def library() -> dict:
+    """Every spec of SPECS in one emulation library, built once and kept in the kernel cache."""
+    cxx = host_compiler()
+    if cxx is None:
+        pytest.skip("no host C++ compiler (c++ or g++) to build the CUDA emulation")
+    sources = {spec: generate(spec, "cuda") for spec in SPECS}
+    version = subprocess.run([cxx, "--version"], capture_output=True, text=True).stdout
+    key = cache.make_key({"target": "cuda-emulation", "emulation": HEADER.read_text(),
+                          "sources": [s.text + s.header for s in sources.values()],
+                          "compiler": cxx, "version": version, "flags": FLAGS})
+
+    def build(folder: Path) -> Path:
+        for source in sources.values():
+            (folder / source.filename).write_text(source.text)
+            (folder / f"{source.symbol}.h").write_text(source.header)
+        unit = folder / "emulation.cu"
+        unit.write_text("".join(f'#include "{s.filename}"\n' for s in sources.values()))
+        out = folder / "emulation.so"
+        cmd = [cxx, *FLAGS, "-include", str(HEADER), "-x", "c++", str(unit), "-o", str(out)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=folder)
+        if proc.returncode != 0:
+            raise CompilationError("the CUDA emulation build failed",
+                                   log=f"$ {shlex.join(cmd)}\n{proc.stdout}{proc.stderr}")
+        return out
+
+    path = cache.fetch(key, "emulation.so", build)
+    return {spec: CudaKernel(spec, source, path) for spec, source in sources.items()}
+
+
+class Emulated:
+    """A host array presented as a device array: the emulated kernels address host memory."""
+
+    def __init__(self, array: np.ndarray):
+        self.array = array
+
+    @property
+    def __cuda_array_interface__(self) -> dict:
+        a = self.array
+        return {"shape": a.shape, "typestr": a.dtype.str, "version": 3,
+                "data": (a.ctypes.data, not a.flags.writeable),
+                "strides": None if a.flags.c_contiguous else a.strides}
+
+
+def dev(*arrays):
+    return [None if a is None else Emulated(a) for a in arrays]
+
+
+GUARD = 7.0
+
+
+def aligned(shape, dtype, offset=0) -> np.ndarray:
+    """A zeroed array whose data starts `offset` elements after a 64-byte boundary.
+
+    It lies inside a larger buffer filled with GUARD, so that `check` sees writes out of bounds.
+    """
+    dtype = np.dtype(dtype)
+    n = int(np.prod(shape))
+    raw = np.full(n + offset + 2 * 64 // dtype.itemsize, GUARD, dtype)
+    start = (-raw.ctypes.data % 64) // dtype.itemsize + offset
+    raw[start:start + n] = 0
+    return raw[start:start + n].reshape(shape)
+
+
+def assert_in_bounds(arr: np.ndarray) -> None:
+    raw = arr.base
+    start = (arr.ctypes.data - raw.ctypes.data) // arr.itemsize
+    outside = np.concatenate([raw[:start], raw[start + arr.size:]])
+    np.testing.assert_array_equal(outside, GUARD, err_msg="a kernel wrote out of bounds")
+
+
+def reference_step(state, grad, hp, spec):
+    indices, values = grad if spec.sparse else (None, grad)
+    return lazyadam_step(*state[:3], values, indices=indices, vmax=state[3], lr=hp.lr,
+                         beta1=hp.beta1, beta2=hp.beta2, eps=hp.eps,
+                         beta1_power=hp.beta1_power, beta2_power=hp.beta2_power,
+                         weight_decay=hp.weight_decay, loss_scale=hp.loss_scale,
+                         nesterov=spec.nesterov, decay=spec.decay, amsgrad=spec.amsgrad,
+                         maximize=spec.maximize, eps_mode=spec.eps_mode)
+
+
+def hparams(spec, t):
+    hyper = {**HYPER, **spec.statics}  # a static value is what the kernel uses
+    return HParams.at_step(t, **hyper)
+
+
+def new_state(var0, spec, offset=0):
+    var = aligned(var0.shape, spec.dtype, offset)
+    var[...] = var0
+    arrays = [var, aligned(var0.shape, spec.dtype, offset), aligned(var0.shape, spec.dtype, offset)]
+    arrays.append(aligned(var0.shape, spec.dtype, offset) if spec.amsgrad else None)
+    ref = [var0.astype(np.float64), np.zeros(var0.shape), np.zeros(var0.shape),
+           np.zeros(var0.shape) if spec.amsgrad else None]
+    return arrays, ref
+
+
+def check(arrays, ref, dtype):
+    for name, actual, expected in zip(("var", "m", "v", "vmax"), arrays, ref):
+        if expected is not None:
+            assert_close(actual, expected, dtype, name)
+            assert_in_bounds(actual)
+
+
+def sparse_steps(rng, rows, row_shape, spec):
+    """Unsorted with duplicates, all one row, empty, and many draws over few rows (a long sort)."""
+    steps = [[5, 1, 5, 0, 9, 1, 5], [3, 3, 3], [], list(rng.integers(0, rows, 300))]
+    return [(np.array(idx, spec.index_dtype),
+             rng.standard_normal((len(idx),) + row_shape).astype(spec.dtype)) for idx in steps]
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.symbol())
+def test_emulated_kernel_matches_reference(library, spec, rng):
+    # Dense: 5 chunks of 64 over 3 blocks (grid-stride), a tail shorter than a vector.
+    # Sparse: rows of 70 elements, so each lane takes 2 or 3 columns.
+    shape = (12, 2, 35) if spec.sparse else (3, 101)
+    var0 = rng.standard_normal(shape).astype(spec.dtype)
+    arrays, ref = new_state(var0, spec)
+    if spec.sparse:
+        grads = sparse_steps(rng, shape[0], shape[1:], spec)
+    else:
+        grads = [rng.standard_normal(shape).astype(spec.dtype) for _ in range(3)]
+    for t, grad in enumerate(grads, start=1):
+        hp = hparams(spec, t)
+        device_grad = tuple(dev(*grad)) if spec.sparse else dev(grad)[0]
+        var, m, v, vmax = dev(*arrays)
+        library[spec](var, m, v, device_grad, hp, vmax=vmax)
+        ref = reference_step(ref, grad, hp, spec)
+    check(arrays, ref, spec.dtype)
+    if spec.sparse:
+        touched = set().union(*(set(idx.tolist()) for idx, _ in grads))
+        untouched = [r for r in range(shape[0]) if r not in touched]
+        np.testing.assert_array_equal(arrays[0][untouched], var0[untouched])
+
+
+@pytest.mark.parametrize("offset", [1, 3])
+def test_unaligned_dense_arrays_take_the_scalar_path(library, offset, rng):
+    spec = Spec(sparse=False, amsgrad=True)
+    var0 = rng.standard_normal(203).astype(np.float32)
+    arrays, ref = new_state(var0, spec, offset)
+    grad = rng.standard_normal(203).astype(np.float32)
+    library[spec](*dev(*arrays[:3]), dev(grad)[0], hparams(spec, 1), vmax=dev(arrays[3])[0])
+    check(arrays, reference_step(ref, grad, hparams(spec, 1), spec), spec.dtype)
+
+
+def test_multi_updates_many_tensors_in_few_launches(library, rng):
+    """20 tensors (two launches of 16), empty ones, tails and misaligned ones among them."""
+    spec = Spec(sparse=False, decay="decoupled")
+    sizes = [0, 1, 7, 64, 65, 200, 3, 0, 129, 5] * 2
+    tensors = []
+    for k, n in enumerate(sizes):
+        var0 = rng.standard_normal(n).astype(np.float32)
+        arrays, ref = new_state(var0, spec, offset=k % 2)
+        tensors.append((arrays, ref, rng.standard_normal(n).astype(np.float32)))
+    hp = hparams(spec, 2)
+    library[spec].multi(*([dev(t[0][i])[0] for t in tensors] for i in range(3)),
+                        [dev(t[2])[0] for t in tensors], hp)
+    for arrays, ref, grad in tensors:
+        check(arrays, reference_step(ref, grad, hp, spec), spec.dtype)
+
+
+def test_multi_rejects_mismatched_lists(library):
+    spec = Spec(sparse=False)
+    a = Emulated(np.zeros(3, np.float32))
+    with pytest.raises(ValueError, match="one entry per tensor"):
+        library[spec].multi([a, a], [a, a], [a], [a, a], hparams(spec, 1))
+
+
+def test_duplicates_are_summed_in_input_order(library):
+    """Sums that differ by order in float32: the kernel must give the in-order one exactly."""
+    spec = Spec(sparse=True, dtype="float32")
+    values = np.array([[1e8], [1.0], [1.0], [-1e8], [3.0]], np.float32)
+    var, m, v = (np.zeros((2, 1), np.float32) for _ in range(3))
+    hp = HParams(lr=0.0, beta1=0.5, beta2=0.5, eps=1.0, weight_decay=0.0, loss_scale=1.0,
+                 beta1_power=0.5, beta2_power=0.5)
+    library[spec](*dev(var, m, v), tuple(dev(np.array([1, 1, 1, 1, 1]), values)), hp)
+    in_order = np.float32(0)
+    for x in values[:, 0]:
+        in_order = np.float32(in_order + x)
+    assert in_order == 3.0  # ((((1e8 + 1) + 1) - 1e8) + 3; any other order gives 4 or 5
+    assert m[1, 0] == np.float32(0.5) * in_order
+
+
+@pytest.mark.parametrize("bad, match", [
+    ([0, 4, 9], r"indices\[1\] = 4 is outside \[0, 4\)"),
+    ([2, -1, 9, -5], r"indices\[1\] = -1 is outside \[0, 4\)"),
+    ([3] * 40 + [7], r"indices\[40\] = 7 is outside"),
+])
+def test_bad_indices_raise_on_the_device_and_write_nothing(library, bad, match):
+    spec = Spec(sparse=True, amsgrad=True)
+    arrays = [np.arange(12, dtype=np.float32).reshape(4, 3) + k for k in range(4)]
+    before = [a.copy() for a in arrays]
+    values = np.ones((len(bad), 3), np.float32)
+    with pytest.raises(IndexError, match=match):
+        library[spec](*dev(*arrays[:3]), tuple(dev(np.array(bad), values)), hparams(spec, 1),
+                      vmax=dev(arrays[3])[0])
+    for a, b in zip(arrays, before):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_an_empty_table_rejects_every_index(library):
+    spec = Spec(sparse=True)
+    var, m, v = (np.zeros((0, 3), np.float32) for _ in range(3))
+    with pytest.raises(IndexError, match=r"indices\[0\] = 0 is outside \[0, 0\)"):
+        library[spec](*dev(var, m, v), tuple(dev(np.array([0]), np.ones((1, 3), np.float32))),
+                      hparams(spec, 1))
+
+
+def test_failed_scratch_allocation_writes_nothing(library):
+    spec = Spec(sparse=True)
+    kernel = library[spec]
+    var, m, v = (np.ones((4, 3), np.float32) for _ in range(3))
+    ffi = cffi.FFI()
+    ffi.cdef("void emu_fail_next_malloc(void);")
+    ffi.dlopen(str(kernel.path)).emu_fail_next_malloc()
+    with pytest.raises(MemoryError, match="cudaErrorMemoryAllocation"):
+        kernel(*dev(var, m, v), tuple(dev(np.array([1]), np.ones((1, 3), np.float32))),
+               hparams(spec, 1))
+    np.testing.assert_array_equal(var, 1.0)
+
+
+def test_launchers_check_pointers_and_sizes(library):
+    sparse, dense = library[Spec(sparse=True)], library[Spec(sparse=False)]
+    for kernel in (sparse, dense):
+        ffi, null, lib = kernel.ffi, kernel.ffi.NULL, kernel.lib
+        hp = ffi.new("lazyadam_hparams *", hparams(Spec(), 1).as_tuple())
+        buf, idx = ffi.new("float[4]"), ffi.new("int64_t[1]")
+        if kernel is sparse:
+            assert kernel.fn(buf, buf, buf, 2, 2, idx, buf, 1, null, null) == lib.LAZYADAM_ENULL
+            assert kernel.fn(null, buf, buf, 2, 2, idx, buf, 1, hp, null) == lib.LAZYADAM_ENULL
+            assert kernel.fn(buf, buf, buf, -1, 2, idx, buf, 1, hp, null) == lib.LAZYADAM_ESIZE
+            assert kernel.fn(buf, buf, buf, 2, 2, null, null, 0, hp, null) == lib.LAZYADAM_OK
+        else:
+            assert kernel.fn(buf, buf, buf, buf, -4, hp, null) == lib.LAZYADAM_ESIZE
+            assert kernel.fn(null, null, null, null, 0, hp, null) == lib.LAZYADAM_OK
+            assert kernel.fn(null, buf, buf, buf, 4, hp, null) == lib.LAZYADAM_ENULL
+
+
+def test_host_arrays_are_refused_with_a_clear_error(library):
+    kernel = library[Spec(sparse=False)]
+    a = np.zeros(3, np.float32)
+    with pytest.raises(TypeError, match="__cuda_array_interface__.*numpy.ndarray"):
+        kernel(a, a, a, a, hparams(Spec(), 1))
+    with pytest.raises(TypeError, match="grad has dtype float64"):
+        kernel(*dev(a, a, a), Emulated(np.zeros(3)), hparams(Spec(), 1))
+    with pytest.raises(ValueError, match="var must be C-contiguous"):
+        strided = np.zeros(6, np.float32)[::2]
+        kernel(*dev(strided, a, a, a), hparams(Spec(), 1))
+
+
+def test_locked_rows_stay_consistent_under_concurrent_calls(library, rng):
+    """Two OS threads apply the same step to the same rows at once: any serial order gives two steps."""
+    spec = Spec(sparse=True, use_locking=True)
+    var0 = rng.standard_normal((6, 40)).astype(np.float32)
+    arrays, ref = new_state(var0, spec)
+    idx = np.array([1, 4, 1, 2, 5, 4, 0] * 20)
+    grad = (idx, rng.standard_normal((idx.size, 40)).astype(np.float32))
+    hp = hparams(spec, 1)
+    start = threading.Barrier(2)
+    errors = []
+
+    def call():
+        start.wait()
+        try:
+            library[spec](*dev(*arrays[:3]), tuple(dev(*grad)), hp)
+        except Exception as err:  # noqa: BLE001  (reported by the main thread below)
+            errors.append(err)
+
+    workers = [threading.Thread(target=call) for _ in range(2)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    assert not errors
+    for _ in range(2):
+        ref = reference_step(ref, grad, hp, spec)
+    check(arrays, ref, spec.dtype)
