@@ -1,0 +1,154 @@
+"""The generated CUDA source: every variant compiles with nvcc for sm_80 and sm_90, no GPU needed.
+
+All 576 variants go into two translation units (the templates guard what sources share), compiled to
+PTX for each arch by parallel nvcc runs; a passing build is remembered in the kernel cache, keyed by
+the sources and nvcc's version, so reruns are instant. A few variants go through the target's own
+build (host launchers, device code for both archs, static CUDA runtime, shared library).
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import re
+import shlex
+import subprocess
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import cffi
+import pytest
+
+from lazyadam import Spec, generate
+from lazyadam.errors import CompilationError
+from lazyadam.targets import cache, cuda
+
+FLAGS = dict(nesterov=(False, True), use_locking=(False, True), decay=("none", "l2", "decoupled"),
+             amsgrad=(False, True), maximize=(False, True), eps_mode=("mindspore", "pytorch"))
+LAYOUTS = [(False, dtype, "int64") for dtype in ("float32", "float64")] + [
+    (True, dtype, index) for dtype in ("float32", "float64") for index in ("int32", "int64")]
+ALL_SPECS = [Spec(sparse=sparse, dtype=dtype, index_dtype=index, **dict(zip(FLAGS, values)))
+             for sparse, dtype, index in LAYOUTS for values in itertools.product(*FLAGS.values())]
+ARCHS = ("80", "90")
+UNITS = 2  # translation units per arch, one per CI core
+
+
+def nvcc_or_skip() -> str:
+    path = cuda.nvcc()
+    if path is None:
+        pytest.skip("nvcc not found on PATH, $CUDA_HOME/bin or /usr/local/cuda/bin (LAZYADAM_NVCC "
+                    "names another)")
+    return path
+
+
+def run_nvcc(cmd: list[str], folder: Path) -> None:
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=folder)
+    if proc.returncode != 0:
+        raise CompilationError(f"nvcc failed (exit {proc.returncode})",
+                               log=f"$ {shlex.join(cmd)}\n{proc.stdout}{proc.stderr}")
+
+
+def compile_units(nvcc: str, arch: str, sources: list, folder: Path) -> Path:
+    """Writes the sources and UNITS files including them, compiles each unit to PTX in parallel."""
+    for source in sources:
+        (folder / source.filename).write_text(source.text)
+        (folder / f"{source.symbol}.h").write_text(source.header)
+    commands = []
+    for unit in range(UNITS):
+        path = folder / f"unit{unit}.cu"
+        path.write_text("".join(f'#include "{s.filename}"\n' for s in sources[unit::UNITS]))
+        commands.append([nvcc, "--ptx", "-std=c++17", f"-arch=sm_{arch}", "-Werror=all-warnings",
+                         str(path), "-o", str(folder / f"unit{unit}.ptx")])
+    with ThreadPoolExecutor(max_workers=UNITS) as pool:
+        list(pool.map(lambda cmd: run_nvcc(cmd, folder), commands))
+    done = folder / "ptx.ok"
+    done.write_text("\n".join(shlex.join(c) for c in commands))
+    return done
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_every_variant_compiles_with_nvcc(arch):
+    nvcc = nvcc_or_skip()
+    sources = [generate(spec, "cuda") for spec in ALL_SPECS]
+    key = cache.make_key({"target": "cuda-ptx-check", "arch": arch, "units": UNITS,
+                          "sources": [s.text + s.header for s in sources],
+                          "nvcc": subprocess.run([nvcc, "--version"], capture_output=True,
+                                                 text=True).stdout})
+    assert cache.fetch(key, "ptx.ok", lambda folder: compile_units(nvcc, arch, sources, folder))
+
+
+@pytest.mark.parametrize("spec", [
+    Spec(sparse=True, use_locking=True, amsgrad=True, decay="l2", dtype="float64", index_dtype="int32"),
+    Spec(sparse=False, use_locking=True, amsgrad=True, nesterov=True, decay="decoupled"),
+], ids=lambda s: s.symbol())
+def test_target_build_makes_a_loadable_library(spec, tmp_path, monkeypatch):
+    """The target's own nvcc command (host launchers included) for both archs; dlopen needs no GPU."""
+    nvcc_or_skip()
+    monkeypatch.setenv("LAZYADAM_CUDA_ARCH", ",".join(ARCHS))
+    source = generate(spec, "cuda")
+    path = cuda.build(source, tmp_path)
+    ffi = cffi.FFI()
+    ffi.cdef(source.cdef)
+    lib = ffi.dlopen(str(path))
+    assert getattr(lib, source.symbol) and getattr(lib, f"{source.symbol}_error")
+    assert lib.LAZYADAM_ECUDA == -5
+
+
+def test_build_failure_carries_the_nvcc_log(tmp_path, monkeypatch):
+    nvcc_or_skip()
+    monkeypatch.setenv("LAZYADAM_CUDA_ARCH", "80")
+    source = generate(Spec(), "cuda")
+    broken = type(source)(source.symbol, "cuda", source.text + "\nsyntax error here\n",
+                          source.header, source.cdef)
+    with pytest.raises(CompilationError, match="nvcc failed") as err:
+        cuda.build(broken, tmp_path)
+    assert "syntax" in err.value.log and err.value.log_path.exists()
+
+
+def test_the_rule_is_printed_from_the_ir_into_device_functions():
+    f32 = generate(Spec(sparse=True, nesterov=True), "cuda").text
+    assert re.search(r"__device__ __forceinline__ float \w+_grad\(", f32)
+    assert "sqrtf(v_i)" in f32 and "beta1 * m_i + one_minus_beta1 * g_i" in f32
+    assert "s.lr_t = (float)(hp->lr * sqrt(1.0 - hp->beta2_power) / (1.0 - hp->beta1_power));" in f32
+    f64 = generate(Spec(sparse=False, amsgrad=True, dtype="float64"), "cuda").text
+    assert "sqrt(vmax_i)" in f64 and "sqrtf" not in f64
+
+
+def test_no_floating_point_atomics_and_no_table_sized_scratch():
+    for spec in (Spec(sparse=True), Spec(sparse=True, use_locking=True, decay="l2")):
+        text = generate(spec, "cuda").text
+        assert "atomicAdd" not in text
+        (alloc,) = re.findall(r"cudaMallocAsync\(.*?;", text, flags=re.S)
+        assert "rows" not in alloc and "n2" in alloc  # scratch grows with nnz only
+
+
+def test_launchers_take_a_stream_and_locks_appear_only_when_asked():
+    plain = generate(Spec(sparse=False), "cuda")
+    locked = generate(Spec(sparse=False, use_locking=True), "cuda")
+    assert "const lazyadam_hparams *hp, cudaStream_t stream);" in plain.header
+    assert "_multi(int64_t count" in plain.header
+    assert "lazyadam_lock" not in plain.text and "lazyadam_lock(var + begin)" in locked.text
+    sparse = generate(Spec(sparse=True, use_locking=True), "cuda").text
+    assert "lazyadam_lock(var_row)" in sparse and "__syncwarp()" in sparse
+
+
+def test_unavailable_names_what_is_missing(monkeypatch):
+    monkeypatch.setenv("LAZYADAM_NVCC", "/nonexistent/nvcc")
+    assert cuda.unavailable().startswith("nvcc not found")
+    monkeypatch.delenv("LAZYADAM_NVCC")
+    if cuda.nvcc() is not None and cuda.device_count() == 0:
+        assert "no CUDA" in cuda.unavailable()
+
+
+def test_arch_list_comes_from_the_environment(monkeypatch):
+    monkeypatch.setenv("LAZYADAM_CUDA_ARCH", "sm_90;80")
+    assert cuda.archs() == ("80", "90")
+    assert cuda.gencode(["80", "90"])[-1] == "-gencode=arch=compute_90,code=compute_90"
+
+
+def test_generated_sources_are_dumpable(tmp_path, monkeypatch):
+    monkeypatch.setenv("LAZYADAM_DUMP", str(tmp_path))
+    source = generate(Spec(sparse=True), "cuda")
+    folder = tmp_path / f"{source.symbol}.cuda"
+    assert (folder / "06-source.txt").read_text().rstrip("\n") == source.text.rstrip("\n")
+    assert os.listdir(folder)
