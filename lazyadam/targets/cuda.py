@@ -306,7 +306,7 @@ class CudaKernel:
                              handle)
         self._raise_for(status)
 
-    def multi(self, vars: Sequence[Any], ms: Sequence[Any], vs: Sequence[Any],
+    def multi(self, variables: Sequence[Any], ms: Sequence[Any], vs: Sequence[Any],
               grads: Sequence[Any], hp: HParams, vmaxes: Sequence[Any] | None = None,
               stream: Any = None) -> None:
         """One dense step on many tensors with the same hyperparameters, 16 tensors per launch.
@@ -318,20 +318,20 @@ class CudaKernel:
         """
         if self.multi_fn is None:
             raise TypeError(f"{self.source.symbol} is sparse; multi() updates dense tensors")
-        lists = [vars, ms, vs, grads] + ([vmaxes] if self.spec.amsgrad else [])
+        lists = [variables, ms, vs, grads] + ([vmaxes] if self.spec.amsgrad else [])
         if len({len(x) for x in lists}) != 1:
-            raise ValueError(f"vars, ms, vs, grads{', vmaxes' if self.spec.amsgrad else ''} must "
+            raise ValueError(f"variables, ms, vs, grads{', vmaxes' if self.spec.amsgrad else ''} must "
                              f"have one entry per tensor; got lengths {[len(x) for x in lists]}")
         if not self.spec.amsgrad and vmaxes is not None:
             raise TypeError("vmaxes is required by amsgrad kernels and only by them")
         names = ("var", "m", "v", "grad", "vmax")
         columns = [[DeviceArray(a, f"{names[c]}[{k}]") for k, a in enumerate(col)]
                    for c, col in enumerate(lists)]
-        for k in range(len(vars)):
+        for k in range(len(variables)):
             vmax = columns[4][k] if self.spec.amsgrad else None
             check_arrays(self.spec, columns[0][k], columns[1][k], columns[2][k], vmax,
                          columns[3][k])
-        if not vars:
+        if not variables:
             return
         state = [columns[0], columns[1], columns[2]] + ([columns[4]] if self.spec.amsgrad else [])
         handle = self.ffi.cast("cudaStream_t", stream_handle(stream, columns[0]))
@@ -341,7 +341,7 @@ class CudaKernel:
                                                             for a in columns[3]])
         sizes = self.ffi.new("int64_t[]", [a.size for a in columns[0]])
         params = self.ffi.new("lazyadam_hparams *", hp.as_tuple())
-        self._raise_for(self.multi_fn(len(vars), *ptr_arrays, grad_ptrs, sizes, params, handle))
+        self._raise_for(self.multi_fn(len(variables), *ptr_arrays, grad_ptrs, sizes, params, handle))
 
     def _raise_for(self, status: int) -> None:
         if status == self.lib.LAZYADAM_OK:
