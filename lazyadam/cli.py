@@ -1,0 +1,276 @@
+"""The `lazyadam` command: a thin click layer over the library.
+
+    lazyadam generate   write a kernel's source, header and README into a folder (lazyadam.sources)
+    lazyadam ir         print each stage of the pipeline (lazyadam.stages)
+    lazyadam build      compile kernels into the cache ahead of time (lazyadam.compile)
+    lazyadam cache      list or clear the cache (lazyadam.targets.cache)
+    lazyadam info       what this machine offers (lazyadam.targets.toolchain)
+
+Errors print one line, `Error: ...`, and exit non-zero (2 for a bad option, 1 otherwise).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import sys
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import click
+
+from . import __version__
+from .codegen.passes import PIPELINE
+from .codegen.pipeline import stages
+from .codegen.spec import DECAYS, DTYPES, EPS_MODES, INDEX_DTYPES, Spec, SpecError
+from .codegen.variants import specs_from_json, variants
+from .errors import CompilationError, TargetUnavailableError
+from .sources import write_sources
+from .targets import TARGETS
+from .targets import cache as kernel_cache
+from .targets import compile as compile_kernel
+from .targets import toolchain
+
+#: The stages `lazyadam ir` can print, in pipeline order (the keys of `lazyadam.stages`).
+STAGES = ("spec", "lower", *(name for name, _ in PIPELINE), "header", "source")
+#: `lazyadam build` shows a progress bar from this many kernels on.
+PROGRESS_FROM = 4
+
+_FLAGS = ("sparse", "nesterov", "use_locking", "decay", "amsgrad", "maximize", "eps_mode", "dtype",
+          "index_dtype")
+_STATICS = {"beta1": "beta1", "beta2": "beta2", "eps": "eps", "loss_scale": "loss_scale",
+            "wd": "weight_decay"}
+
+
+class _Main(click.Group):
+    """A group whose errors are one line, `Error: ...`, never a usage block or a traceback."""
+
+    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            code = super().main(*args, standalone_mode=False, **kwargs)
+        except click.exceptions.NoArgsIsHelpError as err:
+            err.show()
+            sys.exit(err.exit_code)
+        except click.UsageError as err:
+            hint = f" (see '{err.ctx.command_path} --help')" if err.ctx else ""
+            click.echo(f"Error: {err.format_message()}{hint}", err=True)
+            sys.exit(err.exit_code)
+        except click.ClickException as err:
+            click.echo(f"Error: {err.format_message()}", err=True)
+            sys.exit(err.exit_code)
+        except click.Abort:
+            click.echo("Aborted!", err=True)
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+@contextlib.contextmanager
+def _errors() -> Iterator[None]:
+    """Library errors as click errors: a bad spec is a usage error, a failed build a plain one."""
+    try:
+        yield
+    except (SpecError, ValueError) as err:
+        raise click.UsageError(str(err)) from None
+    except CompilationError as err:
+        where = f"; log: {err.log_path}" if err.log_path else ""
+        raise click.ClickException(f"{str(err).splitlines()[0]}{where}") from None
+    except (TargetUnavailableError, OSError, ImportError) as err:
+        raise click.ClickException(str(err)) from None
+
+
+def _spec_options(func: Callable) -> Callable:
+    """The spec as options. Unset flags are None: the spec's default, or varied by `build --all`."""
+    options = [
+        click.option("--sparse/--dense", default=None,
+                     help="Lazy sparse kernel (rows named by an index array) or dense.  "
+                          "[default: sparse]"),
+        click.option("--nesterov/--no-nesterov", default=None, help="Nesterov momentum."),
+        click.option("--locking/--no-locking", "use_locking", default=None,
+                     help="Row updates take a lock, so concurrent calls are safe."),
+        click.option("--weight-decay", "decay", type=click.Choice(DECAYS),
+                     help="none, l2 (g += wd*w) or decoupled (AdamW).  [default: none]"),
+        click.option("--amsgrad/--no-amsgrad", default=None, help="Divide by sqrt(max(v)) + eps."),
+        click.option("--maximize/--no-maximize", default=None, help="Ascend instead of descend."),
+        click.option("--eps-mode", type=click.Choice(EPS_MODES),
+                     help="Where eps is added: to sqrt(v) (mindspore) or to the bias-corrected "
+                          "sqrt(v_hat) (pytorch).  [default: mindspore]"),
+        click.option("--dtype", type=click.Choice(tuple(DTYPES)),
+                     help="Parameter dtype.  [default: float32]"),
+        click.option("--index-dtype", type=click.Choice(tuple(INDEX_DTYPES)),
+                     help="Index dtype of a sparse kernel.  [default: int64]"),
+        click.option("--beta1", type=float, metavar="FLOAT",
+                     help="Bake beta1 into the code (hp->beta1 is then ignored)."),
+        click.option("--beta2", type=float, metavar="FLOAT", help="Bake beta2 into the code."),
+        click.option("--eps", type=float, metavar="FLOAT", help="Bake eps into the code."),
+        click.option("--loss-scale", type=float, metavar="FLOAT",
+                     help="Bake loss_scale into the code."),
+        click.option("--wd", type=float, metavar="FLOAT",
+                     help="Bake weight_decay into the code (needs --weight-decay l2 or decoupled)."),
+    ]
+    return functools.reduce(lambda f, option: option(f), reversed(options), func)
+
+
+def _fields(options: dict[str, Any]) -> dict[str, Any]:
+    """The `Spec` fields given on the command line (popped from `options`), statics included."""
+    fields = {name: value for name in _FLAGS if (value := options.pop(name)) is not None}
+    static = {field: value for option, field in _STATICS.items()
+              if (value := options.pop(option)) is not None}
+    if static:
+        fields["static"] = static
+    return fields
+
+
+def _spec(options: dict[str, Any]) -> Spec:
+    with _errors():
+        return Spec(**_fields(options)).validate()
+
+
+_target_option = click.option("--target", type=click.Choice(TARGETS), default="c", show_default=True,
+                              help="Generate C (C99, OpenMP optional) or CUDA.")
+_name_option = click.option("--name", "symbol", metavar="SYMBOL",
+                            help="The function (and file) name.  [default: derived from the spec, "
+                                 "e.g. lazyadam_sparse_f32_i64]")
+
+
+@click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="lazyadam")
+def main() -> None:
+    """Generate, inspect and build LazyAdam optimizer kernels (C/OpenMP and CUDA)."""
+
+
+@main.command()
+@_spec_options
+@_target_option
+@_name_option
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=".",
+              show_default=True, help="The folder to write into (created if missing).")
+def generate(target: str, symbol: str | None, out_dir: Path, **options: Any) -> None:
+    """Write a kernel's source, header and README into a folder.
+
+    The files stand alone (no Python, no lazyadam): a C kernel needs a C99 compiler and libm, OpenMP
+    optional. Same options give byte-identical files; several kernels can share a folder. Prints the
+    paths written.
+
+    \b
+    Example:
+      lazyadam generate --sparse --nesterov --beta1 0.9 --out third_party/lazyadam
+    """
+    spec = _spec(options)
+    with _errors():
+        for path in write_sources(spec, target, out_dir, symbol):
+            click.echo(path)
+
+
+@main.command()
+@_spec_options
+@_target_option
+@_name_option
+@click.option("--stage", type=click.Choice(STAGES),
+              help="Print only this stage.  [default: all, each under a heading]")
+def ir(target: str, symbol: str | None, stage: str | None, **options: Any) -> None:
+    """Print each stage of lowering a spec.
+
+    The stages are the spec, the IR as lowered and after each pass, then the header and source.
+
+    \b
+    Example:
+      lazyadam ir --dense --stage hoist_invariants
+    """
+    spec = _spec(options)
+    with _errors():
+        texts = stages(spec, target, symbol)
+    if stage:
+        click.echo(texts[stage].rstrip("\n"))
+        return
+    for n, (name, text) in enumerate(texts.items()):
+        if n:
+            click.echo()
+        click.echo(f"==== {name} ====")
+        click.echo(text.rstrip("\n"))
+
+
+@main.command()
+@_spec_options
+@_target_option
+@click.option("--all", "every", is_flag=True,
+              help="Build every variant: each flag not given takes all of its values.")
+@click.option("--spec-json", "spec_files", multiple=True,
+              type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="A file holding a spec as JSON (Spec.to_json) or a list of them; repeatable.")
+def build(target: str, every: bool, spec_files: tuple[Path, ...], **options: Any) -> None:
+    """Compile kernels into the cache ahead of time.
+
+    Prints where each kernel went. Without --all or --spec-json, builds the one kernel the options describe.
+
+    \b
+    Examples:
+      lazyadam build --sparse --nesterov
+      lazyadam build --all --dtype float32
+      lazyadam build --spec-json specs.json
+    """
+    fields = _fields(options)
+    with _errors():
+        specs = [spec for path in spec_files for spec in specs_from_json(path.read_text())]
+        if every:
+            specs += variants(**fields)
+        elif not specs:
+            specs = [Spec(**fields).validate()]
+        elif fields:
+            raise click.UsageError("spec options apply to --all or to one kernel; "
+                                   "with --spec-json alone, give them in the JSON")
+    specs = list(dict.fromkeys(specs))
+    built = []
+    with _errors():
+        if len(specs) < PROGRESS_FROM:
+            built = [(spec, compile_kernel(spec, target)) for spec in specs]
+        else:
+            with click.progressbar(specs, label=f"building {len(specs)} {target} kernels",
+                                   item_show_func=lambda s: s.symbol() if s else None,
+                                   file=sys.stderr) as bar:
+                built = [(spec, compile_kernel(spec, target)) for spec in bar]
+    for spec, kernel in built:
+        click.echo(f"{spec.symbol()}  {kernel.path}")
+
+
+@main.group()
+def cache() -> None:
+    """List or clear the kernel cache.
+
+    The cache is $LAZYADAM_CACHE_DIR, default ~/.cache/lazyadam.
+    """
+
+
+@cache.command("ls")
+def cache_ls() -> None:
+    """List the cache entries: key, state, files and size."""
+    entries = kernel_cache.entries()
+    click.echo(f"{kernel_cache.root()}: {len(entries)} entries")
+    for entry in entries:
+        files = sorted(p for p in entry.iterdir() if p.is_file())
+        names = {p.name for p in files}
+        state = "failed" if "failed" in names else "building" if "claim" in names else "ok"
+        size = sum(p.stat().st_size for p in files)
+        shown = " ".join(p.name for p in files if p.name not in ("failed", "claim", "build.log"))
+        click.echo(f"{entry.name[:16]}  {state:8}  {size / 1024:7.1f} KiB  {shown}")
+
+
+@cache.command("clear")
+def cache_clear() -> None:
+    """Remove every cache entry."""
+    click.echo(f"removed {kernel_cache.clear()} entries from {kernel_cache.root()}")
+
+
+@main.command()
+def info() -> None:
+    """Show the compilers, GPUs and cache found.
+
+    The C compiler, OpenMP, nvcc, pycuda, the GPUs and the cache directory; a missing one reads
+    "not found".
+    """
+    click.echo(f"lazyadam {__version__}")
+    report = toolchain.report()
+    width = max(map(len, report))
+    for name, value in report.items():
+        click.echo(f"{name + ':':{width + 1}} {value}")
