@@ -1,0 +1,160 @@
+"""Checkpoints of a `LazyAdam`: one `.npz` file, written atomically and checked when read.
+
+Layout (a zip written by `numpy.savez`; no pickles anywhere):
+
+    header.npy               the JSON header below, as uint8 bytes
+    parameters/<name>.npy    each parameter
+    moment1/<name>.npy       each first moment
+    moment2/<name>.npy       each second moment
+    vmax/<name>.npy          each running max of v (amsgrad only)
+
+The header holds the format name and version, the step and beta powers (JSON floats round-trip
+exactly, so resumed training continues bitwise), the betas, the name, shape and dtype of every
+parameter, and the sha256 of every array (`payload_sha256`). A file is first written under a
+temporary name in the target folder, flushed to disk, then renamed over the target: a crash while
+saving leaves the old checkpoint (or none), never half a file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+import zipfile
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from .optimizer import LazyAdam
+
+FORMAT = "lazyadam-checkpoint"
+VERSION = 1
+SECTIONS = ("parameters", "moment1", "moment2", "vmax")
+_SCALARS = ("global_step", "beta1_power", "beta2_power", "beta1", "beta2", "amsgrad")
+
+
+def save(optimizer: LazyAdam, path: str | os.PathLike) -> None:
+    """Writes the optimizer's `state_dict()` (parameters included) to `path`, atomically."""
+    write(optimizer.state_dict(), path)
+
+
+def load(optimizer: LazyAdam, path: str | os.PathLike) -> None:
+    """Restores the state saved at `path` into `optimizer` (parameters included), in place.
+
+    Raises:
+        FileNotFoundError: no file at `path`.
+        ValueError: the file is damaged (truncated, bad checksum, not a checkpoint) or does not fit
+            the optimizer (names, shapes, dtypes, betas, amsgrad); the message says what differs.
+            Nothing was changed.
+    """
+    state = read(path)
+    try:
+        optimizer.load_state_dict(state)
+    except ValueError as error:
+        raise ValueError(f"{os.fspath(path)}: checkpoint does not fit this optimizer: "
+                         f"{error}") from None
+
+
+def write(state: dict[str, Any], path: str | os.PathLike) -> None:
+    """Writes a state dict (as `LazyAdam.state_dict()` returns) to `path`, atomically.
+
+    The file appears at `path` complete or not at all: it is written to a temporary file in the same
+    folder, fsynced, and renamed over `path` with `os.replace`.
+    """
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    arrays = {f"{section}/{name}": np.ascontiguousarray(array)
+              for section in SECTIONS if section in state
+              for name, array in state[section].items()}
+    header = {"format": FORMAT, "version": VERSION, **{k: state[k] for k in _SCALARS},
+              "parameters": [{"name": name, "shape": list(array.shape), "dtype": str(array.dtype)}
+                             for name, array in state["parameters"].items()],
+              "payload_sha256": _digest(arrays)}
+    fd, temporary = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.",
+                                     suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, header=np.frombuffer(json.dumps(header).encode(), np.uint8), **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+        raise
+    _fsync_folder(folder)
+
+
+def read(path: str | os.PathLike) -> dict[str, Any]:
+    """The state dict stored at `path`, after checking the file.
+
+    Raises:
+        FileNotFoundError: no file at `path`.
+        ValueError: not a checkpoint of this format and version, truncated, or its arrays do not
+            match the checksum or the header.
+    """
+    path = os.fspath(path)
+    with open(path, "rb") as f:
+        try:
+            with np.load(f, allow_pickle=False) as archive:
+                header = json.loads(archive["header"].tobytes().decode())
+                _check_header(header)
+                names = [p["name"] for p in header["parameters"]]
+                sections = SECTIONS if header["amsgrad"] else SECTIONS[:3]
+                arrays = {f"{s}/{n}": archive[f"{s}/{n}"] for s in sections for n in names}
+        except (zipfile.BadZipFile, ValueError, KeyError, TypeError, OSError, EOFError,
+                UnicodeDecodeError) as error:
+            raise ValueError(f"{path}: damaged or not a lazyadam checkpoint "
+                             f"({type(error).__name__}: {error})") from None
+    if _digest(arrays) != header["payload_sha256"]:
+        raise ValueError(f"{path}: damaged checkpoint: the arrays do not match the checksum "
+                         "in its header")
+    for p in header["parameters"]:
+        for section in sections:
+            array = arrays[f"{section}/{p['name']}"]
+            if list(array.shape) != p["shape"] or str(array.dtype) != p["dtype"]:
+                raise ValueError(f"{path}: damaged checkpoint: {section}/{p['name']} has shape "
+                                 f"{array.shape} and dtype {array.dtype}, its header says "
+                                 f"{tuple(p['shape'])} and {p['dtype']}")
+    state = {k: header[k] for k in _SCALARS}
+    for section in sections:
+        state[section] = {n: arrays[f"{section}/{n}"] for n in names}
+    return state
+
+
+def _check_header(header: Any) -> None:
+    if not isinstance(header, dict) or header.get("format") != FORMAT:
+        raise ValueError(f"the header does not name the format {FORMAT!r}")
+    if header.get("version") != VERSION:
+        raise ValueError(f"format version {header.get('version')!r}; this lazyadam reads "
+                         f"version {VERSION}")
+    missing = [k for k in (*_SCALARS, "parameters", "payload_sha256") if k not in header]
+    if missing:
+        raise ValueError(f"the header lacks {', '.join(missing)}")
+
+
+def _digest(arrays: dict[str, np.ndarray]) -> str:
+    """sha256 over every array's key, dtype, shape and bytes, in key order."""
+    digest = hashlib.sha256()
+    for key in sorted(arrays):
+        array = np.ascontiguousarray(arrays[key])
+        digest.update(f"{key}\0{array.dtype.str}\0{array.shape}\0".encode())
+        digest.update(array.reshape(-1).view(np.uint8))
+    return digest.hexdigest()
+
+
+def _fsync_folder(folder: str) -> None:
+    """Makes the rename itself durable (POSIX); a no-op where folders cannot be opened."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
