@@ -1,0 +1,318 @@
+"""Generated C sources as another project builds them: by the system compiler, without lazyadam.
+
+The sources are written by `lazyadam.sources.write_sources`, compiled into shared libraries with and
+without OpenMP under `-std=c99 -Wall -Wextra -Werror -pedantic`, called through cffi and compared with
+the numpy reference; the C ABI's error codes are checked, and a C++ program includes two headers.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import cffi
+import numpy as np
+import pytest
+
+from lazyadam import HParams, Spec, generate
+from lazyadam.codegen.variants import variants
+from lazyadam.sources import write_sources
+from lazyadam.targets import c, toolchain
+from reference import lazyadam_step
+from tolerance import assert_close
+
+STRICT = ["-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic"]
+OK, ENULL, ESIZE, EINDEX = 0, -1, -2, -3
+STATIC = {"beta1": 0.85, "beta2": 0.995, "eps": 1e-7, "loss_scale": 8.0, "weight_decay": 0.01}
+HYPER = dict(lr=0.01, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.05, loss_scale=4.0)
+
+#: Every flag value at least once, both dtypes and index dtypes, baked hyperparameters.
+SPECS = [
+    Spec(),
+    Spec(nesterov=True, decay="l2", dtype="float64", index_dtype="int32"),
+    Spec(amsgrad=True, maximize=True, use_locking=True, eps_mode="pytorch"),
+    Spec(decay="decoupled", index_dtype="int32", static=STATIC),
+    Spec(sparse=False),
+    Spec(sparse=False, dtype="float64", nesterov=True, amsgrad=True, decay="l2", eps_mode="pytorch"),
+    Spec(sparse=False, use_locking=True, maximize=True, decay="decoupled"),
+    Spec(sparse=False, dtype="float64", decay="l2", static={"beta1": 0.85, "loss_scale": 8.0}),
+]
+
+
+def cc() -> list[str]:
+    problem = c.unavailable()
+    if problem:
+        pytest.skip(problem)
+    return c.compiler()
+
+
+def openmp_modes() -> list[str]:
+    if toolchain.openmp().startswith("yes"):
+        return ["openmp", "serial"]
+    return ["serial"]
+
+
+def compile_library(folder: Path, sources: list[Path], openmp: bool) -> Path:
+    """All `sources` in one shared library, built in one compiler call under strict warnings."""
+    out = folder / f"kernels_{'omp' if openmp else 'serial'}.so"
+    cmd = [*cc(), *STRICT, "-O2", "-fPIC", "-shared", *(["-fopenmp"] if openmp else []),
+           *map(str, sources), "-o", str(out), "-lm"]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    return out
+
+
+class Shipped:
+    """One generated kernel, called through cffi from a library built outside lazyadam."""
+
+    def __init__(self, spec: Spec, library: Path):
+        self.spec = spec
+        source = generate(spec)
+        self.ffi = cffi.FFI()
+        self.ffi.cdef(source.cdef)
+        self.fn = getattr(self.ffi.dlopen(str(library)), source.symbol)
+        self.T = "float" if spec.dtype == "float32" else "double"
+
+    def ptr(self, arr: np.ndarray | None, ctype: str | None = None):
+        if arr is None:
+            return self.ffi.NULL
+        return self.ffi.cast(f"{ctype or self.T} *", arr.ctypes.data)
+
+    def __call__(self, var, m, v, vmax, grad, hp: HParams, *, rows=None, row_size=None, nnz=None,
+                 n=None, null: str = "") -> int:
+        """Calls the kernel; `null` names an argument passed as a null pointer."""
+        args = {"var": var, "m": m, "v": v} | ({"vmax": vmax} if self.spec.amsgrad else {})
+        ptrs = {name: self.ffi.NULL if name == null else self.ptr(a) for name, a in args.items()}
+        hp_ptr = self.ffi.NULL if null == "hp" else self.ffi.new("lazyadam_hparams *",
+                                                                 hp.as_tuple())
+        if not self.spec.sparse:
+            grad_ptr = self.ffi.NULL if null == "grad" else self.ptr(grad)
+            return self.fn(*ptrs.values(), grad_ptr, var.size if n is None else n, hp_ptr)
+        indices, values = grad
+        index_ptr = self.ffi.NULL if null == "indices" else self.ptr(indices, f"{indices.dtype}_t")
+        values_ptr = self.ffi.NULL if null == "values" else self.ptr(values)
+        return self.fn(*ptrs.values(), var.shape[0] if rows is None else rows,
+                       var[0].size if row_size is None else row_size, index_ptr, values_ptr,
+                       len(indices) if nnz is None else nnz, hp_ptr)
+
+
+@pytest.fixture(scope="module")
+def libraries(tmp_path_factory) -> dict[str, Path]:
+    """The representative specs, written with write_sources, built with and without OpenMP."""
+    folder = tmp_path_factory.mktemp("shipped")
+    sources = [write_sources(spec, "c", folder)[0] for spec in SPECS]
+    modes = openmp_modes()
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        built = pool.map(lambda mode: compile_library(folder, sources, mode == "openmp"), modes)
+        return dict(zip(modes, built))
+
+
+def kernel_hparams(spec: Spec, t: int) -> tuple[HParams, dict]:
+    """The `hp` passed to the kernel (baked fields set to NaN: they must be ignored) and the
+    hyperparameters the reference uses."""
+    hyper = {**HYPER, **spec.statics}
+    passed = HParams.at_step(t, **hyper)
+    poisoned = {name: float("nan") for name in spec.statics}
+    return HParams(**{**passed.__dict__, **poisoned}), hyper
+
+
+def run_steps(kernel: Shipped, spec: Spec, seed: int = 3):
+    """Three steps of the kernel and of the reference, from the same random start."""
+    rng = np.random.default_rng(seed)
+    shape = (11, 2, 3) if spec.sparse else (2, 2500)  # dense: two 4096-element chunks
+    var0 = rng.standard_normal(shape).astype(spec.dtype)
+    state = [var0.copy(), np.zeros_like(var0), np.zeros_like(var0),
+             np.zeros_like(var0) if spec.amsgrad else None]
+    ref = [var0.astype(np.float64), np.zeros(shape), np.zeros(shape),
+           np.zeros(shape) if spec.amsgrad else None]
+    flags = dict(nesterov=spec.nesterov, decay=spec.decay, amsgrad=spec.amsgrad,
+                 maximize=spec.maximize, eps_mode=spec.eps_mode)
+    for t, rows in enumerate([[5, 1, 5, 0, 9, 1, 5], [3, 3, 3], [2, 10]], start=1):
+        if spec.sparse:
+            indices = np.array(rows, spec.index_dtype)
+            values = rng.standard_normal((len(rows),) + shape[1:]).astype(spec.dtype)
+            grad = (indices, values)
+        else:
+            indices, values = None, rng.standard_normal(shape).astype(spec.dtype)
+            grad = values
+        hp, hyper = kernel_hparams(spec, t)
+        assert kernel(*state, grad, hp) == OK
+        ref = list(lazyadam_step(*ref[:3], values, indices=indices, vmax=ref[3],
+                                 beta1_power=hyper["beta1"] ** t, beta2_power=hyper["beta2"] ** t,
+                                 **hyper, **flags))
+    return state, ref, var0
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.symbol())
+def test_shipped_source_matches_reference_with_and_without_openmp(libraries, spec):
+    results = {}
+    for mode, library in libraries.items():
+        got, ref, var0 = run_steps(Shipped(spec, library), spec)
+        for name, actual, expected in zip(("var", "m", "v", "vmax"), got, ref):
+            if expected is not None:
+                assert_close(actual, expected, spec.dtype, f"{mode} {name}")
+        if spec.sparse:  # rows never named keep their values, bit for bit
+            untouched = [r for r in range(var0.shape[0]) if r not in (0, 1, 2, 3, 5, 9, 10)]
+            np.testing.assert_array_equal(got[0][untouched], var0[untouched])
+        results[mode] = got
+    if len(results) == 2:  # OpenMP changes nothing: the same bits
+        for a, b in zip(*results.values()):
+            if a is not None:
+                np.testing.assert_array_equal(a, b)
+
+
+def test_duplicate_row_is_decayed_per_occurrence_and_loss_scaled(libraries):
+    """SEMANTICS: `values[i]/loss_scale + wd*w[indices[i]]` per occurrence, then summed."""
+    spec = SPECS[1]  # nesterov, l2, float64, int32 indices
+    kernel = Shipped(spec, libraries["serial"])
+    var = np.array([[2.0], [3.0]])
+    m, v = np.zeros_like(var), np.zeros_like(var)
+    hp = HParams.at_step(1, lr=0.1, weight_decay=0.5, loss_scale=4.0)
+    assert kernel(var, m, v, None, (np.array([1, 1], np.int32), np.array([[4.0], [8.0]])), hp) == OK
+    g = (4.0 / 4.0 + 0.5 * 3.0) + (8.0 / 4.0 + 0.5 * 3.0)  # decayed twice
+    assert m[1, 0] == pytest.approx(0.1 * g, rel=1e-15)
+    assert v[1, 0] == pytest.approx(0.001 * g * g, rel=1e-15)
+    assert var[0, 0] == 2.0 and m[0, 0] == 0.0
+
+
+def _state(spec: Spec, shape=(4, 3)):
+    rng = np.random.default_rng(0)
+    arrays = [rng.standard_normal(shape).astype(spec.dtype) for _ in range(4)]
+    return arrays[:3] + [arrays[3] if spec.amsgrad else None]
+
+
+SPARSE_BAD = [
+    ("null var", dict(null="var"), ENULL),
+    ("null m", dict(null="m"), ENULL),
+    ("null v", dict(null="v"), ENULL),
+    ("null vmax", dict(null="vmax"), ENULL),
+    ("null indices", dict(null="indices"), ENULL),
+    ("null values", dict(null="values"), ENULL),
+    ("null hp", dict(null="hp"), ENULL),
+    ("negative rows", dict(rows=-1), ESIZE),
+    ("negative row_size", dict(row_size=-3), ESIZE),
+    ("negative nnz", dict(nnz=-2), ESIZE),
+    ("index -1", dict(indices=[0, -1, 2]), EINDEX),
+    ("index == rows", dict(indices=[0, 4]), EINDEX),
+    ("index past rows", dict(indices=[3, 2, 1000]), EINDEX),
+]
+
+
+@pytest.mark.parametrize("what, bad, status", SPARSE_BAD, ids=[b[0] for b in SPARSE_BAD])
+def test_sparse_bad_input_returns_its_code_and_writes_nothing(libraries, what, bad, status):
+    spec = SPECS[2]  # amsgrad: vmax is an argument too
+    kernel = Shipped(spec, libraries["serial"])
+    state = _state(spec)
+    before = [a.copy() for a in state]
+    indices = np.array(bad.pop("indices", [2, 0, 2]), spec.index_dtype)
+    values = np.ones((len(indices), 3), spec.dtype)
+    hp = HParams.at_step(1)
+    assert kernel(*state, (indices, values), hp, **bad) == status
+    for a, b in zip(state, before):
+        np.testing.assert_array_equal(a, b)
+
+
+DENSE_BAD = [
+    ("null var", dict(null="var"), ENULL),
+    ("null vmax", dict(null="vmax"), ENULL),
+    ("null grad", dict(null="grad"), ENULL),
+    ("null hp", dict(null="hp"), ENULL),
+    ("negative n", dict(n=-1), ESIZE),
+]
+
+
+@pytest.mark.parametrize("what, bad, status", DENSE_BAD, ids=[b[0] for b in DENSE_BAD])
+def test_dense_bad_input_returns_its_code_and_writes_nothing(libraries, what, bad, status):
+    spec = SPECS[5]  # dense amsgrad
+    kernel = Shipped(spec, libraries["serial"])
+    state = _state(spec)
+    before = [a.copy() for a in state]
+    assert kernel(*state, np.ones((4, 3), spec.dtype), HParams.at_step(1), **bad) == status
+    for a, b in zip(state, before):
+        np.testing.assert_array_equal(a, b)
+
+
+CPP_MAIN = r"""
+#include "lazyadam_sparse_f32_i64.h"
+#include "lazyadam_dense_f64.h"
+#include "lazyadam_sparse_f32_i64.h"  /* twice: the include guard holds */
+#include <cstdio>
+
+int main() {
+    /* The known values of SEMANTICS.md: beta powers 0.9 and 0.999 passed in. */
+    const lazyadam_hparams hp = {0.001, 0.9, 0.999, 1e-8, 0.0, 1.0, 0.9, 0.999};
+    float var[2] = {1, 1}, m[2] = {1, 1}, v[2] = {1, 1}, values[2] = {0.1f, 0.1f};
+    const int64_t rows[1] = {0};
+    double dvar[2] = {1, 1}, dm[2] = {1, 1}, dv[2] = {1, 1}, grad[2] = {1, 1};
+    const int a = lazyadam_sparse_f32_i64(var, m, v, 1, 2, rows, values, 1, &hp);
+    const int b = lazyadam_dense_f64(dvar, dm, dv, grad, 2, &hp);
+    std::printf("%d %d %.7f %.7f\n", a, b, var[0], dvar[0]);
+    return a == LAZYADAM_OK && b == LAZYADAM_OK ? 0 : 1;
+}
+"""
+
+
+def test_cpp_program_includes_two_headers_and_links(tmp_path):
+    cxx = shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")
+    if cxx is None:
+        pytest.skip("no C++ compiler (c++, g++ or clang++) on PATH")
+    sources = [write_sources(spec, "c", tmp_path)[0]
+               for spec in (Spec(), Spec(sparse=False, dtype="float64"))]
+    objects = []
+    for source in sources:
+        objects.append(source.with_suffix(".o"))
+        subprocess.run([*cc(), *STRICT, "-O2", "-c", str(source), "-o", str(objects[-1])],
+                       check=True)
+    (tmp_path / "main.cpp").write_text(CPP_MAIN)
+    # A C translation unit including both headers, too.
+    (tmp_path / "both.c").write_text(CPP_MAIN.split("#include <cstdio>")[0])
+    subprocess.run([*cc(), *STRICT, "-fsyntax-only", str(tmp_path / "both.c")], check=True)
+    build = subprocess.run([cxx, "-std=c++11", "-Wall", "-Wextra", "-Werror", "-pedantic",
+                            str(tmp_path / "main.cpp"), *map(str, objects), "-o",
+                            str(tmp_path / "main"), "-lm"], capture_output=True, text=True)
+    assert build.returncode == 0, build.stderr
+    out = subprocess.run([str(tmp_path / "main")], capture_output=True, text=True, check=True)
+    a, b, sparse_var, dense_var = out.stdout.split()
+    assert (a, b) == ("0", "0")
+    assert float(sparse_var) == pytest.approx(0.9997121, rel=1e-7)
+    assert float(dense_var) == pytest.approx(0.9996838, rel=1e-7)
+
+
+@pytest.mark.slow
+def test_every_c_variant_compiles_cleanly(tmp_path):
+    """The whole flag product under strict warnings, with and without OpenMP: two compiler calls
+    per mode (one per core), syntax and warnings only."""
+    compiler = cc()
+    for spec in variants():
+        source = generate(spec)
+        (tmp_path / source.filename).write_text(source.text)
+        (tmp_path / f"{source.symbol}.h").write_text(source.header)
+    sources = sorted(map(str, tmp_path.glob("*.c")))
+    assert len(sources) == len(variants())
+    calls = [[*compiler, *STRICT, *flags, "-fsyntax-only", *sources[half::2]]
+             for flags in ([] if mode == "serial" else ["-fopenmp"] for mode in openmp_modes())
+             for half in (0, 1)]
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        for proc in pool.map(lambda cmd: subprocess.run(cmd, capture_output=True, text=True),
+                             calls):
+            assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def test_ship_c_example_checks_its_numbers(tmp_path):
+    """examples/ship_c: `make check` generates with the CLI, builds without Python and runs."""
+    make = shutil.which("make")
+    if make is None:
+        pytest.skip("make is not installed")
+    lazyadam_cli = Path(sys.executable).with_name("lazyadam")
+    if not lazyadam_cli.exists():
+        pytest.skip(f"the lazyadam console script is not installed beside {sys.executable}")
+    example = tmp_path / "ship_c"
+    shutil.copytree(Path(__file__).parents[1] / "examples" / "ship_c", example,
+                    ignore=shutil.ignore_patterns("gen", "step_omp", "step_serial", "build"))
+    proc = subprocess.run([make, "-C", str(example), f"LAZYADAM={lazyadam_cli}", f"CC={cc()[0]}",
+                           *([] if "openmp" in openmp_modes() else ["OPENMP_FLAGS="]), "check"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.count("all checks passed") == 2
