@@ -244,7 +244,7 @@ def cache() -> None:
 
 @cache.command("ls")
 def cache_ls() -> None:
-    """List the cache entries: key, state, files and size."""
+    """List the cache entries: key, state (ok, failed, building), size and built files."""
     entries = kernel_cache.entries()
     click.echo(f"{kernel_cache.root()}: {len(entries)} entries")
     for entry in entries:
@@ -252,8 +252,11 @@ def cache_ls() -> None:
         names = {p.name for p in files}
         state = "failed" if "failed" in names else "building" if "claim" in names else "ok"
         size = sum(p.stat().st_size for p in files)
-        shown = " ".join(p.name for p in files if p.name not in ("failed", "claim", "build.log"))
-        click.echo(f"{entry.name[:16]}  {state:8}  {size / 1024:7.1f} KiB  {shown}")
+        sources = [p.name for p in files if p.suffix in (".c", ".cu", ".h")]
+        built = [p.name for p in files if p.name not in ("failed", "claim", "build.log")
+                 and p.name not in sources]
+        click.echo(f"{entry.name[:16]}  {state:8}  {size / 1024:6.1f} KiB  "
+                   f"{' '.join(built or sources)}")
 
 
 @cache.command("clear")
