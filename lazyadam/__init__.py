@@ -7,7 +7,9 @@ from .errors import (CompilationError, CompilerNotFoundError, KernelError,  # no
                      TargetUnavailableError)
 from .targets import compile  # noqa: E402
 from .targets.base import HParams  # noqa: E402
+from .runtime import LazyAdam, Parameter, RowTensor  # noqa: E402
 
-__all__ = ["Spec", "SpecError", "Source", "HParams", "generate", "stages", "compile",
+__all__ = ["LazyAdam", "Parameter", "RowTensor",
+           "Spec", "SpecError", "Source", "HParams", "generate", "stages", "compile",
            "CompilationError", "CompilerNotFoundError", "KernelError", "TargetUnavailableError",
            "__version__"]

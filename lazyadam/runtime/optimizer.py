@@ -1,0 +1,685 @@
+"""`LazyAdam`: MindSpore's `nn.LazyAdam` API over the generated kernels (SEMANTICS.md).
+
+A call `optimizer(gradients)` works in two phases, so that a failed call changes nothing:
+
+    check    gradients, indices, learning rate and weight decay of step k; compile missing kernels
+    apply    k += 1, beta powers *= beta, one kernel per parameter with this step's `HParams`
+
+Each parameter gets a `Spec` from its dtype and the optimizer's flags; the gradient picks the dense
+or the lazy sparse kernel (and the index dtype). Kernels are compiled once (`lazyadam.targets`) and
+kept per parameter; hyperparameters travel as runtime arguments, so no value of lr or weight decay
+ever recompiles.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import threading
+from collections.abc import Iterable, Mapping
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from .. import targets
+from ..codegen.spec import Spec
+from ..errors import KernelError
+from ..targets.base import HParams, index_error
+from ..targets.c import CKernel
+from .parameter import Parameter, RowTensor, is_device_array, to_host, zeros_like
+from .schedules import LearningRateSchedule
+
+GROUP_KEYS = ("params", "lr", "weight_decay", "grad_centralization", "order_params")
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+INDEX_DTYPES = {np.dtype(np.int32): "int32", np.dtype(np.int64): "int64"}
+
+
+def target_for(data: Any) -> str:
+    """The kernel target for a parameter's array: "cuda" for device arrays, else "c"."""
+    return "cuda" if is_device_array(data) else "c"
+
+
+def decays_by_default(param: Parameter) -> bool:
+    """MindSpore's default weight-decay filter: names without `beta` or `gamma` (norm layers)."""
+    return "beta" not in param.name and "gamma" not in param.name
+
+
+class LazyAdam:
+    """Adam that updates only the rows a sparse gradient touches (MindSpore's `nn.LazyAdam`).
+
+    Each call `optimizer(gradients)` takes one gradient per parameter, in parameter order: an array
+    of the parameter's shape and dtype (dense update) or a `RowTensor` (lazy sparse update: rows
+    not in `indices` keep their value and moments). It returns True. With step `k` counted from 0,
+    learning rate `lr = lr_at(k)`, `beta^t` the running products after this step's multiply:
+
+        g   = g/loss_scale + wd*w              (sparse: per occurrence, duplicates then summed)
+        lr_t = lr * sqrt(1 - beta2^t) / (1 - beta1^t)
+        m   = beta1*m + (1-beta1)*g
+        v   = beta2*v + (1-beta2)*g*g
+        w   = w - lr_t * m / (sqrt(v) + eps)  (nesterov: beta1*m + (1-beta1)*g in the numerator)
+
+    Every gradient is checked before anything is written: a call that raises leaves parameters,
+    moments, beta powers and the step exactly as they were.
+
+    Gradient centralization (a group's `grad_centralization`) subtracts from each dense gradient
+    of rank >= 2 its mean over every axis but the first, on a copy, before the kernel adds the
+    `wd*w` term. (MindSpore's `Optimizer` centralizes after adding the decay term: where a
+    parameter is both decayed and centralized, the two differ by the mean of `wd*w`.)
+
+    Threads: kernels run without the GIL, so several threads may call one optimizer at once. With
+    `use_locking=True` the optimizer holds one lock over the step bookkeeping and all kernels of a
+    call, so calls are atomic: k threads give bitwise what k sequential calls give (the kernels'
+    own striped row locks also protect C callers that share the arrays). With `use_locking=False`
+    the bookkeeping (step, beta powers) is still taken under the lock, but kernels of different
+    calls may interleave on the same rows (Hogwild); memory is never corrupted.
+
+    Args:
+        params: a list of `Parameter`s, or of group dicts with keys `params` (required), `lr`,
+            `weight_decay`, `grad_centralization`; one more dict holding only `order_params` fixes
+            the order of parameters (and of gradients) to exactly the grouped parameters.
+        learning_rate: float or int (fixed); 0-d array (fixed); 1-d array or finite iterable,
+            read once here (step k uses `lr[k]`); or a `LearningRateSchedule` (step k uses
+            `schedule(k)`).
+        beta1, beta2: moment decay rates, Python floats in (0, 1).
+        eps: Python float > 0, added to `sqrt(v)`.
+        use_locking: make concurrent calls atomic (see Threads).
+        use_nesterov: Nesterov momentum.
+        weight_decay: float or int >= 0, or a `LearningRateSchedule` (dynamic, `wd_at(k)`).
+            Without groups it applies to parameters whose names contain neither `beta` nor `gamma`.
+        loss_scale: gradients are divided by it (float or int > 0).
+        amsgrad: keep `vmax = max(vmax, v)` and divide by `sqrt(vmax) + eps`.
+        decoupled_weight_decay: AdamW, `w -= lr*wd*w`, instead of adding `wd*w` to the gradient.
+        maximize: ascend instead of descend.
+        eps_mode: "mindspore" (eps added to `sqrt(v)`) or "pytorch" (eps added to the
+            bias-corrected `sqrt(v_hat)`, as `torch.optim.Adam`).
+
+    Raises:
+        TypeError, ValueError, KeyError, RuntimeError: as SEMANTICS.md's table of bad input.
+    """
+
+    def __init__(self, params: Any, learning_rate: Any = 1e-3, beta1: float = 0.9,
+                 beta2: float = 0.999, eps: float = 1e-8, use_locking: bool = False,
+                 use_nesterov: bool = False, weight_decay: Any = 0.0, loss_scale: float = 1.0, *,
+                 amsgrad: bool = False, decoupled_weight_decay: bool = False,
+                 maximize: bool = False, eps_mode: str = "mindspore"):
+        for name, value in (("beta1", beta1), ("beta2", beta2), ("eps", eps)):
+            if not _is_float(value):
+                raise TypeError(f"{name} must be a Python float, got {type(value).__name__}: "
+                                f"{value!r}")
+        for name, value in (("beta1", beta1), ("beta2", beta2)):
+            if not 0.0 < value < 1.0:
+                raise ValueError(f"{name} must lie in the open interval (0, 1), got {value!r}")
+        if not (math.isfinite(eps) and eps > 0.0):
+            raise ValueError(f"eps must be a finite number > 0, got {eps!r}")
+        if not (_is_float(loss_scale) or isinstance(loss_scale, int)):
+            raise TypeError(f"loss_scale must be a float or an int, got "
+                            f"{type(loss_scale).__name__}: {loss_scale!r}")
+        if not (math.isfinite(loss_scale) and loss_scale > 0):
+            raise ValueError(f"loss_scale must be a finite number > 0, got {loss_scale!r}")
+        for name, value in (("use_locking", use_locking), ("use_nesterov", use_nesterov),
+                            ("amsgrad", amsgrad), ("decoupled_weight_decay", decoupled_weight_decay),
+                            ("maximize", maximize)):
+            if not isinstance(value, bool):
+                raise TypeError(f"{name} must be a bool, got {type(value).__name__}: {value!r}")
+        if eps_mode not in ("mindspore", "pytorch"):
+            raise ValueError(f"eps_mode must be 'mindspore' or 'pytorch', got {eps_mode!r}")
+
+        self.beta1, self.beta2, self.eps = beta1, beta2, eps
+        self.use_locking, self.use_nesterov = use_locking, use_nesterov
+        self.loss_scale = float(loss_scale)
+        self.amsgrad, self.decoupled_weight_decay = amsgrad, decoupled_weight_decay
+        self.maximize, self.eps_mode = maximize, eps_mode
+
+        default_lr = _rate(learning_rate, "learning_rate")
+        default_wd = _weight_decay(weight_decay, "weight_decay")
+        self.learning_rate, self.weight_decay = default_lr.source, default_wd.source
+        groups, order = _parse_params(params)
+        self.is_group = groups is not None
+        if groups is None:
+            groups = [{"params": order}]
+        self._groups: list[_Group] = []
+        slots: dict[int, _Slot] = {}
+        for number, group in enumerate(groups):
+            where = f"group {number}" if self.is_group else "params"
+            lr = _rate(group["lr"], f"{where} lr") if "lr" in group else default_lr
+            wd = (_weight_decay(group["weight_decay"], f"{where} weight_decay")
+                  if "weight_decay" in group else default_wd)
+            centralize = group.get("grad_centralization", False)
+            if not isinstance(centralize, bool):
+                raise TypeError(f"{where} grad_centralization must be a bool, got "
+                                f"{type(centralize).__name__}: {centralize!r}")
+            self._groups.append(_Group(lr, wd))
+            for param in group["params"]:
+                decayed = wd.dynamic or wd.value > 0.0
+                if not self.is_group:
+                    decayed = decayed and decays_by_default(param)
+                slots[id(param)] = self._slot(param, number, decayed, centralize)
+        self._slots: tuple[_Slot, ...] = tuple(slots[id(p)] for p in order)
+        self.is_group_lr = len({id(g.lr) for g in self._groups}) > 1
+        self.dynamic_lr = any(g.lr.dynamic for g in self._groups)
+
+        self._lock = threading.Lock()
+        self._step = 0
+        self._beta1_power = 1.0
+        self._beta2_power = 1.0
+
+    def _slot(self, param: Parameter, group: int, decayed: bool, centralize: bool) -> _Slot:
+        if param.dtype not in FLOAT_DTYPES:
+            raise TypeError(f"parameter {param.name!r} has dtype {param.dtype}; LazyAdam updates "
+                            "float32 or float64 parameters")
+        decay = ("decoupled" if self.decoupled_weight_decay else "l2") if decayed else "none"
+        spec = Spec(nesterov=self.use_nesterov, use_locking=self.use_locking, decay=decay,
+                    amsgrad=self.amsgrad, maximize=self.maximize, eps_mode=self.eps_mode,
+                    dtype=str(param.dtype))
+        moments = [Parameter(zeros_like(param.data), name=f"{kind}.{param.name}")
+                   for kind in ("moment1", "moment2") + (("vmax",) if self.amsgrad else ())]
+        return _Slot(param, group, centralize, spec, target_for(param.data), *moments)
+
+    # -- state -----------------------------------------------------------------------------------
+
+    @property
+    def parameters(self) -> tuple[Parameter, ...]:
+        """The parameters, in the order gradients are expected."""
+        return tuple(s.param for s in self._slots)
+
+    @property
+    def moment1(self) -> tuple[Parameter, ...]:
+        """First moments, named `moment1.<parameter name>`."""
+        return tuple(s.m for s in self._slots)
+
+    @property
+    def moment2(self) -> tuple[Parameter, ...]:
+        """Second moments, named `moment2.<parameter name>`."""
+        return tuple(s.v for s in self._slots)
+
+    @property
+    def vmax(self) -> tuple[Parameter, ...]:
+        """Running maxima of the second moments (amsgrad), named `vmax.<parameter name>`; else ()."""
+        return tuple(s.vmax for s in self._slots) if self.amsgrad else ()
+
+    @property
+    def beta1_power(self) -> float:
+        """beta1^t after t calls (1.0 before the first)."""
+        return self._beta1_power
+
+    @property
+    def beta2_power(self) -> float:
+        """beta2^t after t calls (1.0 before the first)."""
+        return self._beta2_power
+
+    @property
+    def global_step(self) -> int:
+        """How many calls succeeded; the next call uses `lr_at(global_step)`."""
+        return self._step
+
+    def get_lr(self) -> float | tuple[float, ...]:
+        """The learning rate the next call will use: one float, or one per parameter with groups.
+
+        Raises:
+            IndexError: a learning-rate sequence has no value for the next step.
+        """
+        step = self._step
+        if not self.is_group_lr:
+            return self._groups[0].lr.at(step)
+        return tuple(self._groups[s.group].lr.at(step) for s in self._slots)
+
+    def get_lr_parameter(self, param: Parameter) -> float:
+        """The learning rate the next call will use for `param`.
+
+        Raises:
+            ValueError: `param` is not optimized here.
+        """
+        for slot in self._slots:
+            if slot.param is param:
+                return self._groups[slot.group].lr.at(self._step)
+        raise ValueError(f"parameter {param.name!r} is not optimized by this LazyAdam")
+
+    def state_dict(self) -> dict[str, Any]:
+        """A copy of the whole training state: parameters, moments, beta powers, step.
+
+        Returns:
+            `{"global_step", "beta1_power", "beta2_power", "beta1", "beta2", "amsgrad",
+            "parameters": {name: array}, "moment1": {...}, "moment2": {...}[, "vmax": {...}]}`,
+            arrays as numpy copies keyed by parameter name, in parameter order.
+        """
+        with self._lock:
+            state: dict[str, Any] = {
+                "global_step": self._step, "beta1_power": self._beta1_power,
+                "beta2_power": self._beta2_power, "beta1": self.beta1, "beta2": self.beta2,
+                "amsgrad": self.amsgrad,
+            }
+            for key, attr in _STATE_ARRAYS[: 4 if self.amsgrad else 3]:
+                state[key] = {s.param.name: getattr(s, attr).asnumpy() for s in self._slots}
+        return state
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restores a `state_dict()`, in place; checks all of it before writing anything.
+
+        Raises:
+            ValueError: a missing entry, other parameter names, shapes or dtypes, other betas,
+                amsgrad state present or absent where this optimizer differs; the message says
+                what differs.
+        """
+        missing = [k for k in ("global_step", "beta1_power", "beta2_power") if k not in state]
+        if missing:
+            raise ValueError(f"state has no {', '.join(missing)}")
+        for name in ("beta1", "beta2"):
+            if name in state and state[name] != getattr(self, name):
+                raise ValueError(f"state was saved with {name}={state[name]!r}, this optimizer "
+                                 f"has {name}={getattr(self, name)!r}")
+        step = state["global_step"]
+        if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 0:
+            raise ValueError(f"global_step must be an int >= 0, got {step!r}")
+        powers = [state["beta1_power"], state["beta2_power"]]
+        if not all(isinstance(p, (float, int)) and 0.0 < p <= 1.0 for p in powers):
+            raise ValueError(f"beta powers must lie in (0, 1], got {powers}")
+        wanted = _STATE_ARRAYS[: 4 if self.amsgrad else 3]
+        if "vmax" in state and not self.amsgrad:
+            raise ValueError("state holds amsgrad's vmax, this optimizer has amsgrad=False")
+        names = [s.param.name for s in self._slots]
+        arrays = []
+        for key, attr in wanted:
+            saved = state.get(key)
+            if saved is None:
+                raise ValueError(f"state has no {key!r}" + (" (saved with amsgrad=False?)"
+                                                            if key == "vmax" else ""))
+            extra = [n for n in saved if n not in names]
+            absent = [n for n in names if n not in saved]
+            if extra or absent:
+                raise ValueError(f"state {key!r} does not match the parameters: not in this "
+                                 f"optimizer: {extra}, missing from the state: {absent}")
+            for slot in self._slots:
+                value, target = saved[slot.param.name], getattr(slot, attr)
+                if not is_device_array(value):
+                    value = np.asarray(value)
+                value_shape = tuple(np.shape(value))
+                if value_shape != target.shape or np.dtype(value.dtype) != target.dtype:
+                    raise ValueError(f"state {key}[{slot.param.name!r}] has shape {value_shape} "
+                                     f"and dtype {value.dtype}, the optimizer has {target.shape} "
+                                     f"and {target.dtype}")
+                arrays.append((target, value))
+        with self._lock:
+            for target, value in arrays:
+                target.set_data(value)
+            self._step = int(step)
+            self._beta1_power, self._beta2_power = (float(p) for p in powers)
+
+    def save(self, path: Any) -> None:
+        """Writes `state_dict()` to `path` atomically (see `lazyadam.runtime.checkpoint.save`)."""
+        from .checkpoint import save
+        save(self, path)
+
+    def load(self, path: Any) -> None:
+        """Restores the state saved at `path` (see `lazyadam.runtime.checkpoint.load`)."""
+        from .checkpoint import load
+        load(self, path)
+
+    # -- a step ------------------------------------------------------------------------------------
+
+    def __call__(self, gradients: Sequence[Any]) -> bool:
+        """One step over all parameters; returns True.
+
+        Args:
+            gradients: a tuple or list with one gradient per parameter, in parameter order: an
+                array (dense) or a `RowTensor` (lazy sparse).
+
+        Raises:
+            TypeError: gradients not a tuple or list; a gradient of the wrong type or dtype;
+                indices that are not integers.
+            ValueError: the wrong number of gradients; a shape that does not fit its parameter.
+            IndexError: an index outside its parameter's rows (the first one is named); a
+                learning-rate sequence that has no value for this step.
+            CompilationError: a kernel failed to build.
+            Nothing was changed when any of these is raised.
+        """
+        work = self._check(gradients)
+        groups = self._groups
+        with self._lock:
+            step = self._step
+            rates = [(g.lr.at(step), g.wd.at(step)) for g in groups]
+            beta1_power = self._beta1_power * self.beta1
+            beta2_power = self._beta2_power * self.beta2
+            self._step = step + 1
+            self._beta1_power, self._beta2_power = beta1_power, beta2_power
+            hparams = [(lr, self.beta1, self.beta2, self.eps, wd, self.loss_scale, beta1_power,
+                        beta2_power) for lr, wd in rates]
+            if self.use_locking:
+                _apply(work, hparams)
+                return True
+        _apply(work, hparams)
+        return True
+
+    def _check(self, gradients: Sequence[Any]) -> list[tuple[Any, ...]]:
+        """Checks every gradient and prepares one kernel call per parameter; writes nothing."""
+        if not isinstance(gradients, (tuple, list)):
+            raise TypeError(f"gradients must be a tuple or list with one gradient per parameter, "
+                            f"got {type(gradients).__name__}")
+        slots = self._slots
+        if len(gradients) != len(slots):
+            raise ValueError(f"got {len(gradients)} gradients for {len(slots)} parameters")
+        return [slot.prepare(i, grad) for i, (slot, grad) in enumerate(zip(slots, gradients))]
+
+    def __repr__(self) -> str:
+        return (f"LazyAdam({len(self._slots)} parameters, {len(self._groups)} groups, "
+                f"beta1={self.beta1}, beta2={self.beta2}, eps={self.eps}, "
+                f"global_step={self._step})")
+
+
+_STATE_ARRAYS = (("parameters", "param"), ("moment1", "m"), ("moment2", "v"), ("vmax", "vmax"))
+
+
+def _apply(work: list[tuple[Any, ...]], hparams: list[tuple[float, ...]]) -> None:
+    """Runs the prepared kernel calls; `hparams[group]` holds the fields of `HParams` in order."""
+    for call, grad, group in work:
+        call(grad, hparams[group])
+
+
+def bind(kernel: Any, var: Any, m: Any, v: Any, vmax: Any) -> Callable[[Any, tuple], None]:
+    """`call(grad, hparams)`: one step of `kernel` on a parameter's arrays.
+
+    A C kernel is called through its C function with the state pointers made once here: the
+    runtime has already checked every argument (dtype, shape, contiguity, index range) that
+    `CKernel.__call__` checks, so a call costs a pointer for the gradient, the `lazyadam_hparams`
+    struct and the call (about 2 us instead of 14). Other targets get their public call.
+    """
+    if not isinstance(kernel, CKernel):
+        def call(grad: Any, hparams: tuple) -> None:
+            kernel(var, m, v, grad, HParams(*hparams), vmax=vmax)
+        return call
+    if var.size == 0:
+        return lambda grad, hparams: None
+    ffi, fn, spec, ok = kernel.ffi, kernel.fn, kernel.spec, kernel.lib.LAZYADAM_OK
+    scalars = "float[]" if spec.dtype == "float32" else "double[]"
+    state = [ffi.from_buffer(scalars, a, require_writable=True)
+             for a in (var, m, v, vmax) if a is not None]
+    struct = ffi.typeof("lazyadam_hparams *")
+
+    def check(status: int) -> None:
+        if status != ok:
+            raise KernelError(f"{kernel.source.symbol} returned {status}")
+    if not spec.sparse:
+        size = var.size
+
+        def call(grad: Any, hparams: tuple) -> None:
+            check(fn(*state, ffi.from_buffer(scalars, grad), size, ffi.new(struct, hparams)))
+        return call
+    rows, row_size = var.shape[0], var.size // var.shape[0]
+    index = f"{spec.index_dtype}_t[]"
+
+    def call(grad: Any, hparams: tuple) -> None:
+        indices, values = grad
+        if indices.shape[0]:
+            check(fn(*state, rows, row_size, ffi.from_buffer(index, indices),
+                     ffi.from_buffer(scalars, values), indices.shape[0], ffi.new(struct, hparams)))
+    return call
+
+
+class _Slot:
+    """One parameter with its moments, kernel spec and compiled kernels."""
+
+    __slots__ = ("param", "group", "centralize", "spec", "target", "m", "v", "vmax", "kernels",
+                 "calls")
+
+    def __init__(self, param: Parameter, group: int, centralize: bool, spec: Spec, target: str,
+                 m: Parameter, v: Parameter, vmax: Parameter | None = None):
+        self.param, self.group, self.centralize = param, group, centralize
+        self.spec, self.target = spec, target
+        self.m, self.v, self.vmax = m, v, vmax
+        self.kernels: dict[tuple[bool, str], Any] = {}
+        self.calls: dict[tuple[bool, str], Callable[[Any, tuple], None]] = {}
+
+    def call(self, sparse: bool, index_dtype: str = "int64") -> Callable[[Any, tuple], None]:
+        """The bound kernel call for a dense or sparse gradient; compiled on first use."""
+        key = (sparse, index_dtype)
+        call = self.calls.get(key)
+        if call is None:
+            spec = dataclasses.replace(self.spec, sparse=sparse, index_dtype=index_dtype)
+            kernel = self.kernels[key] = targets.compile(spec, self.target)
+            vmax = self.vmax.data if self.vmax is not None else None
+            call = self.calls[key] = bind(kernel, self.param.data, self.m.data, self.v.data, vmax)
+        return call
+
+    def prepare(self, position: int, grad: Any) -> tuple[Any, ...]:
+        """The kernel call for gradient number `position`, after checking it against the parameter.
+
+        Returns:
+            `(call, grad, group)`: `call(grad, hparams)` runs the step once `hparams` are known.
+
+        Raises:
+            TypeError, ValueError, IndexError: as `LazyAdam.__call__`; nothing is written.
+        """
+        param = self.param
+        where = f"gradient {position} (parameter {param.name!r})"
+        if isinstance(grad, RowTensor):
+            grad, call = self._sparse(where, grad)
+        else:
+            grad, call = self._dense(where, grad)
+        return (call, grad, self.group)
+
+    def _dense(self, where: str, grad: Any) -> tuple[Any, Any]:
+        param = self.param
+        if not (hasattr(grad, "shape") and hasattr(grad, "dtype")):
+            raise TypeError(f"{where} must be an array or a RowTensor, got {type(grad).__name__}")
+        if grad.dtype != param.dtype:
+            raise TypeError(f"{where} has dtype {grad.dtype}, the parameter has {param.dtype}")
+        if tuple(grad.shape) != param.shape:
+            raise ValueError(f"{where} has shape {tuple(grad.shape)}, the parameter has "
+                             f"{param.shape}")
+        if not is_device_array(grad):
+            grad = np.ascontiguousarray(grad)
+            if self.centralize and grad.ndim >= 2:
+                grad = grad - grad.mean(axis=tuple(range(1, grad.ndim)), keepdims=True)
+        return grad, self.call(False)
+
+    def _sparse(self, where: str, grad: RowTensor) -> tuple[Any, Any]:
+        param = self.param
+        indices, values = grad.indices, grad.values
+        if grad.dense_shape != param.shape:
+            raise ValueError(f"{where}: RowTensor has dense_shape {grad.dense_shape}, the "
+                             f"parameter has {param.shape}")
+        if param.ndim < 1:
+            raise ValueError(f"{where}: a RowTensor needs a parameter of rank >= 1, "
+                             f"{param.name!r} is a scalar")
+        index_dtype = np.dtype(indices.dtype)
+        if index_dtype.kind not in "iu":
+            raise TypeError(f"{where}: indices must be integers, got dtype {index_dtype}")
+        if indices.ndim != 1:
+            raise ValueError(f"{where}: indices must be 1-d, got shape {tuple(indices.shape)}")
+        if values.dtype != param.dtype:
+            raise TypeError(f"{where}: values have dtype {values.dtype}, the parameter has "
+                            f"{param.dtype}")
+        expected = (indices.shape[0],) + param.shape[1:]
+        if tuple(values.shape) != expected:
+            raise ValueError(f"{where}: values have shape {tuple(values.shape)}, expected "
+                             f"{expected} = (len(indices),) + parameter.shape[1:]")
+        rows = param.shape[0]
+        if indices.shape[0] and (int(indices.min()) < 0 or int(indices.max()) >= rows):
+            raise IndexError(f"{where}: {index_error(to_host(indices), rows)}")
+        if index_dtype not in INDEX_DTYPES:
+            indices, index_dtype = indices.astype(np.int64), np.dtype(np.int64)
+        if not is_device_array(indices):
+            indices = np.ascontiguousarray(indices)
+            values = np.ascontiguousarray(values)
+        return (indices, values), self.call(True, INDEX_DTYPES[index_dtype])
+
+
+class _Group:
+    __slots__ = ("lr", "wd")
+
+    def __init__(self, lr: _Rate, wd: _Rate):
+        self.lr, self.wd = lr, wd
+
+
+class _Rate:
+    """A learning rate or weight decay as a function of the step k: fixed, a sequence or a schedule."""
+
+    __slots__ = ("what", "value", "values", "schedule", "dynamic")
+
+    def __init__(self, what: str, value: float = 0.0, values: np.ndarray | None = None,
+                 schedule: LearningRateSchedule | None = None):
+        self.what, self.value, self.values, self.schedule = what, value, values, schedule
+        self.dynamic = values is not None or schedule is not None
+
+    @property
+    def source(self) -> float | np.ndarray | LearningRateSchedule:
+        """What the user gave, as read: a float, a float64 array (one value per step) or a schedule."""
+        if self.schedule is not None:
+            return self.schedule
+        return self.values if self.values is not None else self.value
+
+    def at(self, step: int) -> float:
+        """The value for step `step` (0 on the first call).
+
+        Raises:
+            IndexError: a sequence has no value for `step`.
+            ValueError: a schedule gave a negative or non-finite value.
+        """
+        if self.values is not None:
+            if step >= len(self.values):
+                raise IndexError(f"{self.what} has {len(self.values)} values (steps 0.."
+                                 f"{len(self.values) - 1}); there is none for step {step}")
+            return float(self.values[step])
+        if self.schedule is None:
+            return self.value
+        value = float(self.schedule(step))
+        if not (math.isfinite(value) and value >= 0.0):
+            raise ValueError(f"{self.what} schedule {type(self.schedule).__name__} gave "
+                             f"{value!r} for step {step}; it must be finite and >= 0")
+        return value
+
+
+def _is_float(value: Any) -> bool:
+    """A Python float: numpy scalars (np.float64 subclasses float) do not count."""
+    return isinstance(value, float) and not isinstance(value, np.generic)
+
+
+def _is_number(value: Any) -> bool:
+    """A Python float or int, not a bool."""
+    return _is_float(value) or (isinstance(value, int) and not isinstance(value, bool))
+
+
+def _rate(value: Any, what: str) -> _Rate:
+    """Parses a learning rate (SEMANTICS "Learning rate and weight decay")."""
+    if isinstance(value, LearningRateSchedule):
+        return _Rate(what, schedule=value)
+    if _is_number(value):
+        return _Rate(what, _non_negative(float(value), what))
+    if isinstance(value, (str, bytes, Mapping, np.generic, bool)) or not (
+            isinstance(value, (Iterable, np.ndarray)) or hasattr(value, "__array__")):
+        raise TypeError(f"{what} must be a float, an int, an array, an iterable or a "
+                        f"LearningRateSchedule, got {type(value).__name__}: {value!r}")
+    try:
+        values = np.asarray(value if hasattr(value, "__array__") else list(value))
+    except (TypeError, ValueError) as error:
+        raise TypeError(f"{what}: cannot read {type(value).__name__} as numbers: {error}") from None
+    if values.dtype.kind not in "iuf":
+        raise TypeError(f"{what} must hold real numbers, got dtype {values.dtype}")
+    if values.ndim > 1:
+        raise ValueError(f"{what} must be 0-d or 1-d, got shape {values.shape}")
+    values = values.astype(np.float64)
+    bad = np.flatnonzero(~np.isfinite(values) | (values < 0))
+    if bad.size:
+        raise ValueError(f"{what} must be finite and >= 0, got {values.flat[bad[0]]!r}"
+                         + (f" at position {bad[0]}" if values.ndim else ""))
+    if values.ndim == 0:
+        return _Rate(what, float(values))
+    if values.size == 0:
+        raise ValueError(f"{what} is an empty sequence")
+    return _Rate(what, values=values)
+
+
+def _weight_decay(value: Any, what: str) -> _Rate:
+    """Parses a weight decay: a float or int >= 0, or a schedule."""
+    if isinstance(value, LearningRateSchedule):
+        return _Rate(what, schedule=value)
+    if not _is_number(value):
+        raise TypeError(f"{what} must be a float, an int or a LearningRateSchedule, got "
+                        f"{type(value).__name__}: {value!r}")
+    return _Rate(what, _non_negative(float(value), what))
+
+
+def _non_negative(value: float, what: str) -> float:
+    if not (math.isfinite(value) and value >= 0.0):
+        raise ValueError(f"{what} must be finite and >= 0, got {value!r}")
+    return value
+
+
+def _parse_params(params: Any) -> tuple[list[dict] | None, list[Parameter]]:
+    """Groups (None without) and the parameters in the order gradients come in.
+
+    Raises:
+        ValueError: None or empty; a parameter twice (ungrouped) or a name used twice;
+            `order_params` that is not exactly the grouped parameters.
+        TypeError: not iterable; an element neither Parameter nor dict; a group's params wrong.
+        KeyError: an unknown group key, or a group without `params`.
+        RuntimeError: a parameter in two groups.
+    """
+    if params is None:
+        raise ValueError("params must not be None: pass a list of Parameters or of group dicts")
+    if isinstance(params, (Parameter, Mapping, str, bytes)) or not isinstance(params, Iterable):
+        raise TypeError(f"params must be a list of Parameters or of group dicts, got "
+                        f"{type(params).__name__}")
+    params = list(params)
+    if not params:
+        raise ValueError("params must not be empty")
+    for position, element in enumerate(params):
+        if not isinstance(element, (Parameter, dict)):
+            raise TypeError(f"params[{position}] must be a Parameter or a dict, got "
+                            f"{type(element).__name__}")
+    if all(isinstance(p, Parameter) for p in params):
+        _unique(params, ValueError)
+        return None, params
+    if not all(isinstance(p, dict) for p in params):
+        raise TypeError("params mixes Parameters and group dicts; put every Parameter in a group")
+    groups, order = [], None
+    for number, group in enumerate(params):
+        unknown = [k for k in group if k not in GROUP_KEYS]
+        if unknown:
+            raise KeyError(f"group {number} has unknown key(s) {unknown}; allowed: "
+                           f"{', '.join(GROUP_KEYS)}")
+        if "order_params" in group:
+            if len(group) > 1:
+                raise ValueError(f"group {number}: the order_params dict must hold only "
+                                 f"'order_params', got keys {list(group)}")
+            order = _group_params(group["order_params"], f"group {number} order_params")
+            continue
+        if "params" not in group:
+            raise KeyError(f"group {number} has no 'params'")
+        groups.append({**group, "params": _group_params(group["params"], f"group {number}")})
+    if not groups:
+        raise ValueError("params holds no parameter group, only order_params")
+    grouped = [p for g in groups for p in g["params"]]
+    _unique(grouped, RuntimeError)
+    if order is not None:
+        _unique(order, ValueError)
+        if {id(p) for p in order} != {id(p) for p in grouped}:
+            extra = [p.name for p in order if all(p is not q for q in grouped)]
+            absent = [p.name for p in grouped if all(p is not q for q in order)]
+            raise ValueError(f"order_params must hold exactly the grouped parameters; not in a "
+                             f"group: {extra}, missing from order_params: {absent}")
+    return groups, order if order is not None else grouped
+
+
+def _group_params(params: Any, where: str) -> list[Parameter]:
+    if isinstance(params, (Parameter, Mapping, str, bytes)) or not isinstance(params, Iterable):
+        raise TypeError(f"{where}: params must be a list of Parameters, got "
+                        f"{type(params).__name__}")
+    params = list(params)
+    if not params:
+        raise ValueError(f"{where}: params must not be empty")
+    for position, param in enumerate(params):
+        if not isinstance(param, Parameter):
+            raise TypeError(f"{where}: params[{position}] must be a Parameter, got "
+                            f"{type(param).__name__}")
+    return params
+
+
+def _unique(params: list[Parameter], error: type[Exception]) -> None:
+    """Raises `error` naming the first parameter (or name) that appears twice."""
+    seen: dict[str, Parameter] = {}
+    for param in params:
+        other = seen.setdefault(param.name, param)
+        if other is param and params.count(param) > 1:
+            raise error(f"parameter {param.name!r} appears more than once")
+        if other is not param:
+            raise error(f"two parameters are named {param.name!r}; names must be unique")
