@@ -1,0 +1,267 @@
+"""Every row of SEMANTICS.md's table of bad input: the documented error, and a failed call changes
+nothing (parameters, moments, beta powers, step)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from lazyadam import LazyAdam, Parameter, RowTensor
+
+
+@pytest.fixture
+def params(rng):
+    return [Parameter(rng.standard_normal((6, 3)).astype(np.float32), name="table"),
+            Parameter(rng.standard_normal((2, 2)).astype(np.float32), name="dense")]
+
+
+def make(params, **kwargs):
+    return LazyAdam(params, **kwargs)
+
+
+# -- the constructor -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("bad", [None, []], ids=["None", "empty"])
+def test_params_none_or_empty(bad):
+    with pytest.raises(ValueError, match="params"):
+        LazyAdam(bad)
+
+
+@pytest.mark.parametrize("bad", [5, Parameter(np.zeros(2), name="alone"), "table"],
+                         ids=["int", "a Parameter", "str"])
+def test_params_not_iterable(bad):
+    with pytest.raises(TypeError, match="params"):
+        LazyAdam(bad)
+
+
+def test_params_element_neither_parameter_nor_dict(params):
+    with pytest.raises(TypeError, match=r"params\[1\].*ndarray"):
+        LazyAdam([params[0], np.zeros(3)])
+
+
+@pytest.mark.parametrize("bad", [None, "0.1", np.float32(0.1), np.float64(0.1), True,
+                                 {"lr": 0.1}, ["a", "b"]],
+                         ids=["None", "str", "np.float32", "np.float64", "bool", "dict",
+                              "strings"])
+def test_learning_rate_of_another_type(params, bad):
+    with pytest.raises(TypeError, match="learning_rate"):
+        make(params, learning_rate=bad)
+
+
+@pytest.mark.parametrize("bad", [-0.1, -1, math.nan, math.inf, np.ones((2, 2)),
+                                 np.array(-1.0), [0.1, -0.1], [0.1, math.nan], []],
+                         ids=["negative", "negative int", "nan", "inf", "2-d", "0-d negative",
+                              "negative element", "nan element", "empty"])
+def test_learning_rate_bad_value(params, bad):
+    with pytest.raises(ValueError, match="learning_rate"):
+        make(params, learning_rate=bad)
+
+
+@pytest.mark.parametrize("name", ["beta1", "beta2", "eps"])
+@pytest.mark.parametrize("bad", [1, True, np.float32(0.5), "0.5", None],
+                         ids=["int", "bool", "np.float32", "str", "None"])
+def test_betas_and_eps_must_be_python_floats(params, name, bad):
+    with pytest.raises(TypeError, match=name):
+        make(params, **{name: bad})
+
+
+@pytest.mark.parametrize("name", ["beta1", "beta2"])
+@pytest.mark.parametrize("bad", [0.0, 1.0, -0.5, 1.5, math.nan])
+def test_betas_outside_the_open_unit_interval(params, name, bad):
+    with pytest.raises(ValueError, match=name):
+        make(params, **{name: bad})
+
+
+@pytest.mark.parametrize("bad", [0.0, -1e-8, math.nan, math.inf])
+def test_eps_not_positive_and_finite(params, bad):
+    with pytest.raises(ValueError, match="eps"):
+        make(params, eps=bad)
+
+
+@pytest.mark.parametrize("bad", ["0.1", None, np.float32(0.1), True, [0.1]],
+                         ids=["str", "None", "np.float32", "bool", "list"])
+def test_weight_decay_of_another_type(params, bad):
+    with pytest.raises(TypeError, match="weight_decay"):
+        make(params, weight_decay=bad)
+
+
+@pytest.mark.parametrize("bad", [-0.1, -1, math.nan])
+def test_weight_decay_negative_or_nan(params, bad):
+    with pytest.raises(ValueError, match="weight_decay"):
+        make(params, weight_decay=bad)
+
+
+@pytest.mark.parametrize("bad", ["1", None, np.float32(1.0), [1.0]],
+                         ids=["str", "None", "np.float32", "list"])
+def test_loss_scale_of_another_type(params, bad):
+    with pytest.raises(TypeError, match="loss_scale"):
+        make(params, loss_scale=bad)
+
+
+@pytest.mark.parametrize("good", [True, 2, 1024.0])
+def test_loss_scale_accepts_bool_and_int(params, good):
+    assert make(params, loss_scale=good).loss_scale == float(good)
+
+
+@pytest.mark.parametrize("bad", [0, 0.0, -1.0, False, math.nan, math.inf])
+def test_loss_scale_not_positive_and_finite(params, bad):
+    with pytest.raises(ValueError, match="loss_scale"):
+        make(params, loss_scale=bad)
+
+
+@pytest.mark.parametrize("name", ["use_locking", "use_nesterov", "amsgrad", "maximize",
+                                  "decoupled_weight_decay"])
+@pytest.mark.parametrize("bad", [1, "yes", None])
+def test_flags_must_be_bool(params, name, bad):
+    with pytest.raises(TypeError, match=name):
+        make(params, **{name: bad})
+
+
+def test_eps_mode_must_be_known(params):
+    with pytest.raises(ValueError, match="eps_mode"):
+        make(params, eps_mode="torch")
+
+
+def test_parameter_dtype_must_be_float():
+    with pytest.raises(TypeError, match="int64"):
+        LazyAdam([Parameter(np.zeros(3, np.int64), name="counts")])
+
+
+def test_parameter_names_must_be_unique(params):
+    twin = Parameter(np.zeros(3, np.float32), name="table")
+    with pytest.raises(ValueError, match="table"):
+        LazyAdam([params[0], twin])
+    with pytest.raises(ValueError, match="more than once"):
+        LazyAdam([params[0], params[0]])
+
+
+# -- groups ----------------------------------------------------------------------------------------
+
+def test_group_unknown_key(params):
+    with pytest.raises(KeyError, match="learning_rate"):
+        LazyAdam([{"params": params, "learning_rate": 0.1}])
+
+
+def test_group_without_params(params):
+    with pytest.raises(KeyError, match="params"):
+        LazyAdam([{"lr": 0.1}])
+
+
+def test_parameter_in_two_groups(params):
+    with pytest.raises(RuntimeError, match="table"):
+        LazyAdam([{"params": params}, {"params": [params[0]]}])
+
+
+def test_group_bad_values(params):
+    with pytest.raises(TypeError, match="group 0 lr"):
+        LazyAdam([{"params": params, "lr": "fast"}])
+    with pytest.raises(ValueError, match="group 0 weight_decay"):
+        LazyAdam([{"params": params, "weight_decay": -1.0}])
+    with pytest.raises(TypeError, match="grad_centralization"):
+        LazyAdam([{"params": params, "grad_centralization": 1}])
+    with pytest.raises(ValueError, match="group 0"):
+        LazyAdam([{"params": []}])
+    with pytest.raises(TypeError, match="mixes"):
+        LazyAdam([{"params": [params[0]]}, params[1]])
+
+
+def test_order_params_must_be_exactly_the_grouped_parameters(params):
+    extra = Parameter(np.zeros(2, np.float32), name="extra")
+    with pytest.raises(ValueError, match="missing from order_params: \\['dense'\\]"):
+        LazyAdam([{"params": params}, {"order_params": [params[0]]}])
+    with pytest.raises(ValueError, match="not in a group: \\['extra'\\]"):
+        LazyAdam([{"params": params}, {"order_params": [*params, extra]}])
+    with pytest.raises(ValueError, match="only 'order_params'"):
+        LazyAdam([{"params": params, "order_params": params}])
+
+
+# -- every call: a clear error, and nothing changes --------------------------------------------
+
+def snapshot(opt):
+    return ([p.asnumpy() for p in opt.parameters], [p.asnumpy() for p in opt.moment1],
+            [p.asnumpy() for p in opt.moment2], opt.beta1_power, opt.beta2_power, opt.global_step)
+
+
+def assert_unchanged(opt, before):
+    after = snapshot(opt)
+    for old, new in zip(before[:3], after[:3]):
+        for a, b in zip(old, new):
+            np.testing.assert_array_equal(a, b)
+    assert before[3:] == after[3:]
+
+
+def good_gradients(params):
+    table, dense = params
+    return [RowTensor(np.array([0, 5, 0]), np.ones((3, 3), np.float32), table.shape),
+            np.ones((2, 2), np.float32)]
+
+
+BAD_CALLS = {
+    "not a sequence": (lambda t, d: {"table": 1}, TypeError, "tuple or list"),
+    "too few": (lambda t, d: [t], ValueError, "1 gradients for 2 parameters"),
+    "too many": (lambda t, d: [t, d, d], ValueError, "3 gradients for 2 parameters"),
+    "dense of another type": (lambda t, d: [t, d.tolist()], TypeError, "list"),
+    "dense shape": (lambda t, d: [t, np.ones((2, 3), np.float32)], ValueError, r"\(2, 3\)"),
+    "dense dtype": (lambda t, d: [t, d.astype(np.float64)], TypeError, "float64"),
+    "float indices": (lambda t, d: [RowTensor(np.array([0.0, 1.0]), np.ones((2, 3), np.float32),
+                                              (6, 3)), d], TypeError, "integers"),
+    "bool indices": (lambda t, d: [RowTensor(np.array([True]), np.ones((1, 3), np.float32),
+                                             (6, 3)), d], TypeError, "integers"),
+    "2-d indices": (lambda t, d: [RowTensor(np.array([[0, 1]]), np.ones((2, 3), np.float32),
+                                            (6, 3)), d], ValueError, "1-d"),
+    "values shape": (lambda t, d: [RowTensor(np.array([0, 1]), np.ones((2, 4), np.float32),
+                                             (6, 3)), d], ValueError, r"\(2, 4\)"),
+    "values dtype": (lambda t, d: [RowTensor(np.array([0, 1]), np.ones((2, 3)), (6, 3)), d],
+                     TypeError, "float64"),
+    "dense_shape": (lambda t, d: [RowTensor(np.array([0]), np.ones((1, 3), np.float32), (7, 3)),
+                                  d], ValueError, "dense_shape"),
+    "index too large": (lambda t, d: [RowTensor(np.array([0, 6, 9]), np.ones((3, 3), np.float32),
+                                                (6, 3)), d], IndexError,
+                        r"indices\[1\] = 6 is outside \[0, 6\)"),
+    "negative index": (lambda t, d: [RowTensor(np.array([2, -1], np.int32),
+                                               np.ones((2, 3), np.float32), (6, 3)), d],
+                       IndexError, r"indices\[1\] = -1"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_CALLS)
+def test_bad_call_changes_nothing(params, case):
+    make_grads, error, message = BAD_CALLS[case]
+    opt = make(params, learning_rate=0.1, weight_decay=0.1)
+    opt(good_gradients(params))
+    before = snapshot(opt)
+    with pytest.raises(error, match=message):
+        opt(make_grads(*good_gradients(params)))
+    assert_unchanged(opt, before)
+    assert opt(good_gradients(params)) is True
+
+
+def test_bad_second_gradient_leaves_the_first_parameter_alone(params):
+    """All gradients are checked before any kernel runs."""
+    opt = make(params)
+    before = snapshot(opt)
+    table_grad = good_gradients(params)[0]
+    with pytest.raises(IndexError, match="dense"):
+        opt([table_grad, RowTensor(np.array([2]), np.ones((1, 2), np.float32), (2, 2))])
+    assert_unchanged(opt, before)
+
+
+def test_learning_rate_sequence_that_ran_out(params):
+    opt = make(params, learning_rate=[0.1, 0.01])
+    opt(good_gradients(params))
+    opt(good_gradients(params))
+    before = snapshot(opt)
+    with pytest.raises(IndexError, match="learning_rate has 2 values.*step 2"):
+        opt(good_gradients(params))
+    assert_unchanged(opt, before)
+    with pytest.raises(IndexError, match="step 2"):
+        opt.get_lr()
+
+
+def test_read_only_parameter_data():
+    data = np.zeros(3)
+    data.flags.writeable = False
+    with pytest.raises(ValueError, match="read-only"):
+        Parameter(data, name="frozen")
