@@ -107,7 +107,8 @@ def _spec_options(func: Callable) -> Callable:
         click.option("--loss-scale", type=float, metavar="FLOAT",
                      help="Bake loss_scale into the code."),
         click.option("--wd", type=float, metavar="FLOAT",
-                     help="Bake weight_decay into the code (needs --weight-decay l2 or decoupled)."),
+                     help="Bake weight_decay into the code (needs --weight-decay l2 or "
+                          "decoupled)."),
     ]
     return functools.reduce(lambda f, option: option(f), reversed(options), func)
 
@@ -127,8 +128,8 @@ def _spec(options: dict[str, Any]) -> Spec:
         return Spec(**_fields(options)).validate()
 
 
-_target_option = click.option("--target", type=click.Choice(TARGETS), default="c", show_default=True,
-                              help="Generate C (C99, OpenMP optional) or CUDA.")
+_target_option = click.option("--target", type=click.Choice(TARGETS), default="c",
+                              show_default=True, help="Generate C (C99, OpenMP optional) or CUDA.")
 _name_option = click.option("--name", "symbol", metavar="SYMBOL",
                             help="The function (and file) name.  [default: derived from the spec, "
                                  "e.g. lazyadam_sparse_f32_i64]")
@@ -202,7 +203,8 @@ def ir(target: str, symbol: str | None, stage: str | None, **options: Any) -> No
 def build(target: str, every: bool, spec_files: tuple[Path, ...], **options: Any) -> None:
     """Compile kernels into the cache ahead of time.
 
-    Prints where each kernel went. Without --all or --spec-json, builds the one kernel the options describe.
+    Prints where each kernel went. Without --all or --spec-json, builds the one kernel the options
+    describe.
 
     \b
     Examples:

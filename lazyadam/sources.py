@@ -1,11 +1,11 @@
 """Generated sources as files that another project checks into its tree (`lazyadam generate`).
 
-    [Spec] --generate--> [Source] --write_sources--> DIR/<symbol>.c|.cu, DIR/<symbol>.h, DIR/README.md
+    [Spec] --generate--> [Source] --write_sources--> DIR/<symbol>.c|.cu, <symbol>.h, README.md
 
-The files stand alone: a C kernel needs only a C99 compiler and libm (OpenMP optional), a CUDA kernel
-only nvcc. Several kernels may share one folder; its README lists every kernel there, and is rewritten
-from the headers each time a kernel is added, so it depends only on the set of kernels, not on the
-order in which they were generated. Same inputs give byte-identical files.
+The files stand alone: a C kernel needs only a C99 compiler and libm (OpenMP optional), a CUDA
+kernel only nvcc. Several kernels may share one folder; its README lists every kernel there and is
+rewritten from the headers each time a kernel is added, so it depends only on the set of kernels,
+not on the order in which they were generated. Same inputs give byte-identical files.
 """
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ README = "README.md"
 
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _C_KEYWORDS = frozenset(
-    "auto break case char const continue default do double else enum extern float for goto if inline "
-    "int long register restrict return short signed sizeof static struct switch typedef union "
-    "unsigned void volatile while _Bool _Complex _Imaginary".split())
+    "auto break case char const continue default do double else enum extern float for goto if "
+    "inline int long register restrict return short signed sizeof static struct switch typedef "
+    "union unsigned void volatile while _Bool _Complex _Imaginary".split())
 _FIRST_LINE = re.compile(rf"/\* ([A-Za-z_][A-Za-z0-9_]*): {MARKER} ")
 
 

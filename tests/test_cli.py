@@ -74,9 +74,9 @@ def test_bad_spec_file_is_one_line(run, tmp_path):
     bad.write_text('{"sparse": true, "adamw": true}')
     result = run("build", "--spec-json", bad)
     assert result.exit_code == 2
-    assert result.stderr.strip() == ("Error: spec 0 has unknown field(s) adamw; choose from amsgrad, "
-                                     "decay, dtype, eps_mode, index_dtype, maximize, nesterov, "
-                                     "sparse, static, use_locking (see 'main build --help')")
+    assert result.stderr.strip() == (
+        "Error: spec 0 has unknown field(s) adamw; choose from amsgrad, decay, dtype, eps_mode, "
+        "index_dtype, maximize, nesterov, sparse, static, use_locking (see 'main build --help')")
 
 
 def test_the_installed_script_prints_one_line(tmp_path):
@@ -112,7 +112,8 @@ def test_static_hyperparameters_and_name(run, tmp_path):
     header = (tmp_path / "my_adamw.h").read_text()
     assert '"static":[["beta1",0.8],["weight_decay",0.01]]' in header
     assert " * static beta1 = 0.8: baked into the code, hp->beta1 is ignored." in header
-    assert " * static weight_decay = 0.01: baked into the code, hp->weight_decay is ignored." in header
+    assert (" * static weight_decay = 0.01: baked into the code, hp->weight_decay is ignored."
+            in header)
     assert "int my_adamw(float *var" in header
     assert "- static beta1 = 0.8: baked into the code" in (tmp_path / "README.md").read_text()
 
@@ -235,7 +236,8 @@ def test_info_reports_everything(run):
 
 
 def test_info_never_crashes_when_tools_are_missing(run):
-    result = run("info", env={"LAZYADAM_CC": "/nonexistent/cc", "LAZYADAM_NVCC": "/nonexistent/nvcc"})
+    missing = {"LAZYADAM_CC": "/nonexistent/cc", "LAZYADAM_NVCC": "/nonexistent/nvcc"}
+    result = run("info", env=missing)
     assert result.exit_code == 0, result.output
     report = dict(line.split(":", 1) for line in result.stdout.splitlines()[1:])
     for key in ("C compiler", "OpenMP", "nvcc"):

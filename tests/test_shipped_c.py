@@ -1,8 +1,9 @@
 """Generated C sources as another project builds them: by the system compiler, without lazyadam.
 
-The sources are written by `lazyadam.sources.write_sources`, compiled into shared libraries with and
-without OpenMP under `-std=c99 -Wall -Wextra -Werror -pedantic`, called through cffi and compared with
-the numpy reference; the C ABI's error codes are checked, and a C++ program includes two headers.
+The sources are written by `lazyadam.sources.write_sources`, compiled into shared libraries with
+and without OpenMP under `-std=c99 -Wall -Wextra -Werror -pedantic`, called through cffi and
+compared with the numpy reference; the C ABI's error codes are checked, and a C++ program includes
+two headers.
 """
 
 from __future__ import annotations
@@ -36,7 +37,8 @@ SPECS = [
     Spec(amsgrad=True, maximize=True, use_locking=True, eps_mode="pytorch"),
     Spec(decay="decoupled", index_dtype="int32", static=STATIC),
     Spec(sparse=False),
-    Spec(sparse=False, dtype="float64", nesterov=True, amsgrad=True, decay="l2", eps_mode="pytorch"),
+    Spec(sparse=False, dtype="float64", nesterov=True, amsgrad=True, decay="l2",
+         eps_mode="pytorch"),
     Spec(sparse=False, use_locking=True, maximize=True, decay="decoupled"),
     Spec(sparse=False, dtype="float64", decay="l2", static={"beta1": 0.85, "loss_scale": 8.0}),
 ]
@@ -312,7 +314,8 @@ def test_ship_c_example_checks_its_numbers(tmp_path):
     example = tmp_path / "ship_c"
     shutil.copytree(Path(__file__).parents[1] / "examples" / "ship_c", example,
                     ignore=shutil.ignore_patterns("gen", "step_omp", "step_serial", "build"))
+    serial_only = [] if "openmp" in openmp_modes() else ["OPENMP_FLAGS="]
     proc = subprocess.run([make, "-C", str(example), f"LAZYADAM={lazyadam_cli}", f"CC={cc()[0]}",
-                           *([] if "openmp" in openmp_modes() else ["OPENMP_FLAGS="]), "check"], capture_output=True, text=True)
+                           *serial_only, "check"], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.count("all checks passed") == 2

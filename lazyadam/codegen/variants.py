@@ -2,7 +2,7 @@
 
     [fixed fields] --variants--> [Spec, ...]        [JSON text] --specs_from_json--> [Spec, ...]
 
-Used to build every variant ahead of time (`lazyadam build --all`) and by the tests that cover them all.
+Used to build every variant ahead of time (`lazyadam build --all`) and by tests that cover them all.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 
 from .spec import DECAYS, DTYPES, EPS_MODES, INDEX_DTYPES, Spec, SpecError
 
-#: Every value of every field that selects a variant, in `Spec` field order (`static` is never varied).
+#: Every value of every field that selects a variant, in `Spec` field order (`static` never varies).
 CHOICES: dict[str, tuple[Any, ...]] = {
     "sparse": (True, False),
     "nesterov": (False, True),

@@ -1,4 +1,4 @@
-"""What this machine offers the targets: compilers, OpenMP, nvcc, pycuda, GPUs, the cache (`lazyadam info`).
+"""What this machine offers the targets (`lazyadam info`): compilers, OpenMP, nvcc, pycuda, GPUs, cache.
 
 Every probe returns a line of text and never raises: a missing tool reads "not found (...)".
 """
@@ -26,7 +26,8 @@ int main(void) { printf("%d", omp_get_max_threads()); return 0; }
 def _run(cmd: list[str], **kwargs) -> subprocess.CompletedProcess | str:
     """The finished process, or why it could not run."""
     try:
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT_SECONDS, **kwargs)
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT_SECONDS,
+                              **kwargs)
     except (OSError, subprocess.SubprocessError) as err:
         return f"{cmd[0]} could not run: {err}"
 
