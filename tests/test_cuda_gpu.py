@@ -151,13 +151,14 @@ def test_gpu_multi_tensor_launch(device, rng):
 
 
 def test_gpu_matches_torch_optimizers(device, rng):
-    """eps_mode="pytorch": Adam (dense) and SparseAdam (lazy) on the same GPU, several steps."""
+    """Adam (dense, eps_mode="pytorch") and SparseAdam (lazy; torch places its eps as MindSpore
+    does, so eps_mode="mindspore") on the same GPU, several steps."""
     if device.name != "torch":
         pytest.skip("comparing with torch.optim needs torch tensors on the GPU")
     torch = device.torch
     lr, steps = 0.01, 4
     dense = lazyadam.compile(Spec(sparse=False, eps_mode="pytorch"), "cuda")
-    sparse = lazyadam.compile(Spec(sparse=True, eps_mode="pytorch"), "cuda")
+    sparse = lazyadam.compile(Spec(sparse=True, eps_mode="mindspore"), "cuda")
     w0 = torch.tensor(rng.standard_normal((64, 33)).astype(np.float32), device="cuda")
     for kernel, torch_opt in ((dense, torch.optim.Adam), (sparse, torch.optim.SparseAdam)):
         theirs = torch.nn.Parameter(w0.clone())

@@ -139,7 +139,6 @@ def test_weight_decay_filter_by_name_without_groups(rng, decoupled):
 def test_groups_lr_weight_decay_centralization_and_order(rng):
     table, dense = model(rng)
     norm_gamma = Parameter(rng.standard_normal((3, 4)).astype(np.float32), name="gamma")
-    params = [table, dense, norm_gamma]
     groups = [{"params": [table], "lr": 0.02},
               {"params": [dense, norm_gamma], "weight_decay": 0.1, "grad_centralization": True},
               {"order_params": [dense, table, norm_gamma]}]

@@ -23,9 +23,7 @@ import numpy as np
 
 from .. import targets
 from ..codegen.spec import Spec
-from ..errors import KernelError
 from ..targets.base import HParams, index_error
-from ..targets.c import CKernel
 from .parameter import Parameter, RowTensor, is_device_array, to_host, zeros_like
 from .schedules import LearningRateSchedule
 
@@ -375,43 +373,17 @@ def _apply(work: list[tuple[Any, ...]], hparams: list[tuple[float, ...]]) -> Non
 
 
 def bind(kernel: Any, var: Any, m: Any, v: Any, vmax: Any) -> Callable[[Any, tuple], None]:
-    """`call(grad, hparams)`: one step of `kernel` on a parameter's arrays.
+    """`step(grad, hparams)`: one step of `kernel` on a parameter's arrays.
 
-    A C kernel is called through its C function with the state pointers made once here: the
-    runtime has already checked every argument (dtype, shape, contiguity, index range) that
-    `CKernel.__call__` checks, so a call costs a pointer for the gradient, the `lazyadam_hparams`
-    struct and the call (about 2 us instead of 14). Other targets get their public call.
+    The runtime has already checked every argument, so a target that can skip the checks offers
+    `kernel.bind` (the C target: pointers made once, about 2 us a call); others get their public call.
     """
-    if not isinstance(kernel, CKernel):
-        def call(grad: Any, hparams: tuple) -> None:
-            kernel(var, m, v, grad, HParams(*hparams), vmax=vmax)
-        return call
-    if var.size == 0:
-        return lambda grad, hparams: None
-    ffi, fn, spec, ok = kernel.ffi, kernel.fn, kernel.spec, kernel.lib.LAZYADAM_OK
-    scalars = "float[]" if spec.dtype == "float32" else "double[]"
-    state = [ffi.from_buffer(scalars, a, require_writable=True)
-             for a in (var, m, v, vmax) if a is not None]
-    struct = ffi.typeof("lazyadam_hparams *")
+    if hasattr(kernel, "bind"):
+        return kernel.bind(var, m, v, vmax)
 
-    def check(status: int) -> None:
-        if status != ok:
-            raise KernelError(f"{kernel.source.symbol} returned {status}")
-    if not spec.sparse:
-        size = var.size
-
-        def call(grad: Any, hparams: tuple) -> None:
-            check(fn(*state, ffi.from_buffer(scalars, grad), size, ffi.new(struct, hparams)))
-        return call
-    rows, row_size = var.shape[0], var.size // var.shape[0]
-    index = f"{spec.index_dtype}_t[]"
-
-    def call(grad: Any, hparams: tuple) -> None:
-        indices, values = grad
-        if indices.shape[0]:
-            check(fn(*state, rows, row_size, ffi.from_buffer(index, indices),
-                     ffi.from_buffer(scalars, values), indices.shape[0], ffi.new(struct, hparams)))
-    return call
+    def step(grad: Any, hparams: tuple) -> None:
+        kernel(var, m, v, grad, HParams(*hparams), vmax=vmax)
+    return step
 
 
 class _Slot:

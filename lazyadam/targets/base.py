@@ -12,7 +12,7 @@ and checks every argument before the kernel runs: on an error nothing is written
 
 from __future__ import annotations
 
-from dataclasses import astuple, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -41,7 +41,9 @@ class HParams:
         return cls(lr, beta1, beta2, eps, weight_decay, loss_scale, beta1 ** t, beta2 ** t)
 
     def as_tuple(self) -> tuple[float, ...]:
-        return astuple(self)
+        """The fields in ABI order (what a kernel's `bind` step takes)."""
+        return (self.lr, self.beta1, self.beta2, self.eps, self.weight_decay, self.loss_scale,
+                self.beta1_power, self.beta2_power)
 
 
 assert tuple(HParams.__dataclass_fields__) == HPARAMS, "HParams must follow the C struct"

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+from typing import Any, Callable
 
 import cffi
 import numpy as np
@@ -130,8 +131,9 @@ class CKernel:
         self.ffi.cdef(source.cdef)
         self.lib = self.ffi.dlopen(str(path))
         self.fn = getattr(self.lib, source.symbol)
-        self._ctype = self.ffi.typeof(f"{'float' if spec.dtype == 'float32' else 'double'} *")
-        self._itype = self.ffi.typeof(f"{spec.index_dtype}_t *")
+        self._scalars = f"{'float' if spec.dtype == 'float32' else 'double'}[]"
+        self._index = f"{spec.index_dtype}_t[]"
+        self._hparams = self.ffi.typeof("lazyadam_hparams *")
 
     def __call__(self, var: np.ndarray, m: np.ndarray, v: np.ndarray, grad, hp: HParams,
                  vmax: np.ndarray | None = None) -> None:
@@ -142,39 +144,69 @@ class CKernel:
             IndexError: an index outside [0, var.shape[0]), naming the first (nothing was written).
         """
         check_arrays(self.spec, var, m, v, vmax, grad)
-        ptr = self._ptr
-        state = [ptr(var), ptr(m), ptr(v)] + ([ptr(vmax)] if vmax is not None else [])
-        params = self.ffi.new("lazyadam_hparams *", hp.as_tuple())
-        if self.spec.sparse:
-            indices, values = grad
-            rows = var.shape[0]
-            row_size = var.size // rows if rows else int(np.prod(var.shape[1:]))
-            status = self.fn(*state, rows, row_size, self.ffi.cast(self._itype, indices.ctypes.data),
-                             ptr(values), indices.shape[0], params)
-            if status == self.lib.LAZYADAM_EINDEX:
-                raise index_error(indices, rows)
-        else:
-            status = self.fn(*state, ptr(grad), var.size, params)
-        if status != self.lib.LAZYADAM_OK:
-            raise KernelError(f"{self.source.symbol} returned {status}")
+        self.bind(var, m, v, vmax)(grad, hp.as_tuple())
 
-    def _ptr(self, arr: np.ndarray):
-        return self.ffi.cast(self._ctype, arr.ctypes.data)
+    def bind(self, var: np.ndarray, m: np.ndarray, v: np.ndarray,
+             vmax: np.ndarray | None = None) -> Callable[[Any, tuple], None]:
+        """`step(grad, hparams)` on these state arrays, for callers that checked the arguments.
+
+        The state pointers are made once here, so a step costs a pointer for the gradient, the
+        `lazyadam_hparams` struct (from the tuple of `HParams.as_tuple()`) and the call: about 2 us
+        of Python instead of the 10 or so of `__call__`'s checks. The kernel itself still rejects
+        out-of-range indices (IndexError, nothing written).
+        """
+        ffi, fn, ok = self.ffi, self.fn, self.lib.LAZYADAM_OK
+        scalars, hparams = self._scalars, self._hparams
+        state = [ffi.from_buffer(scalars, a, require_writable=True)
+                 for a in (var, m, v, vmax) if a is not None]
+
+        def check(status: int, indices: np.ndarray | None = None) -> None:
+            if status == self.lib.LAZYADAM_EINDEX and indices is not None:
+                raise index_error(indices, var.shape[0])
+            if status != ok:
+                raise KernelError(f"{self.source.symbol} returned {status}")
+
+        if not self.spec.sparse:
+            size = var.size
+
+            def dense_step(grad: np.ndarray, hp: tuple) -> None:
+                check(fn(*state, ffi.from_buffer(scalars, grad), size, ffi.new(hparams, hp)))
+            return dense_step
+
+        rows = var.shape[0]
+        row_size = var.size // rows if rows else int(np.prod(var.shape[1:]))
+        index = self._index
+
+        def sparse_step(grad: tuple[np.ndarray, np.ndarray], hp: tuple) -> None:
+            indices, values = grad
+            check(fn(*state, rows, row_size, ffi.from_buffer(index, indices),
+                     ffi.from_buffer(scalars, values), indices.shape[0], ffi.new(hparams, hp)),
+                  indices)
+        return sparse_step
 
 
 _loaded: dict[str, CKernel] = {}
+_building: dict[str, threading.Lock] = {}
 _lock = threading.Lock()
 
 
 def load(spec: Spec) -> CKernel:
-    """The compiled kernel for `spec`: from this process, the disk cache, or a fresh build."""
+    """The compiled kernel for `spec`: from this process, the disk cache, or a fresh build.
+
+    Threads asking for the same kernel build it once; different kernels build in parallel.
+    """
     source = generate(spec.validate(), "c")
     key = cache_key(source)
+    kernel = _loaded.get(key)
+    if kernel is not None:
+        return kernel
     with _lock:
+        building = _building.setdefault(key, threading.Lock())
+    with building:
         kernel = _loaded.get(key)
         if kernel is None:
             kernel = _loaded[key] = _load(spec, source, key)
-        return kernel
+    return kernel
 
 
 def _load(spec: Spec, source: Source, key: str) -> CKernel:
@@ -184,6 +216,7 @@ def _load(spec: Spec, source: Source, key: str) -> CKernel:
             return CKernel(spec, source, path)
         finally:
             shutil.rmtree(folder, ignore_errors=True)
+
     def build_here(folder: Path) -> Path:
         return build(source, folder)
 
