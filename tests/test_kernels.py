@@ -227,7 +227,8 @@ def test_mindspore_eps_mode_matches_torch_sparse_adam(dtype, rng):
     ours = [var0.copy(), np.zeros_like(var0), np.zeros_like(var0)]
     for t, idx in enumerate([np.array([3, 17, 3, 49, 0]), np.array([8, 8]), np.array([17, 2])], 1):
         vals = rng.standard_normal((len(idx), 8)).astype(dtype)
-        weight.grad = torch.sparse_coo_tensor(torch.tensor(idx)[None], torch.tensor(vals), shape)
+        weight.grad = torch.sparse_coo_tensor(torch.tensor(idx)[None], torch.tensor(vals), shape,
+                                              check_invariants=True)
         opt.step()
         kernel(*ours, (idx, vals), HParams.at_step(t, lr=0.01))
     assert_close(ours[0], weight.detach().double().numpy(), dtype, "SparseAdam")
