@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from lazyadam import HParams, Spec, generate
+from lazyadam.codegen.ir import HPARAMS
 from lazyadam.codegen.variants import variants
 from lazyadam.sources import write_sources
 from lazyadam.targets import c, toolchain
@@ -83,13 +84,12 @@ class Shipped:
             return self.ffi.NULL
         return self.ffi.cast(f"{ctype or self.T} *", arr.ctypes.data)
 
-    def __call__(self, var, m, v, vmax, grad, hp: HParams, *, rows=None, row_size=None, nnz=None,
+    def __call__(self, var, m, v, vmax, grad, hp: tuple, *, rows=None, row_size=None, nnz=None,
                  n=None, null: str = "") -> int:
         """Calls the kernel; `null` names an argument passed as a null pointer."""
         args = {"var": var, "m": m, "v": v} | ({"vmax": vmax} if self.spec.amsgrad else {})
         ptrs = {name: self.ffi.NULL if name == null else self.ptr(a) for name, a in args.items()}
-        hp_ptr = self.ffi.NULL if null == "hp" else self.ffi.new("lazyadam_hparams *",
-                                                                 hp.as_tuple())
+        hp_ptr = self.ffi.NULL if null == "hp" else self.ffi.new("lazyadam_hparams *", hp)
         if not self.spec.sparse:
             grad_ptr = self.ffi.NULL if null == "grad" else self.ptr(grad)
             return self.fn(*ptrs.values(), grad_ptr, var.size if n is None else n, hp_ptr)
@@ -112,13 +112,13 @@ def libraries(tmp_path_factory) -> dict[str, Path]:
         return dict(zip(modes, built))
 
 
-def kernel_hparams(spec: Spec, t: int) -> tuple[HParams, dict]:
-    """The `hp` passed to the kernel (baked fields set to NaN: they must be ignored) and the
-    hyperparameters the reference uses."""
+def kernel_hparams(spec: Spec, t: int) -> tuple[tuple, dict]:
+    """The `lazyadam_hparams` fields passed to the kernel (baked fields set to NaN: they must be
+    ignored) and the hyperparameters the reference uses."""
     hyper = {**HYPER, **spec.statics}
     passed = HParams.at_step(t, **hyper)
-    poisoned = {name: float("nan") for name in spec.statics}
-    return HParams(**{**passed.__dict__, **poisoned}), hyper
+    return tuple(float("nan") if name in spec.statics else getattr(passed, name)
+                 for name in HPARAMS), hyper
 
 
 def run_steps(kernel: Shipped, spec: Spec, seed: int = 3):
@@ -172,7 +172,7 @@ def test_duplicate_row_is_decayed_per_occurrence_and_loss_scaled(libraries):
     kernel = Shipped(spec, libraries["serial"])
     var = np.array([[2.0], [3.0]])
     m, v = np.zeros_like(var), np.zeros_like(var)
-    hp = HParams.at_step(1, lr=0.1, weight_decay=0.5, loss_scale=4.0)
+    hp = HParams.at_step(1, lr=0.1, weight_decay=0.5, loss_scale=4.0).as_tuple()
     assert kernel(var, m, v, None, (np.array([1, 1], np.int32), np.array([[4.0], [8.0]])), hp) == OK
     g = (4.0 / 4.0 + 0.5 * 3.0) + (8.0 / 4.0 + 0.5 * 3.0)  # decayed twice
     assert m[1, 0] == pytest.approx(0.1 * g, rel=1e-15)
@@ -211,7 +211,7 @@ def test_sparse_bad_input_returns_its_code_and_writes_nothing(libraries, what, b
     before = [a.copy() for a in state]
     indices = np.array(bad.pop("indices", [2, 0, 2]), spec.index_dtype)
     values = np.ones((len(indices), 3), spec.dtype)
-    hp = HParams.at_step(1)
+    hp = HParams.at_step(1).as_tuple()
     assert kernel(*state, (indices, values), hp, **bad) == status
     for a, b in zip(state, before):
         np.testing.assert_array_equal(a, b)

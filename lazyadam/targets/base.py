@@ -12,6 +12,7 @@ and checks every argument before the kernel runs: on an error nothing is written
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,10 +35,35 @@ class HParams:
     beta1_power: float
     beta2_power: float
 
+    def __post_init__(self) -> None:
+        """Rejects values that would make a kernel write NaN (e.g. beta powers of step 0).
+
+        Raises:
+            ValueError: naming the field and its value.
+        """
+        ranges = {"lr": (0.0, math.inf), "weight_decay": (0.0, math.inf),
+                  "beta1": (0.0, 1.0), "beta2": (0.0, 1.0),
+                  "beta1_power": (0.0, 1.0), "beta2_power": (0.0, 1.0)}
+        for name, (low, high) in ranges.items():
+            value = getattr(self, name)
+            if not (math.isfinite(value) and low <= value < high):
+                raise ValueError(f"HParams.{name} = {value!r} must be finite and in "
+                                 f"[{low}, {high})")
+        for name in ("eps", "loss_scale"):
+            value = getattr(self, name)
+            if not (0.0 < value < math.inf):
+                raise ValueError(f"HParams.{name} = {value!r} must be finite and > 0")
+
     @classmethod
     def at_step(cls, t: int, lr: float = 1e-3, beta1: float = 0.9, beta2: float = 0.999,
                 eps: float = 1e-8, weight_decay: float = 0.0, loss_scale: float = 1.0) -> HParams:
-        """Hyperparameters for step `t` (1 on the first step), with beta^t computed here."""
+        """Hyperparameters for step `t` (1 on the first step), with beta^t computed here.
+
+        Raises:
+            ValueError: t < 1 (step 0 has no bias correction: 1 - beta^0 = 0), or a bad value.
+        """
+        if isinstance(t, bool) or not isinstance(t, int) or t < 1:
+            raise ValueError(f"step t = {t!r} must be an int >= 1 (the first step is 1)")
         return cls(lr, beta1, beta2, eps, weight_decay, loss_scale, beta1 ** t, beta2 ** t)
 
     def as_tuple(self) -> tuple[float, ...]:
@@ -67,6 +93,7 @@ def check_arrays(spec: Spec, var: Any, m: Any, v: Any, vmax: Any, grad: Any) -> 
         _check("grad", grad, dtype)
         if grad.shape != var.shape:
             raise ValueError(f"grad has shape {grad.shape}, var has {var.shape}")
+        _check_disjoint(state, {"grad": grad})
         return
     if not (isinstance(grad, tuple) and len(grad) == 2):
         raise TypeError("a sparse kernel takes its gradient as an (indices, values) pair")
@@ -81,6 +108,7 @@ def check_arrays(spec: Spec, var: Any, m: Any, v: Any, vmax: Any, grad: Any) -> 
     if values.shape != expected:
         raise ValueError(f"values has shape {values.shape}, expected {expected} "
                          f"(len(indices),) + var.shape[1:]")
+    _check_disjoint(state, {"indices": indices, "values": values})
 
 
 def _check(name: str, arr: Any, dtype: np.dtype, writable: bool = False) -> None:
@@ -94,6 +122,24 @@ def _check(name: str, arr: Any, dtype: np.dtype, writable: bool = False) -> None
             raise ValueError(f"{name} must be C-contiguous (use np.ascontiguousarray)")
         if writable and not flags.writeable:
             raise ValueError(f"{name} is read-only")
+    if _span(arr)[0] % dtype.itemsize:
+        raise ValueError(f"{name} is not aligned to its {dtype.itemsize}-byte elements")
+
+
+def _span(arr: Any) -> tuple[int, int]:
+    """[first byte, past the last byte) of a contiguous array, host or device."""
+    start = arr.ptr if hasattr(arr, "ptr") else arr.__array_interface__["data"][0]
+    return start, start + arr.size * arr.dtype.itemsize
+
+
+def _check_disjoint(state: dict[str, Any], inputs: dict[str, Any]) -> None:
+    """The kernels take every pointer as `restrict`: no array may overlap another."""
+    named = list(state.items()) + list(inputs.items())
+    spans = [(name, _span(arr)) for name, arr in named if arr.size]
+    for i, (a, (a0, a1)) in enumerate(spans):
+        for b, (b0, b1) in spans[i + 1:]:
+            if a0 < b1 and b0 < a1:
+                raise ValueError(f"{a} and {b} share memory; each must be an array of its own")
 
 
 def first_bad_index(indices: np.ndarray, rows: int) -> tuple[int, int] | None:
