@@ -232,7 +232,8 @@ def test_dense_bad_input_returns_its_code_and_writes_nothing(libraries, what, ba
     kernel = Shipped(spec, libraries["serial"])
     state = _state(spec)
     before = [a.copy() for a in state]
-    assert kernel(*state, np.ones((4, 3), spec.dtype), HParams.at_step(1), **bad) == status
+    hp = HParams.at_step(1).as_tuple()
+    assert kernel(*state, np.ones((4, 3), spec.dtype), hp, **bad) == status
     for a, b in zip(state, before):
         np.testing.assert_array_equal(a, b)
 
