@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+import socket
 import stat
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -43,7 +46,7 @@ def counting_cc(tmp_path, monkeypatch):
     wrapper.chmod(wrapper.stat().st_mode | stat.S_IEXEC)
     monkeypatch.setenv("LAZYADAM_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("LAZYADAM_CC", str(wrapper))
-    monkeypatch.setattr(c, "_loaded", {})
+    monkeypatch.setattr(cache, "_loaded", {})
 
     def builds() -> int:
         return len(log.read_text().splitlines()) if log.exists() else 0
@@ -79,11 +82,14 @@ def test_concurrent_threads_share_one_kernel(counting_cc):
     assert all(k is kernels[0] for k in kernels) and counting_cc() == 1
 
 
-def test_flags_and_compiler_are_part_of_the_key(counting_cc, monkeypatch):
+def test_source_flags_and_compiler_are_part_of_the_key(counting_cc, monkeypatch):
     key = c.cache_key(lazyadam.generate(FRESH))
+    assert c.cache_key(lazyadam.generate(Spec(sparse=True, nesterov=True))) != key
     monkeypatch.setenv("LAZYADAM_CFLAGS", "-DSOMETHING")
     assert c.cache_key(lazyadam.generate(FRESH)) != key
-    assert c.cache_key(lazyadam.generate(Spec(sparse=True, nesterov=True))) != key
+    monkeypatch.delenv("LAZYADAM_CFLAGS")
+    monkeypatch.setenv("LAZYADAM_CC", "cc")  # the same compiler under another command
+    assert c.cache_key(lazyadam.generate(FRESH)) != key
 
 
 def test_disabled_cache_builds_in_a_temporary_folder(counting_cc, monkeypatch, tmp_path):
@@ -118,11 +124,28 @@ def test_cache_deleted_after_the_build_but_before_loading(counting_cc, monkeypat
     assert len(calls) == 2 and kernel.path.exists() and counting_cc() == 2
 
 
-def test_stale_claim_of_a_dead_builder_is_taken_over(counting_cc, monkeypatch):
+def claimed_entry(owner: str) -> Path:
     key = c.cache_key(lazyadam.generate(FRESH))
     entry = cache.root() / key[:2] / key
     entry.mkdir(parents=True)
-    (entry / "claim").write_text("999999")
+    (entry / "claim").write_text(owner)
+    return entry
+
+
+def test_claim_of_a_killed_builder_is_taken_over_at_once(counting_cc, monkeypatch):
+    monkeypatch.setattr(cache, "STALE_SECONDS", float("inf"))  # only the dead pid can free it
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    entry = claimed_entry(f"{socket.gethostname()} {dead.pid}")
+    worker = threading.Thread(target=lazyadam.compile, args=(FRESH,), daemon=True)
+    worker.start()
+    worker.join(timeout=60)
+    assert not worker.is_alive(), "still waiting for the claim of a dead process"
+    assert not (entry / "claim").exists() and counting_cc() == 1
+
+
+def test_claim_older_than_the_stale_limit_is_taken_over(counting_cc):
+    entry = claimed_entry("another-host 1")
     old = time.time() - 2 * cache.STALE_SECONDS
     os.utime(entry / "claim", (old, old))
     assert lazyadam.compile(FRESH).path.exists()
@@ -159,7 +182,7 @@ def test_waiters_see_a_failed_build_instead_of_waiting_forever(tmp_path, monkeyp
 def test_missing_compiler_names_the_command_and_the_variable(monkeypatch, tmp_path):
     monkeypatch.setenv("LAZYADAM_CACHE_DIR", str(tmp_path))
     monkeypatch.setenv("LAZYADAM_CC", "/nonexistent/bin/cc-lazyadam")
-    monkeypatch.setattr(c, "_loaded", {})
+    monkeypatch.setattr(cache, "_loaded", {})
     with pytest.raises(CompilerNotFoundError, match=r"tried '/nonexistent/bin/cc-lazyadam'.*"
                                                     r"LAZYADAM_CC"):
         lazyadam.compile(FRESH)

@@ -152,7 +152,3 @@ def test_static_hyperparameters_are_documented_in_the_header():
     assert "static beta1 = 0.9: baked into the code, hp->beta1 is ignored." in source.header
     assert not re.search(r"hp->beta1\b", source.text)
 
-
-def test_generation_is_deterministic():
-    spec = Spec(sparse=True, amsgrad=True, decay="l2")
-    assert generate(spec) == generate(spec)

@@ -8,7 +8,6 @@ build (host launchers, device code for both archs, static CUDA runtime, shared l
 
 from __future__ import annotations
 
-import itertools
 import os
 import re
 import shlex
@@ -20,15 +19,11 @@ import cffi
 import pytest
 
 from lazyadam import Spec, generate
+from lazyadam.codegen.variants import variants
 from lazyadam.errors import CompilationError
 from lazyadam.targets import cache, cuda
 
-FLAGS = dict(nesterov=(False, True), use_locking=(False, True), decay=("none", "l2", "decoupled"),
-             amsgrad=(False, True), maximize=(False, True), eps_mode=("mindspore", "pytorch"))
-LAYOUTS = [(False, dtype, "int64") for dtype in ("float32", "float64")] + [
-    (True, dtype, index) for dtype in ("float32", "float64") for index in ("int32", "int64")]
-ALL_SPECS = [Spec(sparse=sparse, dtype=dtype, index_dtype=index, **dict(zip(FLAGS, values)))
-             for sparse, dtype, index in LAYOUTS for values in itertools.product(*FLAGS.values())]
+ALL_SPECS = variants()  # flags x dtypes x index dtypes: 576 specs
 ARCHS = ("80", "90")
 UNITS = 2  # translation units per arch, one per CI core
 

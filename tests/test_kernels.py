@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import subprocess
 import sys
 import textwrap
@@ -13,16 +12,12 @@ import pytest
 
 import lazyadam
 from lazyadam import HParams, Spec
+from lazyadam.codegen.variants import variants
 from reference import lazyadam_step
 
 from tolerance import assert_close
 
-FLAGS = dict(nesterov=(False, True), use_locking=(False, True), decay=("none", "l2", "decoupled"),
-             amsgrad=(False, True), maximize=(False, True), eps_mode=("mindspore", "pytorch"))
-LAYOUTS = [(False, dtype, "int64") for dtype in ("float32", "float64")] + [
-    (True, dtype, index) for dtype in ("float32", "float64") for index in ("int32", "int64")]
-ALL_SPECS = [Spec(sparse=sparse, dtype=dtype, index_dtype=index, **dict(zip(FLAGS, values)))
-             for sparse, dtype, index in LAYOUTS for values in itertools.product(*FLAGS.values())]
+ALL_SPECS = variants()  # flags x dtypes x index dtypes: 576 specs
 
 HYPER = dict(lr=0.01, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.05, loss_scale=4.0)
 
@@ -187,6 +182,36 @@ def test_bad_indices_raise_and_write_nothing(bad, error, match):
         kernel(var, m, v, (bad, values), KNOWN_HP)
     for a, b in zip((var, m, v), before):
         np.testing.assert_array_equal(a, b)
+
+
+def test_overlapping_or_misaligned_arrays_are_refused():
+    """Every pointer of a kernel is restrict: aliasing would silently lose updates."""
+    kernel = lazyadam.compile(Spec(sparse=False))
+    big = np.zeros(24, np.float32)
+    grad = np.ones(8, np.float32)
+    with pytest.raises(ValueError, match="var and m share memory"):
+        kernel(big[:8], big[4:12], np.zeros(8, np.float32), grad, KNOWN_HP)
+    with pytest.raises(ValueError, match="v and grad share memory"):
+        kernel(big[:8], big[8:16], big[16:], big[16:], KNOWN_HP)
+    misaligned = np.frombuffer(bytearray(40), np.float32, count=8, offset=1)
+    with pytest.raises(ValueError, match="grad is not aligned"):
+        kernel(big[:8], big[8:16], big[16:], misaligned, KNOWN_HP)
+    assert not big.any()
+
+
+def test_bound_steps_check_what_could_read_out_of_bounds():
+    var, m, v = _state()
+    dense = lazyadam.compile(Spec(sparse=False)).bind(var, m, v)
+    with pytest.raises(ValueError, match="grad must hold 12 float32 elements, got 3 float32"):
+        dense(np.ones(3, np.float32), KNOWN_HP.as_tuple())
+    with pytest.raises(ValueError, match="got 12 float64"):
+        dense(np.ones(12), KNOWN_HP.as_tuple())
+    sparse = lazyadam.compile(Spec(sparse=True)).bind(var, m, v)
+    with pytest.raises(ValueError, match="values must hold 6 float32 elements, got 3"):
+        sparse((np.array([0, 1]), np.ones(3, np.float32)), KNOWN_HP.as_tuple())
+    with pytest.raises(ValueError, match="indices must be a 1-d int64 array"):
+        sparse((np.array([0, 1], np.int32), np.ones(6, np.float32)), KNOWN_HP.as_tuple())
+    np.testing.assert_array_equal(var, _state()[0])
 
 
 def test_wrong_arrays_raise_before_the_kernel_runs():

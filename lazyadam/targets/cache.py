@@ -4,10 +4,11 @@ An entry is a folder `<root>/<key[:2]>/<key>/` holding the built artifact and th
 from. The key must hash everything that can change the binary (the targets build it: rendered source,
 flags, compiler version, ISA, Python ABI).
 
-Concurrency: a builder claims an entry by creating `claim` with O_EXCL, builds in a private temporary
-folder and `os.replace`s the artifact in, so a reader never sees half a file. Others wait for the
-artifact; a failed build leaves `failed` (holding the log) so that waiters stop waiting, and a claim
-whose owner died is taken over after `STALE_SECONDS`.
+Concurrency: a builder claims an entry by creating `claim` (holding its host and pid) with O_EXCL,
+builds in a private temporary folder and `os.replace`s the artifact in, so a reader never sees half
+a file. Others wait for the artifact; a failed build leaves `failed` (holding the log) so that
+waiters stop waiting; a claim whose owner is gone (a dead pid on this host) is taken over at once,
+and any claim older than `STALE_SECONDS` (e.g. from another host on a shared disk) after that.
 
 Environment:
     LAZYADAM_CACHE_DIR: the cache root (default `$XDG_CACHE_HOME/lazyadam`, else `~/.cache/lazyadam`).
@@ -20,15 +21,22 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import tempfile
+import threading
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, TypeVar
 
 from ..errors import CompilationError
 
 STALE_SECONDS = 600.0
 POLL_SECONDS = 0.02
+
+Kernel = TypeVar("Kernel")
+_loaded: dict[str, object] = {}
+_building: dict[str, threading.Lock] = {}
+_lock = threading.Lock()
 
 
 def root() -> Path:
@@ -62,6 +70,44 @@ def clear() -> int:
     return len(found)
 
 
+def load(key: str, artifact: str, build: Callable[[Path], Path],
+         open_artifact: Callable[[Path], Kernel]) -> Kernel:
+    """The loaded kernel for `key`: from this process, the disk cache, or a fresh build.
+
+    Threads asking for the same key build and load it once; different keys build in parallel. With
+    the cache disabled, the artifact is built in a temporary folder that is removed once loaded.
+
+    Args:
+        key: the cache key (everything that can change the artifact).
+        artifact: the artifact's file name in its entry.
+        build: `build(folder) -> artifact path`, see `fetch`.
+        open_artifact: loads a built artifact (e.g. dlopen); OSError if the file is gone.
+    """
+    kernel = _loaded.get(key)
+    if kernel is not None:
+        return kernel
+    with _lock:
+        building = _building.setdefault(key, threading.Lock())
+    with building:
+        if key not in _loaded:
+            _loaded[key] = _open(key, artifact, build, open_artifact)
+    return _loaded[key]
+
+
+def _open(key: str, artifact: str, build: Callable[[Path], Path],
+          open_artifact: Callable[[Path], Kernel]) -> Kernel:
+    if not enabled():
+        path, folder = build_uncached(build)
+        try:
+            return open_artifact(path)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+    try:
+        return open_artifact(fetch(key, artifact, build))
+    except OSError:  # the entry was deleted between fetch and loading: fetch (build) again
+        return open_artifact(fetch(key, artifact, build))
+
+
 def fetch(key: str, artifact: str, build: Callable[[Path], Path]) -> Path:
     """The path of the cached `artifact` for `key`, building it with `build(folder)` if needed.
 
@@ -85,7 +131,7 @@ def fetch(key: str, artifact: str, build: Callable[[Path], Path]) -> Path:
         except FileNotFoundError:  # the folder was deleted between mkdir and open
             continue
         with os.fdopen(fd, "w") as claim:
-            claim.write(str(os.getpid()))
+            claim.write(f"{socket.gethostname()} {os.getpid()}")
         try:
             if target.exists():  # built by the previous claimant after our first look
                 return target
@@ -130,10 +176,24 @@ def _wait_for_claim(entry: Path, target: Path) -> None:
                 raise CompilationError(f"another process failed to build {entry.name}",
                                        log=_read(failed), log_path=failed)
             return
-        if age > STALE_SECONDS:
+        if age > STALE_SECONDS or _owner_died(claim):
             _unlink(claim)
             return
         time.sleep(POLL_SECONDS)
+
+
+def _owner_died(claim: Path) -> bool:
+    """True when the claim was made on this host by a process that no longer exists (killed)."""
+    host, _, pid = _read(claim).partition(" ")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, owned by another user
+        return False
+    return False
 
 
 def build_uncached(build: Callable[[Path], Path]) -> tuple[Path, Path]:

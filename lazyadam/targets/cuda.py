@@ -25,7 +25,6 @@ import shlex
 import shutil
 import subprocess
 import sys
-import threading
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -355,8 +354,6 @@ class CudaKernel:
                           + (f": {detail}" if status == self.lib.LAZYADAM_ECUDA else ""))
 
 
-_loaded: dict[str, CudaKernel] = {}
-_lock = threading.Lock()
 
 
 def load(spec: Spec) -> CudaKernel:
@@ -370,20 +367,6 @@ def load(spec: Spec) -> CudaKernel:
     if problem:
         raise TargetUnavailableError(problem)
     source = generate(spec.validate(), "cuda")
-    key = cache_key(source)
-    with _lock:
-        kernel = _loaded.get(key)
-        if kernel is None:
-            kernel = _loaded[key] = _load(spec, source, key)
-        return kernel
-
-
-def _load(spec: Spec, source: Source, key: str) -> CudaKernel:
-    if not cache.enabled():
-        path, folder = cache.build_uncached(lambda folder: build(source, folder))
-        try:
-            return CudaKernel(spec, source, path)
-        finally:
-            shutil.rmtree(folder, ignore_errors=True)
-    return CudaKernel(spec, source, cache.fetch(key, f"{source.symbol}.so",
-                                                lambda folder: build(source, folder)))
+    return cache.load(cache_key(source), f"{source.symbol}.so",
+                      lambda folder: build(source, folder),
+                      lambda path: CudaKernel(spec, source, path))
