@@ -152,3 +152,11 @@ def test_static_hyperparameters_are_documented_in_the_header():
     assert "static beta1 = 0.9: baked into the code, hp->beta1 is ignored." in source.header
     assert not re.search(r"hp->beta1\b", source.text)
 
+
+
+@pytest.mark.parametrize("symbol", ["x y", "2fast", "int", "__mine"])
+def test_symbols_that_cannot_name_a_c_function_are_refused(symbol):
+    with pytest.raises(ValueError, match=f"symbol '{symbol}'"):
+        generate(Spec(), symbol=symbol)
+    with pytest.raises(ValueError, match=f"symbol '{symbol}'"):
+        stages(Spec(), symbol=symbol)

@@ -16,7 +16,7 @@ from . import ir
 from .passes import PIPELINE
 from .printer import CPrinter
 from .render import Source, render_c
-from .spec import Spec
+from .spec import Spec, check_symbol
 
 #: Renderers by target name, filled by the targets that print their own source (CUDA registers itself).
 RENDERERS: dict[str, Callable[[ir.Kernel, str | None], Source]] = {"c": render_c}
@@ -44,8 +44,13 @@ def renderer(target: str) -> Callable[[ir.Kernel, str | None], Source]:
 
 
 def generate(spec: Spec, target: str = "c", symbol: str | None = None) -> Source:
-    """[Spec] -> [Source]: the generated source of `spec` for `target` ("c" or "cuda")."""
-    source = renderer(target)(optimize(spec), symbol)
+    """[Spec] -> [Source]: the generated source of `spec` for `target` ("c" or "cuda").
+
+    Raises:
+        SpecError: an illegal spec.
+        ValueError: an unknown target, or a `symbol` that cannot name a C function.
+    """
+    source = renderer(target)(optimize(spec), symbol and check_symbol(symbol))
     if os.environ.get("LAZYADAM_DUMP"):
         dump(spec, Path(os.environ["LAZYADAM_DUMP"]), target, symbol)
     return source
@@ -54,6 +59,7 @@ def generate(spec: Spec, target: str = "c", symbol: str | None = None) -> Source
 def stages(spec: Spec, target: str = "c", symbol: str | None = None) -> dict[str, str]:
     """Every stage of the pipeline as text, in order: spec, lower, each pass, header and source."""
     render = renderer(target)
+    symbol = symbol and check_symbol(symbol)
     kernel = ir.lower(spec)
     out = {"spec": spec.to_json(), "lower": format_kernel(kernel)}
     for name, run in PIPELINE:

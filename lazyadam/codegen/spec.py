@@ -11,6 +11,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Mapping
 
@@ -25,6 +26,12 @@ EPS_MODES = ("mindspore", "pytorch")
 #: beta powers -- change every step and are always runtime arguments).
 STATIC_HPARAMS = ("beta1", "beta2", "eps", "loss_scale", "weight_decay")
 
+
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_C_KEYWORDS = frozenset(
+    "auto break case char const continue default do double else enum extern float for goto if "
+    "inline int long register restrict return short signed sizeof static struct switch typedef "
+    "union unsigned void volatile while _Bool _Complex _Imaginary".split())
 
 class SpecError(ValueError):
     """An illegal spec: the message says what to change."""
@@ -156,3 +163,19 @@ def _check_static(name: str, value: object) -> None:
         raise SpecError(f"static {name} must be > 0, got {value!r}")
     if name == "weight_decay" and value < 0.0:
         raise SpecError(f"static weight_decay must be >= 0, got {value!r}")
+
+
+def check_symbol(name: str) -> str:
+    """Returns `name` if it can name a generated C function; raises otherwise.
+
+    Raises:
+        ValueError: not a C identifier, a C keyword, or reserved (a leading `__` or `_` + capital).
+    """
+    if not _IDENTIFIER.fullmatch(name):
+        raise ValueError(f"symbol {name!r} is not a C identifier (letters, digits and _, "
+                         "not starting with a digit)")
+    if name in _C_KEYWORDS:
+        raise ValueError(f"symbol {name!r} is a C keyword")
+    if name.startswith("__") or re.match(r"_[A-Z]", name):
+        raise ValueError(f"symbol {name!r} is reserved in C (it starts with __ or _ and a capital)")
+    return name
