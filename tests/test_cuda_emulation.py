@@ -9,26 +9,17 @@ Python wrapper (`CudaKernel`). Only a GPU run (tests/test_cuda_gpu.py) checks re
 
 from __future__ import annotations
 
-import shlex
-import shutil
-import subprocess
 import threading
-from pathlib import Path
 
 import cffi
 import numpy as np
 import pytest
 
-from lazyadam import HParams, Spec, generate
-from lazyadam.errors import CompilationError
-from lazyadam.targets import cache
-from lazyadam.targets.cuda import CudaKernel
+import cuda_emulation as emulation
+from lazyadam import HParams, Spec
 from reference import lazyadam_step
 
 from tolerance import assert_close
-
-HEADER = Path(__file__).parent / "cuda_emulation" / "cuda_emulation.h"
-FLAGS = ("-std=c++17", "-O1", "-fPIC", "-shared", "-Wall", "-Wno-unknown-pragmas", "-Werror")
 
 LAYOUTS = [(False, "float32", "int64"), (False, "float64", "int64"), (True, "float32", "int32"),
            (True, "float32", "int64"), (True, "float64", "int32"), (True, "float64", "int64")]
@@ -46,38 +37,12 @@ SPECS = list(dict.fromkeys(
 HYPER = dict(lr=0.01, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.05, loss_scale=4.0)
 
 
-def host_compiler() -> str | None:
-    return shutil.which("c++") or shutil.which("g++")
-
-
 @pytest.fixture(scope="module")
 def library() -> dict:
     """Every spec of SPECS in one emulation library, built once and kept in the kernel cache."""
-    cxx = host_compiler()
-    if cxx is None:
+    if emulation.host_compiler() is None:
         pytest.skip("no host C++ compiler (c++ or g++) to build the CUDA emulation")
-    sources = {spec: generate(spec, "cuda") for spec in SPECS}
-    version = subprocess.run([cxx, "--version"], capture_output=True, text=True).stdout
-    key = cache.make_key({"target": "cuda-emulation", "emulation": HEADER.read_text(),
-                          "sources": [s.text + s.header for s in sources.values()],
-                          "compiler": cxx, "version": version, "flags": FLAGS})
-
-    def build(folder: Path) -> Path:
-        for source in sources.values():
-            (folder / source.filename).write_text(source.text)
-            (folder / f"{source.symbol}.h").write_text(source.header)
-        unit = folder / "emulation.cu"
-        unit.write_text("".join(f'#include "{s.filename}"\n' for s in sources.values()))
-        out = folder / "emulation.so"
-        cmd = [cxx, *FLAGS, "-include", str(HEADER), "-x", "c++", str(unit), "-o", str(out)]
-        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=folder)
-        if proc.returncode != 0:
-            raise CompilationError("the CUDA emulation build failed",
-                                   log=f"$ {shlex.join(cmd)}\n{proc.stdout}{proc.stderr}")
-        return out
-
-    path = cache.fetch(key, "emulation.so", build)
-    return {spec: CudaKernel(spec, source, path) for spec, source in sources.items()}
+    return emulation.build(SPECS)
 
 
 class Emulated:

@@ -1,0 +1,58 @@
+"""The host-emulation build of the CUDA kernels: the generated .cu sources, compiled unchanged by
+the host C++ compiler with `cuda_emulation.h` force-included, loaded as the CUDA target's
+`CudaKernel`.
+
+Used by tests/test_cuda_emulation.py (the kernels against the reference) and
+tests/test_runtime_device.py (the optimizer on arrays that present host memory as device memory).
+"""
+
+from __future__ import annotations
+
+import shlex
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Iterable
+
+from lazyadam import Spec, generate
+from lazyadam.errors import CompilationError
+from lazyadam.targets import cache
+from lazyadam.targets.cuda import CudaKernel
+
+HEADER = Path(__file__).with_name("cuda_emulation.h")
+FLAGS = ("-std=c++17", "-O1", "-fPIC", "-shared", "-Wall", "-Wno-unknown-pragmas", "-Werror")
+
+
+def host_compiler() -> str | None:
+    return shutil.which("c++") or shutil.which("g++")
+
+
+def build(specs: Iterable[Spec]) -> dict[Spec, CudaKernel]:
+    """Every spec in one emulation library, built once and kept in the kernel cache.
+
+    Raises:
+        CompilationError: the host compiler failed (the log says why).
+    """
+    cxx = host_compiler()
+    sources = {spec: generate(spec, "cuda") for spec in specs}
+    version = subprocess.run([cxx, "--version"], capture_output=True, text=True).stdout
+    key = cache.make_key({"target": "cuda-emulation", "emulation": HEADER.read_text(),
+                          "sources": [s.text + s.header for s in sources.values()],
+                          "compiler": cxx, "version": version, "flags": FLAGS})
+
+    def compile_library(folder: Path) -> Path:
+        for source in sources.values():
+            (folder / source.filename).write_text(source.text)
+            (folder / f"{source.symbol}.h").write_text(source.header)
+        unit = folder / "emulation.cu"
+        unit.write_text("".join(f'#include "{s.filename}"\n' for s in sources.values()))
+        out = folder / "emulation.so"
+        cmd = [cxx, *FLAGS, "-include", str(HEADER), "-x", "c++", str(unit), "-o", str(out)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=folder)
+        if proc.returncode != 0:
+            raise CompilationError("the CUDA emulation build failed",
+                                   log=f"$ {shlex.join(cmd)}\n{proc.stdout}{proc.stderr}")
+        return out
+
+    path = cache.fetch(key, "emulation.so", compile_library)
+    return {spec: CudaKernel(spec, source, path) for spec, source in sources.items()}
