@@ -27,6 +27,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .parameter import to_host
+
 if TYPE_CHECKING:
     from .optimizer import LazyAdam
 
@@ -61,17 +63,19 @@ def load(optimizer: LazyAdam, path: str | os.PathLike) -> None:
 def write(state: dict[str, Any], path: str | os.PathLike) -> None:
     """Writes a state dict (as `LazyAdam.state_dict()` returns) to `path`, atomically.
 
+    Arrays are written from host memory: device arrays in `state` are copied to the host first.
     The file appears at `path` complete or not at all: it is written to a temporary file in the same
     folder, fsynced, and renamed over `path` with `os.replace`.
     """
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
-    arrays = {f"{section}/{name}": np.ascontiguousarray(array)
+    arrays = {f"{section}/{name}": np.ascontiguousarray(to_host(array))
               for section in SECTIONS if section in state
               for name, array in state[section].items()}
     header = {"format": FORMAT, "version": VERSION, **{k: state[k] for k in _SCALARS},
-              "parameters": [{"name": name, "shape": list(array.shape), "dtype": str(array.dtype)}
-                             for name, array in state["parameters"].items()],
+              "parameters": [{"name": name, "shape": list(arrays[f"parameters/{name}"].shape),
+                              "dtype": str(arrays[f"parameters/{name}"].dtype)}
+                             for name in state["parameters"]],
               "payload_sha256": _digest(arrays)}
     fd, temporary = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.",
                                      suffix=".tmp")

@@ -24,7 +24,9 @@ import numpy as np
 from .. import targets
 from ..codegen.spec import Spec
 from ..targets.base import HParams, index_error
-from .parameter import Parameter, RowTensor, is_device_array, to_host, zeros_like
+from ..targets.cuda import DeviceArray
+from .parameter import (Parameter, RowTensor, astype, centralized, contiguous, device_of, dtype_of,
+                        index_bounds, is_device_array, to_host, zeros_like)
 from .schedules import LearningRateSchedule
 
 GROUP_KEYS = ("params", "lr", "weight_decay", "grad_centralization", "order_params")
@@ -63,6 +65,15 @@ class LazyAdam:
     of rank >= 2 its mean over every axis but the first, on a copy, before the kernel adds the
     `wd*w` term. (MindSpore's `Optimizer` centralizes after adding the decay term: where a
     parameter is both decayed and centralized, the two differ by the mean of `wd*w`.)
+
+    Devices: a parameter whose array lives on a CUDA device (`__cuda_array_interface__`: PyTorch,
+    CuPy, pycuda) is updated by the CUDA target's kernels, and its moments are allocated on the same
+    device by the array's own library. Its gradients must be on that device too. Every gradient
+    check, the index range included (a min/max reduced on the device), runs before the first
+    kernel of the call, so a bad device gradient changes nothing either; only a failure of the CUDA
+    runtime itself (a `KernelError`, or device memory running out) can stop a call half applied.
+    `state_dict()` and checkpoints hold host copies; loading copies them back into the device
+    arrays in place.
 
     Threads: kernels run without the GIL, so several threads may call one optimizer at once. With
     `use_locking=True` the optimizer holds one lock over the step bookkeeping and all kernels of a
@@ -171,6 +182,8 @@ class LazyAdam:
                     dtype=str(param.dtype))
         moments = [Parameter(zeros_like(param.data), name=f"{kind}.{param.name}")
                    for kind in ("moment1", "moment2") + (("vmax",) if self.amsgrad else ())]
+        if param.on_device:
+            _check_device_state(param, moments)
         return _Slot(param, group, centralize, spec, target_for(param.data), *moments)
 
     # -- state -----------------------------------------------------------------------------------
@@ -238,7 +251,8 @@ class LazyAdam:
         Returns:
             `{"global_step", "beta1_power", "beta2_power", "beta1", "beta2", "amsgrad",
             "parameters": {name: array}, "moment1": {...}, "moment2": {...}[, "vmax": {...}]}`,
-            arrays as numpy copies keyed by parameter name, in parameter order.
+            arrays as numpy copies in host memory (device arrays are copied to the host), keyed
+            by parameter name, in parameter order.
         """
         with self._lock:
             state: dict[str, Any] = {
@@ -252,6 +266,9 @@ class LazyAdam:
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restores a `state_dict()`, in place; checks all of it before writing anything.
+
+        Parameters and moments keep their array objects: device arrays receive the saved values
+        through host memory (`Parameter.set_data`) and stay on their device.
 
         Raises:
             ValueError: a missing entry, other parameter names, shapes or dtypes, other betas,
@@ -289,11 +306,11 @@ class LazyAdam:
             for slot in self._slots:
                 value, target = saved[slot.param.name], getattr(slot, attr)
                 if not is_device_array(value):
-                    value = np.asarray(value)
-                value_shape = tuple(np.shape(value))
-                if value_shape != target.shape or np.dtype(value.dtype) != target.dtype:
+                    value = to_host(value)
+                value_shape, value_dtype = tuple(value.shape), dtype_of(value)
+                if value_shape != target.shape or value_dtype != target.dtype:
                     raise ValueError(f"state {key}[{slot.param.name!r}] has shape {value_shape} "
-                                     f"and dtype {value.dtype}, the optimizer has {target.shape} "
+                                     f"and dtype {value_dtype}, the optimizer has {target.shape} "
                                      f"and {target.dtype}")
                 arrays.append((target, value))
         with self._lock:
@@ -322,9 +339,11 @@ class LazyAdam:
                 array (dense) or a `RowTensor` (lazy sparse).
 
         Raises:
-            TypeError: gradients not a tuple or list; a gradient of the wrong type or dtype;
-                indices that are not integers.
-            ValueError: the wrong number of gradients; a shape that does not fit its parameter.
+            TypeError: gradients not a tuple or list; a gradient of the wrong type or dtype, or
+                not where its parameter lives (host memory or a CUDA device); indices that are not
+                integers; grad_centralization of a device array whose library has no mean().
+            ValueError: the wrong number of gradients; a shape that does not fit its parameter;
+                a device gradient on another GPU than its parameter.
             IndexError: an index outside its parameter's rows (the first one is named); a
                 learning-rate sequence that has no value for this step.
             CompilationError: a kernel failed to build.
@@ -389,12 +408,13 @@ def bind(kernel: Any, var: Any, m: Any, v: Any, vmax: Any) -> Callable[[Any, tup
 class _Slot:
     """One parameter with its moments, kernel spec and compiled kernels."""
 
-    __slots__ = ("param", "group", "centralize", "spec", "target", "m", "v", "vmax", "kernels",
-                 "calls")
+    __slots__ = ("param", "dtype", "on_device", "group", "centralize", "spec", "target", "m", "v",
+                 "vmax", "kernels", "calls")
 
     def __init__(self, param: Parameter, group: int, centralize: bool, spec: Spec, target: str,
                  m: Parameter, v: Parameter, vmax: Parameter | None = None):
         self.param, self.group, self.centralize = param, group, centralize
+        self.dtype, self.on_device = param.dtype, param.on_device  # fixed with the array object
         self.spec, self.target = spec, target
         self.m, self.v, self.vmax = m, v, vmax
         self.kernels: dict[tuple[bool, str], Any] = {}
@@ -432,15 +452,16 @@ class _Slot:
         param = self.param
         if not (hasattr(grad, "shape") and hasattr(grad, "dtype")):
             raise TypeError(f"{where} must be an array or a RowTensor, got {type(grad).__name__}")
-        if grad.dtype != param.dtype:
-            raise TypeError(f"{where} has dtype {grad.dtype}, the parameter has {param.dtype}")
+        dtype = _dtype(where, "", grad)
+        if dtype != self.dtype:
+            raise TypeError(f"{where} has dtype {dtype}, the parameter has {self.dtype}")
         if tuple(grad.shape) != param.shape:
             raise ValueError(f"{where} has shape {tuple(grad.shape)}, the parameter has "
                              f"{param.shape}")
-        if not is_device_array(grad):
-            grad = np.ascontiguousarray(grad)
-            if self.centralize and grad.ndim >= 2:
-                grad = grad - grad.mean(axis=tuple(range(1, grad.ndim)), keepdims=True)
+        self._check_location(where, "", grad)
+        grad = contiguous(grad)
+        if self.centralize and len(grad.shape) >= 2:
+            grad = contiguous(centralized(grad))
         return grad, self.call(False)
 
     def _sparse(self, where: str, grad: RowTensor) -> tuple[Any, Any]:
@@ -452,27 +473,85 @@ class _Slot:
         if param.ndim < 1:
             raise ValueError(f"{where}: a RowTensor needs a parameter of rank >= 1, "
                              f"{param.name!r} is a scalar")
-        index_dtype = np.dtype(indices.dtype)
+        index_dtype = _dtype(where, "indices", indices)
         if index_dtype.kind not in "iu":
             raise TypeError(f"{where}: indices must be integers, got dtype {index_dtype}")
-        if indices.ndim != 1:
+        if len(indices.shape) != 1:
             raise ValueError(f"{where}: indices must be 1-d, got shape {tuple(indices.shape)}")
-        if values.dtype != param.dtype:
-            raise TypeError(f"{where}: values have dtype {values.dtype}, the parameter has "
-                            f"{param.dtype}")
+        values_dtype = _dtype(where, "values", values)
+        if values_dtype != self.dtype:
+            raise TypeError(f"{where}: values have dtype {values_dtype}, the parameter has "
+                            f"{self.dtype}")
         expected = (indices.shape[0],) + param.shape[1:]
         if tuple(values.shape) != expected:
             raise ValueError(f"{where}: values have shape {tuple(values.shape)}, expected "
                              f"{expected} = (len(indices),) + parameter.shape[1:]")
+        self._check_location(where, "indices", indices)
+        self._check_location(where, "values", values)
         rows = param.shape[0]
-        if indices.shape[0] and (int(indices.min()) < 0 or int(indices.max()) >= rows):
-            raise IndexError(f"{where}: {index_error(to_host(indices), rows)}")
+        if indices.shape[0]:
+            low, high = index_bounds(indices)
+            if low < 0 or high >= rows:
+                raise IndexError(f"{where}: {index_error(to_host(indices), rows)}")
         if index_dtype not in INDEX_DTYPES:
-            indices, index_dtype = indices.astype(np.int64), np.dtype(np.int64)
-        if not is_device_array(indices):
-            indices = np.ascontiguousarray(indices)
-            values = np.ascontiguousarray(values)
-        return (indices, values), self.call(True, INDEX_DTYPES[index_dtype])
+            indices, index_dtype = astype(indices, np.int64), np.dtype(np.int64)
+        return ((contiguous(indices), contiguous(values)),
+                self.call(True, INDEX_DTYPES[index_dtype]))
+
+    def _check_location(self, where: str, what: str, array: Any) -> None:
+        """A gradient lives where its parameter does: host memory, or the parameter's device."""
+        on_device = is_device_array(array)
+        if on_device != self.on_device:
+            places = ("in host memory", "on a CUDA device")
+            raise TypeError(f"{_subject(where, what)} is a {type(array).__module__}."
+                            f"{type(array).__name__} {places[on_device]}, the parameter is "
+                            f"{places[self.on_device]}; pass the gradient where the parameter "
+                            "lives")
+        if on_device:
+            device, home = device_of(array), device_of(self.param.data)
+            if device is not None and home is not None and device != home:
+                raise ValueError(f"{_subject(where, what)} is on CUDA device {device}, the "
+                                 f"parameter on device {home}")
+
+
+def _subject(where: str, what: str) -> str:
+    """`gradient 1 (parameter 'w')`, or with the part named: `...: indices`."""
+    return f"{where}: {what}" if what else where
+
+
+def _dtype(where: str, what: str, array: Any) -> np.dtype:
+    """`dtype_of(array)`, with the gradient named in the error."""
+    try:
+        return dtype_of(array)
+    except TypeError as error:
+        raise TypeError(f"{_subject(where, what)}: {error}") from None
+
+
+def _check_device_state(param: Parameter, moments: list[Parameter]) -> None:
+    """Device parameters and their moments must be arrays a CUDA kernel can update in place.
+
+    Checked once, when the optimizer is made, so that no kernel call can refuse them later (after
+    the step was counted, or after other parameters were updated).
+
+    Raises:
+        TypeError: a moment that is not on the parameter's device (a library whose `zeros_like`
+            allocates elsewhere).
+        ValueError: a strided or read-only array.
+    """
+    home = device_of(param.data)
+    for array in [param, *moments]:
+        if not array.on_device or device_of(array.data) != home:
+            raise TypeError(f"{array.name}: zeros_like of a {type(param.data).__name__} on device "
+                            f"{home} gave a {type(array.data).__name__} "
+                            + ("on device " + str(device_of(array.data)) if array.on_device
+                               else "in host memory")
+                            + "; moments must live on the parameter's device")
+        flags = DeviceArray(array.data, array.name).flags
+        if not flags.c_contiguous:
+            raise ValueError(f"{array.name} is not C-contiguous on its device; pass a contiguous "
+                             "array (e.g. torch's .contiguous(), cupy.ascontiguousarray)")
+        if not flags.writeable:
+            raise ValueError(f"{array.name} is read-only on its device")
 
 
 class _Group:

@@ -4,50 +4,243 @@ A `Parameter` is an array with a name, updated in place: the optimizer writes in
 every view of that array (the user's own included) sees each step. A `RowTensor` is MindSpore's
 sparse gradient: `values[i]` is the gradient of row `indices[i]` of a parameter of `dense_shape`.
 
-Arrays on a GPU (anything with `__cuda_array_interface__`) are kept as they are; everything else is
-held as a C-contiguous numpy array.
+Arrays on a GPU (anything with `__cuda_array_interface__`: PyTorch CUDA tensors, CuPy arrays, pycuda
+GPUArrays) are kept as they are; everything else is held as a C-contiguous numpy array. The helpers
+below are the only places that look into an array's library, so the optimizer reads every array the
+same way:
+
+    dtype_of      numpy dtype of any array (PyTorch dtypes included)
+    device_of     the GPU an array lives on, where its library says
+    to_host       a numpy array (device arrays copied to host memory)
+    copy_into     copy a value into an existing array in place, through host memory for devices
+    zeros_like    zeros on the same device: the optimizer's moments
+    contiguous    a C-contiguous array (device arrays copied only where needed)
+    index_bounds  min and max of an index array, computed where it lives
+    centralized   g - mean(g over every axis but the first), computed where it lives
+    astype        a cast in the array's own library
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
-from typing import Any
+import sys
+from typing import Any, Callable
 
 import numpy as np
+
+from ..targets.cuda import DeviceArray
 
 _unnamed = itertools.count()
 
 
 def is_device_array(data: Any) -> bool:
     """True for arrays that live on a CUDA device (they expose `__cuda_array_interface__`)."""
-    return hasattr(data, "__cuda_array_interface__")
+    try:
+        return hasattr(data, "__cuda_array_interface__")
+    except RuntimeError:
+        # PyTorch refuses the interface of a CUDA tensor that requires grad; it is on a device all
+        # the same (Parameter detaches such tensors).
+        return True
+
+
+def is_torch(data: Any) -> bool:
+    """True for PyTorch tensors, subclasses included (they take PyTorch's spelling of arguments)."""
+    return any(cls.__module__.partition(".")[0] == "torch" for cls in type(data).__mro__)
+
+
+def library_function(data: Any, name: str) -> Callable[..., Any] | None:
+    """The function `name` of the library that defines `data`'s type (or a base of it), or None.
+
+    It looks in each class's own module, then in that module's top-level package: `zeros_like` of
+    a `pycuda.gpuarray.GPUArray` is `pycuda.gpuarray.zeros_like`, of a `cupy.ndarray`
+    `cupy.zeros_like`. Only modules already imported are searched (the array's library is, since
+    the array exists).
+    """
+    for cls in type(data).__mro__[:-1]:
+        for module in (cls.__module__, cls.__module__.partition(".")[0]):
+            function = getattr(sys.modules.get(module), name, None)
+            if callable(function):
+                return function
+    return None
+
+
+def _kind(data: Any) -> str:
+    return f"{type(data).__module__}.{type(data).__name__}"
+
+
+def dtype_of(array: Any) -> np.dtype:
+    """`array.dtype` as a numpy dtype, whatever the array's library.
+
+    numpy, CuPy and pycuda already use numpy dtypes; a PyTorch dtype such as `torch.float32` is
+    read by its name.
+
+    Raises:
+        TypeError: no `dtype`, or one numpy has no equivalent for (e.g. `torch.bfloat16`).
+    """
+    dtype = getattr(array, "dtype", None)
+    if dtype is None:
+        raise TypeError(f"a {_kind(array)} has no dtype; expected an array")
+    try:
+        return np.dtype(dtype)
+    except TypeError:
+        pass
+    try:
+        return np.dtype(str(dtype).rpartition(".")[2])
+    except TypeError:
+        raise TypeError(f"dtype {dtype} of a {_kind(array)} has no numpy equivalent; LazyAdam "
+                        "takes float32 or float64 values and integer indices") from None
+
+
+def device_of(array: Any) -> int | None:
+    """The ordinal of the GPU `array` lives on, where its library says (PyTorch's `device.index`,
+    CuPy's `device.id`); None otherwise (host arrays, pycuda)."""
+    device = getattr(array, "device", None)
+    for attr in ("index", "id"):
+        ordinal = getattr(device, attr, None)
+        if isinstance(ordinal, int) and not isinstance(ordinal, bool):
+            return ordinal
+    return None
 
 
 def to_host(data: Any) -> np.ndarray:
-    """`data` as a numpy array: host arrays as they are, device arrays copied (CuPy's `get()`,
-    else PyTorch's `cpu().numpy()`)."""
+    """`data` as a numpy array: host arrays as they are, device arrays copied to host memory
+    (PyTorch's `cpu().numpy()`, else the library's `get()`, as CuPy and pycuda name it).
+
+    Raises:
+        TypeError: a device array whose library has neither.
+    """
     if not is_device_array(data):
-        return np.asarray(data)
-    return data.get() if hasattr(data, "get") else data.cpu().numpy()
+        return np.asarray(data.detach() if is_torch(data) else data)
+    if is_torch(data):
+        return data.detach().cpu().numpy()
+    if not hasattr(data, "get"):
+        raise TypeError(f"cannot copy a {_kind(data)} to host memory: it has no get()")
+    return np.asarray(data.get())
+
+
+def copy_into(target: Any, value: Any) -> None:
+    """Copies `value` (same shape; cast to `target`'s dtype) into `target`, in place.
+
+    Device targets receive the value through host memory: PyTorch tensors by `copy_`, others by
+    their library's `set(host_array)` (CuPy, pycuda), so the target array object, its device and
+    every view of it stay the same.
+
+    Raises:
+        TypeError: a device array whose library offers neither.
+    """
+    if not is_device_array(target):
+        target[...] = to_host(value)
+        return
+    host = np.ascontiguousarray(to_host(value), dtype=dtype_of(target))
+    if is_torch(target):
+        import torch  # only reached with a torch tensor in hand
+        target.copy_(torch.from_numpy(host))
+    elif hasattr(target, "set"):
+        target.set(host)
+    else:
+        raise TypeError(f"cannot copy host data into a {_kind(target)}: it has no set()")
 
 
 def zeros_like(data: Any) -> Any:
-    """A zero array of `data`'s shape and dtype, on the same device: the optimizer's moments.
+    """A C-contiguous zero array of `data`'s shape and dtype, on the same device: the moments.
 
-    Host data gives a C-contiguous numpy array. Device data gives the `zeros_like` of the array's
-    own library (CuPy, PyTorch, ...), found from the array's type.
+    Host data gives a numpy array. Device data gives the `zeros_like` of the array's own library
+    (`library_function`), called on the array's device: PyTorch's keeps the tensor's device, CuPy's
+    allocates on the current device, so it is called inside `with data.device` where the device is
+    a context manager.
 
     Raises:
         TypeError: a device array whose library has no `zeros_like`.
     """
     if not is_device_array(data):
-        return np.zeros(np.shape(data), dtype=data.dtype)
-    library = __import__(type(data).__module__.split(".")[0])
-    make = getattr(library, "zeros_like", None)
+        return np.zeros(np.shape(data), dtype=dtype_of(data))
+    if is_torch(data):
+        import torch  # only reached with a torch tensor in hand
+        return torch.zeros_like(data, memory_format=torch.contiguous_format)
+    make = library_function(data, "zeros_like")
     if make is None:
-        raise TypeError(f"cannot allocate moments for a {type(data).__name__}: its library "
-                        f"{library.__name__!r} has no zeros_like")
-    return make(data)
+        raise TypeError(f"cannot allocate moments for a {_kind(data)}: its library has no "
+                        "zeros_like")
+    device = getattr(data, "device", None)
+    with device if hasattr(device, "__enter__") else contextlib.nullcontext():
+        return make(data)
+
+
+def is_c_contiguous(data: Any) -> bool:
+    """True for C-contiguous arrays (device arrays read through `__cuda_array_interface__`)."""
+    if is_device_array(data):
+        return DeviceArray(data, "array").flags.c_contiguous
+    return np.asarray(data).flags.c_contiguous
+
+
+def contiguous(array: Any) -> Any:
+    """`array` itself when C-contiguous, else a C-contiguous copy in its own library (numpy's
+    `ascontiguousarray`, PyTorch's `contiguous()`, the library's `ascontiguousarray` as in CuPy).
+
+    Raises:
+        ValueError: a strided device array whose library cannot copy it.
+    """
+    if not is_device_array(array):
+        return np.ascontiguousarray(array)
+    if is_c_contiguous(array):
+        return array
+    if is_torch(array):
+        return array.contiguous()
+    copy = library_function(array, "ascontiguousarray")
+    if copy is None:
+        raise ValueError(f"a strided {_kind(array)} must be made C-contiguous first; its library "
+                         "has no ascontiguousarray")
+    return copy(array)
+
+
+def index_bounds(indices: Any) -> tuple[int, int]:
+    """(min, max) of a non-empty integer array, reduced where it lives (only two numbers travel).
+
+    Device arrays use their `min()`/`max()` methods (PyTorch, CuPy) or their library's `min`/`max`
+    functions (pycuda.gpuarray).
+
+    Raises:
+        TypeError: a device array whose library has neither.
+    """
+    if not is_device_array(indices):
+        indices = np.asarray(indices)
+        return int(indices.min()), int(indices.max())
+    return _reduce(indices, "min"), _reduce(indices, "max")
+
+
+def _reduce(array: Any, name: str) -> int:
+    method = getattr(array, name, None)
+    if callable(method):
+        return int(to_host(method()))
+    function = library_function(array, name)
+    if function is None:
+        raise TypeError(f"cannot check the indices of a {_kind(array)}: it has no {name}()")
+    return int(to_host(function(array)))
+
+
+def centralized(grad: Any) -> Any:
+    """`grad - mean(grad over every axis but the first)`, a new array where `grad` lives.
+
+    Raises:
+        TypeError: a device array whose library has no `mean` over axes.
+    """
+    axes = tuple(range(1, len(grad.shape)))
+    if is_torch(grad):
+        return grad - grad.mean(dim=axes, keepdim=True)
+    if not callable(getattr(grad, "mean", None)):
+        raise TypeError(f"grad_centralization needs the mean of a {_kind(grad)} over axes "
+                        f"{axes}, and it has no mean(); centralize it yourself, or pass a "
+                        "PyTorch or CuPy array")
+    return grad - grad.mean(axis=axes, keepdims=True)
+
+
+def astype(array: Any, dtype: np.dtype) -> Any:
+    """`array` cast to `dtype` in its own library (PyTorch's `to`, others' `astype`)."""
+    if is_torch(array):
+        import torch  # only reached with a torch tensor in hand
+        return array.to(getattr(torch, np.dtype(dtype).name))
+    return array.astype(dtype)
 
 
 class Parameter:
@@ -56,7 +249,9 @@ class Parameter:
     Args:
         data: the initial value. A C-contiguous, writable numpy array is kept as is (no copy), so
             the caller's array is the one that is trained; anything else numpy accepts is copied
-            into a new C-contiguous array. Device arrays are kept as they are.
+            into a new C-contiguous array. Device arrays are kept as they are (the optimizer
+            requires them C-contiguous). A PyTorch tensor that requires grad (an `nn.Parameter`)
+            is detached: the detached tensor shares its memory, so the caller's tensor is trained.
         name: the parameter's name, used by the weight-decay filter, the moments' names and
             checkpoints. Default: `Parameter_<n>` with a per-process counter.
 
@@ -72,6 +267,8 @@ class Parameter:
             name = f"Parameter_{next(_unnamed)}"
         if not isinstance(name, str):
             raise TypeError(f"Parameter name must be a string, got {type(name).__name__}: {name!r}")
+        if is_torch(data) and data.requires_grad:
+            data = data.detach()
         if not is_device_array(data):
             data = np.asarray(data, order="C")
             if not data.flags.writeable:
@@ -95,7 +292,8 @@ class Parameter:
 
     @property
     def dtype(self) -> np.dtype:
-        return np.dtype(self._data.dtype)
+        """The numpy dtype (also for PyTorch tensors, see `dtype_of`)."""
+        return dtype_of(self._data)
 
     @property
     def ndim(self) -> int:
@@ -105,30 +303,41 @@ class Parameter:
     def size(self) -> int:
         return int(np.prod(self._data.shape, dtype=np.int64))
 
+    @property
+    def on_device(self) -> bool:
+        """True when the data lives on a CUDA device."""
+        return is_device_array(self._data)
+
     def asnumpy(self) -> np.ndarray:
-        """A numpy copy of the current value (as MindSpore's `Tensor.asnumpy`)."""
+        """A numpy copy of the current value in host memory (as MindSpore's `Tensor.asnumpy`)."""
         return np.array(to_host(self._data), copy=True)
 
     def set_data(self, value: Any) -> Parameter:
         """Copies `value` into the parameter in place (the array object stays the same).
 
+        `value` may be a host or a device array; device parameters receive it through host memory
+        (`copy_into`).
+
         Raises:
             ValueError: `value` has another shape.
         """
-        value = np.asarray(value) if not is_device_array(value) else value
+        if not is_device_array(value):
+            value = to_host(value)
         if tuple(value.shape) != self.shape:
             raise ValueError(f"Parameter {self._name!r}: set_data got shape {tuple(value.shape)}, "
                              f"the parameter has {self.shape}")
-        self._data[...] = value
+        copy_into(self._data, value)
         return self
 
     def __array__(self, dtype=None, copy=None):
-        if dtype is None or np.dtype(dtype) == self._data.dtype:
-            return self._data if not copy else self._data.copy()
-        return self._data.astype(dtype)
+        data = to_host(self._data)
+        if dtype is not None and np.dtype(dtype) != data.dtype:
+            return data.astype(dtype)
+        return data.copy() if copy else data
 
     def __repr__(self) -> str:
-        return f"Parameter(name={self._name!r}, shape={self.shape}, dtype={self.dtype})"
+        where = f", device={type(self._data).__name__}" if self.on_device else ""
+        return f"Parameter(name={self._name!r}, shape={self.shape}, dtype={self.dtype}{where})"
 
 
 class RowTensor:
@@ -136,7 +345,9 @@ class RowTensor:
 
     It stands for the dense gradient `G` of shape `dense_shape` with `G[indices[i]] += values[i]`
     (duplicate indices are summed). Nothing is checked here: the optimizer checks every gradient of
-    a call against its parameter before it writes anything (SEMANTICS "Bad input").
+    a call against its parameter before it writes anything (SEMANTICS "Bad input"). Device arrays
+    are kept as they are (a device parameter takes indices and values on its device); anything
+    else becomes a numpy array.
 
     Args:
         indices: 1-d integer array of row numbers.
@@ -147,10 +358,10 @@ class RowTensor:
     __slots__ = ("indices", "values", "dense_shape")
 
     def __init__(self, indices: Any, values: Any, dense_shape: Any):
-        self.indices = indices if is_device_array(indices) else np.asarray(indices)
-        self.values = values if is_device_array(values) else np.asarray(values)
+        self.indices = indices if is_device_array(indices) else to_host(indices)
+        self.values = values if is_device_array(values) else to_host(values)
         self.dense_shape = tuple(int(d) for d in dense_shape)
 
     def __repr__(self) -> str:
         return (f"RowTensor(nnz={len(self.indices)}, dense_shape={self.dense_shape}, "
-                f"dtype={self.values.dtype})")
+                f"dtype={dtype_of(self.values)})")
