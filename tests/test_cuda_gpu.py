@@ -1,4 +1,5 @@
-"""The CUDA kernels on a real GPU: against the numpy reference and against torch.optim.
+"""The CUDA kernels on a real GPU, and LazyAdam on CUDA tensors: against the numpy reference and
+against torch.optim.
 
 Marked `cuda`; skipped, with the reason, without nvcc, a driver, a GPU, or a library to hold device
 arrays (PyTorch with CUDA, CuPy, or pycuda). Between GPU runs, tests/test_cuda_emulation.py runs the
@@ -13,9 +14,10 @@ import numpy as np
 import pytest
 
 import lazyadam
-from lazyadam import HParams, Spec
+from lazyadam import HParams, LazyAdam, Parameter, RowTensor, Spec
 from lazyadam.targets import cuda
 from reference import lazyadam_step
+from runtime_reference import simulate
 
 from tolerance import assert_close
 
@@ -196,3 +198,66 @@ def test_gpu_runs_on_the_given_stream(device, rng):
     ref = reference_step([w.astype(np.float64), np.zeros(w.size), np.zeros(w.size), None], g, hp,
                          Spec(sparse=False))
     assert_close(device.get(state[0]), ref[0], "float32", "var")
+
+
+def test_gpu_lazyadam_on_torch_tensors(device, rng, tmp_path):
+    """The optimizer end to end on CUDA tensors: a sparse table held by an `nn.Parameter`
+    (trained in place), a centralized dense matrix, groups and amsgrad, against the numpy
+    reference; moments on the parameters' device; state and checkpoints through host memory; a bad
+    index on the device changes nothing."""
+    if device.name != "torch":
+        pytest.skip("LazyAdam's device path is checked here on torch CUDA tensors")
+    torch = device.torch
+    initial = [rng.standard_normal((300, 8)).astype(np.float32),
+               rng.standard_normal((16, 9)).astype(np.float32)]
+    weight = torch.nn.Parameter(torch.tensor(initial[0], device="cuda"))
+
+    def make(table_data, dense_data):
+        table = Parameter(table_data, name="embedding")
+        dense = Parameter(dense_data, name="dense")
+        return LazyAdam([{"params": [table], "weight_decay": 0.01},
+                         {"params": [dense], "grad_centralization": True}],
+                        learning_rate=0.01, amsgrad=True)
+
+    opt = make(weight, device.put(initial[1]))
+    for moment in opt.moment1 + opt.moment2 + opt.vmax:
+        assert moment.data.is_cuda and moment.data.device == weight.device
+    steps = []
+    for _ in range(4):
+        indices = (rng.zipf(1.2, 500) % 300).astype(np.int64)
+        steps.append([(indices, rng.standard_normal((500, 8)).astype(np.float32)),
+                      rng.standard_normal((16, 9)).astype(np.float32)])
+    for (indices, values), dense_grad in steps:
+        opt((RowTensor(device.put(indices), device.put(values), (300, 8)), device.put(dense_grad)))
+    expected = simulate(initial, steps, lr_at=lambda k, i: 0.01,
+                        wd_at=lambda k, i: 0.01 if i == 0 else 0.0, centralize=(1,), amsgrad=True)
+    params, m, v, vmax = expected[:4]
+    for i, param in enumerate(opt.parameters):
+        assert_close(param.asnumpy(), params[i], "float32", param.name)
+        assert_close(opt.moment1[i].asnumpy(), m[i], "float32", f"moment1 of {param.name}")
+        assert_close(opt.moment2[i].asnumpy(), v[i], "float32", f"moment2 of {param.name}")
+        assert_close(opt.vmax[i].asnumpy(), vmax[i], "float32", f"vmax of {param.name}")
+    assert_close(device.get(weight.detach()), params[0], "float32", "the user's nn.Parameter")
+
+    state = opt.state_dict()
+    assert all(type(a) is np.ndarray for a in state["moment1"].values())
+    opt.save(tmp_path / "run.ckpt")
+    for restore in (lambda o: o.load_state_dict(state), lambda o: o.load(tmp_path / "run.ckpt")):
+        resumed = make(device.put(np.zeros((300, 8), np.float32)),
+                       device.put(np.zeros((16, 9), np.float32)))
+        pointers = [p.data.data_ptr() for p in resumed.parameters + resumed.vmax]
+        restore(resumed)
+        assert [p.data.data_ptr() for p in resumed.parameters + resumed.vmax] == pointers
+        for ours, theirs in zip(resumed.parameters + resumed.moment2 + resumed.vmax,
+                                opt.parameters + opt.moment2 + opt.vmax):
+            np.testing.assert_array_equal(ours.asnumpy(), theirs.asnumpy())
+
+    before = [p.asnumpy() for p in opt.parameters + opt.moment1 + opt.moment2 + opt.vmax]
+    bad = RowTensor(device.put(np.array([0, 299, 300])), device.put(np.ones((3, 8), np.float32)),
+                    (300, 8))
+    with pytest.raises(IndexError, match=r"indices\[2\] = 300 is outside \[0, 300\)"):
+        opt((bad, device.put(np.ones((16, 9), np.float32))))
+    after = [p.asnumpy() for p in opt.parameters + opt.moment1 + opt.moment2 + opt.vmax]
+    for a, b in zip(after, before):
+        np.testing.assert_array_equal(a, b)
+    assert opt.global_step == 4
