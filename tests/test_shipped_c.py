@@ -76,7 +76,9 @@ class Shipped:
         source = generate(spec)
         self.ffi = cffi.FFI()
         self.ffi.cdef(source.cdef)
-        self.fn = getattr(self.ffi.dlopen(str(library)), source.symbol)
+        # RTLD_NODELETE: unloading an OpenMP library under libgomp's idle threads crashes at exit.
+        library = self.ffi.dlopen(str(library), self.ffi.RTLD_NOW | self.ffi.RTLD_NODELETE)
+        self.fn = getattr(library, source.symbol)
         self.T = "float" if spec.dtype == "float32" else "double"
 
     def ptr(self, arr: np.ndarray | None, ctype: str | None = None):

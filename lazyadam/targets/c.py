@@ -135,7 +135,9 @@ class CKernel:
         self.path = path
         self.ffi = cffi.FFI()
         self.ffi.cdef(source.cdef)
-        self.lib = self.ffi.dlopen(str(path))
+        # Never unloaded: unloading a kernel would unload libgomp under its idle worker threads,
+        # which crashes the process at exit.
+        self.lib = self.ffi.dlopen(str(path), self.ffi.RTLD_NOW | self.ffi.RTLD_NODELETE)
         self.fn = getattr(self.lib, source.symbol)
         self._scalars = f"{'float' if spec.dtype == 'float32' else 'double'}[]"
         self._index = f"{spec.index_dtype}_t[]"
