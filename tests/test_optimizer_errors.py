@@ -42,9 +42,9 @@ def test_params_element_neither_parameter_nor_dict(params):
 
 
 @pytest.mark.parametrize("bad", [None, "0.1", np.float32(0.1), np.float64(0.1), True,
-                                 {"lr": 0.1}, ["a", "b"]],
+                                 {"lr": 0.1}, ["a", "b"], {0.1, 0.2}],
                          ids=["None", "str", "np.float32", "np.float64", "bool", "dict",
-                              "strings"])
+                              "strings", "set (no order)"])
 def test_learning_rate_of_another_type(params, bad):
     with pytest.raises(TypeError, match="learning_rate"):
         make(params, learning_rate=bad)
@@ -265,3 +265,11 @@ def test_read_only_parameter_data():
     data.flags.writeable = False
     with pytest.raises(ValueError, match="read-only"):
         Parameter(data, name="frozen")
+
+
+def test_an_empty_index_list_is_an_empty_batch():
+    table = Parameter(np.ones((4, 2), np.float32), name="table")
+    opt = LazyAdam([table])
+    assert opt((RowTensor([], np.zeros((0, 2), np.float32), table.shape),))
+    assert opt.global_step == 1
+    np.testing.assert_array_equal(table.data, 1.0)

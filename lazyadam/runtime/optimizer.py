@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Set
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -77,8 +77,9 @@ class LazyAdam:
 
     Threads: kernels run without the GIL, so several threads may call one optimizer at once. With
     `use_locking=True` the optimizer holds one lock over the step bookkeeping and all kernels of a
-    call, so calls are atomic: k threads give bitwise what k sequential calls give (the kernels'
-    own striped row locks also protect C callers that share the arrays). With `use_locking=False`
+    call, so calls are atomic: k threads give bitwise what k sequential calls give (the kernels
+    also take striped row locks, which exclude concurrent calls of the same compiled kernel, e.g.
+    from C code sharing the arrays). With `use_locking=False`
     the bookkeeping (step, beta powers) is still taken under the lock, but kernels of different
     calls may interleave on the same rows (Hogwild); memory is never corrupted.
 
@@ -406,10 +407,10 @@ def bind(kernel: Any, var: Any, m: Any, v: Any, vmax: Any) -> Callable[[Any, tup
 
 
 class _Slot:
-    """One parameter with its moments, kernel spec and compiled kernels."""
+    """One parameter with its moments, kernel spec and bound kernel calls."""
 
     __slots__ = ("param", "dtype", "on_device", "group", "centralize", "spec", "target", "m", "v",
-                 "vmax", "kernels", "calls")
+                 "vmax", "calls")
 
     def __init__(self, param: Parameter, group: int, centralize: bool, spec: Spec, target: str,
                  m: Parameter, v: Parameter, vmax: Parameter | None = None):
@@ -417,7 +418,6 @@ class _Slot:
         self.dtype, self.on_device = param.dtype, param.on_device  # fixed with the array object
         self.spec, self.target = spec, target
         self.m, self.v, self.vmax = m, v, vmax
-        self.kernels: dict[tuple[bool, str], Any] = {}
         self.calls: dict[tuple[bool, str], Callable[[Any, tuple], None]] = {}
 
     def call(self, sparse: bool, index_dtype: str = "int64") -> Callable[[Any, tuple], None]:
@@ -426,7 +426,7 @@ class _Slot:
         call = self.calls.get(key)
         if call is None:
             spec = dataclasses.replace(self.spec, sparse=sparse, index_dtype=index_dtype)
-            kernel = self.kernels[key] = targets.compile(spec, self.target)
+            kernel = targets.compile(spec, self.target)
             vmax = self.vmax.data if self.vmax is not None else None
             call = self.calls[key] = bind(kernel, self.param.data, self.m.data, self.v.data, vmax)
         return call
@@ -615,10 +615,10 @@ def _rate(value: Any, what: str) -> _Rate:
         return _Rate(what, schedule=value)
     if _is_number(value):
         return _Rate(what, _non_negative(float(value), what))
-    if isinstance(value, (str, bytes, Mapping, np.generic, bool)) or not (
+    if isinstance(value, (str, bytes, Mapping, Set, np.generic, bool)) or not (
             isinstance(value, (Iterable, np.ndarray)) or hasattr(value, "__array__")):
-        raise TypeError(f"{what} must be a float, an int, an array, an iterable or a "
-                        f"LearningRateSchedule, got {type(value).__name__}: {value!r}")
+        raise TypeError(f"{what} must be a float, an int, an array, an ordered iterable (not a "
+                        f"set) or a LearningRateSchedule, got {type(value).__name__}: {value!r}")
     try:
         values = np.asarray(value if hasattr(value, "__array__") else list(value))
     except (TypeError, ValueError) as error:

@@ -358,7 +358,12 @@ class RowTensor:
     __slots__ = ("indices", "values", "dense_shape")
 
     def __init__(self, indices: Any, values: Any, dense_shape: Any):
-        self.indices = indices if is_device_array(indices) else to_host(indices)
+        if is_device_array(indices):
+            self.indices = indices
+        else:  # an empty list would read as float64; an empty batch is rows of int64
+            self.indices = to_host(indices)
+            if self.indices.size == 0 and self.indices.dtype.kind not in "iu":
+                self.indices = self.indices.astype(np.int64)
         self.values = values if is_device_array(values) else to_host(values)
         self.dense_shape = tuple(int(d) for d in dense_shape)
 
