@@ -45,22 +45,8 @@ def library() -> dict:
     return emulation.build(SPECS)
 
 
-class Emulated:
-    """A host array presented as a device array: the emulated kernels address host memory."""
-
-    def __init__(self, array: np.ndarray):
-        self.array = array
-
-    @property
-    def __cuda_array_interface__(self) -> dict:
-        a = self.array
-        return {"shape": a.shape, "typestr": a.dtype.str, "version": 3,
-                "data": (a.ctypes.data, not a.flags.writeable),
-                "strides": None if a.flags.c_contiguous else a.strides}
-
-
 def dev(*arrays):
-    return [None if a is None else Emulated(a) for a in arrays]
+    return [None if a is None else emulation.Emulated(a) for a in arrays]
 
 
 GUARD = 7.0
@@ -177,7 +163,7 @@ def test_multi_updates_many_tensors_in_few_launches(library, rng):
 
 def test_multi_rejects_mismatched_lists(library):
     spec = Spec(sparse=False)
-    a = Emulated(np.zeros(3, np.float32))
+    a = emulation.Emulated(np.zeros(3, np.float32))
     with pytest.raises(ValueError, match="one entry per tensor"):
         library[spec].multi([a, a], [a, a], [a], [a, a], hparams(spec, 1))
 
@@ -262,7 +248,7 @@ def test_host_arrays_are_refused_with_a_clear_error(library):
     with pytest.raises(TypeError, match="__cuda_array_interface__.*numpy.ndarray"):
         kernel(a, a, a, a, hparams(Spec(), 1))
     with pytest.raises(TypeError, match="grad has dtype float64"):
-        kernel(*dev(a, a, a), Emulated(np.zeros(3)), hparams(Spec(), 1))
+        kernel(*dev(a, a, a), emulation.Emulated(np.zeros(3)), hparams(Spec(), 1))
     with pytest.raises(ValueError, match="var must be C-contiguous"):
         strided = np.zeros(6, np.float32)[::2]
         kernel(*dev(strided, a, a, a), hparams(Spec(), 1))

@@ -50,19 +50,12 @@ class FakeDevice:
         _current_device[0] = self.previous
 
 
-class FakeDeviceArray:
+class FakeDeviceArray(emulation.Emulated):
     """A numpy array presented as a device array on GPU `device` (CuPy's protocol)."""
 
     def __init__(self, array: np.ndarray, device: int = 0):
-        self.array = array
+        super().__init__(array)
         self.device = FakeDevice(device)
-
-    @property
-    def __cuda_array_interface__(self) -> dict:
-        a = self.array
-        return {"shape": a.shape, "typestr": a.dtype.str, "version": 3,
-                "data": (a.ctypes.data, not a.flags.writeable),
-                "strides": None if a.flags.c_contiguous else a.strides}
 
     shape = property(lambda self: self.array.shape)
     dtype = property(lambda self: self.array.dtype)

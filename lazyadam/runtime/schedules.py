@@ -61,18 +61,14 @@ class LearningRateSchedule(abc.ABC):
         return f"{type(self).__name__}({args})"
 
 
-class ExponentialDecayLR(LearningRateSchedule):
-    """Exponential decay.
-
-        lr(k) = learning_rate * decay_rate ** p
-        p = k / decay_steps            (is_stair=False)
-        p = floor(k / decay_steps)     (is_stair=True: decays once every decay_steps steps)
+class _StepDecayLR(LearningRateSchedule):
+    """The shared arguments of the decays that depend on p = k / decay_steps.
 
     Args:
         learning_rate: initial value, a float > 0.
-        decay_rate: a float > 0 (< 1 decays, > 1 grows).
+        decay_rate: a float > 0.
         decay_steps: an int >= 1.
-        is_stair: a bool, default False.
+        is_stair: a bool, default False: p = floor(k / decay_steps) when set.
 
     Raises:
         TypeError: `learning_rate` or `decay_rate` is not a float, `decay_steps` is not an int or
@@ -85,12 +81,23 @@ class ExponentialDecayLR(LearningRateSchedule):
         self.learning_rate, self.decay_rate, self.decay_steps, self.is_stair = _decay_args(
             type(self).__name__, learning_rate, decay_rate, decay_steps, is_stair)
 
+
+class ExponentialDecayLR(_StepDecayLR):
+    """Exponential decay.
+
+        lr(k) = learning_rate * decay_rate ** p
+        p = k / decay_steps            (is_stair=False)
+        p = floor(k / decay_steps)     (is_stair=True: decays once every decay_steps steps)
+
+    Args and errors: see `_StepDecayLR` (decay_rate < 1 decays, > 1 grows).
+    """
+
     def construct(self, global_step: int) -> float:
         return self.learning_rate * self.decay_rate ** _progress(global_step, self.decay_steps,
                                                                  self.is_stair)
 
 
-class NaturalExpDecayLR(LearningRateSchedule):
+class NaturalExpDecayLR(_StepDecayLR):
     """Natural exponential decay.
 
         lr(k) = learning_rate * exp(-decay_rate * p)
@@ -101,51 +108,23 @@ class NaturalExpDecayLR(LearningRateSchedule):
     `NaturalExpDecayLR.construct` differs from it: it uses p = k, and p = floor(k / decay_steps) *
     decay_steps with `is_stair`, i.e. decay_rate there is per step, not per decay_steps steps.
 
-    Args:
-        learning_rate: initial value, a float > 0.
-        decay_rate: a float > 0.
-        decay_steps: an int >= 1.
-        is_stair: a bool, default False.
-
-    Raises:
-        TypeError: `learning_rate` or `decay_rate` is not a float, `decay_steps` is not an int or
-            `is_stair` is not a bool.
-        ValueError: `learning_rate` or `decay_rate` is <= 0 or not finite, or `decay_steps` < 1.
+    Args and errors: see `_StepDecayLR`.
     """
-
-    def __init__(self, learning_rate: float, decay_rate: float, decay_steps: int,
-                 is_stair: bool = False):
-        self.learning_rate, self.decay_rate, self.decay_steps, self.is_stair = _decay_args(
-            type(self).__name__, learning_rate, decay_rate, decay_steps, is_stair)
 
     def construct(self, global_step: int) -> float:
         p = _progress(global_step, self.decay_steps, self.is_stair)
         return self.learning_rate * math.exp(-self.decay_rate * p)
 
 
-class InverseDecayLR(LearningRateSchedule):
+class InverseDecayLR(_StepDecayLR):
     """Inverse-time decay.
 
         lr(k) = learning_rate / (1 + decay_rate * p)
         p = k / decay_steps            (is_stair=False)
         p = floor(k / decay_steps)     (is_stair=True)
 
-    Args:
-        learning_rate: initial value, a float > 0.
-        decay_rate: a float > 0.
-        decay_steps: an int >= 1.
-        is_stair: a bool, default False.
-
-    Raises:
-        TypeError: `learning_rate` or `decay_rate` is not a float, `decay_steps` is not an int or
-            `is_stair` is not a bool.
-        ValueError: `learning_rate` or `decay_rate` is <= 0 or not finite, or `decay_steps` < 1.
+    Args and errors: see `_StepDecayLR`.
     """
-
-    def __init__(self, learning_rate: float, decay_rate: float, decay_steps: int,
-                 is_stair: bool = False):
-        self.learning_rate, self.decay_rate, self.decay_steps, self.is_stair = _decay_args(
-            type(self).__name__, learning_rate, decay_rate, decay_steps, is_stair)
 
     def construct(self, global_step: int) -> float:
         p = _progress(global_step, self.decay_steps, self.is_stair)

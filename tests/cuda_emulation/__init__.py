@@ -14,6 +14,8 @@ import subprocess
 from pathlib import Path
 from typing import Iterable
 
+import numpy as np
+
 from lazyadam import Spec, generate
 from lazyadam.errors import CompilationError
 from lazyadam.targets import cache
@@ -56,3 +58,17 @@ def build(specs: Iterable[Spec]) -> dict[Spec, CudaKernel]:
 
     path = cache.fetch(key, "emulation.so", compile_library)
     return {spec: CudaKernel(spec, source, path) for spec, source in sources.items()}
+
+
+class Emulated:
+    """A host array presented as a device array: the emulated kernels address host memory."""
+
+    def __init__(self, array: np.ndarray):
+        self.array = array
+
+    @property
+    def __cuda_array_interface__(self) -> dict:
+        a = self.array
+        return {"shape": a.shape, "typestr": a.dtype.str, "version": 3,
+                "data": (a.ctypes.data, not a.flags.writeable),
+                "strides": None if a.flags.c_contiguous else a.strides}
