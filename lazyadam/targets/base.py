@@ -14,11 +14,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import cffi
 import numpy as np
 
 from ..codegen.ir import HPARAMS
+from ..codegen.render import Source
 from ..codegen.spec import Spec
 
 
@@ -151,3 +154,24 @@ def first_bad_index(indices: np.ndarray, rows: int) -> tuple[int, int] | None:
 def index_error(indices: np.ndarray, rows: int) -> IndexError:
     pos, value = first_bad_index(indices, rows)
     return IndexError(f"indices[{pos}] = {value} is outside [0, {rows})")
+
+
+class LoadedKernel:
+    """A built kernel library opened with cffi: what every target's kernel object starts from.
+
+    Attributes:
+        spec, source, path: what was built, from what, and where the library lies.
+        ffi, lib: the cffi handle (declarations from `source.cdef`) and the opened library.
+        fn: the exported kernel function.
+    """
+
+    def __init__(self, spec: Spec, source: Source, path: Path):
+        self.spec = spec
+        self.source = source
+        self.path = path
+        self.ffi = cffi.FFI()
+        self.ffi.cdef(source.cdef)
+        # Never unloaded: unloading an OpenMP kernel would unload libgomp under its idle worker
+        # threads, which crashes the process at exit.
+        self.lib = self.ffi.dlopen(str(path), self.ffi.RTLD_NOW | self.ffi.RTLD_NODELETE)
+        self.fn = getattr(self.lib, source.symbol)

@@ -25,7 +25,7 @@ from ..codegen.render import Source
 from ..codegen.spec import Spec
 from ..errors import CompilationError, CompilerNotFoundError, KernelError
 from . import cache
-from .base import HParams, check_arrays, index_error
+from .base import HParams, LoadedKernel, check_arrays, index_error
 
 #: -fno-math-errno lets sqrt vectorize (an Adam loop ran 5x slower without it); no -ffast-math: the
 #: kernels keep IEEE semantics so that they match the reference and are reproducible.
@@ -122,7 +122,7 @@ def _placeholder_grad(spec: Spec, var: np.ndarray):
     return np.empty(0, spec.index_dtype), np.empty((0,) + var.shape[1:], var.dtype)
 
 
-class CKernel:
+class CKernel(LoadedKernel):
     """A compiled C kernel, called on numpy arrays in place (no copies).
 
     The C function runs without the GIL (cffi releases it), so several Python threads can run kernels
@@ -130,15 +130,7 @@ class CKernel:
     """
 
     def __init__(self, spec: Spec, source: Source, path: Path):
-        self.spec = spec
-        self.source = source
-        self.path = path
-        self.ffi = cffi.FFI()
-        self.ffi.cdef(source.cdef)
-        # Never unloaded: unloading a kernel would unload libgomp under its idle worker threads,
-        # which crashes the process at exit.
-        self.lib = self.ffi.dlopen(str(path), self.ffi.RTLD_NOW | self.ffi.RTLD_NODELETE)
-        self.fn = getattr(self.lib, source.symbol)
+        super().__init__(spec, source, path)
         self._scalars = f"{'float' if spec.dtype == 'float32' else 'double'}[]"
         self._index = f"{spec.index_dtype}_t[]"
         self._hparams = self.ffi.typeof("lazyadam_hparams *")

@@ -37,7 +37,7 @@ from ..codegen.render_cuda import render_cuda
 from ..codegen.spec import Spec
 from ..errors import CompilationError, CompilerNotFoundError, KernelError, TargetUnavailableError
 from . import cache
-from .base import HParams, check_arrays
+from .base import HParams, LoadedKernel, check_arrays
 
 RENDERERS["cuda"] = render_cuda
 
@@ -245,7 +245,7 @@ def stream_handle(stream: Any, arrays: Sequence[DeviceArray]) -> int:
                     f"got {type(stream).__name__}")
 
 
-class CudaKernel:
+class CudaKernel(LoadedKernel):
     """A compiled CUDA kernel, called on device arrays in place.
 
     Calls return once the work is queued on the stream (the sparse kernel first waits for its index
@@ -253,13 +253,7 @@ class CudaKernel:
     """
 
     def __init__(self, spec: Spec, source: Source, path: Path):
-        self.spec = spec
-        self.source = source
-        self.path = path
-        self.ffi = cffi.FFI()
-        self.ffi.cdef(source.cdef)
-        self.lib = self.ffi.dlopen(str(path))
-        self.fn = getattr(self.lib, source.symbol)
+        super().__init__(spec, source, path)
         self.multi_fn = None if spec.sparse else getattr(self.lib, f"{source.symbol}_multi")
         self._error = getattr(self.lib, f"{source.symbol}_error")
         self._ctype = f"{'float' if spec.dtype == 'float32' else 'double'} *"
