@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 
 import lazyadam
+import openmp
 from lazyadam import HParams, Spec
+from lazyadam.codegen import SUM_CHUNK
 from lazyadam.codegen.variants import variants
 from reference import lazyadam_step
 
@@ -36,10 +38,13 @@ def sparse_grads(rng, rows, row_shape, dtype, index_dtype):
     return [(idx, rng.standard_normal((len(idx),) + row_shape).astype(dtype)) for idx in steps]
 
 
-def run_kernel_and_reference(kernel, spec, rng, steps=3):
-    shape = (11, 2, 3) if spec.sparse else (3, 37)
+def run_kernel_and_reference(kernel, spec, rng, steps=3, shape=None, grads=None):
+    """Runs `grads` (by default a few small ones) through the kernel and the reference."""
+    shape = shape or ((11, 2, 3) if spec.sparse else (3, 37))
     var0 = rng.standard_normal(shape).astype(spec.dtype)
-    if spec.sparse:
+    if grads is not None:
+        pass
+    elif spec.sparse:
         grads = sparse_grads(rng, shape[0], shape[1:], spec.dtype, spec.index_dtype)
     else:
         grads = [rng.standard_normal(shape).astype(spec.dtype) for _ in range(steps)]
@@ -197,6 +202,57 @@ def test_overlapping_or_misaligned_arrays_are_refused():
     with pytest.raises(ValueError, match="grad is not aligned"):
         kernel(big[:8], big[8:16], big[16:], misaligned, KNOWN_HP)
     assert not big.any()
+
+
+@pytest.mark.parametrize("spec", [
+    Spec(sparse=True),
+    Spec(sparse=True, nesterov=True, decay="l2", amsgrad=True, index_dtype="int32"),
+    Spec(sparse=True, decay="decoupled", maximize=True, eps_mode="pytorch", dtype="float64"),
+    Spec(sparse=True, use_locking=True, decay="l2"),  # long rows summed by the updating thread
+    Spec(sparse=True, use_locking=True, nesterov=True),
+], ids=lambda s: s.symbol())
+def test_rows_longer_than_a_chunk_match_reference(spec, rng):
+    """Zipf rows: the hottest are seen over a thousand times, so they are cut into chunks (summed in
+    parallel, or by one thread for locked rows with L2 decay)."""
+    kernel = lazyadam.compile(spec)
+    grads = []
+    for _ in range(3):
+        idx = ((rng.zipf(1.3, 6000) - 1) % 300).astype(spec.index_dtype)
+        grads.append((idx, rng.standard_normal((idx.size, 5)).astype(spec.dtype)))
+    assert np.bincount(grads[0][0]).max() > 4 * SUM_CHUNK
+    out, ref, _ = run_kernel_and_reference(kernel, spec, rng, shape=(300, 5), grads=grads)
+    for name, actual, expected in zip(("var", "m", "v", "vmax"), out, ref):
+        if expected is not None:
+            assert_close(actual, expected, spec.dtype, name)
+
+
+def test_a_sparse_step_runs_in_a_workspace_the_caller_allocates(rng):
+    """The scratch of a step can be allocated before it runs; one sized for a single thread also
+    serves (the step then runs on one thread, with the same result); too small is refused."""
+    spec = Spec(sparse=True, decay="l2")
+    kernel = lazyadam.compile(spec)
+    idx = ((rng.zipf(1.2, 3000) - 1) % 400).astype(np.int64)
+    grad = (idx, rng.standard_normal((idx.size, 16)).astype(np.float32))
+    hp = HParams.at_step(1, weight_decay=0.1).as_tuple()
+    var0 = rng.standard_normal((400, 16)).astype(np.float32)
+    states = [[var0.copy(), np.zeros_like(var0), np.zeros_like(var0)] for _ in range(3)]
+    with openmp.threads(2):
+        size = kernel.workspace_size(400, 16, idx.size)
+    with openmp.threads(1):
+        one_thread = kernel.workspace_size(400, 16, idx.size)
+    assert one_thread < size
+    steps = [kernel.bind(*state) for state in states]
+    with openmp.threads(2):
+        steps[0](grad, hp)
+        steps[1](grad, hp, workspace=np.empty(size, np.uint8))
+        steps[2](grad, hp, workspace=np.empty(one_thread, np.uint8))
+    for a, b, c in zip(*states):
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(a, c)
+    with pytest.raises(ValueError, match=f"a workspace of 100 bytes is too small for {idx.size:,} "
+                                         f"indices: workspace_size"):
+        steps[2](grad, hp, workspace=np.empty(100, np.uint8))
+    np.testing.assert_array_equal(states[2][0], states[0][0])
 
 
 def test_bound_steps_check_what_could_read_out_of_bounds():

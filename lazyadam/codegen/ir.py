@@ -22,6 +22,13 @@ from typing import Callable, Union
 
 from .spec import Spec
 
+#: The summation order of duplicate indices (docs/semantics.md): a row's occurrences, in input order,
+#: are cut into consecutive chunks of SUM_CHUNK; each chunk is summed left to right, then the chunk
+#: sums are added left to right. One constant for every target, dtype, thread count and device, so
+#: that every kernel gives bitwise the same sums; chunks are what a GPU sums in parallel, and a row
+#: seen n times is at most max(SUM_CHUNK, n / SUM_CHUNK) additions deep.
+SUM_CHUNK = 256
+
 #: Fields of `lazyadam_hparams`, in ABI order.
 HPARAMS = ("lr", "beta1", "beta2", "eps", "weight_decay", "loss_scale", "beta1_power", "beta2_power")
 

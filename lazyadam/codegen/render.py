@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import jinja2
 
 from .. import __version__
-from .ir import Elem, Kernel, walk
+from .ir import SUM_CHUNK, Elem, Kernel, walk
 from .printer import C_INDEX_TYPES, CPrinter
 
 ENV = jinja2.Environment(
@@ -48,6 +48,7 @@ class Source:
 def template_context(kernel: Kernel, printer: CPrinter, symbol: str, indent: int = 12) -> dict:
     """The variables every template sees: types, flags and the printed rule."""
     spec = kernel.spec
+    grad_reads_var = any(e == Elem("var") for s in kernel.grad for e in walk(s.expr))
     return dict(
         symbol=symbol,
         version=__version__,
@@ -57,7 +58,12 @@ def template_context(kernel: Kernel, printer: CPrinter, symbol: str, indent: int
         amsgrad=spec.amsgrad,
         locking=spec.use_locking,
         arrays=kernel.arrays,
-        grad_reads_var=any(e == Elem("var") for s in kernel.grad for e in walk(s.expr)),
+        grad_reads_var=grad_reads_var,
+        sum_chunk=SUM_CHUNK,
+        # Sparse kernels sum the chunks of a long run in parallel, before the run's row is updated.
+        # When the gradient reads var (L2 decay) and rows are locked, var must be read under the
+        # row's lock: then one thread sums a row's chunks itself, in the same order.
+        split=not (spec.use_locking and grad_reads_var),
         # load("[i]") -> "var_i = var[i], m_i = m[i], ..."; store("[i]") -> "var[i] = var_i; ..."
         load=lambda index: ", ".join(f"{a}_i = {a}{index}" for a in kernel.arrays),
         store=lambda index: " ".join(f"{a}{index} = {a}_i;" for a in kernel.arrays),

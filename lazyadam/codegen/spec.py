@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Mapping
 
 #: Bumped whenever lowering, passes, printers or templates change what a spec generates.
-CODEGEN_VERSION = "1"
+CODEGEN_VERSION = "2"
 
 DTYPES = {"float32": "f32", "float64": "f64"}
 INDEX_DTYPES = {"int32": "i32", "int64": "i64"}

@@ -134,6 +134,19 @@ class CKernel(LoadedKernel):
         self._scalars = f"{'float' if spec.dtype == 'float32' else 'double'}[]"
         self._index = f"{spec.index_dtype}_t[]"
         self._hparams = self.ffi.typeof("lazyadam_hparams *")
+        if spec.sparse:
+            self._with_workspace = getattr(self.lib, f"{source.symbol}_with_workspace")
+            self._workspace_size = getattr(self.lib, f"{source.symbol}_workspace_size")
+
+    def workspace_size(self, rows: int, row_size: int, nnz: int) -> int:
+        """Bytes of scratch a sparse step of these sizes needs, on the threads OpenMP would use now.
+
+        Raises:
+            TypeError: a dense kernel (dense steps need no scratch).
+        """
+        if not self.spec.sparse:
+            raise TypeError(f"{self.source.symbol} is dense; only sparse steps take a workspace")
+        return int(self._workspace_size(rows, row_size, nnz))
 
     def __call__(self, var: np.ndarray, m: np.ndarray, v: np.ndarray, grad, hp: HParams,
                  vmax: np.ndarray | None = None) -> None:
@@ -174,6 +187,10 @@ class CKernel(LoadedKernel):
         def check(status: int, indices: np.ndarray | None = None) -> None:
             if status == self.lib.LAZYADAM_EINDEX and indices is not None:
                 raise index_error(indices, var.shape[0])
+            if status == self.lib.LAZYADAM_ENOMEM and indices is not None:
+                raise MemoryError(f"out of memory: {self.source.symbol} could not allocate "
+                                  f"{self.workspace_size(rows, row_size, indices.shape[0]):,} "
+                                  f"bytes of scratch for {indices.shape[0]:,} indices")
             if status != ok:
                 raise KernelError(f"{self.source.symbol} returned {status}")
 
@@ -188,15 +205,26 @@ class CKernel(LoadedKernel):
         rows = var.shape[0]
         row_size = var.size // rows if rows else int(np.prod(var.shape[1:]))
         index, index_dtype = self._index, np.dtype(self.spec.index_dtype)
+        with_workspace = self._with_workspace
 
-        def sparse_step(grad: tuple[np.ndarray, np.ndarray], hp: tuple) -> None:
+        def sparse_step(grad: tuple[np.ndarray, np.ndarray], hp: tuple,
+                        workspace: np.ndarray | None = None) -> None:
             indices, values = grad
             if indices.dtype != index_dtype or indices.ndim != 1:
                 raise ValueError(f"indices must be a 1-d {index_dtype} array")
             check_values("values", values, indices.shape[0] * row_size)
-            check(fn(*state, rows, row_size, ffi.from_buffer(index, indices),
-                     ffi.from_buffer(scalars, values), indices.shape[0], ffi.new(hparams, hp)),
-                  indices)
+            args = (*state, rows, row_size, ffi.from_buffer(index, indices),
+                    ffi.from_buffer(scalars, values), indices.shape[0], ffi.new(hparams, hp))
+            if workspace is None:
+                check(fn(*args), indices)
+                return
+            status = with_workspace(*args, ffi.from_buffer("char[]", workspace,
+                                                           require_writable=True), workspace.nbytes)
+            if status == self.lib.LAZYADAM_ESIZE:
+                raise ValueError(f"a workspace of {workspace.nbytes:,} bytes is too small for "
+                                 f"{indices.shape[0]:,} indices: workspace_size() gives "
+                                 f"{self.workspace_size(rows, row_size, indices.shape[0]):,}")
+            check(status, indices)
         return sparse_step
 
 
