@@ -19,6 +19,7 @@ import cffi
 import pytest
 
 from lazyadam import Spec, generate
+from lazyadam.codegen import SUM_CHUNK
 from lazyadam.codegen.variants import variants
 from lazyadam.errors import CompilationError
 from lazyadam.targets import cache, cuda
@@ -113,8 +114,18 @@ def test_no_floating_point_atomics_and_no_table_sized_scratch():
     for spec in (Spec(sparse=True), Spec(sparse=True, use_locking=True, decay="l2")):
         text = generate(spec, "cuda").text
         assert "atomicAdd" not in text
-        (alloc,) = re.findall(r"cudaMallocAsync\(.*?;", text, flags=re.S)
-        assert "rows" not in alloc and "n2" in alloc  # scratch grows with nnz only
+        carves = re.findall(r"lazyadam_carve\(base, at, (.*?), .*?\);", text)
+        assert len(carves) == 11 and all("rows" not in count for count in carves)
+        assert any("nnz" in count for count in carves)  # scratch grows with nnz, not the table
+
+
+def test_sparse_launchers_call_cub_and_keep_the_summation_order_constant():
+    text = generate(Spec(sparse=True), "cuda").text
+    for call in ("cub::DeviceRadixSort::SortPairs", "cub::DeviceRunLengthEncode::Encode",
+                 "cub::DeviceScan::ExclusiveSum"):
+        assert call in text
+    assert f"#define LAZYADAM_SUM_CHUNK {SUM_CHUNK}" in text
+    assert f"#define SUM_CHUNK {SUM_CHUNK}" in generate(Spec(sparse=True)).text
 
 
 def test_launchers_take_a_stream_and_locks_appear_only_when_asked():

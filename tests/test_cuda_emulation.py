@@ -16,7 +16,9 @@ import numpy as np
 import pytest
 
 import cuda_emulation as emulation
+import lazyadam
 from lazyadam import HParams, Spec
+from lazyadam.codegen import SUM_CHUNK
 from reference import lazyadam_step
 
 from tolerance import assert_close
@@ -28,11 +30,15 @@ ONE_FLAG = [dict(nesterov=True), dict(use_locking=True), dict(decay="l2"), dict(
 ALL_ON = [dict(nesterov=True, use_locking=True, decay=decay, amsgrad=True, maximize=True,
                eps_mode="pytorch") for decay in ("l2", "decoupled")]
 STATIC = {"beta1": 0.85, "beta2": 0.995, "eps": 1e-7, "loss_scale": 8.0, "weight_decay": 0.01}
-#: Each layout bare and with every flag on; each flag alone on f32; baked hyperparameters.
+#: Each layout bare and with every flag on; each flag alone on f32; baked hyperparameters; and the
+#: specs of the bitwise comparison with the C kernels.
 SPECS = list(dict.fromkeys(
     [Spec(sparse=s, dtype=d, index_dtype=i, **flags) for s, d, i in LAYOUTS for flags in [{}] + ALL_ON]
     + [Spec(sparse=s, **flags) for s in (False, True) for flags in ONE_FLAG]
-    + [Spec(sparse=s, decay="l2", static=STATIC) for s in (False, True)]))
+    + [Spec(sparse=s, decay="l2", static=STATIC) for s in (False, True)]
+    + [Spec(sparse=True, decay="l2", nesterov=True), Spec(sparse=True, use_locking=True, decay="l2"),
+       Spec(sparse=True, amsgrad=True, maximize=True, eps_mode="pytorch", index_dtype="int32"),
+       Spec(sparse=True, use_locking=True, decay="l2", dtype="float64")]))
 
 HYPER = dict(lr=0.01, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.05, loss_scale=4.0)
 
@@ -281,3 +287,133 @@ def test_locked_rows_stay_consistent_under_concurrent_calls(library, rng):
     for _ in range(2):
         ref = reference_step(ref, grad, hp, spec)
     check(arrays, ref, spec.dtype)
+
+
+# --- what a GPU would show: long serial chains, launches and host waits ------------------------
+def counters(kernel):
+    """Reads and resets the emulation's counters: (launches, host waits, most additions by a thread)."""
+    ffi = cffi.FFI()
+    ffi.cdef("void emu_counters(long long *counts); void emu_reset_counters(void);")
+    lib = ffi.dlopen(str(kernel.path))
+    counts = ffi.new("long long[3]")
+    lib.emu_counters(counts)
+    lib.emu_reset_counters()
+    return tuple(counts)
+
+
+@pytest.mark.parametrize("row_size", [1, 32])
+def test_a_hot_row_is_summed_in_bounded_chains(row_size, rng):
+    """A row seen 100,000 times: no thread adds more than 2 * SUM_CHUNK terms (the chunks of 256 are
+    summed by separate warps, then the 391 chunk sums by the row's warp); one warp summing the whole
+    row, as the kernels did before, would chain 99,999 additions. Built with grids as large as a
+    GPU's, so that no thread strides over a second chunk or row; rows of at most 32 elements, so that
+    a lane adds up one column."""
+    spec = Spec(sparse=True)
+    kernel = emulation.build([spec], {"LAZYADAM_MAX_BLOCKS": 65535})[spec]
+    idx = np.concatenate([np.full(100_000, 3), rng.integers(0, 50, 2_000)])
+    rng.shuffle(idx)
+    values = rng.standard_normal((idx.size, row_size)).astype(np.float32)
+    arrays, ref = new_state(rng.standard_normal((50, row_size)).astype(np.float32), spec)
+    counters(kernel)
+    kernel(*dev(*arrays[:3]), tuple(dev(idx, values)), hparams(spec, 1))
+    most = counters(kernel)[2]
+    assert SUM_CHUNK <= most <= 2 * SUM_CHUNK
+    check(arrays, reference_step(ref, (idx, values), hparams(spec, 1), spec), spec.dtype)
+
+
+def test_a_step_makes_the_same_launches_for_any_number_of_indices(library, rng):
+    """The bitonic sort took O(log^2 nnz) launches; now a step is a fixed sequence."""
+    spec = Spec(sparse=True)
+    kernel = library[spec]
+    launches = []
+    for nnz in (10, 100_000):
+        idx = rng.integers(0, 1000, nnz)
+        values = rng.standard_normal((nnz, 4)).astype(np.float32)
+        arrays, _ = new_state(np.zeros((1000, 4), np.float32), spec)
+        counters(kernel)
+        kernel(*dev(*arrays[:3]), tuple(dev(idx, values)), hparams(spec, 1))
+        launches.append(counters(kernel)[0])
+    assert launches[0] == launches[1] <= 10, launches
+
+
+def test_only_the_index_check_waits(library, rng):
+    """A checking step waits once (for its index check); a deferred step and a CUDA graph never."""
+    spec = Spec(sparse=True)
+    kernel = library[spec]
+    idx = rng.integers(0, 100, 500)
+    grad = tuple(dev(idx, rng.standard_normal((500, 8)).astype(np.float32)))
+    arrays, _ = new_state(np.zeros((100, 8), np.float32), spec)
+    record = np.zeros(kernel.RECORD_WORDS, np.int64)
+    counters(kernel)
+    kernel(*dev(*arrays[:3]), grad, hparams(spec, 1))
+    assert counters(kernel)[1] == 1
+    kernel(*dev(*arrays[:3]), grad, hparams(spec, 2), record=dev(record)[0])
+    assert counters(kernel)[1] == 0
+    kernel.check(dev(record)[0])
+    assert counters(kernel)[1] == 1
+
+
+@pytest.mark.parametrize("spec", [Spec(sparse=True, amsgrad=True),
+                                  Spec(sparse=True, use_locking=True, decay="l2")],
+                         ids=lambda s: s.symbol())
+def test_a_deferred_bad_index_turns_steps_into_no_ops_until_checked(library, spec, rng):
+    kernel = library[spec]
+    var0 = rng.standard_normal((6, 5)).astype(np.float32)
+    arrays, ref = new_state(var0, spec)
+    record = np.zeros(kernel.RECORD_WORDS, np.int64)
+    good = (np.array([1, 4, 1] * 200), rng.standard_normal((600, 5)).astype(np.float32))
+    bad = (np.array([2, 6, 3, -1]), np.ones((4, 5), np.float32))
+    state = dev(*arrays)
+    kernel(*state[:3], tuple(dev(*good)), hparams(spec, 1), vmax=state[3], record=dev(record)[0])
+    ref = reference_step(ref, good, hparams(spec, 1), spec)
+    check(arrays, ref, spec.dtype)
+    before = [a.copy() for a in arrays if a is not None]
+    kernel(*state[:3], tuple(dev(*bad)), hparams(spec, 2), vmax=state[3], record=dev(record)[0])
+    assert record.tolist() == [1, 1, 6, 6]  # found, position, value, rows
+    kernel(*state[:3], tuple(dev(*good)), hparams(spec, 2), vmax=state[3], record=dev(record)[0])
+    for a, b in zip([a for a in arrays if a is not None], before):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(IndexError, match=r"indices\[1\] = 6 is outside \[0, 6\)"):
+        kernel.check(dev(record)[0])
+    assert not record.any()
+    kernel.check(dev(record)[0])  # cleared: nothing more to report
+    kernel(*state[:3], tuple(dev(*good)), hparams(spec, 2), vmax=state[3], record=dev(record)[0])
+    check(arrays, reference_step(ref, good, hparams(spec, 2), spec), spec.dtype)
+
+
+def test_a_deferred_step_takes_a_workspace_of_the_size_it_asks_for(library, rng):
+    spec = Spec(sparse=True, decay="decoupled")
+    kernel = library[spec]
+    idx = rng.integers(0, 40, 3000)
+    grad = (idx, rng.standard_normal((3000, 7)).astype(np.float32))
+    arrays, ref = new_state(rng.standard_normal((40, 7)).astype(np.float32), spec)
+    size = kernel.workspace_size(40, 7, 3000)
+    record = np.zeros(kernel.RECORD_WORDS, np.int64)
+    with pytest.raises(ValueError, match=f"the workspace has {size - 1} bytes, the step needs {size}"):
+        kernel(*dev(*arrays[:3]), tuple(dev(*grad)), hparams(spec, 1), record=dev(record)[0],
+               workspace=dev(np.zeros(size - 1, np.uint8))[0])
+    kernel(*dev(*arrays[:3]), tuple(dev(*grad)), hparams(spec, 1), record=dev(record)[0],
+           workspace=dev(np.zeros(size, np.uint8))[0])
+    check(arrays, reference_step(ref, grad, hparams(spec, 1), spec), spec.dtype)
+
+
+@pytest.mark.parametrize("spec", [Spec(sparse=True, decay="l2", nesterov=True),
+                                  Spec(sparse=True, amsgrad=True, maximize=True, eps_mode="pytorch",
+                                       index_dtype="int32"),
+                                  Spec(sparse=True, use_locking=True, decay="l2", dtype="float64")],
+                         ids=lambda s: s.symbol())
+def test_cuda_and_c_kernels_agree_bitwise(library, spec, rng):
+    """Zipf rows, the hottest seen thousands of times, over three steps: the CUDA kernels (emulated)
+    and the C kernels give the same bits."""
+    c_kernel = lazyadam.compile(spec)
+    var0 = rng.standard_normal((500, 19)).astype(spec.dtype)
+    ours, theirs = (new_state(var0, spec)[0] for _ in range(2))
+    for t in range(1, 4):
+        idx = ((rng.zipf(1.2, 8000) - 1) % 500).astype(spec.index_dtype)
+        grad = (idx, rng.standard_normal((idx.size, 19)).astype(spec.dtype))
+        hp = hparams(spec, t)
+        library[spec](*dev(*ours[:3]), tuple(dev(*grad)), hp, vmax=dev(ours[3])[0])
+        c_kernel(*theirs[:3], grad, hp, vmax=theirs[3])
+    for a, b in zip(ours, theirs):
+        if a is not None:
+            np.testing.assert_array_equal(a, b)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+import cuda_emulation as emulation
 import lazyadam
 import openmp
 from lazyadam import HParams, Spec
@@ -78,5 +79,18 @@ def test_c_kernel_sums_in_the_documented_order(spec, threads, rng):
     var, m, v = state(len(COUNTS))
     with openmp.threads(threads):
         kernel(var, m, v, (indices, values), HParams.at_step(1, **HYPER))
+    for r, occurrences in rows.items():
+        np.testing.assert_array_equal(m[r], expected_m(occurrences), err_msg=f"{COUNTS[r]} times")
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.symbol())
+def test_cuda_kernel_sums_in_the_documented_order(spec, rng):
+    if emulation.host_compiler() is None:
+        pytest.skip("no host C++ compiler (c++ or g++) to build the CUDA emulation")
+    kernel = emulation.build(SPECS)[spec]
+    indices, values, rows = gradient(rng)
+    var, m, v = state(len(COUNTS))
+    kernel(*map(emulation.Emulated, (var, m, v)),
+           (emulation.Emulated(indices), emulation.Emulated(values)), HParams.at_step(1, **HYPER))
     for r, occurrences in rows.items():
         np.testing.assert_array_equal(m[r], expected_m(occurrences), err_msg=f"{COUNTS[r]} times")

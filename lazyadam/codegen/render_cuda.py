@@ -41,6 +41,8 @@ def render_cuda(kernel: Kernel, symbol: str | None = None) -> Source:
     ctx = template_context(kernel, printer, symbol, indent=4)
     ctx.update(
         threads=THREADS,
+        # Sparse kernels sort the rows as unsigned keys of the index width (valid indices are >= 0).
+        K={"int32": "unsigned int", "int64": "unsigned long long"}[spec.index_dtype],
         # "float *__restrict__ var, ...", "var, m, v", "float &var_i, ...", "var_i, m_i, v_i"
         state_params=", ".join(f"{printer.ctype} *__restrict__ {a}" for a in kernel.arrays),
         state_args=", ".join(kernel.arrays),

@@ -43,8 +43,11 @@ RENDERERS["cuda"] = render_cuda
 
 name = "cuda"
 
-#: -O3 for host and device; no --use_fast_math, so that the kernels keep IEEE division and sqrt.
-BASE_FLAGS = ("-O3", "-std=c++17", "-shared", "-Xcompiler", "-fPIC", "--cudart", "static")
+#: -O3 for host and device; no --use_fast_math, so that the kernels keep IEEE division and sqrt, and
+#: --fmad=false, so that a*b + c is rounded twice, as the C kernels round it: the two give bitwise the
+#: same numbers.
+BASE_FLAGS = ("-O3", "-std=c++17", "--fmad=false", "-shared", "-Xcompiler", "-fPIC", "--cudart",
+              "static")
 
 # CUDA driver API status codes used below.
 _CUDA_SUCCESS = 0
@@ -248,9 +251,17 @@ def stream_handle(stream: Any, arrays: Sequence[DeviceArray]) -> int:
 class CudaKernel(LoadedKernel):
     """A compiled CUDA kernel, called on device arrays in place.
 
-    Calls return once the work is queued on the stream (the sparse kernel first waits for its index
-    check). The launchers run without the GIL (cffi releases it).
+    Calls return once the work is queued on the stream; a checking sparse call first waits for its
+    index check (the step itself runs on). The launchers run without the GIL (cffi releases it).
+
+    Sparse kernels also run deferred (`record=`): the call waits for nothing, so that it can be
+    captured in a CUDA graph; a bad index makes the step write nothing and is left in `record` (a
+    zeroed device array of `RECORD_WORDS` int64), and every later deferred step given that record
+    writes nothing either until `check(record)` reports it.
     """
+
+    #: int64 words of a `lazyadam_index_record`.
+    RECORD_WORDS = 4
 
     def __init__(self, spec: Spec, source: Source, path: Path):
         super().__init__(spec, source, path)
@@ -258,9 +269,13 @@ class CudaKernel(LoadedKernel):
         self._error = getattr(self.lib, f"{source.symbol}_error")
         self._ctype = f"{'float' if spec.dtype == 'float32' else 'double'} *"
         self._itype = f"{spec.index_dtype}_t *"
+        if spec.sparse:
+            self._deferred = getattr(self.lib, f"{source.symbol}_deferred")
+            self._check = getattr(self.lib, f"{source.symbol}_check")
+            self._workspace_size = getattr(self.lib, f"{source.symbol}_workspace_size")
 
     def __call__(self, var: Any, m: Any, v: Any, grad: Any, hp: HParams, vmax: Any = None,
-                 stream: Any = None) -> None:
+                 stream: Any = None, record: Any = None, workspace: Any = None) -> None:
         """One step, in place. `grad` is an array (dense) or an `(indices, values)` pair (sparse).
 
         Args:
@@ -268,10 +283,16 @@ class CudaKernel(LoadedKernel):
             grad: a device array, or a pair of device arrays (indices, values).
             hp: this step's hyperparameters.
             stream: where to queue the work (see `stream_handle`).
+            record: sparse only: run deferred, leaving a bad index in this device array (int64,
+                `RECORD_WORDS` long, zeroed before first use) instead of waiting to check it.
+            workspace: sparse and deferred only: a device array of at least `workspace_size(...)`
+                bytes for the step's scratch (else it is allocated on the stream).
 
         Raises:
-            TypeError, ValueError: a host array, a wrong dtype, shape or layout (nothing was written).
+            TypeError, ValueError: a host array, a wrong dtype, shape or layout, too small a
+                workspace, too many indices (nothing was written).
             IndexError: an index outside [0, var.shape[0]), naming the first (nothing was written).
+            MemoryError: no device memory for the scratch (nothing was written).
             KernelError: the CUDA runtime reported an error.
         """
         state = [DeviceArray(a, n) for a, n in zip((var, m, v), ("var", "m", "v"))]
@@ -281,23 +302,74 @@ class CudaKernel(LoadedKernel):
                 raise TypeError("a sparse kernel takes its gradient as an (indices, values) pair")
             dgrad = (DeviceArray(grad[0], "indices"), DeviceArray(grad[1], "values"))
         else:
+            if record is not None or workspace is not None:
+                raise TypeError("record= and workspace= are for sparse kernels; a dense step "
+                                "never waits")
             dgrad = DeviceArray(grad, "grad")
+        if workspace is not None and record is None:
+            raise TypeError("workspace= goes with record= (a deferred step); a checking step "
+                            "allocates its own")
         check_arrays(self.spec, *state, dvmax, dgrad)
         arrays = state + ([dvmax] if dvmax is not None else [])
         handle = self.ffi.cast("cudaStream_t", stream_handle(stream, arrays))
         params = self.ffi.new("lazyadam_hparams *", hp.as_tuple())
         ptrs = [self.ffi.cast(self._ctype, a.ptr) for a in arrays]
-        if self.spec.sparse:
-            indices, values = dgrad
-            var_ = state[0]
-            rows = var_.shape[0]
-            row_size = int(np.prod(var_.shape[1:], dtype=np.int64))
-            status = self.fn(*ptrs, rows, row_size, self.ffi.cast(self._itype, indices.ptr),
-                             self.ffi.cast(self._ctype, values.ptr), indices.shape[0], params, handle)
+        if not self.spec.sparse:
+            self._raise_for(self.fn(*ptrs, self.ffi.cast(self._ctype, dgrad.ptr), state[0].size,
+                                    params, handle))
+            return
+        indices, values = dgrad
+        rows = state[0].shape[0]
+        row_size = int(np.prod(state[0].shape[1:], dtype=np.int64))
+        args = (*ptrs, rows, row_size, self.ffi.cast(self._itype, indices.ptr),
+                self.ffi.cast(self._ctype, values.ptr), indices.shape[0], params)
+        if record is None:
+            self._raise_for(self.fn(*args, handle))
+            return
+        drecord = self._record(record)
+        if workspace is None:
+            space, size = self.ffi.NULL, 0
         else:
-            status = self.fn(*ptrs, self.ffi.cast(self._ctype, dgrad.ptr), state[0].size, params,
-                             handle)
-        self._raise_for(status)
+            dspace = DeviceArray(workspace, "workspace")
+            space, size = self.ffi.cast("void *", dspace.ptr), dspace.size * dspace.dtype.itemsize
+        self._raise_for(self._deferred(*args, space, size, drecord, handle))
+
+    def workspace_size(self, rows: int, row_size: int, nnz: int) -> int:
+        """Bytes of device scratch a deferred sparse step of these sizes needs.
+
+        Raises:
+            TypeError: a dense kernel.
+            ValueError: sizes the kernel refuses (negative, or nnz >= 2^31 - 1).
+        """
+        if not self.spec.sparse:
+            raise TypeError(f"{self.source.symbol} is dense; only sparse steps take a workspace")
+        size = self._workspace_size(rows, row_size, nnz)
+        if size == 0 and nnz > 0:
+            raise ValueError(f"{self.source.symbol} refuses rows={rows}, row_size={row_size}, "
+                             f"nnz={nnz} (sizes must be >= 0, nnz < 2**31 - 1)")
+        return int(size)
+
+    def check(self, record: Any, stream: Any = None) -> None:
+        """Waits for `stream`, then raises what deferred steps left in `record`, and clears it.
+
+        Raises:
+            IndexError: a deferred step found an index outside its table (it, and every deferred
+                step after it with this record, wrote nothing).
+        """
+        if not self.spec.sparse:
+            raise TypeError(f"{self.source.symbol} is dense; dense steps leave no record")
+        drecord = self._record(record)
+        handle = self.ffi.cast("cudaStream_t", stream_handle(stream, [DeviceArray(record, "record")]))
+        self._raise_for(self._check(drecord, handle))
+
+    def _record(self, record: Any):
+        array = DeviceArray(record, "record")
+        if array.dtype != np.dtype(np.int64) or array.size != self.RECORD_WORDS:
+            raise TypeError(f"record must be a device array of {self.RECORD_WORDS} int64, got "
+                            f"{array.size} {array.dtype}")
+        if not array.flags.c_contiguous or not array.flags.writeable:
+            raise ValueError("record must be a contiguous, writable device array")
+        return self.ffi.cast("lazyadam_index_record *", array.ptr)
 
     def multi(self, variables: Sequence[Any], ms: Sequence[Any], vs: Sequence[Any],
               grads: Sequence[Any], hp: HParams, vmaxes: Sequence[Any] | None = None,
@@ -343,11 +415,12 @@ class CudaKernel(LoadedKernel):
         if status == self.lib.LAZYADAM_EINDEX:
             raise IndexError(detail)
         if status == self.lib.LAZYADAM_ENOMEM:
-            raise MemoryError(f"{self.source.symbol}: no device memory for scratch ({detail})")
+            raise MemoryError(f"{self.source.symbol}: out of device memory for its scratch "
+                              f"({detail})")
+        if status == self.lib.LAZYADAM_ESIZE and self.spec.sparse:
+            raise ValueError(f"{self.source.symbol}: {detail}")
         raise KernelError(f"{self.source.symbol} returned {status}"
                           + (f": {detail}" if status == self.lib.LAZYADAM_ECUDA else ""))
-
-
 
 
 def load(spec: Spec) -> CudaKernel:

@@ -12,7 +12,7 @@ import shlex
 import shutil
 import subprocess
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Mapping
 
 import numpy as np
 
@@ -22,25 +22,29 @@ from lazyadam.targets import cache
 from lazyadam.targets.cuda import CudaKernel
 
 HEADER = Path(__file__).with_name("cuda_emulation.h")
-FLAGS = ("-std=c++17", "-O1", "-fPIC", "-shared", "-Wall", "-Wno-unknown-pragmas", "-Werror")
+FLAGS = ("-std=c++17", "-O1", "-ffp-contract=off", "-fPIC", "-shared", "-Wall", "-Wno-unknown-pragmas",
+         "-Werror")
 
 
 def host_compiler() -> str | None:
     return shutil.which("c++") or shutil.which("g++")
 
 
-def build(specs: Iterable[Spec]) -> dict[Spec, CudaKernel]:
+def build(specs: Iterable[Spec], defines: Mapping[str, int] | None = None) -> dict[Spec, CudaKernel]:
     """Every spec in one emulation library, built once and kept in the kernel cache.
+
+    `defines` overrides macros of the sources or of cuda_emulation.h (e.g. LAZYADAM_MAX_BLOCKS).
 
     Raises:
         CompilationError: the host compiler failed (the log says why).
     """
     cxx = host_compiler()
     sources = {spec: generate(spec, "cuda") for spec in specs}
+    flags = FLAGS + tuple(f"-D{name}={value}" for name, value in sorted((defines or {}).items()))
     version = subprocess.run([cxx, "--version"], capture_output=True, text=True).stdout
     key = cache.make_key({"target": "cuda-emulation", "emulation": HEADER.read_text(),
                           "sources": [s.text + s.header for s in sources.values()],
-                          "compiler": cxx, "version": version, "flags": FLAGS})
+                          "compiler": cxx, "version": version, "flags": flags})
 
     def compile_library(folder: Path) -> Path:
         for source in sources.values():
@@ -49,7 +53,7 @@ def build(specs: Iterable[Spec]) -> dict[Spec, CudaKernel]:
         unit = folder / "emulation.cu"
         unit.write_text("".join(f'#include "{s.filename}"\n' for s in sources.values()))
         out = folder / "emulation.so"
-        cmd = [cxx, *FLAGS, "-include", str(HEADER), "-x", "c++", str(unit), "-o", str(out)]
+        cmd = [cxx, *flags, "-include", str(HEADER), "-x", "c++", str(unit), "-o", str(out)]
         proc = subprocess.run(cmd, capture_output=True, text=True, cwd=folder)
         if proc.returncode != 0:
             raise CompilationError("the CUDA emulation build failed",

@@ -13,6 +13,11 @@
  *   use_locking allows) see real atomicity.
  * - Small LAZYADAM_CHUNK and LAZYADAM_MAX_BLOCKS make small test arrays cross chunk edges and make
  *   grid-stride loops go round more than once.
+ * - CUB's device-wide algorithms that the launchers call (a stable radix sort of pairs, a run-length
+ *   encode, an exclusive sum) are stand-ins with the same contract, temporary storage included.
+ * - Counters that tests read (emu_counters): launches (a CUB call counts as one), host waits (a stream
+ *   or event synchronization, or a copy to pageable host memory), and the most additions of the
+ *   summation order (LAZYADAM_ADD) that one thread made in one launch: what would be slow on a GPU.
  */
 #ifndef LAZYADAM_CUDA_EMULATION_H
 #define LAZYADAM_CUDA_EMULATION_H
@@ -25,7 +30,11 @@
 #include <string.h>
 #include <ucontext.h>
 
+#include <algorithm>
 #include <functional>
+#include <mutex>
+#include <numeric>
+#include <set>
 #include <vector>
 
 #define __global__
@@ -48,6 +57,8 @@ struct dim3 {
 
 /* --- the runtime API subset ------------------------------------------------------------------- */
 typedef struct CUstream_st *cudaStream_t;
+typedef struct CUevent_st *cudaEvent_t;
+#define cudaEventDisableTiming 2
 enum cudaError_t {
     cudaSuccess = 0,
     cudaErrorInvalidValue = 1,
@@ -64,6 +75,13 @@ struct cudaPointerAttributes {
 
 namespace emu {
 inline thread_local cudaError_t last_error = cudaSuccess;
+/* What the tests count (see emu_counters). */
+inline long long launches = 0, host_waits = 0, max_adds = 0;
+/* Host memory from cudaMallocHost: a copy into it does not make the host wait. */
+inline std::mutex pinned_mutex;
+inline std::set<const void *> pinned;
+
+inline void count_wait() { __atomic_add_fetch(&host_waits, 1, __ATOMIC_RELAXED); }
 /* Set by the tests (emu_fail_next_malloc) to check that a failed scratch allocation writes nothing. */
 inline int fail_next_malloc = 0;
 
@@ -90,12 +108,47 @@ inline cudaError_t cudaMemsetAsync(void *p, int value, size_t bytes, cudaStream_
     memset(p, value, bytes);
     return cudaSuccess;
 }
-inline cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t bytes, cudaMemcpyKind, cudaStream_t)
+inline cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t bytes, cudaMemcpyKind kind, cudaStream_t)
 {
+    if (kind == cudaMemcpyDeviceToHost) {
+        std::lock_guard<std::mutex> hold(emu::pinned_mutex);
+        if (!emu::pinned.count(dst))
+            emu::count_wait();  /* to pageable memory, a GPU copy returns only once it is done */
+    }
     memcpy(dst, src, bytes);
     return cudaSuccess;
 }
-inline cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaSuccess; }
+inline cudaError_t cudaMallocHost(void **p, size_t bytes)
+{
+    *p = malloc(bytes ? bytes : 1);
+    if (!*p)
+        return emu::record(cudaErrorMemoryAllocation);
+    std::lock_guard<std::mutex> hold(emu::pinned_mutex);
+    emu::pinned.insert(*p);
+    return cudaSuccess;
+}
+inline cudaError_t cudaFreeHost(void *p)
+{
+    {
+        std::lock_guard<std::mutex> hold(emu::pinned_mutex);
+        emu::pinned.erase(p);
+    }
+    free(p);
+    return cudaSuccess;
+}
+inline cudaError_t cudaStreamSynchronize(cudaStream_t) { emu::count_wait(); return cudaSuccess; }
+inline cudaError_t cudaEventCreateWithFlags(cudaEvent_t *event, unsigned)
+{
+    *event = reinterpret_cast<cudaEvent_t>(new char);
+    return cudaSuccess;
+}
+inline cudaError_t cudaEventRecord(cudaEvent_t, cudaStream_t) { return cudaSuccess; }
+inline cudaError_t cudaEventSynchronize(cudaEvent_t) { emu::count_wait(); return cudaSuccess; }
+inline cudaError_t cudaEventDestroy(cudaEvent_t event)
+{
+    delete reinterpret_cast<char *>(event);
+    return cudaSuccess;
+}
 inline cudaError_t cudaGetLastError()
 {
     const cudaError_t err = emu::last_error;
@@ -140,6 +193,7 @@ struct Thread {
     dim3 index;
     unsigned linear = 0;
     bool done = false;
+    long long adds = 0;  /* LAZYADAM_ADD calls */
 };
 
 struct Block {
@@ -179,6 +233,10 @@ inline void thread_main()
 {
     (*block->body)();
     current->done = true;
+    long long most = __atomic_load_n(&max_adds, __ATOMIC_RELAXED);
+    while (current->adds > most && !__atomic_compare_exchange_n(&max_adds, &most, current->adds, false,
+                                                                 __ATOMIC_RELAXED, __ATOMIC_RELAXED))
+        ;
     Barrier &warp = block->warps[current->linear / WARP];
     block->block.live--;
     warp.live--;
@@ -194,6 +252,7 @@ inline void run(dim3 grid, dim3 threads, const std::function<void()> &body)
         last_error = cudaErrorInvalidConfiguration;
         return;
     }
+    __atomic_add_fetch(&launches, 1, __ATOMIC_RELAXED);
     Block *outer_block = block;
     Thread *outer_thread = current;
     Block b;
@@ -215,6 +274,7 @@ inline void run(dim3 grid, dim3 threads, const std::function<void()> &body)
                     t.linear = i;
                     t.index = dim3(i % threads.x, i / threads.x % threads.y, i / (threads.x * threads.y));
                     t.done = false;
+                    t.adds = 0;
                     b.warps[i / WARP].live++;
                     getcontext(&t.context);
                     t.context.uc_stack.ss_sp = &stacks[i * STACK_BYTES];
@@ -275,6 +335,119 @@ inline unsigned long long atomicMin(unsigned long long *p, unsigned long long va
                                                        __ATOMIC_SEQ_CST))
         ;
     return old;
+}
+
+inline unsigned long long atomicMax(unsigned long long *p, unsigned long long value)
+{
+    unsigned long long old = __atomic_load_n(p, __ATOMIC_SEQ_CST);
+    while (value > old && !__atomic_compare_exchange_n(p, &old, value, false, __ATOMIC_SEQ_CST,
+                                                       __ATOMIC_SEQ_CST))
+        ;
+    return old;
+}
+
+#define LAZYADAM_ADD(a, b) (::emu::current->adds++, (a) + (b))
+
+/* --- CUB's device-wide algorithms, as stand-ins with the same contract ----------------------- */
+namespace cub {
+namespace detail {
+/* As CUB: with no storage, say how much is needed; with too little, refuse. */
+inline bool storage(void *temp, size_t &bytes, size_t needed, cudaError_t &status)
+{
+    status = cudaSuccess;
+    if (!temp) {
+        bytes = needed;
+        return false;
+    }
+    if (bytes < needed)
+        status = emu::record(cudaErrorInvalidValue);
+    else
+        __atomic_add_fetch(&emu::launches, 1, __ATOMIC_RELAXED);
+    return status == cudaSuccess;
+}
+}  // namespace detail
+
+struct DeviceRadixSort {
+    /* A stable sort of the pairs by bits [begin_bit, end_bit) of the key. */
+    template <class Key, class Value, class Count>
+    static cudaError_t SortPairs(void *temp, size_t &bytes, const Key *keys_in, Key *keys_out,
+                                 const Value *values_in, Value *values_out, Count n, int begin_bit = 0,
+                                 int end_bit = int(8 * sizeof(Key)), cudaStream_t = 0)
+    {
+        cudaError_t status;
+        if (!detail::storage(temp, bytes, size_t(n) * (sizeof(Key) + sizeof(Value) + sizeof(size_t)), status))
+            return status;
+        const Key mask = end_bit - begin_bit >= int(8 * sizeof(Key)) ? ~Key(0)
+                                                                   : Key((Key(1) << (end_bit - begin_bit)) - 1);
+        std::vector<size_t> order(n);
+        std::iota(order.begin(), order.end(), size_t(0));
+        std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) {
+            return ((keys_in[a] >> begin_bit) & mask) < ((keys_in[b] >> begin_bit) & mask);
+        });
+        std::vector<Key> keys(n);
+        std::vector<Value> values(n);
+        for (size_t i = 0; i < size_t(n); i++) {
+            keys[i] = keys_in[order[i]];
+            values[i] = values_in[order[i]];
+        }
+        std::copy(keys.begin(), keys.end(), keys_out);
+        std::copy(values.begin(), values.end(), values_out);
+        return cudaSuccess;
+    }
+};
+
+struct DeviceRunLengthEncode {
+    /* Each run of equal items: its item, its length, and the number of runs. */
+    template <class In, class Unique, class Lengths, class Runs>
+    static cudaError_t Encode(void *temp, size_t &bytes, In in, Unique unique, Lengths lengths, Runs runs,
+                              int n, cudaStream_t = 0)
+    {
+        cudaError_t status;
+        if (!detail::storage(temp, bytes, 64, status))
+            return status;
+        long long count = 0;
+        for (int i = 0; i < n; i++) {
+            if (i == 0 || !(in[i] == in[i - 1])) {
+                unique[count] = in[i];
+                lengths[count++] = 0;
+            }
+            lengths[count - 1] += 1;
+        }
+        *runs = count;
+        return cudaSuccess;
+    }
+};
+
+struct DeviceScan {
+    template <class In, class Out, class Count>
+    static cudaError_t ExclusiveSum(void *temp, size_t &bytes, In in, Out out, Count n, cudaStream_t = 0)
+    {
+        cudaError_t status;
+        if (!detail::storage(temp, bytes, 64, status))
+            return status;
+        auto sum = in[0] - in[0];
+        for (Count i = 0; i < n; i++) {
+            const auto item = in[i];
+            out[i] = sum;
+            sum += item;
+        }
+        return cudaSuccess;
+    }
+};
+}  // namespace cub
+
+/* What the tests count: launches, host waits, and the most additions one thread made in a launch. */
+extern "C" __attribute__((visibility("default"))) void emu_counters(long long *counts)
+{
+    counts[0] = __atomic_load_n(&emu::launches, __ATOMIC_SEQ_CST);
+    counts[1] = __atomic_load_n(&emu::host_waits, __ATOMIC_SEQ_CST);
+    counts[2] = __atomic_load_n(&emu::max_adds, __ATOMIC_SEQ_CST);
+}
+extern "C" __attribute__((visibility("default"))) void emu_reset_counters(void)
+{
+    __atomic_store_n(&emu::launches, 0, __ATOMIC_SEQ_CST);
+    __atomic_store_n(&emu::host_waits, 0, __ATOMIC_SEQ_CST);
+    __atomic_store_n(&emu::max_adds, 0, __ATOMIC_SEQ_CST);
 }
 
 /* Lets a test make the next scratch allocation fail. */
