@@ -1,21 +1,33 @@
-"""GPU benchmarks of the CUDA target against PyTorch, printed as times and ratios.
+"""GPU benchmarks of the CUDA target against PyTorch, side by side in one run, as times and ratios.
 
     python benchmarks/bench_cuda.py [--repeat 20]
 
 - dense float32, 16M and 256M elements: one LazyAdam step vs `torch.optim.Adam(fused=True)`, and the
   effective bandwidth (7 arrays of 4 bytes moved per element: w, m, v, g read; w, m, v written) as a
-  fraction of a device-to-device copy's (`dst.copy_(src)`, 2 arrays moved).
-- lazy sparse: a 10,000,000 x 128 float32 table, 262,144 Zipf-distributed indices (duplicates
-  included) vs `torch.optim.SparseAdam` on the same GPU.
+  fraction of a device-to-device copy's (`dst.copy_(src)`, 2 arrays moved), measured in the same run.
+- lazy sparse float32, the workloads of issue 8 (row ids from a Zipf law over the rows, which row is
+  k-th most frequent random):
+      10,000,000 x 128, 262,144 Zipf(1.1) indices
+      1,000,000 x 64, 65,536 Zipf(1.2) indices
+      1,000,000 x 64, 65,536 uniform indices (mostly unique rows)
+  one step each of
+      lazyadam            the checking launcher (waits for its index check only)
+      lazyadam deferred   the launcher for CUDA graphs (waits for nothing; workspace given)
+      SparseAdam          `torch.optim.SparseAdam` (eps placed as MindSpore does, like the spec)
+      composite           `unique` + `index_add_` (float atomics) + Adam on the gathered rows
+      composite, det.     the same under `torch.use_deterministic_algorithms(True)`
+  against the traffic limit: each touched row of w, m, v read and written once and every gradient
+  row and index read once, at the copy bandwidth.
 
-Needs a CUDA GPU, nvcc and PyTorch with CUDA; times are medians of CUDA-event timings after a warm-up
-(the first call also compiles the kernel).
+Needs a CUDA GPU, nvcc and PyTorch with CUDA. Times are medians of CUDA-event timings after a warm-up
+(the first call also compiles the kernel); contenders are interleaved round by round.
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
+from typing import Callable
 
 import numpy as np
 import torch
@@ -24,68 +36,119 @@ import lazyadam
 from lazyadam import HParams, Spec
 
 
-def gpu_time(fn, repeat: int) -> float:
-    """Median seconds of `fn()` on the current stream, after two warm-up calls."""
-    for _ in range(2):
+def gpu_times(contenders: dict[str, Callable[[], None]], repeat: int) -> dict[str, float]:
+    """Median seconds of each contender on the current stream, interleaved, after two warm-ups."""
+    for fn in contenders.values():
         fn()
-    times = []
-    for _ in range(repeat):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
         fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) / 1e3)
-    return statistics.median(times)
+    names = list(contenders)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(repeat):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            contenders[name]()
+            end.record()
+            end.synchronize()
+            times[name].append(start.elapsed_time(end) / 1e3)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
-def dense(n: int, repeat: int) -> None:
+def copy_bandwidth(repeat: int) -> float:
+    """Bytes per second (read plus written) of a 1 GiB device-to-device copy."""
+    src = torch.ones(256 << 20, device="cuda")
+    dst = torch.empty_like(src)
+    seconds = gpu_times({"copy": lambda: dst.copy_(src)}, repeat)["copy"]
+    return 2 * src.numel() * 4 / seconds
+
+
+def dense(n: int, repeat: int, bandwidth: float) -> None:
     gen = torch.Generator(device="cuda").manual_seed(0)
     w = torch.randn(n, device="cuda", generator=gen)
     g = torch.randn(n, device="cuda", generator=gen)
     m, v = torch.zeros_like(w), torch.zeros_like(w)
     kernel = lazyadam.compile(Spec(sparse=False, eps_mode="pytorch"), "cuda")
     hp = HParams.at_step(1)
-    ours = gpu_time(lambda: kernel(w, m, v, g, hp), repeat)
-
     param = torch.nn.Parameter(w.clone())
     param.grad = g
     opt = torch.optim.Adam([param], lr=1e-3, fused=True)
-    theirs = gpu_time(opt.step, repeat)
-    del opt, param
-
-    dst = torch.empty_like(w)
-    copy = gpu_time(lambda: dst.copy_(w), repeat)
-    copy_bw = 2 * 4 * n / copy
-    ours_bw = 7 * 4 * n / ours
-    print(f"dense f32 n={n:>11,}: lazyadam {ours * 1e3:8.3f} ms  torch Adam(fused) "
-          f"{theirs * 1e3:8.3f} ms  ratio torch/lazyadam {theirs / ours:5.2f}  "
-          f"bandwidth {ours_bw / 1e9:7.1f} GB/s = {ours_bw / copy_bw:5.1%} of copy "
-          f"({copy_bw / 1e9:.1f} GB/s)")
+    t = gpu_times({"lazyadam": lambda: kernel(w, m, v, g, hp), "torch": opt.step}, repeat)
+    ours_bw = 7 * 4 * n / t["lazyadam"]
+    print(f"dense f32 n={n:>11,}: lazyadam {t['lazyadam'] * 1e3:8.3f} ms  torch Adam(fused) "
+          f"{t['torch'] * 1e3:8.3f} ms  torch/lazyadam {t['torch'] / t['lazyadam']:5.2f}  "
+          f"{ours_bw / 1e9:7.1f} GB/s = {ours_bw / bandwidth:5.1%} of copy (target >= 80% at 16M)")
 
 
-def sparse(rows: int, dim: int, nnz: int, repeat: int) -> None:
-    rng = np.random.default_rng(0)
-    idx = torch.from_numpy((rng.zipf(1.1, nnz) - 1) % rows).cuda()
-    vals = torch.randn(nnz, dim, device="cuda")
-    w = torch.randn(rows, dim, device="cuda")
-    m, v = torch.zeros_like(w), torch.zeros_like(w)
-    kernel = lazyadam.compile(Spec(sparse=True), "cuda")  # SparseAdam places eps as MindSpore does
+def zipf_indices(rng: np.random.Generator, rows: int, nnz: int, exponent: float) -> np.ndarray:
+    """`nnz` row ids with p(k-th most frequent) ~ 1/k^exponent; which row is k-th is random."""
+    p = np.arange(1, rows + 1, dtype=np.float64) ** -exponent
+    return rng.permutation(rows)[rng.choice(rows, nnz, p=p / p.sum())].astype(np.int64)
+
+
+def composite(w: torch.Tensor, m: torch.Tensor, v: torch.Tensor, idx: torch.Tensor,
+              vals: torch.Tensor, deterministic: bool) -> Callable[[], None]:
+    """Adam on the rows of a sparse gradient with torch's own ops (eps as MindSpore places it)."""
+    lr, beta1, beta2, eps = 1e-3, 0.9, 0.999, 1e-8
+    step = lr * (1 - beta2) ** 0.5 / (1 - beta1)
+
+    def run() -> None:
+        torch.use_deterministic_algorithms(deterministic)
+        try:
+            rows, inverse = torch.unique(idx, return_inverse=True)
+            g = torch.zeros((rows.numel(), vals.shape[1]), device="cuda").index_add_(0, inverse, vals)
+            mr = m.index_select(0, rows).mul_(beta1).add_(g, alpha=1 - beta1)
+            vr = v.index_select(0, rows).mul_(beta2).addcmul_(g, g, value=1 - beta2)
+            wr = w.index_select(0, rows).addcdiv_(mr, vr.sqrt().add_(eps), value=-step)
+            m.index_copy_(0, rows, mr)
+            v.index_copy_(0, rows, vr)
+            w.index_copy_(0, rows, wr)
+        finally:
+            torch.use_deterministic_algorithms(False)
+    return run
+
+
+def sparse(name: str, rows: int, dim: int, idx_host: np.ndarray, repeat: int,
+           bandwidth: float) -> None:
+    idx = torch.from_numpy(idx_host).cuda()
+    vals = torch.randn(idx.numel(), dim, device="cuda")
     hp = HParams.at_step(1)
-    ours = gpu_time(lambda: kernel(w, m, v, (idx, vals), hp), repeat)
-    unique = int(torch.unique(idx).numel())
+    kernel = lazyadam.compile(Spec(sparse=True), "cuda")  # SparseAdam places eps as MindSpore does
 
-    param = torch.nn.Parameter(w)
+    def table() -> list[torch.Tensor]:
+        return [torch.zeros(rows, dim, device="cuda") for _ in range(3)]
+
+    ours, deferred, det, atomic = table(), table(), table(), table()
+    workspace = torch.empty(kernel.workspace_size(rows, dim, idx.numel()), dtype=torch.uint8,
+                            device="cuda")
+    record = torch.zeros(kernel.RECORD_WORDS, dtype=torch.int64, device="cuda")
+    param = torch.nn.Parameter(torch.zeros(rows, dim, device="cuda"))
     opt = torch.optim.SparseAdam([param], lr=1e-3)
-    grad = torch.sparse_coo_tensor(idx[None], vals, w.shape)
+    grad = torch.sparse_coo_tensor(idx[None], vals, (rows, dim))
 
-    def torch_step():
+    def sparse_adam() -> None:
         param.grad = grad
         opt.step()
-    theirs = gpu_time(torch_step, repeat)
-    print(f"sparse f32 {rows:,} x {dim}, {nnz:,} Zipf indices ({unique:,} unique rows): "
-          f"lazyadam {ours * 1e3:8.3f} ms  torch SparseAdam {theirs * 1e3:8.3f} ms  "
-          f"ratio torch/lazyadam {theirs / ours:5.2f}")
+
+    t = gpu_times({
+        "lazyadam": lambda: kernel(*ours, (idx, vals), hp),
+        "lazyadam deferred": lambda: kernel(*deferred, (idx, vals), hp, record=record,
+                                            workspace=workspace),
+        "SparseAdam": sparse_adam,
+        "composite": composite(*atomic, idx, vals, deterministic=False),
+        "composite, det.": composite(*det, idx, vals, deterministic=True),
+    }, repeat)
+    kernel.check(record)
+    counts = torch.bincount(idx)
+    unique = int((counts > 0).sum())
+    touched = 6 * unique * dim * 4 + idx.numel() * (dim * 4 + 8)
+    limit = touched / bandwidth
+    print(f"{name}: {rows:,} x {dim}, {idx.numel():,} indices ({unique:,} unique rows, the "
+          f"hottest {int(counts.max()):,} times); traffic limit {limit * 1e3:.3f} ms "
+          f"({touched / 2**20:.1f} MiB)")
+    for label, seconds in t.items():
+        print(f"  {label:20s} {seconds * 1e3:8.3f} ms  {seconds / limit:6.2f}x the limit  "
+              f"SparseAdam/this {t['SparseAdam'] / seconds:6.2f}  "
+              f"composite/this {t['composite'] / seconds:6.2f}")
 
 
 def main() -> None:
@@ -96,10 +159,21 @@ def main() -> None:
         raise SystemExit("bench_cuda.py needs PyTorch with a CUDA GPU")
     print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}, "
           f"lazyadam {lazyadam.__version__}")
+    bandwidth = copy_bandwidth(args.repeat)
+    print(f"device-to-device copy: {bandwidth / 1e9:.0f} GB/s (read + written)")
     for n in (16 << 20, 256 << 20):
-        dense(n, args.repeat)
+        dense(n, args.repeat, bandwidth)
         torch.cuda.empty_cache()
-    sparse(10_000_000, 128, 262_144, args.repeat)
+    rng = np.random.default_rng(0)
+    print("targets: 10M x 128 <= 0.3 ms (>= 25x SparseAdam, >= 4x the atomic composite); "
+          "1M x 64 Zipf <= 0.1 ms; uniform within 2x of the limit")
+    sparse("10M x 128, Zipf(1.1)", 10_000_000, 128, zipf_indices(rng, 10_000_000, 262_144, 1.1),
+           args.repeat, bandwidth)
+    torch.cuda.empty_cache()
+    sparse("1M x 64, Zipf(1.2)", 1_000_000, 64, zipf_indices(rng, 1_000_000, 65_536, 1.2),
+           args.repeat, bandwidth)
+    sparse("1M x 64, uniform", 1_000_000, 64, rng.integers(0, 1_000_000, 65_536), args.repeat,
+           bandwidth)
 
 
 if __name__ == "__main__":

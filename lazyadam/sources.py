@@ -16,6 +16,7 @@ from pathlib import Path
 
 from . import __version__
 from .codegen.pipeline import generate
+from .codegen.ir import SUM_CHUNK
 from .codegen.render import ENV
 from .codegen.spec import Spec
 
@@ -112,7 +113,7 @@ def render_readme(kernels: list[ShippedKernel]) -> str:
                for lang in ("c", "cuda")}
     return ENV.get_template("sources_readme.md.j2").render(
         version=__version__, kernels=kernels, marker=MARKER, objects=objects,
-        langs={k.lang for k in kernels})
+        langs={k.lang for k in kernels}, sum_chunk=SUM_CHUNK)
 
 
 def _check_ours(path: Path) -> None:

@@ -52,7 +52,9 @@ def lazyadam_step(var, m, v, grad, *, lr, beta1, beta2, eps, beta1_power, beta2_
         lr, beta1, beta2, eps: hyperparameters of this step.
         beta1_power, beta2_power: beta^t of THIS step (t=1 on the first step), as passed to a kernel.
         indices: None for a dense step; otherwise the rows of the lazy sparse step, in any order,
-            duplicates allowed (their effective gradients are summed in input order).
+            duplicates allowed (their effective gradients are summed; in float64 the order of the
+            kernels' float32 sums does not show at the tests' tolerances, and
+            tests/test_summation_order.py checks that order bitwise).
         weight_decay: used only when decay is "l2" (added to the gradient) or "decoupled" (AdamW).
         decay: "none", "l2" or "decoupled".
         loss_scale: the gradient is divided by it.
@@ -91,7 +93,7 @@ def lazyadam_step(var, m, v, grad, *, lr, beta1, beta2, eps, beta1_power, beta2_
         rows = np.unique(idx)
         # 2. sparse: values[i] = values[i]/loss_scale + wd*w[indices[i]] per occurrence ...
         g_occurrence = _effective_gradient(grad, var[idx], **flags)
-        # ... then duplicate indices are summed, in input order.
+        # ... then duplicate indices are summed.
         g = np.zeros((len(rows),) + var.shape[1:])
         for i, position in enumerate(np.searchsorted(rows, idx)):
             g[position] += g_occurrence[i]

@@ -160,7 +160,7 @@ def test_generate_cuda_writes_cu_and_header(run, tmp_path):
         "README.md", "lazyadam_dense_f32.cu", "lazyadam_dense_f32.h"]
     assert "cudaStream_t stream" in (tmp_path / "lazyadam_dense_f32.h").read_text()
     readme = (tmp_path / "README.md").read_text()
-    assert "nvcc -O3 -arch=native -c lazyadam_dense_f32.cu" in readme
+    assert "nvcc -O3 --fmad=false -arch=native -c lazyadam_dense_f32.cu" in readme
     clash = run("generate", "--target", "c", "--dense", "--out", tmp_path)
     assert clash.exit_code == 1 and len(clash.stderr.strip().splitlines()) == 1
     assert "would share the header lazyadam_dense_f32.h" in clash.stderr

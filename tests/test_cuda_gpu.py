@@ -261,3 +261,88 @@ def test_gpu_lazyadam_on_torch_tensors(device, rng, tmp_path):
     for a, b in zip(after, before):
         np.testing.assert_array_equal(a, b)
     assert opt.global_step == 4
+
+
+# --- the sparse pipeline on a GPU: its order, bitwise agreement with C, graphs ------------------
+@pytest.mark.parametrize("spec", [Spec(sparse=True), Spec(sparse=True, use_locking=True, decay="l2")],
+                         ids=lambda s: s.symbol())
+def test_gpu_sums_in_the_documented_order(device, spec, rng):
+    """As tests/test_summation_order.py: m after one step is one rounding of (1 - beta1) times the
+    float32 chunked sum, for rows seen 1, C-1, C, C+1 and 10,000 times."""
+    from test_summation_order import COUNTS, HYPER as ORDER_HYPER, expected_m, gradient
+    kernel = lazyadam.compile(spec, "cuda")
+    indices, values, rows = gradient(rng)
+    state = [device.put(np.zeros((len(COUNTS), values.shape[1]), np.float32)) for _ in range(3)]
+    kernel(*state, (device.put(indices), device.put(values)), HParams.at_step(1, **ORDER_HYPER))
+    m = device.get(state[1])
+    for r, occurrences in rows.items():
+        np.testing.assert_array_equal(m[r], expected_m(occurrences), err_msg=f"{COUNTS[r]} times")
+
+
+@pytest.mark.parametrize("spec", [
+    Spec(sparse=True, decay="l2", nesterov=True),
+    Spec(sparse=True, amsgrad=True, maximize=True, eps_mode="pytorch", index_dtype="int32"),
+    Spec(sparse=True, decay="decoupled", dtype="float64"),
+    Spec(sparse=True, use_locking=True, decay="l2"),
+], ids=lambda s: s.symbol())
+def test_gpu_sparse_steps_equal_the_c_kernels_bitwise(device, spec, rng):
+    """Zipf rows (the hottest thousands of times, so chunks are summed in parallel) over three
+    steps: the GPU gives the C kernels' bits (no fused multiply-add, the same summation order)."""
+    c_kernel, gpu_kernel = lazyadam.compile(spec), lazyadam.compile(spec, "cuda")
+    var0 = rng.standard_normal((2000, 70)).astype(spec.dtype)
+    host = [var0.copy()] + [np.zeros_like(var0) for _ in range(3 if spec.amsgrad else 2)]
+    gpu = [device.put(a) for a in host]
+    for t in range(1, 4):
+        idx = ((rng.zipf(1.1, 20_000) - 1) % 2000).astype(spec.index_dtype)
+        grad = (idx, rng.standard_normal((idx.size, 70)).astype(spec.dtype))
+        hp = HParams.at_step(t, **HYPER)
+        c_kernel(*host[:3], grad, hp, vmax=host[3] if spec.amsgrad else None)
+        gpu_kernel(*gpu[:3], (device.put(grad[0]), device.put(grad[1])), hp,
+                   vmax=gpu[3] if spec.amsgrad else None)
+    for name, a, b in zip(("var", "m", "v", "vmax"), host, gpu):
+        np.testing.assert_array_equal(device.get(b), a, err_msg=name)
+
+
+def test_gpu_deferred_steps_capture_and_replay_in_a_cuda_graph(device, rng):
+    """A deferred sparse step (caller's workspace and record) captured by torch.cuda.graph and
+    replayed gives bitwise what eager steps give; a captured bad index writes nothing on replay and
+    is reported by check()."""
+    if device.name != "torch":
+        pytest.skip("CUDA graphs are captured with torch.cuda.graph here")
+    torch = device.torch
+    kernel = lazyadam.compile(Spec(sparse=True, decay="l2"), "cuda")
+    rows, dim, nnz = 5000, 64, 30_000
+    idx = torch.tensor(((rng.zipf(1.1, nnz) - 1) % rows).astype(np.int64), device="cuda")
+    vals = torch.tensor(rng.standard_normal((nnz, dim)).astype(np.float32), device="cuda")
+    w0 = torch.tensor(rng.standard_normal((rows, dim)).astype(np.float32), device="cuda")
+    hp = HParams.at_step(1, **HYPER)
+    eager = [w0.clone(), torch.zeros_like(w0), torch.zeros_like(w0)]
+    graphed = [w0.clone(), torch.zeros_like(w0), torch.zeros_like(w0)]
+    workspace = torch.empty(kernel.workspace_size(rows, dim, nnz), dtype=torch.uint8, device="cuda")
+    record = torch.zeros(kernel.RECORD_WORDS, dtype=torch.int64, device="cuda")
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm up outside the capture
+        kernel(*[t.clone() for t in graphed], (idx, vals), hp, record=record, workspace=workspace)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        kernel(*graphed, (idx, vals), hp, record=record, workspace=workspace)
+    for _ in range(5):
+        graph.replay()
+        kernel(*eager, (idx, vals), hp)
+    torch.cuda.synchronize()
+    for a, b in zip(eager, graphed):
+        assert torch.equal(a, b)
+    kernel.check(record)
+
+    idx.copy_(torch.tensor(np.r_[np.zeros(nnz - 1), rows].astype(np.int64), device="cuda"))
+    before = [t.clone() for t in graphed]
+    graph.replay()
+    graph.replay()
+    torch.cuda.synchronize()
+    for a, b in zip(before, graphed):
+        assert torch.equal(a, b)
+    with pytest.raises(IndexError, match=rf"indices\[{nnz - 1}\] = {rows} is outside \[0, {rows}\)"):
+        kernel.check(record)
+    kernel.check(record)

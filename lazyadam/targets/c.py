@@ -28,9 +28,11 @@ from . import cache
 from .base import HParams, LoadedKernel, check_arrays, index_error
 
 #: -fno-math-errno lets sqrt vectorize (an Adam loop ran 5x slower without it); no -ffast-math: the
-#: kernels keep IEEE semantics so that they match the reference and are reproducible.
+#: kernels keep IEEE semantics so that they match the reference and are reproducible; no fused
+#: multiply-add (-ffp-contract=off, already the default of gcc's -std=c99, not of every compiler):
+#: each operation is rounded, as in the CUDA kernels (built with --fmad=false), so both agree bitwise.
 BASE_FLAGS = ("-std=c99", "-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math",
-              "-fPIC", "-shared", "-fopenmp")
+              "-ffp-contract=off", "-fPIC", "-shared", "-fopenmp")
 
 name = "c"
 
