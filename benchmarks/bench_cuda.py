@@ -13,6 +13,8 @@
   one step each of
       lazyadam            the checking launcher (waits for its index check only)
       lazyadam deferred   the launcher for CUDA graphs (waits for nothing; workspace given)
+      lazyadam graph      that deferred step captured in a CUDA graph and replayed: the device
+                          time alone, without the Python and launch work of a call
       SparseAdam          `torch.optim.SparseAdam` (eps placed as MindSpore does, like the spec)
       composite           `unique` + `index_add_` (float atomics) + Adam on the gathered rows
       composite, det.     the same under `torch.use_deterministic_algorithms(True)`
@@ -117,7 +119,7 @@ def sparse(name: str, rows: int, dim: int, idx_host: np.ndarray, repeat: int,
     def table() -> list[torch.Tensor]:
         return [torch.zeros(rows, dim, device="cuda") for _ in range(3)]
 
-    ours, deferred, det, atomic = table(), table(), table(), table()
+    ours, deferred, graphed, det, atomic = table(), table(), table(), table(), table()
     workspace = torch.empty(kernel.workspace_size(rows, dim, idx.numel()), dtype=torch.uint8,
                             device="cuda")
     record = torch.zeros(kernel.RECORD_WORDS, dtype=torch.int64, device="cuda")
@@ -129,10 +131,20 @@ def sparse(name: str, rows: int, dim: int, idx_host: np.ndarray, repeat: int,
         param.grad = grad
         opt.step()
 
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        kernel(*graphed, (idx, vals), hp, record=record, workspace=workspace)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        kernel(*graphed, (idx, vals), hp, record=record, workspace=workspace)
+
     t = gpu_times({
         "lazyadam": lambda: kernel(*ours, (idx, vals), hp),
         "lazyadam deferred": lambda: kernel(*deferred, (idx, vals), hp, record=record,
                                             workspace=workspace),
+        "lazyadam graph": graph.replay,
         "SparseAdam": sparse_adam,
         "composite": composite(*atomic, idx, vals, deterministic=False),
         "composite, det.": composite(*det, idx, vals, deterministic=True),

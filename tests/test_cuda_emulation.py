@@ -386,14 +386,22 @@ def test_a_deferred_step_takes_a_workspace_of_the_size_it_asks_for(library, rng)
     kernel = library[spec]
     idx = rng.integers(0, 40, 3000)
     grad = (idx, rng.standard_normal((3000, 7)).astype(np.float32))
-    arrays, ref = new_state(rng.standard_normal((40, 7)).astype(np.float32), spec)
+    var0 = rng.standard_normal((40, 7)).astype(np.float32)
+    arrays, ref = new_state(var0, spec)
     size = kernel.workspace_size(40, 7, 3000)
     record = np.zeros(kernel.RECORD_WORDS, np.int64)
-    with pytest.raises(ValueError, match=f"the workspace has {size - 1} bytes, the step needs {size}"):
+    space = aligned(size + 1, np.uint8)  # 64-byte aligned, in a larger buffer
+    space = space.base[(-space.base.ctypes.data) % 256:][:size + 1]
+    with pytest.raises(ValueError, match=f"the workspace has {size - 1} bytes at an address "
+                                         f"256-byte aligned, the step needs {size}, aligned"):
         kernel(*dev(*arrays[:3]), tuple(dev(*grad)), hparams(spec, 1), record=dev(record)[0],
-               workspace=dev(np.zeros(size - 1, np.uint8))[0])
+               workspace=dev(space[:size - 1])[0])
+    with pytest.raises(ValueError, match="not 256-byte aligned"):
+        kernel(*dev(*arrays[:3]), tuple(dev(*grad)), hparams(spec, 1), record=dev(record)[0],
+               workspace=dev(space[1:])[0])
+    np.testing.assert_array_equal(arrays[0], var0)
     kernel(*dev(*arrays[:3]), tuple(dev(*grad)), hparams(spec, 1), record=dev(record)[0],
-           workspace=dev(np.zeros(size, np.uint8))[0])
+           workspace=dev(space[:size])[0])
     check(arrays, reference_step(ref, grad, hparams(spec, 1), spec), spec.dtype)
 
 
