@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import ast
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from lazyadam import Spec, SpecError, generate, stages
-from lazyadam.codegen import ir
+from lazyadam.codegen import ir, names, pipeline
 from lazyadam.codegen.passes import drop_dead_terms, fold_constants, hoist_invariants
 from lazyadam.codegen.printer import CPrinter
 
@@ -43,10 +45,23 @@ def test_symbols_are_readable_and_distinct():
     (dict(static={"weight_decay": 0.1}), "a static weight_decay needs decay='l2' or 'decoupled'"),
     (dict(decay="l2", static={"weight_decay": 0.0}), "use decay='none'"),
     (dict(decay="l2", static={"weight_decay": -1.0}), "static weight_decay must be >= 0"),
+    (dict(static={"loss_scale": 10 ** 400}), "static loss_scale must be a finite number"),
+    # A baked value whose literal in the kernel's dtype would be inf, or 0 where 0 is illegal.
+    (dict(static={"loss_scale": 1e50}), r"static loss_scale = 1e\+50 overflows float32"),
+    (dict(decay="l2", static={"weight_decay": 3.5e38}), r"static weight_decay = 3.5e\+38 overflows"),
+    (dict(static={"eps": 1e-50}), "static eps = 1e-50 underflows to 0 in float32"),
+    (dict(static={"beta1": 1e-46}), "static beta1 = 1e-46 underflows to 0 in float32"),
+    (dict(static={"loss_scale": 5e-324}, dtype="float32"), "underflows to 0 in float32"),
 ])
 def test_illegal_specs_say_what_to_change(kwargs, match):
     with pytest.raises(SpecError, match=match):
         Spec(**kwargs).validate()
+
+
+def test_static_values_at_the_limits_of_the_dtype_are_kept():
+    """The largest and the smallest float32 are legal static values; float64 takes far more."""
+    Spec(static={"loss_scale": 3.4028235e38, "eps": 1e-45}).validate()
+    Spec(dtype="float64", static={"loss_scale": 1e300, "eps": 5e-324}).validate()
 
 
 # --- passes -------------------------------------------------------------------------------------
@@ -153,10 +168,98 @@ def test_static_hyperparameters_are_documented_in_the_header():
     assert not re.search(r"hp->beta1\b", source.text)
 
 
-
-@pytest.mark.parametrize("symbol", ["x y", "2fast", "int", "__mine"])
+@pytest.mark.parametrize("symbol", ["x y", "2fast", "int", "__mine", "", "new", "main"])
 def test_symbols_that_cannot_name_a_c_function_are_refused(symbol):
     with pytest.raises(ValueError, match=f"symbol '{symbol}'"):
         generate(Spec(), symbol=symbol)
     with pytest.raises(ValueError, match=f"symbol '{symbol}'"):
         stages(Spec(), symbol=symbol)
+
+
+#: Names a kernel cannot take, with the spec and target whose files already hold them: the
+#: templates' own identifiers (functions, types, enum constants, macros), and names of the headers
+#: that generated files include.
+CLASHES = [
+    (Spec(use_locking=True), "c", "lock"),
+    (Spec(use_locking=True), "c", "unlock"),
+    (Spec(), "c", "prefetch_row"),
+    (Spec(), "c", "group_by_row"),
+    (Spec(), "c", "SLOTS_PER_CHUNK"),
+    (Spec(sparse=False), "c", "CHUNK"),
+    (Spec(sparse=False), "c", "lazyadam_hparams"),
+    (Spec(sparse=False), "c", "LAZYADAM_OK"),
+    (Spec(), "c", "malloc"),
+    (Spec(sparse=False), "c", "sqrt"),
+    (Spec(sparse=False), "c", "sqrtf"),
+    (Spec(), "c", "omp_get_max_threads"),
+    (Spec(), "cuda", "LAZYADAM_WARP"),
+    (Spec(sparse=False), "cuda", "lazyadam_device_guard"),
+    (Spec(), "cuda", "cudaMallocAsync"),
+    (Spec(sparse=False), "cuda", "snprintf"),
+    (Spec(sparse=False), "cuda", "threadIdx"),
+]
+
+
+def clash_id(case) -> str:
+    spec, target, name = case
+    return f"{target}-{'sparse' if spec.sparse else 'dense'}-{name}"
+
+
+@pytest.mark.parametrize("case", CLASHES, ids=map(clash_id, CLASHES))
+def test_a_name_the_generated_files_already_use_is_refused(case):
+    spec, target, name = case
+    own = generate(spec, target)
+    library = any(name in taken for taken in names.LIBRARY.values())
+    if not library and name not in names.identifiers(own.text + own.header):
+        pytest.skip(f"the {target} templates no longer use {name!r}")
+    with pytest.raises(ValueError, match=f"symbol '{name}' is (already an identifier|declared by|"
+                                         "reserved by)"):
+        generate(spec, target, symbol=name)
+    with pytest.raises(ValueError, match=f"symbol '{name}'"):
+        stages(spec, target, symbol=name)
+
+
+def test_every_identifier_of_the_generated_files_is_refused():
+    """All but those built from the kernel's own symbol (`<symbol>_multi`), which follow the name."""
+    for spec in (Spec(use_locking=True, amsgrad=True), Spec(sparse=False, use_locking=True)):
+        for target in ("c", "cuda"):
+            own = generate(spec, target)
+            for name in names.identifiers(own.text + own.header):
+                if own.symbol in name or own.symbol.upper() in name:
+                    continue
+                with pytest.raises(ValueError, match=f"symbol '{name}'"):
+                    generate(spec, target, symbol=name)
+
+
+def test_a_name_is_refused_when_a_name_built_from_it_clashes():
+    """A CUDA kernel named `step` also defines `step_multi`, `STEP_H`, ...: those must be free too."""
+    own = ("lazyadam_dense_f32", "int lazyadam_dense_f32_multi(void); int step_multi; "
+                                 "#define LAZYADAM_DENSE_F32_H")
+    with pytest.raises(ValueError, match="symbol 'step' would make the generated files define "
+                                         "'step_multi', which is already an identifier"):
+        names.check_symbol("step", own)
+    assert names.check_symbol("other", own) == "other"
+
+
+def test_identifiers_skip_comments_literals_numbers_and_includes():
+    text = """#include <stdlib.h>
+    #pragma omp parallel for
+    /* a comment: free */ // another: exit
+    static const char *s = "malloc"; float x = 0.9f + 1e-8 + 0x1p-3; char c = 'q';
+    #define ROWS 4"""
+    assert names.identifiers(text) == {"static", "const", "char", "s", "float", "x", "c", "ROWS"}
+
+
+def test_codegen_imports_neither_targets_nor_runtime():
+    """codegen is the lowest floor: pure code generation, both renderers registered in it."""
+    for path in sorted(Path(pipeline.__file__).parent.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level >= 2:
+                assert node.module is None and [a.name for a in node.names] == ["__version__"], \
+                    f"{path.name} imports from lazyadam.{node.module}"
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                modules = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                    [node.module or ""]
+                assert not any(m.startswith("lazyadam.") and not m.startswith("lazyadam.codegen")
+                               for m in modules), f"{path.name} imports {modules}"
+    assert set(pipeline.RENDERERS) == {"c", "cuda"}

@@ -8,6 +8,7 @@ two headers.
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -20,6 +21,8 @@ import pytest
 
 from lazyadam import HParams, Spec, generate
 from lazyadam.codegen.ir import HPARAMS
+from lazyadam.codegen.names import LIBRARY, identifiers
+from lazyadam.codegen.pipeline import optimize, renderer
 from lazyadam.codegen.variants import variants
 from lazyadam.sources import write_sources
 from lazyadam.targets import c, toolchain
@@ -284,6 +287,52 @@ def test_cpp_program_includes_two_headers_and_links(tmp_path):
     assert (a, b) == ("0", "0")
     assert float(sparse_var) == pytest.approx(0.9997121, rel=1e-7)
     assert float(dense_var) == pytest.approx(0.9996838, rel=1e-7)
+
+
+def syntax_check(folder: Path, source, openmp: bool = True) -> subprocess.CompletedProcess:
+    """Writes a rendered kernel into `folder` and compiles it under STRICT, without linking."""
+    (folder / source.filename).write_text(source.text)
+    (folder / f"{source.symbol}.h").write_text(source.header)
+    return subprocess.run([*cc(), *STRICT, *(["-fopenmp"] if openmp else []), "-fsyntax-only",
+                           str(folder / source.filename)], capture_output=True, text=True)
+
+
+@pytest.mark.parametrize("spec, name", [
+    (Spec(use_locking=True), "lock"), (Spec(), "prefetch_row"), (Spec(), "SLOTS_PER_CHUNK"),
+    (Spec(sparse=False), "lazyadam_hparams"), (Spec(sparse=False), "LAZYADAM_OK"),
+    (Spec(), "malloc"), (Spec(sparse=False), "sqrt"), (Spec(sparse=False), "sqrtf"),
+], ids=lambda x: x if isinstance(x, str) else "")
+def test_a_refused_name_is_one_that_would_not_compile(tmp_path, spec, name):
+    """What `generate` refuses (tests/test_codegen.py) is what the compiler would have refused."""
+    with pytest.raises(ValueError, match=f"symbol '{name}'"):
+        generate(spec, symbol=name)
+    own = generate(spec)
+    library = any(name in taken for taken in LIBRARY.values())
+    if not library and name not in identifiers(own.text + own.header):
+        pytest.skip(f"the C templates no longer use {name!r}")
+    proc = syntax_check(tmp_path, renderer("c")(optimize(spec), name))
+    assert proc.returncode != 0, f"{name!r} compiles; it need not be refused"
+
+
+@pytest.mark.parametrize("name", ["sparse_step", "lazyadam", "Adam2", "cuda_step", "LOCK",
+                                  "LAZYADAM_HPARAMS", "lazyadam_sparse_f32_i64_grad"])
+def test_names_that_are_free_are_taken_and_compile(tmp_path, name):
+    for spec in (Spec(use_locking=True, amsgrad=True, decay="l2"), Spec(sparse=False)):
+        source = generate(spec, symbol=name)
+        assert source.symbol == name
+        proc = syntax_check(tmp_path, source)
+        assert proc.returncode == 0, proc.stderr
+
+
+def test_static_values_at_the_limits_of_float32_compile(tmp_path):
+    """The largest and smallest float32 values print as literals a C compiler reads back."""
+    for spec in (Spec(sparse=False, decay="l2", static={"loss_scale": 3.4028235e38, "eps": 1e-45,
+                                                         "weight_decay": 1e-45, "beta1": 1e-45}),
+                 Spec(decay="l2", static={"weight_decay": 3.4028235e38, "beta2": 1e-45})):
+        source = generate(spec.validate())
+        assert not re.search(r"\binff?\b|\bnan\b", source.text)
+        proc = syntax_check(tmp_path, source)
+        assert proc.returncode == 0, proc.stderr
 
 
 @pytest.mark.slow

@@ -13,13 +13,16 @@ from pathlib import Path
 from typing import Callable
 
 from . import ir
+from .names import check_symbol
 from .passes import PIPELINE
 from .printer import CPrinter
 from .render import Source, render_c
-from .spec import Spec, check_symbol
+from .render_cuda import render_cuda
+from .spec import Spec
 
-#: Renderers by target name, filled by the targets that print their own source (CUDA registers itself).
-RENDERERS: dict[str, Callable[[ir.Kernel, str | None], Source]] = {"c": render_c}
+#: Renderers by target name: [ir.Kernel], symbol -> [Source].
+RENDERERS: dict[str, Callable[[ir.Kernel, str | None], Source]] = {"c": render_c,
+                                                                    "cuda": render_cuda}
 
 
 def optimize(spec: Spec) -> ir.Kernel:
@@ -31,15 +34,13 @@ def optimize(spec: Spec) -> ir.Kernel:
 
 
 def renderer(target: str) -> Callable[[ir.Kernel, str | None], Source]:
-    """The renderer of `target`; the CUDA one is imported on first use.
+    """The renderer of `target`.
 
     Raises:
         ValueError: an unknown target.
     """
-    if target == "cuda" and target not in RENDERERS:
-        from ..targets import cuda  # noqa: F401  (registers the CUDA renderer)
     if target not in RENDERERS:
-        raise ValueError(f"unknown target {target!r}; choose from c, cuda")
+        raise ValueError(f"unknown target {target!r}; choose from {', '.join(RENDERERS)}")
     return RENDERERS[target]
 
 
@@ -48,9 +49,12 @@ def generate(spec: Spec, target: str = "c", symbol: str | None = None) -> Source
 
     Raises:
         SpecError: an illegal spec.
-        ValueError: an unknown target, or a `symbol` that cannot name a C function.
+        ValueError: an unknown target, or a `symbol` the kernel cannot take (`names.check_symbol`).
     """
-    source = renderer(target)(optimize(spec), symbol and check_symbol(symbol))
+    render, kernel = renderer(target), optimize(spec)
+    if symbol is not None:
+        _check_symbol(symbol, render, kernel)
+    source = render(kernel, symbol)
     if os.environ.get("LAZYADAM_DUMP"):
         dump(spec, Path(os.environ["LAZYADAM_DUMP"]), target, symbol)
     return source
@@ -59,16 +63,25 @@ def generate(spec: Spec, target: str = "c", symbol: str | None = None) -> Source
 def stages(spec: Spec, target: str = "c", symbol: str | None = None) -> dict[str, str]:
     """Every stage of the pipeline as text, in order: spec, lower, each pass, header and source."""
     render = renderer(target)
-    symbol = symbol and check_symbol(symbol)
     kernel = ir.lower(spec)
     out = {"spec": spec.to_json(), "lower": format_kernel(kernel)}
     for name, run in PIPELINE:
         kernel = run(kernel)
         out[name] = format_kernel(kernel)
+    if symbol is not None:
+        _check_symbol(symbol, render, kernel)
     source = render(kernel, symbol)
     out["header"] = source.header
     out["source"] = source.text
     return out
+
+
+def _check_symbol(symbol: str, render: Callable[[ir.Kernel, str | None], Source],
+                  kernel: ir.Kernel) -> None:
+    """Raises ValueError if `symbol` cannot name `kernel` (`names.check_symbol`, against the files
+    rendered under the spec's own symbol)."""
+    own = render(kernel, None)
+    check_symbol(symbol, (own.symbol, own.text + own.header))
 
 
 def dump(spec: Spec, root: Path, target: str = "c", symbol: str | None = None) -> Path:

@@ -11,9 +11,10 @@ import dataclasses
 import hashlib
 import json
 import math
-import re
 from dataclasses import dataclass, field
 from typing import Mapping
+
+import numpy as np
 
 #: Bumped whenever lowering, passes, printers or templates change what a spec generates.
 CODEGEN_VERSION = "2"
@@ -26,12 +27,6 @@ EPS_MODES = ("mindspore", "pytorch")
 #: beta powers -- change every step and are always runtime arguments).
 STATIC_HPARAMS = ("beta1", "beta2", "eps", "loss_scale", "weight_decay")
 
-
-_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_C_KEYWORDS = frozenset(
-    "auto break case char const continue default do double else enum extern float for goto if "
-    "inline int long register restrict return short signed sizeof static struct switch typedef "
-    "union unsigned void volatile while _Bool _Complex _Imaginary".split())
 
 class SpecError(ValueError):
     """An illegal spec: the message says what to change."""
@@ -88,7 +83,7 @@ class Spec:
         if len(set(names)) != len(names):
             raise SpecError(f"static hyperparameter given twice: {names}")
         for name, value in self.static:
-            _check_static(name, value)
+            _check_static(name, value, self.dtype)
         if "weight_decay" in self.statics and self.decay == "none":
             raise SpecError("a static weight_decay needs decay='l2' or 'decoupled'; "
                             "drop it or choose a decay")
@@ -152,10 +147,15 @@ def _choice(name: str, value: object, allowed: tuple[str, ...]) -> None:
         raise SpecError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
 
 
-def _check_static(name: str, value: object) -> None:
+def _check_static(name: str, value: object, dtype: str) -> None:
+    """Raises SpecError unless `value` is legal for `name` and stays so as a literal of `dtype`.
+
+    Every legal static value is finite and > 0 (a weight decay of 0 is refused by `validate`), so
+    its literal in the kernel's dtype must neither overflow to inf nor underflow to 0.
+    """
     if name not in STATIC_HPARAMS:
         raise SpecError(f"{name!r} cannot be static; choose from {', '.join(STATIC_HPARAMS)}")
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not _finite(value):
         raise SpecError(f"static {name} must be a finite number, got {value!r}")
     if name in ("beta1", "beta2") and not 0.0 < value < 1.0:
         raise SpecError(f"static {name} must lie in (0, 1), got {value!r}")
@@ -163,19 +163,20 @@ def _check_static(name: str, value: object) -> None:
         raise SpecError(f"static {name} must be > 0, got {value!r}")
     if name == "weight_decay" and value < 0.0:
         raise SpecError(f"static weight_decay must be >= 0, got {value!r}")
+    with np.errstate(over="ignore", under="ignore"):
+        literal = np.dtype(dtype).type(value)
+    if not np.isfinite(literal):
+        raise SpecError(f"static {name} = {value!r} overflows {dtype} (largest "
+                        f"{np.finfo(dtype).max:.8g}); choose a smaller value or a float64 kernel")
+    if literal == 0 and value != 0:
+        raise SpecError(f"static {name} = {value!r} underflows to 0 in {dtype} (smallest "
+                        f"{np.finfo(dtype).smallest_subnormal:.8g}); choose a larger value or a "
+                        "float64 kernel")
 
 
-def check_symbol(name: str) -> str:
-    """Returns `name` if it can name a generated C function; raises otherwise.
-
-    Raises:
-        ValueError: not a C identifier, a C keyword, or reserved (a leading `__` or `_` + capital).
-    """
-    if not _IDENTIFIER.fullmatch(name):
-        raise ValueError(f"symbol {name!r} is not a C identifier (letters, digits and _, "
-                         "not starting with a digit)")
-    if name in _C_KEYWORDS:
-        raise ValueError(f"symbol {name!r} is a C keyword")
-    if name.startswith("__") or re.match(r"_[A-Z]", name):
-        raise ValueError(f"symbol {name!r} is reserved in C (it starts with __ or _ and a capital)")
-    return name
+def _finite(value: int | float) -> bool:
+    """True for a finite float, or an int that a double can hold."""
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False

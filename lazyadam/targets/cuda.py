@@ -31,15 +31,12 @@ from typing import Any, Sequence
 import cffi
 import numpy as np
 
-from ..codegen.pipeline import RENDERERS, generate
+from ..codegen.pipeline import generate
 from ..codegen.render import Source
-from ..codegen.render_cuda import render_cuda
 from ..codegen.spec import Spec
 from ..errors import CompilationError, CompilerNotFoundError, KernelError, TargetUnavailableError
 from . import cache
 from .base import HParams, LoadedKernel, check_arrays
-
-RENDERERS["cuda"] = render_cuda
 
 name = "cuda"
 
