@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import stat
 import subprocess
@@ -186,3 +187,108 @@ def test_missing_compiler_names_the_command_and_the_variable(monkeypatch, tmp_pa
     with pytest.raises(CompilerNotFoundError, match=r"tried '/nonexistent/bin/cc-lazyadam'.*"
                                                     r"LAZYADAM_CC"):
         lazyadam.compile(FRESH)
+
+
+# -- faults: a full disk, an abandoned empty claim, a damaged artifact --------------------------
+
+FULL_DISK_SCRIPT = textwrap.dedent("""
+    import resource, signal, sys, time
+    import lazyadam
+    from lazyadam import Spec
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG
+    resource.setrlimit(resource.RLIMIT_FSIZE, (0, resource.RLIM_INFINITY))
+    start = time.monotonic()
+    try:
+        lazyadam.compile(Spec.from_json({spec!r}))
+    except OSError as error:
+        print(f"{{time.monotonic() - start:.3f}} {{error}}")
+        sys.exit(0)
+    sys.exit("built a kernel on a disk that takes no bytes")
+""")
+
+
+def test_a_cache_that_cannot_be_written_raises_at_once_and_leaves_no_claim(counting_cc):
+    """Every write fails (as on a full disk): a clear error in well under a second, no claim left
+    to block the next process, which then builds at once."""
+    proc = subprocess.run([sys.executable, "-c", FULL_DISK_SCRIPT.format(spec=FRESH.to_json())],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    seconds, message = proc.stdout.strip().split(" ", 1)
+    assert float(seconds) < 5
+    assert f"cannot write the kernel cache {cache.root()}" in message
+    assert "LAZYADAM_CACHE_DIR" in message and "LAZYADAM_DISABLE_CACHE=1" in message
+    assert not list(cache.root().glob("*/*/claim"))
+    started = time.monotonic()
+    assert lazyadam.compile(FRESH).path.exists()
+    assert time.monotonic() - started < 60 and counting_cc() == 1
+
+
+TMPFS_SCRIPT = textwrap.dedent("""
+    set -e
+    mount -t tmpfs -o size=512k tmpfs "$DISK"
+    mkdir "$DISK/cache"
+    exec "$PYTHON" -c '
+    import os, sys, lazyadam
+    from lazyadam import Spec
+    spec = Spec.from_json(sys.argv[1])
+    with open(os.path.join(os.environ["DISK"], "filler"), "wb", buffering=0) as f:
+        try:
+            while True:
+                f.write(bytes(4096))
+        except OSError:
+            pass
+    try:
+        lazyadam.compile(spec)
+        sys.exit("built a kernel on a full disk")
+    except OSError as error:
+        assert "No space left on device" in str(error), error
+    claims = [p for p in os.popen("find $DISK -name claim").read().split()]
+    assert not claims, claims
+    os.remove(os.path.join(os.environ["DISK"], "filler"))
+    assert lazyadam.compile(spec).path.exists()
+    print("ok")
+    ' "$SPEC"
+""")
+
+
+def test_a_full_tmpfs_raises_at_once_and_builds_once_space_is_free(tmp_path):
+    """The same with a real full disk: a small tmpfs, mounted in a user and mount namespace."""
+    unshare = [shutil.which("unshare") or "unshare", "-rm", "--fork", "--kill-child"]
+    try:
+        usable = subprocess.run([*unshare, "true"], capture_output=True).returncode == 0
+    except OSError:
+        usable = False
+    if not usable:
+        pytest.skip("needs unshare -rm (user and mount namespaces) to mount a small tmpfs")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    env = {**os.environ, "DISK": str(disk), "PYTHON": sys.executable, "SPEC": FRESH.to_json(),
+           "LAZYADAM_CACHE_DIR": str(disk / "cache")}
+    proc = subprocess.run([*unshare, "sh", "-c", TMPFS_SCRIPT], env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stdout + proc.stderr
+
+
+def test_an_empty_claim_of_a_vanished_maker_is_taken_over(counting_cc, monkeypatch):
+    """A claim created but never written (its maker died or its disk was full) blocks nobody."""
+    monkeypatch.setattr(cache, "STALE_SECONDS", float("inf"))
+    entry = claimed_entry("")
+    old = time.time() - 2 * cache.EMPTY_CLAIM_SECONDS
+    os.utime(entry / "claim", (old, old))
+    worker = threading.Thread(target=lazyadam.compile, args=(FRESH,), daemon=True)
+    worker.start()
+    worker.join(timeout=60)
+    assert not worker.is_alive(), "still waiting for an empty claim"
+    assert not (entry / "claim").exists() and counting_cc() == 1
+
+
+def test_a_truncated_cached_library_is_built_again(counting_cc):
+    assert run_step_process(FRESH).returncode == 0
+    (entry,) = cache.entries()
+    (library,) = entry.glob("*.so")
+    size = library.stat().st_size
+    with open(library, "r+b") as f:
+        f.truncate(100)
+    proc = run_step_process(FRESH)
+    assert proc.returncode == 0, proc.stderr
+    assert counting_cc() == 2 and library.stat().st_size == size

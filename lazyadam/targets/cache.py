@@ -8,7 +8,12 @@ Concurrency: a builder claims an entry by creating `claim` (holding its host and
 builds in a private temporary folder and `os.replace`s the artifact in, so a reader never sees half
 a file. Others wait for the artifact; a failed build leaves `failed` (holding the log) so that
 waiters stop waiting; a claim whose owner is gone (a dead pid on this host) is taken over at once,
-and any claim older than `STALE_SECONDS` (e.g. from another host on a shared disk) after that.
+a claim still empty after `EMPTY_CLAIM_SECONDS` (its maker died or could not write it) then, and
+any claim older than `STALE_SECONDS` (e.g. from another host on a shared disk) after that.
+
+Faults: a cache that cannot be written (a full disk, no permission) raises an OSError naming the
+folder at once, and leaves no claim behind. An artifact that is there but cannot be loaded
+(truncated, corrupted) is removed and built once more.
 
 Environment:
     LAZYADAM_CACHE_DIR: the cache root (default `$XDG_CACHE_HOME/lazyadam`, else `~/.cache/lazyadam`).
@@ -17,20 +22,25 @@ Environment:
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
 import os
 import shutil
-import socket
 import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Callable, TypeVar
 
+from .. import processes
 from ..errors import CompilationError
 
 STALE_SECONDS = 600.0
+EMPTY_CLAIM_SECONDS = 5.0
+#: errno values of a write refused for want of space (or of a writable disk), wherever it happens.
+_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
 POLL_SECONDS = 0.02
 
 Kernel = TypeVar("Kernel")
@@ -102,10 +112,18 @@ def _open(key: str, artifact: str, build: Callable[[Path], Path],
             return open_artifact(path)
         finally:
             shutil.rmtree(folder, ignore_errors=True)
+    path = fetch(key, artifact, build)
+    seen = _identity(path)
     try:
-        return open_artifact(fetch(key, artifact, build))
-    except OSError:  # the entry was deleted between fetch and loading: fetch (build) again
-        return open_artifact(fetch(key, artifact, build))
+        return open_artifact(path)
+    except OSError:  # deleted since fetch (the cache was cleared), or damaged: build it once more
+        if seen is not None and _identity(path) == seen:  # not replaced meanwhile by a rebuild
+            _unlink(path)
+    path = fetch(key, artifact, build)
+    try:
+        return open_artifact(path)
+    except OSError as error:
+        raise OSError(f"cannot load {path}, even built afresh: {error}") from error
 
 
 def fetch(key: str, artifact: str, build: Callable[[Path], Path]) -> Path:
@@ -116,6 +134,7 @@ def fetch(key: str, artifact: str, build: Callable[[Path], Path]) -> Path:
 
     Raises:
         CompilationError: the build failed, here or in another process building the same key.
+        OSError: the cache cannot be written (a full disk, no permission); no claim is left.
     """
     entry = root() / key[:2] / key
     target = entry / artifact
@@ -130,14 +149,22 @@ def fetch(key: str, artifact: str, build: Callable[[Path], Path]) -> Path:
             continue
         except FileNotFoundError:  # the folder was deleted between mkdir and open
             continue
-        with os.fdopen(fd, "w") as claim:
-            claim.write(f"{socket.gethostname()} {os.getpid()}")
+        except OSError as error:
+            raise _unwritable(error) from error
+        claimed = False
         try:
+            with os.fdopen(fd, "w") as claim:
+                claim.write("{} {}".format(*processes.me()))
+            claimed = True
             if target.exists():  # built by the previous claimant after our first look
                 return target
             return _build_into(entry, target, build)
         except FileNotFoundError:  # the cache was deleted mid-build: build again
             continue
+        except OSError as error:
+            if not claimed or error.errno in _FULL:
+                raise _unwritable(error) from error
+            raise
         finally:
             _unlink(entry / "claim")
 
@@ -151,7 +178,8 @@ def _build_into(entry: Path, target: Path, build: Callable[[Path], Path]) -> Pat
         except CompilationError as err:
             if not work.is_dir():
                 raise FileNotFoundError(work) from err
-            _write_atomic(entry / "failed", err.log or str(err))
+            with contextlib.suppress(OSError):  # waiters then build it themselves
+                _write_atomic(entry / "failed", err.log or str(err))
             raise
         for path in work.iterdir():  # sources and log next to the artifact, for a person to read
             if path != product:
@@ -176,24 +204,36 @@ def _wait_for_claim(entry: Path, target: Path) -> None:
                 raise CompilationError(f"another process failed to build {entry.name}",
                                        log=_read(failed), log_path=failed)
             return
-        if age > STALE_SECONDS or _owner_died(claim):
+        if age > STALE_SECONDS or _abandoned(claim, age):
             _unlink(claim)
             return
         time.sleep(POLL_SECONDS)
 
 
-def _owner_died(claim: Path) -> bool:
-    """True when the claim was made on this host by a process that no longer exists (killed)."""
-    host, _, pid = _read(claim).partition(" ")
-    if host != socket.gethostname() or not pid.isdigit():
-        return False
+def _abandoned(claim: Path, age: float) -> bool:
+    """True when the claim's maker is gone, or it has stayed empty for `EMPTY_CLAIM_SECONDS`."""
+    owner = _read(claim)
+    if not owner:
+        return age > EMPTY_CLAIM_SECONDS
+    host, _, pid = owner.partition(" ")
+    return pid.isdigit() and processes.gone(host, int(pid))
+
+
+def _unwritable(error: OSError) -> OSError:
+    """The error of a cache that cannot be written, saying what the user can do about it."""
+    return OSError(error.errno, f"cannot write the kernel cache {root()}: "
+                                f"{error.strerror or error}; free space there, point "
+                                "LAZYADAM_CACHE_DIR at another folder, or set "
+                                "LAZYADAM_DISABLE_CACHE=1", error.filename)
+
+
+def _identity(path: Path) -> tuple[int, int, int] | None:
+    """(inode, size, mtime) of a file, to tell it from a later one at the same path; None if gone."""
     try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:  # alive, owned by another user
-        return False
-    return False
+        stat = path.stat()
+    except FileNotFoundError:
+        return None
+    return stat.st_ino, stat.st_size, stat.st_mtime_ns
 
 
 def build_uncached(build: Callable[[Path], Path]) -> tuple[Path, Path]:
@@ -204,8 +244,11 @@ def build_uncached(build: Callable[[Path], Path]) -> tuple[Path, Path]:
 
 def _write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        _unlink(tmp)
 
 
 def _read(path: Path) -> str:
