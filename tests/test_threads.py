@@ -1,7 +1,12 @@
-"""Several threads calling one optimizer (SEMANTICS "use_locking")."""
+"""Several threads calling one optimizer (SEMANTICS "use_locking"), and a process forked after
+kernels ran."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import textwrap
 import threading
 
 import numpy as np
@@ -95,3 +100,64 @@ def test_a_failing_thread_does_not_disturb_the_others(use_locking):
     for thread in threads:
         thread.join()
     assert len(failures) == 2 and opt.global_step == 2
+
+
+# A parent runs kernels on several OpenMP threads, forks, and both take the same next step. The
+# parent reaps the child itself, killing it if it hangs, so that no process outlives the test.
+FORK_SCRIPT = textwrap.dedent("""
+    import hashlib, os, signal, sys, threading, time
+    import numpy as np
+    from lazyadam import LazyAdam, Parameter, RowTensor
+
+    rng = np.random.default_rng(0)
+    table = Parameter(rng.standard_normal((20000, 16)).astype(np.float32), name="embedding")
+    dense = Parameter(rng.standard_normal((300, 300)), name="dense")
+    opt = LazyAdam([table, dense], learning_rate=0.01, weight_decay=0.001, use_nesterov=True)
+
+    def grads(seed):
+        r = np.random.default_rng(seed)
+        indices = r.zipf(1.3, 30000) % 20000  # many duplicates, a long hot row
+        return (RowTensor(indices, r.standard_normal((30000, 16)).astype(np.float32),
+                          table.shape), r.standard_normal((300, 300)))
+
+    def digest():
+        return hashlib.sha256(b"".join(a.data.tobytes() for a in (*opt.parameters, *opt.moment1,
+                                                                  *opt.moment2))).hexdigest()
+
+    opt(grads(1))
+    worker = threading.Thread(target=opt, args=(grads(2),))  # kernels from another thread too
+    worker.start()
+    worker.join()
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        signal.alarm(50)
+        opt(grads(3))
+        threaded = threading.Thread(target=opt, args=(grads(4),))  # a thread of the child's own
+        threaded.start()
+        threaded.join()
+        os.write(write, digest().encode())
+        os._exit(0)
+    opt(grads(3))
+    opt(grads(4))
+    deadline = time.monotonic() + 40
+    while os.waitpid(pid, os.WNOHANG) == (0, 0):
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            sys.exit("the forked child's step never returned")
+        time.sleep(0.05)
+    os.close(write)
+    child = os.read(read, 100).decode()
+    assert child == digest(), "the child's steps differ from the parent's"
+    print("ok")
+""")
+
+
+def test_a_forked_child_steps_and_matches_its_parent_bitwise():
+    """After fork the child's first step returns (it hung in libgomp) and gives what the parent's
+    gives, although the child runs its kernels on one thread."""
+    env = {**os.environ, "OMP_NUM_THREADS": "4"}
+    proc = subprocess.run([sys.executable, "-c", FORK_SCRIPT], env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stdout + proc.stderr

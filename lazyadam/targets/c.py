@@ -1,5 +1,10 @@
 """The C target: C99 + OpenMP, built by the system C compiler, loaded through cffi.
 
+After `fork`: OpenMP's worker threads stay in the parent, and in the child a thread that had run
+parallel regions before the fork would wait for them forever (libgomp). Results do not depend on the
+number of threads, so in a forked child the forking thread runs its kernels on one thread (as
+PyTorch does after a fork); threads started in the child get a team of their own.
+
 Environment:
     LAZYADAM_CC (else CC): the compiler command (default `cc`).
     LAZYADAM_CFLAGS: extra flags, appended after the defaults.
@@ -7,6 +12,7 @@ Environment:
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import os
 import platform
@@ -117,6 +123,28 @@ def build(source: Source, folder: Path) -> Path:
     return out
 
 
+#: `omp_set_num_threads` of each OpenMP runtime that a loaded kernel uses, by its address.
+_openmp_runtimes: dict[int, Callable[[int], Any]] = {}
+
+
+def _track_openmp(path: Path) -> None:
+    """Remembers the OpenMP runtime of the kernel library at `path` (none if built without it)."""
+    try:  # dlsym through the library's own handle finds the runtime it was linked with
+        set_threads = ctypes.CDLL(str(path)).omp_set_num_threads
+    except AttributeError:
+        return
+    _openmp_runtimes.setdefault(ctypes.cast(set_threads, ctypes.c_void_p).value, set_threads)
+
+
+def _one_thread_after_fork() -> None:
+    """In a forked child: this thread's parallel regions run on one thread from now on."""
+    for set_threads in _openmp_runtimes.values():
+        set_threads(1)
+
+
+os.register_at_fork(after_in_child=_one_thread_after_fork)
+
+
 def _placeholder_grad(spec: Spec, var: np.ndarray):
     """A gradient that passes `check_arrays`, to check the state arrays alone."""
     if not spec.sparse:
@@ -128,11 +156,12 @@ class CKernel(LoadedKernel):
     """A compiled C kernel, called on numpy arrays in place (no copies).
 
     The C function runs without the GIL (cffi releases it), so several Python threads can run kernels
-    at once.
+    at once. In a forked child, the forking thread runs kernels on one thread (see the module).
     """
 
     def __init__(self, spec: Spec, source: Source, path: Path):
         super().__init__(spec, source, path)
+        _track_openmp(path)
         self._scalars = f"{'float' if spec.dtype == 'float32' else 'double'}[]"
         self._index = f"{spec.index_dtype}_t[]"
         self._hparams = self.ffi.typeof("lazyadam_hparams *")
