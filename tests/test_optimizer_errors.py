@@ -3,12 +3,14 @@ nothing (parameters, moments, beta powers, step)."""
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
 import pytest
 
 from lazyadam import LazyAdam, Parameter, RowTensor
+from lazyadam.schedules import ExponentialDecayLR
 
 
 @pytest.fixture
@@ -273,3 +275,117 @@ def test_an_empty_index_list_is_an_empty_batch():
     assert opt((RowTensor([], np.zeros((0, 2), np.float32), table.shape),))
     assert opt.global_step == 1
     np.testing.assert_array_equal(table.data, 1.0)
+
+
+# -- values that are legal, or refused with a clear error, after a hostile test run -------------
+
+def test_np_float64_hyperparameters_are_python_floats(params, rng):
+    """np.float64 subclasses float (MindSpore's checks accept it); np.float32 stays refused."""
+    grads = good_gradients(params)
+    twins = [Parameter(p.asnumpy(), name=p.name) for p in params]
+    numpy_floats = make(params, beta1=np.float64(0.8), beta2=np.float64(0.99),
+                        eps=np.float64(1e-7), weight_decay=np.float64(0.01),
+                        loss_scale=np.float64(2.0))
+    python_floats = make(twins, beta1=0.8, beta2=0.99, eps=1e-7, weight_decay=0.01,
+                         loss_scale=2.0)
+    for _ in range(3):
+        numpy_floats(grads)
+        python_floats(grads)
+    for a, b in zip(params, twins):
+        np.testing.assert_array_equal(a.data, b.data)
+    assert type(numpy_floats.beta1) is float and numpy_floats.beta1_power == 0.8 ** 3
+
+
+class Overflowing(ExponentialDecayLR):
+    """1e-300 * (1e100 ** k): 1 at step 3; at step 4, 1e100 ** 4 overflows."""
+
+    def __init__(self):
+        super().__init__(1e-300, 1e100, 1)
+
+
+@pytest.mark.parametrize("which", ["learning_rate", "weight_decay"])
+def test_a_schedule_that_overflows_is_a_value_error_naming_it_and_the_step(params, which):
+    opt = make(params, **{which: Overflowing()}, **({"learning_rate": 0.0}
+                                                     if which == "weight_decay" else {}))
+    zero = [RowTensor(np.array([0]), np.zeros((1, 3), np.float32), (6, 3)),
+            np.zeros((2, 2), np.float32)]
+    for _ in range(4):
+        opt(zero)
+    before = snapshot(opt)
+    with pytest.raises(ValueError, match=f"{which} schedule Overflowing.* failed at step 4: "
+                                         "OverflowError"):
+        opt(zero)
+    assert_unchanged(opt, before)
+
+
+def endless(value, limit=10_000):
+    """`itertools.repeat(value)`, but failing loudly if read eagerly instead of filling memory."""
+    for count, item in enumerate(itertools.repeat(value)):
+        if count == limit:
+            raise AssertionError("an endless learning rate was read eagerly")
+        yield item
+
+
+def test_an_endless_iterable_learning_rate_is_read_as_the_steps_need_it(params):
+    source = endless(1e-3)
+    opt = make(params, learning_rate=source)
+    for step in range(5):
+        assert opt.get_lr() == 1e-3
+        assert opt(good_gradients(params))
+    assert opt.global_step == 5 and opt.dynamic_lr and opt.learning_rate is source
+
+
+@pytest.mark.parametrize("bad, error, message", [
+    (-0.5, ValueError, r"learning_rate must be finite and >= 0, got -0.5 at position 2"),
+    (math.nan, ValueError, "got nan at position 2"),
+    ("fast", TypeError, r"learning_rate\[2\] must be a real number, got str"),
+])
+def test_a_bad_value_of_an_iterator_is_refused_at_its_step_and_after(params, bad, error,
+                                                                     message):
+    opt = make(params, learning_rate=iter([0.1, 0.2, bad, 0.3]))
+    opt(good_gradients(params))
+    opt(good_gradients(params))
+    before = snapshot(opt)
+    for _ in range(2):  # the value after the bad one cannot stand in for it
+        with pytest.raises(error, match=message):
+            opt(good_gradients(params))
+        assert_unchanged(opt, before)
+
+
+def test_an_iterator_is_checked_from_its_first_value(params):
+    with pytest.raises(ValueError, match="learning_rate is an empty iterator"):
+        make(params, learning_rate=iter([]))
+    with pytest.raises(ValueError, match="got -1.0 at position 0"):
+        make(params, learning_rate=(x for x in [-1.0, 0.1]))
+    opt = make(params, learning_rate=iter([0.1]))
+    opt(good_gradients(params))
+    with pytest.raises(IndexError, match="learning_rate has 1 values.*step 1"):
+        opt(good_gradients(params))
+
+
+ALIASES = {
+    "dense gradient is the parameter": lambda t, d, opt: [good_gradients([t, d])[0], d.data],
+    "dense gradient is a view of moment2": lambda t, d, opt: [
+        good_gradients([t, d])[0], opt.moment2[1].data[:, :]],
+    "values are rows of the parameter": lambda t, d, opt: [
+        RowTensor(np.array([1, 0]), t.data[:2], t.shape), np.ones((2, 2), np.float32)],
+    "values are rows of moment1": lambda t, d, opt: [
+        RowTensor(np.array([1, 0]), opt.moment1[0].data[3:5], t.shape),
+        np.ones((2, 2), np.float32)],
+    "indices are the parameter's bytes": lambda t, d, opt: [
+        RowTensor(t.data[2].view(np.int32), np.ones((3, 3), np.float32), t.shape),
+        np.ones((2, 2), np.float32)],
+}
+
+
+@pytest.mark.parametrize("case", ALIASES)
+def test_a_gradient_that_shares_memory_with_what_the_step_writes_is_refused(case):
+    table = Parameter(np.zeros((6, 3), np.float32), name="table")  # zero bytes: valid indices
+    dense = Parameter(np.ones((2, 2), np.float32), name="dense")
+    opt = make([table, dense], learning_rate=0.1)
+    opt(good_gradients([table, dense]))
+    before = snapshot(opt)
+    with pytest.raises(ValueError, match=r"gradient [01] \(parameter '(table|dense)'\).*shares "
+                                         "memory with the .*parameter.*pass a copy"):
+        opt(ALIASES[case](table, dense, opt))
+    assert_unchanged(opt, before)

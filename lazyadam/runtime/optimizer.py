@@ -1,4 +1,4 @@
-"""`LazyAdam`: MindSpore's `nn.LazyAdam` API over the generated kernels (SEMANTICS.md).
+"""`LazyAdam`: MindSpore's `nn.LazyAdam` API over the generated kernels (docs/semantics.md).
 
 A call `optimizer(gradients)` works in two phases, so that a failed call changes nothing:
 
@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import threading
-from collections.abc import Iterable, Mapping, Set
+from collections.abc import Iterable, Iterator, Mapping, Set, Sized
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -87,10 +87,11 @@ class LazyAdam:
         params: a list of `Parameter`s, or of group dicts with keys `params` (required), `lr`,
             `weight_decay`, `grad_centralization`; one more dict holding only `order_params` fixes
             the order of parameters (and of gradients) to exactly the grouped parameters.
-        learning_rate: float or int (fixed); 0-d array (fixed); 1-d array or finite iterable,
-            read once here (step k uses `lr[k]`); or a `LearningRateSchedule` (step k uses
-            `schedule(k)`).
-        beta1, beta2: moment decay rates, Python floats in (0, 1).
+        learning_rate: float or int (fixed); 0-d array (fixed); 1-d array or sequence, read
+            once here, or an iterator (a generator, `itertools.repeat`), read as the steps need
+            it (step k uses `lr[k]`); or a `LearningRateSchedule` (step k uses `schedule(k)`).
+        beta1, beta2: moment decay rates, Python floats in (0, 1) (np.float64, a subclass of
+            float, is one; np.float32 is not).
         eps: Python float > 0, added to `sqrt(v)`.
         use_locking: make concurrent calls atomic (see Threads).
         use_nesterov: Nesterov momentum.
@@ -104,7 +105,8 @@ class LazyAdam:
             bias-corrected `sqrt(v_hat)`, as `torch.optim.Adam`).
 
     Raises:
-        TypeError, ValueError, KeyError, RuntimeError: as SEMANTICS.md's table of bad input.
+        TypeError, ValueError, KeyError, RuntimeError: as the table of bad input in
+            docs/semantics.md.
     """
 
     def __init__(self, params: Any, learning_rate: Any = 1e-3, beta1: float = 0.9,
@@ -134,7 +136,7 @@ class LazyAdam:
         if eps_mode not in ("mindspore", "pytorch"):
             raise ValueError(f"eps_mode must be 'mindspore' or 'pytorch', got {eps_mode!r}")
 
-        self.beta1, self.beta2, self.eps = beta1, beta2, eps
+        self.beta1, self.beta2, self.eps = float(beta1), float(beta2), float(eps)
         self.use_locking, self.use_nesterov = use_locking, use_nesterov
         self.loss_scale = float(loss_scale)
         self.amsgrad, self.decoupled_weight_decay = amsgrad, decoupled_weight_decay
@@ -287,8 +289,8 @@ class LazyAdam:
         if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 0:
             raise ValueError(f"global_step must be an int >= 0, got {step!r}")
         powers = [state["beta1_power"], state["beta2_power"]]
-        if not all(isinstance(p, (float, int)) and 0.0 < p <= 1.0 for p in powers):
-            raise ValueError(f"beta powers must lie in (0, 1], got {powers}")
+        if not all(_is_number(p) and 0.0 <= p <= 1.0 for p in powers):  # beta^t underflows to 0
+            raise ValueError(f"beta powers must lie in [0, 1], got {powers}")
         wanted = _STATE_ARRAYS[: 4 if self.amsgrad else 3]
         if "vmax" in state and not self.amsgrad:
             raise ValueError("state holds amsgrad's vmax, this optimizer has amsgrad=False")
@@ -344,7 +346,9 @@ class LazyAdam:
                 not where its parameter lives (host memory or a CUDA device); indices that are not
                 integers; grad_centralization of a device array whose library has no mean().
             ValueError: the wrong number of gradients; a shape that does not fit its parameter;
-                a device gradient on another GPU than its parameter.
+                a device gradient on another GPU than its parameter; a gradient that shares
+                memory with its parameter or moments; a schedule that fails (overflows) or gives
+                a negative or non-finite value, or such a value of a learning-rate iterator.
             IndexError: an index outside its parameter's rows (the first one is named); a
                 learning-rate sequence that has no value for this step.
             CompilationError: a kernel failed to build.
@@ -410,7 +414,7 @@ class _Slot:
     """One parameter with its moments, kernel spec and bound kernel calls."""
 
     __slots__ = ("param", "dtype", "on_device", "group", "centralize", "spec", "target", "m", "v",
-                 "vmax", "calls")
+                 "vmax", "written", "calls")
 
     def __init__(self, param: Parameter, group: int, centralize: bool, spec: Spec, target: str,
                  m: Parameter, v: Parameter, vmax: Parameter | None = None):
@@ -418,6 +422,8 @@ class _Slot:
         self.dtype, self.on_device = param.dtype, param.on_device  # fixed with the array object
         self.spec, self.target = spec, target
         self.m, self.v, self.vmax = m, v, vmax
+        #: (Parameter, array) of each array a step writes, for the gradients' overlap check.
+        self.written = tuple((a, a.data) for a in (param, m, v, vmax) if a is not None)
         self.calls: dict[tuple[bool, str], Callable[[Any, tuple], None]] = {}
 
     def call(self, sparse: bool, index_dtype: str = "int64") -> Callable[[Any, tuple], None]:
@@ -462,6 +468,7 @@ class _Slot:
         grad = contiguous(grad)
         if self.centralize and len(grad.shape) >= 2:
             grad = contiguous(centralized(grad))
+        self._check_disjoint(where, "", grad)
         return grad, self.call(False)
 
     def _sparse(self, where: str, grad: RowTensor) -> tuple[Any, Any]:
@@ -495,8 +502,26 @@ class _Slot:
                 raise IndexError(f"{where}: {index_error(to_host(indices), rows)}")
         if index_dtype not in INDEX_DTYPES:
             indices, index_dtype = astype(indices, np.int64), np.dtype(np.int64)
-        return ((contiguous(indices), contiguous(values)),
-                self.call(True, INDEX_DTYPES[index_dtype]))
+        indices, values = contiguous(indices), contiguous(values)
+        self._check_disjoint(where, "indices", indices)
+        self._check_disjoint(where, "values", values)
+        return (indices, values), self.call(True, INDEX_DTYPES[index_dtype])
+
+    def _check_disjoint(self, where: str, what: str, array: Any) -> None:
+        """A gradient may not share memory with what its kernel writes (the parameter, its
+        moments): the kernel would read values it has already overwritten, in an order that
+        depends on its threads.
+
+        Raises:
+            ValueError: naming the gradient and the array it shares memory with.
+        """
+        overlaps = _overlap_device if self.on_device else np.may_share_memory
+        for state, data in self.written:
+            if overlaps(array, data):
+                whose = "" if state is self.param else f" {state.name.partition('.')[0]} of"
+                raise ValueError(f"{_subject(where, what)} shares memory with the{whose} "
+                                 f"parameter {self.param.name!r}, which this step writes; pass "
+                                 "a copy")
 
     def _check_location(self, where: str, what: str, array: Any) -> None:
         """A gradient lives where its parameter does: host memory, or the parameter's device."""
@@ -512,6 +537,18 @@ class _Slot:
             if device is not None and home is not None and device != home:
                 raise ValueError(f"{_subject(where, what)} is on CUDA device {device}, the "
                                  f"parameter on device {home}")
+
+
+def _overlap_device(a: Any, b: Any) -> bool:
+    """Whether two contiguous device arrays overlap."""
+    (a0, a1), (b0, b1) = (_device_span(x) for x in (a, b))
+    return a0 < b1 and b0 < a1
+
+
+def _device_span(array: Any) -> tuple[int, int]:
+    """[first byte, past the last byte) of a contiguous device array."""
+    view = DeviceArray(array, "array")
+    return view.ptr, view.ptr + view.size * view.dtype.itemsize
 
 
 def _subject(where: str, what: str) -> str:
@@ -562,20 +599,31 @@ class _Group:
 
 
 class _Rate:
-    """A learning rate or weight decay as a function of the step k: fixed, a sequence or a schedule."""
+    """A learning rate or weight decay as a function of the step k: fixed, a sequence or a schedule.
 
-    __slots__ = ("what", "value", "values", "schedule", "dynamic")
+    A sequence is an array read once, or an iterator (a generator, `itertools.repeat`, ...) read
+    as the steps need it, so that an endless one works. Values of an iterator are checked as they
+    are read; a bad one is refused at the step that needs it, and at every later one.
+    """
 
-    def __init__(self, what: str, value: float = 0.0, values: np.ndarray | None = None,
-                 schedule: LearningRateSchedule | None = None):
+    __slots__ = ("what", "value", "values", "schedule", "dynamic", "pending", "refused", "lock")
+
+    def __init__(self, what: str, value: float = 0.0, values: np.ndarray | list | None = None,
+                 schedule: LearningRateSchedule | None = None, pending: Iterator | None = None):
         self.what, self.value, self.values, self.schedule = what, value, values, schedule
+        self.pending = pending  # the iterator that `values` is still read from
+        self.refused: Exception | None = None  # why the iterator's next value was refused
+        self.lock = threading.Lock()  # one reader of `pending` at a time
         self.dynamic = values is not None or schedule is not None
 
     @property
-    def source(self) -> float | np.ndarray | LearningRateSchedule:
-        """What the user gave, as read: a float, a float64 array (one value per step) or a schedule."""
+    def source(self) -> float | np.ndarray | Iterator | LearningRateSchedule:
+        """What the user gave, as read: a float, a float64 array (one value per step), an iterator
+        or a schedule."""
         if self.schedule is not None:
             return self.schedule
+        if self.pending is not None:
+            return self.pending
         return self.values if self.values is not None else self.value
 
     def at(self, step: int) -> float:
@@ -583,25 +631,73 @@ class _Rate:
 
         Raises:
             IndexError: a sequence has no value for `step`.
-            ValueError: a schedule gave a negative or non-finite value.
+            TypeError: an iterator gave something other than a real number for `step` or before.
+            ValueError: a schedule failed (overflowed) or gave a negative or non-finite value; an
+                iterator gave one for `step` or before.
         """
         if self.values is not None:
+            if step >= len(self.values) and self.pending is not None:
+                self.read(step)
             if step >= len(self.values):
                 raise IndexError(f"{self.what} has {len(self.values)} values (steps 0.."
                                  f"{len(self.values) - 1}); there is none for step {step}")
             return float(self.values[step])
         if self.schedule is None:
             return self.value
-        value = float(self.schedule(step))
+        try:
+            value = float(self.schedule(step))
+        except ArithmeticError as error:
+            raise ValueError(f"{self.what} schedule {self.schedule!r} failed at step {step}: "
+                             f"{type(error).__name__}: {error}") from None
         if not (math.isfinite(value) and value >= 0.0):
             raise ValueError(f"{self.what} schedule {type(self.schedule).__name__} gave "
                              f"{value!r} for step {step}; it must be finite and >= 0")
         return value
 
+    def read(self, step: int) -> None:
+        """Reads the iterator up to the value of `step` (or its end), checking each value.
+
+        Raises:
+            TypeError, ValueError: a value up to `step` is refused (`_sequence_value`); the values
+                after it cannot be numbered, so every later read raises the same.
+        """
+        with self.lock:
+            while self.pending is not None and len(self.values) <= step:
+                if self.refused is not None:
+                    raise type(self.refused)(*self.refused.args)
+                try:
+                    value = next(self.pending)
+                except StopIteration:
+                    self.pending = None
+                    return
+                try:
+                    self.values.append(_sequence_value(value, self.what, len(self.values)))
+                except (TypeError, ValueError) as error:
+                    self.refused = error
+                    raise
+
+
+def _sequence_value(value: Any, what: str, position: int) -> float:
+    """One value of a learning-rate iterator, as a float.
+
+    Raises:
+        TypeError: not a real number.
+        ValueError: negative or not finite.
+    """
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer,
+                                                                     np.floating)):
+        raise TypeError(f"{what}[{position}] must be a real number, got "
+                        f"{type(value).__name__}: {value!r}")
+    value = float(value)
+    if not (math.isfinite(value) and value >= 0.0):
+        raise ValueError(f"{what} must be finite and >= 0, got {value!r} at position {position}")
+    return value
+
 
 def _is_float(value: Any) -> bool:
-    """A Python float: numpy scalars (np.float64 subclasses float) do not count."""
-    return isinstance(value, float) and not isinstance(value, np.generic)
+    """A Python float, subclasses included: np.float64 is one (as MindSpore's checks accept it),
+    np.float32 is not."""
+    return isinstance(value, float)
 
 
 def _is_number(value: Any) -> bool:
@@ -610,15 +706,25 @@ def _is_number(value: Any) -> bool:
 
 
 def _rate(value: Any, what: str) -> _Rate:
-    """Parses a learning rate (SEMANTICS "Learning rate and weight decay")."""
+    """Parses a learning rate (docs/semantics.md "Learning rate and weight decay").
+
+    An iterator (anything iterable without a length, e.g. a generator) is read lazily; its first
+    value is read and checked here.
+    """
     if isinstance(value, LearningRateSchedule):
         return _Rate(what, schedule=value)
-    if _is_number(value):
+    if _is_number(value) and not isinstance(value, np.generic):
         return _Rate(what, _non_negative(float(value), what))
     if isinstance(value, (str, bytes, Mapping, Set, np.generic, bool)) or not (
             isinstance(value, (Iterable, np.ndarray)) or hasattr(value, "__array__")):
         raise TypeError(f"{what} must be a float, an int, an array, an ordered iterable (not a "
                         f"set) or a LearningRateSchedule, got {type(value).__name__}: {value!r}")
+    if not (isinstance(value, Sized) or hasattr(value, "__array__")):
+        rate = _Rate(what, values=[], pending=iter(value))
+        rate.read(0)
+        if not rate.values:
+            raise ValueError(f"{what} is an empty iterator")
+        return rate
     try:
         values = np.asarray(value if hasattr(value, "__array__") else list(value))
     except (TypeError, ValueError) as error:
