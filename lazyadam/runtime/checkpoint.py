@@ -3,16 +3,22 @@
 Layout (a zip written by `numpy.savez`; no pickles anywhere):
 
     header.npy               the JSON header below, as uint8 bytes
-    parameters/<name>.npy    each parameter
-    moment1/<name>.npy       each first moment
-    moment2/<name>.npy       each second moment
-    vmax/<name>.npy          each running max of v (amsgrad only)
+    parameters/<k>.npy       parameter number k (0, 1, ...: the order of the header's list)
+    moment1/<k>.npy          its first moment
+    moment2/<k>.npy          its second moment
+    vmax/<k>.npy             its running max of v (amsgrad only)
 
 The header holds the format name and version, the step and beta powers (JSON floats round-trip
 exactly, so resumed training continues bitwise), the betas, the name, shape and dtype of every
-parameter, and the sha256 of every array (`payload_sha256`). A file is first written under a
-temporary name in the target folder, flushed to disk, then renamed over the target: a crash while
-saving leaves the old checkpoint (or none), never half a file.
+parameter, and the sha256 of every array under its section and parameter name
+(`payload_sha256`). Names live only in the JSON header, so any name round-trips (`a` and
+`a.npy`, a NUL, any unicode); version 1 files, whose members were named by parameter name, are
+still read.
+
+A file is first written under a temporary name in the target folder (`.<file>.<host>.<pid>.*.tmp`),
+flushed to disk, then renamed over the target: a crash while saving leaves the old checkpoint (or
+none), never half a file. The next save to the same path removes the temporaries of saves whose
+process died on this host (killed mid-save).
 """
 
 from __future__ import annotations
@@ -20,20 +26,30 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import lzma
 import os
+import re
+import struct
 import tempfile
 import zipfile
+import zlib
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .. import processes
 from .parameter import to_host
 
 if TYPE_CHECKING:
     from .optimizer import LazyAdam
 
 FORMAT = "lazyadam-checkpoint"
-VERSION = 1
+VERSION = 2
+READABLE = (1, 2)
+#: What reading a damaged zip or .npy member can raise, besides ValueError and its kin.
+_DAMAGE = (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, KeyError, TypeError, OSError,
+           EOFError, UnicodeDecodeError, NotImplementedError, RuntimeError, zlib.error,
+           lzma.LZMAError, struct.error)
 SECTIONS = ("parameters", "moment1", "moment2", "vmax")
 _SCALARS = ("global_step", "beta1_power", "beta2_power", "beta1", "beta2", "amsgrad")
 
@@ -69,19 +85,24 @@ def write(state: dict[str, Any], path: str | os.PathLike) -> None:
     """
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
+    names = list(state["parameters"])
     arrays = {f"{section}/{name}": np.ascontiguousarray(to_host(array))
               for section in SECTIONS if section in state
               for name, array in state[section].items()}
     header = {"format": FORMAT, "version": VERSION, **{k: state[k] for k in _SCALARS},
               "parameters": [{"name": name, "shape": list(arrays[f"parameters/{name}"].shape),
                               "dtype": str(arrays[f"parameters/{name}"].dtype)}
-                             for name in state["parameters"]],
+                             for name in names],
               "payload_sha256": _digest(arrays)}
-    fd, temporary = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.",
+    members = {f"{section}/{k}": arrays[f"{section}/{name}"]
+               for section in SECTIONS if section in state for k, name in enumerate(names)}
+    _remove_abandoned_temporaries(path)
+    host, pid = processes.me()
+    fd, temporary = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.{host}.{pid}.",
                                      suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, header=np.frombuffer(json.dumps(header).encode(), np.uint8), **arrays)
+            np.savez(f, header=np.frombuffer(json.dumps(header).encode(), np.uint8), **members)
             f.flush()
             os.fsync(f.fileno())
         os.replace(temporary, path)
@@ -108,9 +129,10 @@ def read(path: str | os.PathLike) -> dict[str, Any]:
                 _check_header(header)
                 names = [p["name"] for p in header["parameters"]]
                 sections = SECTIONS if header["amsgrad"] else SECTIONS[:3]
-                arrays = {f"{s}/{n}": archive[f"{s}/{n}"] for s in sections for n in names}
-        except (zipfile.BadZipFile, ValueError, KeyError, TypeError, OSError, EOFError,
-                UnicodeDecodeError) as error:
+                member = (lambda k, n: n) if header["version"] == 1 else (lambda k, n: k)
+                arrays = {f"{s}/{n}": archive[f"{s}/{member(k, n)}"] for s in sections
+                          for k, n in enumerate(names)}
+        except _DAMAGE as error:
             raise ValueError(f"{path}: damaged or not a lazyadam checkpoint "
                              f"({type(error).__name__}: {error})") from None
     if _digest(arrays) != header["payload_sha256"]:
@@ -132,9 +154,9 @@ def read(path: str | os.PathLike) -> dict[str, Any]:
 def _check_header(header: Any) -> None:
     if not isinstance(header, dict) or header.get("format") != FORMAT:
         raise ValueError(f"the header does not name the format {FORMAT!r}")
-    if header.get("version") != VERSION:
+    if header.get("version") not in READABLE:
         raise ValueError(f"format version {header.get('version')!r}; this lazyadam reads "
-                         f"version {VERSION}")
+                         f"versions {', '.join(map(str, READABLE))}")
     missing = [k for k in (*_SCALARS, "parameters", "payload_sha256") if k not in header]
     if missing:
         raise ValueError(f"the header lacks {', '.join(missing)}")
@@ -145,9 +167,23 @@ def _digest(arrays: dict[str, np.ndarray]) -> str:
     digest = hashlib.sha256()
     for key in sorted(arrays):
         array = np.ascontiguousarray(arrays[key])
-        digest.update(f"{key}\0{array.dtype.str}\0{array.shape}\0".encode())
+        digest.update(f"{key}\0{array.dtype.str}\0{array.shape}\0".encode("utf-8",
+                                                                           "surrogatepass"))
         digest.update(array.reshape(-1).view(np.uint8))
     return digest.hexdigest()
+
+
+def _remove_abandoned_temporaries(path: str) -> None:
+    """Removes the temporaries that saves to `path` left when their process died on this host."""
+    folder, base = os.path.split(os.path.abspath(path))
+    host, _ = processes.me()
+    ours = re.compile(rf"\.{re.escape(base)}\.{re.escape(host)}\.([0-9]+)\.[^.]+\.tmp")
+    with contextlib.suppress(OSError):
+        for name in os.listdir(folder):
+            found = ours.fullmatch(name)
+            if found and processes.gone(host, int(found.group(1))):
+                with contextlib.suppress(OSError):
+                    os.unlink(os.path.join(folder, name))
 
 
 def _fsync_folder(folder: str) -> None:
