@@ -1,4 +1,4 @@
-"""Generate, compile and run one LazyAdam kernel: the known sparse step of SEMANTICS.md.
+"""Generate, compile and run one LazyAdam kernel: the known sparse step of docs/semantics.md.
 
     python examples/quickstart.py
 """

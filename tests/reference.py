@@ -1,4 +1,4 @@
-"""A plain numpy reference for one LazyAdam step, mirroring /work/shared/SEMANTICS.md line by line.
+"""A plain numpy reference for one LazyAdam step, mirroring docs/semantics.md line by line.
 
 Everything is computed in float64 on copies, so the kernels (float32 or float64) can be checked
 against it with tolerances chosen by their dtype. It deliberately does not import `lazyadam`.
@@ -13,7 +13,7 @@ EPS_MODES = ("mindspore", "pytorch")
 
 
 def _effective_gradient(grad, w, *, weight_decay, decay, loss_scale, maximize):
-    """SEMANTICS "One step" 2: `g = g/loss_scale + wd*w`, with maximize's `g = -g` in between.
+    """docs/semantics.md "One step" 2: `g = g/loss_scale + wd*w`, maximize's `g = -g` between.
 
     The order (negate, then add the L2 term) is PyTorch's, so maximize ascends the loss but
     still decays the weights towards zero.
@@ -27,7 +27,8 @@ def _effective_gradient(grad, w, *, weight_decay, decay, loss_scale, maximize):
 
 
 def _check_indices(indices, rows, values_shape, row_shape):
-    """SEMANTICS "Bad input": 1-d integer indices in `[0, rows)`, values `(len(indices),) + row`."""
+    """docs/semantics.md "Bad input": 1-d integer indices in `[0, rows)`, values of shape
+    `(len(indices),) + row`."""
     idx = np.asarray(indices)
     if idx.ndim != 1 or not np.issubdtype(idx.dtype, np.integer):
         raise ValueError(f"indices must be a 1-d integer array, got shape {idx.shape} "
@@ -58,7 +59,7 @@ def lazyadam_step(var, m, v, grad, *, lr, beta1, beta2, eps, beta1_power, beta2_
         weight_decay: used only when decay is "l2" (added to the gradient) or "decoupled" (AdamW).
         decay: "none", "l2" or "decoupled".
         loss_scale: the gradient is divided by it.
-        nesterov, amsgrad, maximize: the flags of SEMANTICS.md.
+        nesterov, amsgrad, maximize: the flags of docs/semantics.md.
         vmax: running max of v for amsgrad; None means zeros (the first step).
         eps_mode: "mindspore" (eps added to sqrt(v), correction folded into lr_t) or "pytorch"
             (eps added to the bias-corrected sqrt(v_hat), as torch.optim.Adam).

@@ -1,4 +1,5 @@
-"""The optimizer's bookkeeping in plain numpy, over `reference.lazyadam_step` (SEMANTICS "One step").
+"""The optimizer's bookkeeping in plain numpy, over `reference.lazyadam_step` (docs/semantics.md
+"One step").
 
 Step k (from 0) uses `lr_at(k, i)` and `wd_at(k, i)` for parameter i; the beta powers are running
 products multiplied before the step; gradient centralization subtracts the mean over every axis but

@@ -77,7 +77,8 @@ def test_every_variant_matches_reference(kernels, spec, rng):
         assert not got[1][untouched].any() and not got[2][untouched].any()
 
 
-# Known values of SEMANTICS.md (kernel level: beta1_power = 0.9, beta2_power = 0.999 passed in).
+# Known values of docs/semantics.md (kernel level: beta1_power = 0.9, beta2_power = 0.999 passed
+# in).
 KNOWN_HP = HParams(lr=0.001, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0, loss_scale=1.0,
                    beta1_power=0.9, beta2_power=0.999)
 
@@ -102,7 +103,7 @@ def test_known_dense_value():
 
 
 def test_duplicate_row_is_decayed_per_occurrence():
-    """SEMANTICS: wd*w is added per occurrence, before duplicates are summed."""
+    """docs/semantics.md: wd*w is added per occurrence, before duplicates are summed."""
     kernel = lazyadam.compile(Spec(sparse=True, decay="l2", dtype="float64"))
     var = np.array([[2.0], [3.0]])
     m, v = np.zeros_like(var), np.zeros_like(var)

@@ -1,4 +1,4 @@
-"""`LazyAdam` against SEMANTICS.md: known values, multi-step runs against the numpy reference,
+"""`LazyAdam` against docs/semantics.md: known values, multi-step runs against the numpy reference,
 learning-rate forms, weight decay, groups, state, kernel choice and caching."""
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ def assert_matches(opt, expected, dtype):
     assert opt.beta1_power == beta1_power and opt.beta2_power == beta2_power
 
 
-# SEMANTICS "Known values": m = v = ones on the first step, where beta^1 is 0.9 and 0.999.
+# docs/semantics.md "Known values": m = v = ones on the first step, where beta^1 is 0.9 and 0.999.
 
 @pytest.mark.parametrize("nesterov, expected", [(False, 0.9997121), (True, 0.99973774)])
 def test_known_sparse_values(nesterov, expected):

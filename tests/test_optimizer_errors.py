@@ -1,5 +1,5 @@
-"""Every row of SEMANTICS.md's table of bad input: the documented error, and a failed call changes
-nothing (parameters, moments, beta powers, step)."""
+"""Every row of the table of bad input in docs/semantics.md: the documented error, and a failed
+call changes nothing (parameters, moments, beta powers, step)."""
 
 from __future__ import annotations
 

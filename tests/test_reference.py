@@ -1,6 +1,6 @@
 """Checks of tests/reference.py against things that are not the reference.
 
-1. The known values of SEMANTICS.md (MindSpore's own tests).
+1. The known values of docs/semantics.md (MindSpore's own tests).
 2. PyTorch in float64, several steps: torch.optim.Adam / AdamW (eps_mode="pytorch"), and
    torch.optim.SparseAdam for the lazy path.
 3. Lazy semantics by hand: untouched rows stay bit-for-bit, a duplicated row is L2-decayed twice.
@@ -14,7 +14,7 @@ import pytest
 
 from reference import lazyadam_step, run_steps
 
-KNOWN_ATOL = 1e-7        # SEMANTICS.md quotes the known values to 7-8 significant digits
+KNOWN_ATOL = 1e-7        # docs/semantics.md quotes the known values to 7-8 significant digits
 TORCH_RTOL = 1e-12       # float64 on both sides; only the order of operations differs
 TORCH_ATOL = 1e-14
 

@@ -172,7 +172,7 @@ def test_shipped_source_matches_reference_with_and_without_openmp(libraries, spe
 
 
 def test_duplicate_row_is_decayed_per_occurrence_and_loss_scaled(libraries):
-    """SEMANTICS: `values[i]/loss_scale + wd*w[indices[i]]` per occurrence, then summed."""
+    """docs/semantics.md: `values[i]/loss_scale + wd*w[indices[i]]` per occurrence, then summed."""
     spec = SPECS[1]  # nesterov, l2, float64, int32 indices
     kernel = Shipped(spec, libraries["serial"])
     var = np.array([[2.0], [3.0]])
@@ -250,7 +250,7 @@ CPP_MAIN = r"""
 #include <cstdio>
 
 int main() {
-    /* The known values of SEMANTICS.md: beta powers 0.9 and 0.999 passed in. */
+    /* The known values of docs/semantics.md: beta powers 0.9 and 0.999 passed in. */
     const lazyadam_hparams hp = {0.001, 0.9, 0.999, 1e-8, 0.0, 1.0, 0.9, 0.999};
     float var[2] = {1, 1}, m[2] = {1, 1}, v[2] = {1, 1}, values[2] = {0.1f, 0.1f};
     const int64_t rows[1] = {0};

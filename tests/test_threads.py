@@ -1,5 +1,5 @@
-"""Several threads calling one optimizer (SEMANTICS "use_locking"), and a process forked after
-kernels ran."""
+"""Several threads calling one optimizer (docs/semantics.md "use_locking and threads"), and a
+process forked after kernels ran."""
 
 from __future__ import annotations
 

@@ -205,7 +205,7 @@ ONE = Const(1.0)
 
 # [Spec] -> [ir.Kernel]
 def lower(spec: Spec) -> Kernel:
-    """Writes the LazyAdam rule of SEMANTICS.md, every option included behind a `Switch`."""
+    """Writes the LazyAdam rule of docs/semantics.md, every option included behind a `Switch`."""
     spec.validate()
     beta1, beta2, eps, lr, wd = _p("beta1"), _p("beta2"), _p("eps"), _p("lr"), _p("weight_decay")
     w, m, v, vmax, g = _e("var"), _e("m"), _e("v"), _e("vmax"), _e("g")

@@ -345,9 +345,9 @@ class RowTensor:
 
     It stands for the dense gradient `G` of shape `dense_shape` with `G[indices[i]] += values[i]`
     (duplicate indices are summed). Nothing is checked here: the optimizer checks every gradient of
-    a call against its parameter before it writes anything (SEMANTICS "Bad input"). Device arrays
-    are kept as they are (a device parameter takes indices and values on its device); anything
-    else becomes a numpy array.
+    a call against its parameter before it writes anything (docs/semantics.md "Bad input").
+    Device arrays are kept as they are (a device parameter takes indices and values on its
+    device); anything else becomes a numpy array.
 
     Args:
         indices: 1-d integer array of row numbers.

@@ -1,8 +1,8 @@
 """Learning-rate schedules as in MindSpore's `mindspore.nn` (learning_rate_schedule).
 
 A schedule is a pure function of the global step k (0 on the optimizer's first call); `LazyAdam`
-calls it once per step for a dynamic learning rate or weight decay (SEMANTICS "Learning rate and
-weight decay"):
+calls it once per step for a dynamic learning rate or weight decay (docs/semantics.md "Learning
+rate and weight decay"):
 
     schedule = CosineDecayLR(min_lr=0.001, max_lr=0.01, decay_steps=1000)
     schedule(0), schedule(500), schedule(1000)   # about 0.01, 0.0055, 0.001
