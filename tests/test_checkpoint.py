@@ -210,8 +210,9 @@ def small_checkpoint(tmp_path):
 
 
 def flips(path):
-    """(offset, mask) of flips of the lowest and highest bit of every byte of the zip structures: each
-    local file header and the central directory (member data is covered by the zip's CRC)."""
+    """(offset, mask) of flips of the lowest and highest bit of every byte of the zip structures
+    (each local file header and the central directory; member data is covered by the zip's CRC),
+    and of every bit of the flags and compression method."""
     with zipfile.ZipFile(path) as archive:
         infos = archive.infolist()
         start = archive.start_dir

@@ -48,7 +48,8 @@ def test_symbols_are_readable_and_distinct():
     (dict(static={"loss_scale": 10 ** 400}), "static loss_scale must be a finite number"),
     # A baked value whose literal in the kernel's dtype would be inf, or 0 where 0 is illegal.
     (dict(static={"loss_scale": 1e50}), r"static loss_scale = 1e\+50 overflows float32"),
-    (dict(decay="l2", static={"weight_decay": 3.5e38}), r"static weight_decay = 3.5e\+38 overflows"),
+    (dict(decay="l2", static={"weight_decay": 3.5e38}),
+     r"static weight_decay = 3.5e\+38 overflows"),
     (dict(static={"eps": 1e-50}), "static eps = 1e-50 underflows to 0 in float32"),
     (dict(static={"beta1": 1e-46}), "static beta1 = 1e-46 underflows to 0 in float32"),
     (dict(static={"loss_scale": 5e-324}, dtype="float32"), "underflows to 0 in float32"),
@@ -220,7 +221,7 @@ def test_a_name_the_generated_files_already_use_is_refused(case):
 
 
 def test_every_identifier_of_the_generated_files_is_refused():
-    """All but those built from the kernel's own symbol (`<symbol>_multi`), which follow the name."""
+    """All but those built from the kernel's own symbol (`<symbol>_multi`): they follow it."""
     for spec in (Spec(use_locking=True, amsgrad=True), Spec(sparse=False, use_locking=True)):
         for target in ("c", "cuda"):
             own = generate(spec, target)
@@ -232,7 +233,7 @@ def test_every_identifier_of_the_generated_files_is_refused():
 
 
 def test_a_name_is_refused_when_a_name_built_from_it_clashes():
-    """A CUDA kernel named `step` also defines `step_multi`, `STEP_H`, ...: those must be free too."""
+    """A CUDA kernel named `step` also defines `step_multi`, `STEP_H`, ...: they must be free."""
     own = ("lazyadam_dense_f32", "int lazyadam_dense_f32_multi(void); int step_multi; "
                                  "#define LAZYADAM_DENSE_F32_H")
     with pytest.raises(ValueError, match="symbol 'step' would make the generated files define "

@@ -1,4 +1,4 @@
-"""The names a generated kernel may take (`generate(spec, target, symbol)`, `lazyadam generate --name`).
+"""The names a generated kernel may take (`generate(spec, target, symbol)`, `generate --name`).
 
 A kernel's function is declared in its header and defined in its source, beside the templates' own
 identifiers, the headers those files include and, for CUDA, C++. A name that is one of these would
@@ -34,9 +34,9 @@ CXX_KEYWORDS = frozenset(
 
 _MATH = ("acos asin atan atan2 cos sin tan acosh asinh atanh cosh sinh tanh exp exp2 expm1 frexp "
          "ilogb ldexp log log10 log1p log2 logb modf scalbn scalbln cbrt fabs hypot pow sqrt erf "
-         "erfc lgamma tgamma ceil floor nearbyint rint lrint llrint round lround llround trunc fmod "
-         "remainder remquo copysign nan nextafter nexttoward fdim fmax fmin fma j0 j1 jn y0 y1 yn "
-         "gamma drem finite significand exp10 sincos pow10").split()
+         "erfc lgamma tgamma ceil floor nearbyint rint lrint llrint round lround llround trunc "
+         "fmod remainder remquo copysign nan nextafter nexttoward fdim fmax fmin fma j0 j1 jn y0 "
+         "y1 yn gamma drem finite significand exp10 sincos pow10").split()
 
 #: Names declared by the headers that generated files include, by header; each math function also
 #: comes with its `f` and `l` variants.
@@ -53,8 +53,8 @@ LIBRARY = {
         "strtoll strtoul strtoull strtod strtof strtold qsort bsearch abs labs llabs div ldiv "
         "lldiv rand srand random srandom mblen mbtowc wctomb mbstowcs wcstombs mkstemp realpath "
         "NULL EXIT_SUCCESS EXIT_FAILURE RAND_MAX MB_CUR_MAX".split()),
-    "stdint.h": frozenset("SIZE_MAX PTRDIFF_MIN PTRDIFF_MAX SIG_ATOMIC_MIN SIG_ATOMIC_MAX WCHAR_MIN "
-                          "WCHAR_MAX WINT_MIN WINT_MAX".split()),
+    "stdint.h": frozenset("SIZE_MAX PTRDIFF_MIN PTRDIFF_MAX SIG_ATOMIC_MIN SIG_ATOMIC_MAX "
+                          "WCHAR_MIN WCHAR_MAX WINT_MIN WINT_MAX".split()),
     "stdio.h": frozenset(
         "printf fprintf sprintf snprintf dprintf vprintf vfprintf vsprintf vsnprintf scanf fscanf "
         "sscanf puts fputs putc fputc putchar gets fgets getc fgetc getchar getline ungetc fopen "
@@ -70,7 +70,8 @@ LIBRARY = {
 
 #: Families of names, as (pattern, owner): a name matching the pattern belongs to the owner.
 RESERVED = (
-    (re.compile(r"__\w*|_[A-Z]\w*"), "C, which reserves names that start with __ or _ and a capital"),
+    (re.compile(r"__\w*|_[A-Z]\w*"),
+     "C, which reserves names that start with __ or _ and a capital"),
     (re.compile(r"\w*_t"), "POSIX, which reserves names ending in _t (stdint.h's int64_t, ...)"),
     (re.compile(r"U?INT\w*_(MAX|MIN|C)"), "<stdint.h> (INT64_MAX, UINT32_C, ...)"),
     (re.compile(r"M_\w+"), "<math.h> (M_PI, ...)"),
@@ -126,7 +127,8 @@ def check_symbol(name: str, own: tuple[str, str] | None = None) -> str:
     for taken in sorted(built, key=lambda i: (i != name, i)):
         owner = _owner(taken, fixed)
         if owner:
-            what = "" if taken == name else f" would make the generated files define {taken!r}, which"
+            what = ("" if taken == name
+                    else f" would make the generated files define {taken!r}, which")
             raise ValueError(f"symbol {name!r}{what} is {owner}; choose another name")
     return name
 

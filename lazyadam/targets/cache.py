@@ -228,7 +228,7 @@ def _unwritable(error: OSError) -> OSError:
 
 
 def _identity(path: Path) -> tuple[int, int, int] | None:
-    """(inode, size, mtime) of a file, to tell it from a later one at the same path; None if gone."""
+    """(inode, size, mtime) of a file, to tell it from a later one at its path; None if gone."""
     try:
         stat = path.stat()
     except FileNotFoundError:
