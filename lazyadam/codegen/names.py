@@ -100,13 +100,12 @@ def identifiers(text: str) -> set[str]:
     return {m.group(1) for m in _TOKEN.finditer(code) if m.group(1)}
 
 
-def check_symbol(name: str, own: tuple[str, str] | None = None) -> str:
+def check_symbol(name: str, own: tuple[str, str]) -> str:
     """Returns `name` if a generated kernel can take it; raises ValueError saying why not otherwise.
 
     Args:
         name: the wanted function name.
-        own: `(symbol, text)`: the spec's own symbol and the source and header rendered under it.
-            Without it only the rules that do not depend on the templates are checked.
+        own: `(symbol, text)`: the spec's own symbol, and its source and header rendered under it.
 
     Raises:
         ValueError: not a C identifier; a C or C++ keyword; reserved by C or POSIX; declared by a
@@ -116,14 +115,12 @@ def check_symbol(name: str, own: tuple[str, str] | None = None) -> str:
     if not IDENTIFIER.fullmatch(name):
         raise ValueError(f"symbol {name!r} is not a C identifier (letters, digits and _, "
                          "not starting with a digit)")
-    built = {name}
-    fixed: set[str] = set()
-    if own is not None:
-        symbol, text = own
-        found = identifiers(text)
-        derived = {i for i in found if symbol in i or symbol.upper() in i}
-        fixed = found - derived
-        built |= {i.replace(symbol, name).replace(symbol.upper(), name.upper()) for i in derived}
+    symbol, text = own
+    found = identifiers(text)
+    derived = {i for i in found if symbol in i or symbol.upper() in i}
+    fixed = found - derived
+    built = {name} | {i.replace(symbol, name).replace(symbol.upper(), name.upper())
+                      for i in derived}
     for taken in sorted(built, key=lambda i: (i != name, i)):
         owner = _owner(taken, fixed)
         if owner:

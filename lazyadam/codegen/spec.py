@@ -70,7 +70,9 @@ class Spec:
         """Checks the spec and returns it.
 
         Raises:
-            SpecError: an unknown option or an illegal combination; the message says what to change.
+            SpecError: an unknown option, an illegal combination, or a static value that is illegal
+                or would overflow (or vanish) as a literal of the kernel's dtype; the message says
+                what to change.
         """
         for name in ("sparse", "nesterov", "use_locking", "amsgrad", "maximize"):
             if not isinstance(getattr(self, name), bool):
