@@ -390,8 +390,8 @@ def test_a_deferred_step_takes_a_workspace_of_the_size_it_asks_for(library, rng)
     arrays, ref = new_state(var0, spec)
     size = kernel.workspace_size(40, 7, 3000)
     record = np.zeros(kernel.RECORD_WORDS, np.int64)
-    space = aligned(size + 1, np.uint8)  # 64-byte aligned, in a larger buffer
-    space = space.base[(-space.base.ctypes.data) % 256:][:size + 1]
+    raw = np.zeros(size + 512, np.uint8)
+    space = raw[(-raw.ctypes.data) % 256:][:size + 1]  # 256-byte aligned, size + 1 bytes
     with pytest.raises(ValueError, match=f"the workspace has {size - 1} bytes at an address "
                                          f"256-byte aligned, the step needs {size}, aligned"):
         kernel(*dev(*arrays[:3]), tuple(dev(*grad)), hparams(spec, 1), record=dev(record)[0],
