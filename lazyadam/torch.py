@@ -1,0 +1,452 @@
+"""`lazyadam.torch.LazyAdam`: a `torch.optim.Optimizer` over the generated kernels.
+
+    import lazyadam.torch
+    opt = lazyadam.torch.LazyAdam(model.parameters(), lr=1e-3)
+    loss.backward(); opt.step(); opt.zero_grad()
+
+Sparse gradients (`nn.Embedding(..., sparse=True)`, `nn.EmbeddingBag(..., sparse=True)`) get the
+lazy update: only the rows the gradient touches change. Their COO indices and values go to the
+kernel as torch made them: uncoalesced, duplicates included (the kernel sums a row's occurrences in
+input order), never copied when contiguous. Dense gradients get the dense kernel. CPU tensors are
+updated in place by the C kernels through numpy arrays over their memory; CUDA tensors by the CUDA
+kernels on torch's current stream, the dense parameters of a group that share a kernel in one
+multi-tensor launch.
+
+A step works in the two phases of `lazyadam.runtime.slot`, shared with `lazyadam.LazyAdam`:
+
+    check    every group's options, every parameter (dtype, layout), its state and its gradient
+             (dtype, shape, device, index range); kernels compiled and bound; nothing written
+    apply    state created or converted, each parameter's `step` += 1, one kernel per gradient
+             (CUDA: one launch per group, kernel and step for the dense ones)
+
+so a step that raises leaves every parameter and all state as they were. Each step reads where
+every parameter and state tensor lives now (data pointer, dtype, shape, device): after
+`model.to(torch.float64)`, `.cuda()` or `load_state_dict` the kernels are bound again, and state
+is moved to the parameter's device and dtype, as `Optimizer.load_state_dict` moves it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import numbers
+import threading
+from typing import Any, Callable, Iterable, NamedTuple
+
+import torch
+
+from . import targets
+from .runtime.parameter import Parameter, RowTensor
+from .runtime.slot import Slot, apply, check_device_state, spec_for, target_for
+from .targets.base import HParams
+
+__all__ = ["LazyAdam", "EPS_MODES"]
+
+#: Where eps goes: "pytorch" as `torch.optim.Adam`/`AdamW` (`sqrt(v_hat) + eps`), "mindspore" as
+#: `torch.optim.SparseAdam` (`sqrt(v) + eps`, the bias correction folded into the step size).
+EPS_MODES = ("pytorch", "mindspore")
+DTYPES = (torch.float32, torch.float64)
+FLAGS = ("nesterov", "amsgrad", "maximize", "decoupled_weight_decay", "use_locking")
+STATE_KEYS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
+
+
+class LazyAdam(torch.optim.Optimizer):
+    """Adam that updates only the rows a sparse gradient touches, as a `torch.optim.Optimizer`.
+
+    For a parameter `w` with gradient `g` at its step `t` (counted per parameter, as
+    `torch.optim.Adam` counts it: steps in which it had a gradient), with this step's options of
+    its group:
+
+        g = -g (maximize);  g = g + wd*w (weight decay, unless decoupled)
+        m = beta1*m + (1-beta1)*g
+        v = beta2*v + (1-beta2)*g*g          (amsgrad: vmax = max(vmax, v), used below for v)
+        w = w * (1 - lr*wd)                  (decoupled_weight_decay, AdamW)
+        pytorch:    w = w - lr/(1-beta1^t) * m / (sqrt(v)/sqrt(1-beta2^t) + eps)
+        mindspore:  w = w - lr*sqrt(1-beta2^t)/(1-beta1^t) * m / (sqrt(v) + eps)
+
+    (nesterov: `beta1*m + (1-beta1)*g` in place of `m`). A dense gradient updates every element;
+    a sparse COO gradient only the rows in its indices, each row's duplicate occurrences summed
+    (with L2 weight decay, a row looked up k times is decayed k times, as in MindSpore).
+
+    Every option can be set per parameter group, and may change between steps (schedulers change
+    `lr`; `OneCycleLR` changes `betas`). State, per parameter, in torch's names: `step` (a 0-d
+    float tensor, as `torch.optim.Adam` keeps it), `exp_avg`, `exp_avg_sq` and, with amsgrad,
+    `max_exp_avg_sq`; `state_dict()` holds only tensors, numbers, strings and bools, so
+    `torch.load(..., weights_only=True)` reads it.
+
+    `step()` runs eagerly under `torch.compile` (it is marked `torch.compiler.disable`): a compiled
+    model trains with it, and a compiled function that calls `step()` breaks its graph there.
+
+    Args:
+        params: an iterable of tensors, of `(name, tensor)` pairs, or of param-group dicts.
+        lr: learning rate, >= 0.
+        betas: `(beta1, beta2)`, each in [0, 1).
+        eps: > 0; where it goes is `eps_mode`'s.
+        weight_decay: >= 0; L2 (added to the gradient), or AdamW's with `decoupled_weight_decay`.
+        nesterov: Nesterov momentum (MindSpore's form, above).
+        amsgrad: divide by `sqrt(max(v))` over the steps.
+        maximize: ascend instead of descend.
+        decoupled_weight_decay: AdamW's decay `w *= 1 - lr*wd` in place of L2.
+        eps_mode: "pytorch" (default: `torch.optim.Adam`'s and `AdamW`'s results, for sparse and
+            dense gradients alike) or "mindspore" (`torch.optim.SparseAdam`'s); set it per group
+            to reproduce SparseAdam on the embedding tables and Adam on the rest.
+        use_locking: kernels take a lock per row (per 4096-element chunk, dense), and one lock
+            is held over a whole step, so that threads stepping this optimizer at once give what
+            the same steps one after another give.
+
+    Raises:
+        TypeError: an option of the wrong type; a parameter that is not a float32 or float64
+            tensor.
+        ValueError: an option out of range; as `torch.optim.Optimizer` for params.
+    """
+
+    def __init__(self, params: Iterable[Any], lr: float = 1e-3,
+                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.0, *, nesterov: bool = False, amsgrad: bool = False,
+                 maximize: bool = False, decoupled_weight_decay: bool = False,
+                 eps_mode: str = "pytorch", use_locking: bool = False):
+        defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, nesterov=nesterov,
+                        amsgrad=amsgrad, maximize=maximize,
+                        decoupled_weight_decay=decoupled_weight_decay, eps_mode=eps_mode,
+                        use_locking=use_locking)
+        _options(defaults, "LazyAdam")
+        self._reset()
+        super().__init__(params, defaults)
+
+    def _reset(self) -> None:
+        """What a fresh or unpickled optimizer holds besides torch's state: no bindings yet."""
+        self._lock = threading.Lock()
+        self._bindings: dict[torch.Tensor, _Binding] = {}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Unpickling and `load_state_dict` end here: groups saved without an option get the
+        default, and every parameter is bound again at its next step."""
+        super().__setstate__(state)
+        for group in self.param_groups:
+            for key, value in self.defaults.items():
+                group.setdefault(key, value)
+        self._reset()
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Adds a group (see `torch.optim.Optimizer.add_param_group`), checked first.
+
+        Raises:
+            TypeError, ValueError: a bad option, or a parameter that is not float32 or float64;
+                the group is not added.
+        """
+        if isinstance(param_group, dict):
+            params = param_group.get("params")
+            if isinstance(params, torch.Tensor):
+                listed = [params]
+            elif params is None or isinstance(params, set):
+                listed = []  # torch's add_param_group says what is wrong
+            else:
+                param_group["params"] = listed = list(params)
+            where = f"param group {len(self.param_groups)}"
+            _options({**self.defaults, **param_group}, where)
+            for i, param in enumerate(listed):
+                name, tensor = param if isinstance(param, tuple) and len(param) == 2 else (
+                    f"{where} param {i}", param)
+                if isinstance(tensor, torch.Tensor):
+                    _check_parameter(tensor, name)
+        super().add_param_group(param_group)
+
+    @torch.compiler.disable
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        """One step for every parameter that has a gradient; parameters with `grad` None are
+        skipped (their `step` does not count).
+
+        Args:
+            closure: re-evaluates the model and returns the loss; called with grad enabled.
+
+        Returns:
+            The closure's loss, or None.
+
+        Raises:
+            TypeError: a gradient of another dtype than its parameter, or not on its device; a
+                parameter that is not float32/float64; an option of the wrong type.
+            ValueError: a gradient of another shape; a sparse gradient that is not COO, sparse
+                in its first dimension only; an option out of range; a non-contiguous
+                parameter; state of another shape than its parameter.
+            IndexError: a sparse gradient's index outside the parameter's rows (the first named).
+            Nothing was changed when any of these is raised.
+        """
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        with self._lock:
+            work, hparams, pending, counts = self._check()
+            for param, binding, created in pending:
+                self.state[param].update(created)
+                self._bindings[param] = binding
+            for binding, t in counts:
+                binding.step.fill(t)
+            if any(group["use_locking"] for group in self.param_groups):
+                _launch(work, hparams)
+                return loss
+        _launch(work, hparams)
+        return loss
+
+    def _check(self) -> tuple[list, dict, list, list]:
+        """The check phase: every parameter with a gradient prepared; nothing written.
+
+        Returns:
+            `(work, hparams, pending, counts)`: the prepared kernel calls (with their bindings
+            and group numbers), `HParams` fields by slot key, the `(param, binding, new state
+            entries)` to store, and the `(binding, t)` step counts to write.
+        """
+        work, hparams, pending, counts = [], {}, [], []
+        position = 0
+        for number, group in enumerate(self.param_groups):
+            options = _options(group, f"param group {number}")
+            names = group.get("param_names")
+            for i, param in enumerate(group["params"]):
+                grad = param.grad
+                if grad is not None:
+                    name = names[i] if names else f"group {number} param {i}"
+                    binding = self._bindings.get(param)
+                    state = self.state.get(param)
+                    if binding is None or not binding.matches(param, state, options.flags):
+                        binding, created = _bind(param, state, options, name)
+                        pending.append((param, binding, created))
+                    slot = binding.slot
+                    t = int(binding.step) + 1
+                    call, prepared, key = slot.prepare(position, _gradient(grad, name))
+                    work.append((call, prepared, key, binding, number))
+                    hparams[key] = (options.lr, options.beta1, options.beta2, options.eps,
+                                    options.weight_decay, 1.0, options.beta1 ** t,
+                                    options.beta2 ** t)
+                    counts.append((binding, t))
+                position += 1
+        return work, hparams, pending, counts
+
+
+class _Flags(NamedTuple):
+    """What picks a group's kernel spec (with the parameter's dtype)."""
+
+    decayed: bool
+    eps_mode: str
+    nesterov: bool
+    amsgrad: bool
+    maximize: bool
+    decoupled_weight_decay: bool
+    use_locking: bool
+
+
+class _Options(NamedTuple):
+    """A group's options for one step, checked."""
+
+    lr: float
+    beta1: float
+    beta2: float
+    eps: float
+    weight_decay: float
+    flags: _Flags
+
+
+def _options(group: dict[str, Any], where: str) -> _Options:
+    """Reads and checks a group's options (`where` names the group in errors).
+
+    Raises:
+        TypeError: a number that is not a real number (or a one-element tensor), a flag that is
+            not a bool, betas that are not a pair.
+        ValueError: lr or weight_decay < 0, eps <= 0, a beta outside [0, 1), a value that is not
+            finite, an unknown eps_mode.
+    """
+    betas = group["betas"]
+    if not (isinstance(betas, (tuple, list)) and len(betas) == 2):
+        raise TypeError(f"{where}: betas must be a pair (beta1, beta2), got {betas!r}")
+    lr, beta1, beta2, eps, wd = (_real(group["lr"], where, "lr"), _real(betas[0], where, "beta1"),
+                                 _real(betas[1], where, "beta2"), _real(group["eps"], where, "eps"),
+                                 _real(group["weight_decay"], where, "weight_decay"))
+    for name, value in (("lr", lr), ("weight_decay", wd)):
+        if not (math.isfinite(value) and value >= 0.0):
+            raise ValueError(f"{where}: {name} must be finite and >= 0, got {value!r}")
+    for name, value in (("beta1", beta1), ("beta2", beta2)):
+        if not 0.0 <= value < 1.0:
+            raise ValueError(f"{where}: {name} must lie in [0, 1), got {value!r}")
+    if not (math.isfinite(eps) and eps > 0.0):
+        raise ValueError(f"{where}: eps must be finite and > 0, got {eps!r}")
+    for name in FLAGS:
+        if not isinstance(group[name], bool):
+            raise TypeError(f"{where}: {name} must be a bool, got {type(group[name]).__name__}: "
+                            f"{group[name]!r}")
+    if group["eps_mode"] not in EPS_MODES:
+        raise ValueError(f"{where}: eps_mode must be one of {EPS_MODES}, got "
+                         f"{group['eps_mode']!r}")
+    flags = _Flags(wd > 0.0, group["eps_mode"], *(group[name] for name in FLAGS))
+    return _Options(lr, beta1, beta2, eps, wd, flags)
+
+
+def _real(value: Any, where: str, name: str) -> float:
+    """`value` as a float: a real number (not a bool) or a one-element tensor."""
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        return float(value)
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        return float(value)
+    raise TypeError(f"{where}: {name} must be a real number, got {type(value).__name__}: "
+                    f"{value!r}")
+
+
+def _check_parameter(param: torch.Tensor, name: str) -> None:
+    """A parameter the kernels can update in place: a float32 or float64 dense tensor, contiguous,
+    in CPU or CUDA memory.
+
+    Raises:
+        TypeError: another dtype, layout or device type.
+        ValueError: not contiguous.
+    """
+    if param.dtype not in DTYPES:
+        raise TypeError(f"parameter {name!r} has dtype {param.dtype}; lazyadam.torch.LazyAdam "
+                        "updates float32 and float64 parameters (bfloat16 and float16 kernels do "
+                        "not exist yet)")
+    if param.layout != torch.strided:
+        raise TypeError(f"parameter {name!r} has layout {param.layout}; the kernels update dense "
+                        "(strided) tensors")
+    if param.device.type not in ("cpu", "cuda"):
+        raise TypeError(f"parameter {name!r} is on device {param.device}; lazyadam.torch.LazyAdam "
+                        "updates CPU and CUDA tensors")
+    if not param.is_contiguous():
+        raise ValueError(f"parameter {name!r} is not contiguous (strides {param.stride()} for "
+                         f"shape {tuple(param.shape)}); the kernels update contiguous tensors in "
+                         "place: make it contiguous first (param.data = param.data.contiguous())")
+
+
+def _view(tensor: torch.Tensor) -> Any:
+    """The array a kernel takes for `tensor`, sharing its memory: a numpy array over a CPU tensor,
+    the (detached) tensor itself for a CUDA tensor, which the CUDA target reads through
+    `__cuda_array_interface__`. (The only place that decides how kernels see a tensor.)"""
+    tensor = tensor.detach()
+    return tensor if tensor.is_cuda else tensor.numpy()
+
+
+def _gradient(grad: torch.Tensor, name: str) -> Any:
+    """A parameter's gradient as the slot takes it: an array (dense), or a `RowTensor` over the
+    row-0 indices and the values of a sparse COO gradient, uncoalesced, as they are.
+
+    Raises:
+        ValueError: a sparse gradient that is not COO, sparse in its first dimension only.
+    """
+    if grad.layout == torch.strided:
+        return _view(grad)
+    if grad.layout != torch.sparse_coo or grad.sparse_dim() != 1:
+        raise ValueError(f"the gradient of parameter {name!r} is {grad.layout} with sparse_dim "
+                         f"{grad.sparse_dim()}; lazy updates take sparse COO gradients sparse in "
+                         "their first dimension only (sparse_dim 1, as nn.Embedding and "
+                         "nn.EmbeddingBag make them)")
+    return RowTensor(_view(grad._indices()[0]), _view(grad._values()), grad.shape)
+
+
+def _scalar_dtype() -> torch.dtype:
+    """The dtype of `step`, as `torch.optim.Adam` chooses it: float64 under a float64 default."""
+    return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
+
+
+def _bind(param: torch.Tensor, state: dict[str, Any] | None, options: _Options,
+          name: str) -> tuple[_Binding, dict[str, Any]]:
+    """A parameter's slot over its tensors as they are now, and the state entries to store.
+
+    Missing state is created (zeros; `step` 0); moments of another dtype or device than the
+    parameter are converted, as `Optimizer.load_state_dict` converts them; a `step` that is not a
+    0-d CPU tensor (SparseAdam keeps an int) becomes one. Nothing is stored here: the caller
+    stores the returned entries once every gradient of the step has been checked.
+
+    Raises:
+        TypeError, ValueError: the parameter as `_check_parameter`; state of another shape, or a
+            step that is not a count.
+    """
+    _check_parameter(param, name)
+    state = state or {}
+    flags = options.flags
+    keys = STATE_KEYS[: 3 if flags.amsgrad else 2]
+    created: dict[str, Any] = {}
+    for key in keys:
+        tensor = state.get(key)
+        if tensor is None:
+            created[key] = torch.zeros_like(param, memory_format=torch.contiguous_format)
+            continue
+        if not isinstance(tensor, torch.Tensor) or tensor.shape != param.shape:
+            shape = tuple(tensor.shape) if isinstance(tensor, torch.Tensor) else type(tensor)
+            raise ValueError(f"state {key!r} of parameter {name!r} is {shape}, the parameter has "
+                             f"shape {tuple(param.shape)}")
+        if (tensor.dtype, tensor.device) != (param.dtype, param.device) or (
+                not tensor.is_contiguous()):
+            created[key] = tensor.detach().to(device=param.device, dtype=param.dtype,
+                                              memory_format=torch.contiguous_format, copy=True)
+    step = state.get("step")
+    if step is None:
+        created["step"] = torch.tensor(0.0, dtype=_scalar_dtype())
+    else:
+        count = float(step)
+        if not (count >= 0 and count.is_integer()):
+            raise ValueError(f"state 'step' of parameter {name!r} is {count!r}, not a count")
+        if not (isinstance(step, torch.Tensor) and step.device.type == "cpu" and step.dim() == 0
+                and step.dtype in DTYPES):
+            created["step"] = torch.tensor(count, dtype=_scalar_dtype())
+    tensors = {**state, **created}
+    view = _view(param)
+    home = Parameter(view, name=name)
+    moments = [Parameter(_view(tensors[key]), name=f"{key}.{name}") for key in keys]
+    if home.on_device:
+        check_device_state(home, moments)
+    spec = spec_for(home, decayed=flags.decayed, decoupled=flags.decoupled_weight_decay,
+                    nesterov=flags.nesterov, use_locking=flags.use_locking, amsgrad=flags.amsgrad,
+                    maximize=flags.maximize, eps_mode=flags.eps_mode)
+    slot = Slot(home, id(param), False, spec, target_for(view), *moments)
+    return _Binding(slot, tensors["step"].numpy(), _key(param, tensors, flags)), created
+
+
+def _key(param: torch.Tensor, state: dict[str, Any], flags: _Flags) -> tuple:
+    """What a binding depends on: where the parameter and its state tensors live, and the flags."""
+    vmax = state.get("max_exp_avg_sq")
+    return (param.data_ptr(), param.dtype, param.shape, param.device,
+            state["exp_avg"].data_ptr(), state["exp_avg_sq"].data_ptr(),
+            vmax.data_ptr() if vmax is not None else 0, state["step"].data_ptr(), flags)
+
+
+class _Binding:
+    """A parameter's `Slot`, bound to the memory its tensors had when it was made.
+
+    The slot's arrays share the tensors' memory and keep it alive; `step` is a numpy view of the
+    `step` state tensor; `key` is what `matches` compares with the tensors as they are now.
+    """
+
+    __slots__ = ("slot", "step", "key", "multi")
+
+    def __init__(self, slot: Slot, step: Any, key: tuple):
+        self.slot, self.step, self.key = slot, step, key
+        self.multi: Any = None
+
+    def matches(self, param: torch.Tensor, state: dict[str, Any] | None, flags: _Flags) -> bool:
+        """True while the parameter and its state live where they did when this was made."""
+        try:
+            return self.key == _key(param, state, flags)
+        except (KeyError, TypeError, AttributeError):
+            return False
+
+    def multi_kernel(self) -> Any:
+        """The CUDA kernel of the slot's dense spec, for multi-tensor launches."""
+        if self.multi is None:
+            spec = dataclasses.replace(self.slot.spec, sparse=False, index_dtype="int64")
+            self.multi = targets.compile(spec, "cuda")
+        return self.multi
+
+
+def _launch(work: list[tuple], hparams: dict[int, tuple]) -> None:
+    """The apply phase's kernels: dense gradients of CUDA parameters in one multi-tensor launch
+    per (group, kernel, hyperparameters); everything else one kernel call each."""
+    single, batches = [], {}
+    for call, grad, key, binding, group in work:
+        slot = binding.slot
+        if slot.target == "cuda" and not isinstance(grad, tuple):
+            batches.setdefault((group, slot.spec, hparams[key]), []).append((binding, grad))
+        else:
+            single.append((call, grad, key))
+    apply(single, hparams)
+    for (_, _, hp), batch in batches.items():
+        slots = [binding.slot for binding, _ in batch]
+        vmaxes = [s.vmax.data for s in slots] if slots[0].vmax is not None else None
+        batch[0][0].multi_kernel().multi([s.param.data for s in slots], [s.m.data for s in slots],
+                                         [s.v.data for s in slots], [g for _, g in batch],
+                                         HParams(*hp), vmaxes=vmaxes)
