@@ -51,7 +51,10 @@ class Recommender(nn.Module):
         generator = torch.Generator().manual_seed(step)
         users = torch.randint(0, self.users.num_embeddings, (batch,), generator=generator)
         items = torch.randint(0, self.items.num_embeddings, (batch, 3), generator=generator)
-        target = torch.randn(batch, generator=generator).to(self.users.weight.dtype)
+        target = torch.randn(batch, generator=generator)
+        weight = self.users.weight
+        users, items, target = (users.to(weight.device), items.to(weight.device),
+                                target.to(weight.device, weight.dtype))
         features = torch.cat([self.users(users), self.items(items)], dim=1)
         return ((self.mlp(features).squeeze(1) - target) ** 2).mean()
 
@@ -77,7 +80,7 @@ def train_both(ours, opt, theirs, torch_opts, steps, *, dtype=torch.float32, fir
 
 def assert_models_close(ours, theirs, dtype, what=""):
     for (name, a), b in zip(ours.named_parameters(), theirs.parameters()):
-        assert_close(a.detach().numpy(), b.detach().double().numpy(),
+        assert_close(a.detach().cpu().numpy(), b.detach().cpu().double().numpy(),
                      str(dtype).removeprefix("torch."), f"{what}: {name}")
 
 
@@ -93,7 +96,7 @@ def assert_state_close(opt, torch_opts, ours, theirs, dtype):
             if key == "step":
                 assert float(mine[key]) == float(value), f"{name} step"
             else:
-                assert_close(mine[key].numpy(), value.to_dense().double().numpy(),
+                assert_close(mine[key].cpu().numpy(), value.to_dense().cpu().double().numpy(),
                              str(dtype).removeprefix("torch."), f"{name} {key}")
 
 
@@ -225,7 +228,7 @@ def test_what_torch_lacks_matches_the_reference(options, rng):
         values = rng.standard_normal((4, 3))
         dense_grad = rng.standard_normal((2, 3)) if step != 2 else None
         table.grad = torch.sparse_coo_tensor(torch.tensor(indices)[None], torch.tensor(values),
-                                             (6, 3))
+                                             (6, 3), check_invariants=True)
         dense.grad = None if dense_grad is None else torch.tensor(dense_grad)
         opt.step()
         steps.append([(indices, values), dense_grad])
@@ -492,7 +495,8 @@ def _index_out_of_range(model):
 
 def _sparse_in_two_dimensions(model):
     model.items.weight.grad = torch.sparse_coo_tensor(torch.tensor([[3, 1], [0, 2]]),
-                                                      torch.ones(2), (20, 4))
+                                                      torch.ones(2), (20, 4),
+                                                      check_invariants=True)
 
 
 def _half_parameter(model):

@@ -1,0 +1,174 @@
+"""`lazyadam.torch.LazyAdam` on CUDA tensors: emulated on the CPU, and on a GPU when there is one.
+
+Emulated: `lazyadam.torch._view` (how kernels see a tensor) presents every tensor as a device
+array (tests/test_runtime_device.py's `TorchOnDevice`, host memory behind
+`__cuda_array_interface__`), and `targets.compile(spec, "cuda")` gives the host-emulation build of
+the CUDA kernels (tests/cuda_emulation). So the optimizer's CUDA path runs here: the device checks,
+the CUDA kernel wrapper, the sparse launcher and the multi-tensor launches of dense parameters,
+against torch.optim on the same model.
+
+Marked `cuda`: the same on real CUDA tensors, skipped, with the reason, without a GPU.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+import cuda_emulation as emulation
+
+torch = pytest.importorskip("torch", reason="lazyadam.torch needs torch")
+import lazyadam.torch  # noqa: E402  (after the skip: it imports torch)
+from lazyadam import targets  # noqa: E402
+from lazyadam.targets import cuda  # noqa: E402
+from lazyadam.torch import LazyAdam  # noqa: E402
+from test_runtime_device import TorchOnDevice  # noqa: E402
+from test_torch import (Recommender, assert_models_close, assert_state_close,  # noqa: E402
+                        assert_unchanged, backward, snapshot, train_both, twins)
+
+
+@pytest.fixture
+def emulated(monkeypatch):
+    """The CUDA path on the CPU. Returns `(launches, host)`: the tensor counts of multi-tensor
+    launches, and a set of tensor ids that `_view` leaves in host memory."""
+    if emulation.host_compiler() is None:
+        pytest.skip("no host C++ compiler (c++ or g++) to build the CUDA emulation")
+    real_compile, real_multi = targets.compile, cuda.CudaKernel.multi
+    launches, host = [], set()
+
+    def compile_emulated(spec, target="c"):
+        return emulation.build([spec])[spec] if target == "cuda" else real_compile(spec, target)
+
+    def multi(kernel, variables, *args, **kwargs):
+        launches.append(len(variables))
+        return real_multi(kernel, variables, *args, **kwargs)
+
+    def view(tensor):
+        if id(tensor) in host:
+            return tensor.detach().numpy()
+        return tensor.detach().as_subclass(TorchOnDevice)
+
+    monkeypatch.setattr(targets, "compile", compile_emulated)
+    monkeypatch.setattr(cuda.CudaKernel, "multi", multi)
+    monkeypatch.setattr(lazyadam.torch, "_view", view)
+    return launches, host
+
+
+def groups(model):
+    """Tables as SparseAdam; mlp[0] as Adam with L2 and amsgrad; mlp[2] as AdamW."""
+    return [{"params": model.tables(), "eps_mode": "mindspore"},
+            {"params": list(model.mlp[0].parameters()), "weight_decay": 0.05, "amsgrad": True},
+            {"params": list(model.mlp[2].parameters()), "weight_decay": 0.1,
+             "decoupled_weight_decay": True}]
+
+
+def torch_optimizers(model):
+    return [torch.optim.SparseAdam(model.tables(), lr=0.01),
+            torch.optim.Adam(model.mlp[0].parameters(), lr=0.01, weight_decay=0.05,
+                             amsgrad=True),
+            torch.optim.AdamW(model.mlp[2].parameters(), lr=0.01, weight_decay=0.1)]
+
+
+def test_emulated_cuda_path_matches_torch_with_one_launch_per_dense_group(emulated):
+    launches, _ = emulated
+    ours, theirs = twins()
+    opt = LazyAdam(groups(ours), lr=0.01)
+    train_both(ours, opt, theirs, torch_optimizers(theirs), 3)
+    assert launches == [2, 2] * 3  # mlp[0] and mlp[2]: weight and bias in one launch each
+    slots = [binding.slot for binding in opt._bindings.values()]
+    assert {slot.target for slot in slots} == {"cuda"}
+    assert all(type(slot.param.data) is TorchOnDevice for slot in slots)
+
+
+def test_emulated_launches_split_by_step_count(emulated):
+    """Dense parameters whose `step` differs take different bias corrections: one launch each."""
+    launches, _ = emulated
+    ours, theirs = twins()
+    opt = LazyAdam(groups(ours), lr=0.01)
+    torch_opts = torch_optimizers(theirs)
+    for step in range(3):
+        for model, opts in ((ours, [opt]), (theirs, torch_opts)):
+            for o in opts:
+                o.zero_grad()
+            backward(model, step)
+            if step == 0:
+                model.mlp[2].bias.grad = None
+            for o in opts:
+                o.step()
+        assert_models_close(ours, theirs, torch.float32, f"step {step}")
+        assert_state_close(opt, torch_opts, ours, theirs, torch.float32)
+    assert launches == [2, 1, 2, 1, 1, 2, 1, 1]
+
+
+def test_emulated_bad_input_changes_nothing(emulated):
+    _, host = emulated
+    model = Recommender()
+    opt = LazyAdam(groups(model), lr=0.1)
+    backward(model, 0)
+    opt.step()
+    backward(model, 1)
+    good = model.items.weight.grad
+    model.items.weight.grad = torch.sparse_coo_tensor(torch.tensor([[0, 25]]), torch.ones(2, 4),
+                                                      (20, 4), check_invariants=False)
+    before = snapshot(model, opt)
+    with pytest.raises(IndexError, match=r"indices\[1\] = 25 is outside \[0, 20\)"):
+        opt.step()
+    assert_unchanged(model, opt, before)
+    model.items.weight.grad = good
+    host.add(id(model.mlp[2].weight.grad))
+    with pytest.raises(TypeError, match="in host memory, the parameter is on a CUDA device"):
+        opt.step()
+    assert_unchanged(model, opt, before)
+
+
+# -- on a GPU ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def gpu():
+    problem = cuda.unavailable()
+    if problem:
+        pytest.skip(f"CUDA target unavailable: {problem}")
+    if not torch.cuda.is_available():
+        pytest.skip("this torch build sees no CUDA GPU")
+    return torch.device("cuda")
+
+
+@pytest.mark.cuda
+def test_gpu_matches_torch_on_a_side_stream(gpu):
+    """Kernels run on torch's current stream: a side stream, with no synchronisation of ours."""
+    ours, theirs = (model.to(gpu) for model in twins())
+    opt = LazyAdam(groups(ours), lr=0.01)
+    torch_opts = torch_optimizers(theirs)
+    stream = torch.cuda.Stream()
+    for step in range(4):
+        with torch.cuda.stream(stream):
+            for model, opts in ((ours, [opt]), (theirs, torch_opts)):
+                for o in opts:
+                    o.zero_grad()
+                backward(model, step)
+                for o in opts:
+                    o.step()
+        stream.synchronize()
+        assert_models_close(ours, theirs, torch.float32, f"step {step}")
+
+
+@pytest.mark.cuda
+def test_gpu_follows_a_move_to_the_device(gpu):
+    """Trained on the CPU, moved with model.to('cuda'): the state follows the parameters."""
+    ours, theirs = twins()
+    opt = LazyAdam(groups(ours), lr=0.01)
+    torch_opts = torch_optimizers(theirs)
+    train_both(ours, opt, theirs, torch_opts, 2)
+    ours.to(gpu)
+    theirs.to(gpu)
+    for o in torch_opts:
+        o.load_state_dict(o.state_dict())  # torch's own move of its state
+    for step in range(2, 4):
+        for model, opts in ((ours, [opt]), (theirs, torch_opts)):
+            for o in opts:
+                o.zero_grad()
+            backward(model, step)
+            for o in opts:
+                o.step()
+    assert all(s["exp_avg"].is_cuda for s in opt.state.values())
+    assert_models_close(ours, theirs, torch.float32, "after the move")
