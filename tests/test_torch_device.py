@@ -22,8 +22,8 @@ from lazyadam import targets  # noqa: E402
 from lazyadam.targets import cuda  # noqa: E402
 from lazyadam.torch import LazyAdam  # noqa: E402
 from test_runtime_device import TorchOnDevice  # noqa: E402
-from test_torch import (Recommender, assert_models_close, assert_state_close,  # noqa: E402
-                        assert_unchanged, backward, snapshot, train_both, twins)
+from test_torch import (Recommender, assert_models_close, assert_unchanged,  # noqa: E402
+                        backward, snapshot, step_both, train_both, twins)
 
 
 @pytest.fixture
@@ -84,18 +84,12 @@ def test_emulated_launches_split_by_step_count(emulated):
     launches, _ = emulated
     ours, theirs = twins()
     opt = LazyAdam(groups(ours), lr=0.01)
-    torch_opts = torch_optimizers(theirs)
-    for step in range(3):
-        for model, opts in ((ours, [opt]), (theirs, torch_opts)):
-            for o in opts:
-                o.zero_grad()
-            backward(model, step)
-            if step == 0:
-                model.mlp[2].bias.grad = None
-            for o in opts:
-                o.step()
-        assert_models_close(ours, theirs, torch.float32, f"step {step}")
-        assert_state_close(opt, torch_opts, ours, theirs, torch.float32)
+
+    def skip(model, step):
+        if step == 0:
+            model.mlp[2].bias.grad = None
+
+    train_both(ours, opt, theirs, torch_optimizers(theirs), 3, edit=skip)
     assert launches == [2, 1, 2, 1, 1, 2, 1, 1]
 
 
@@ -142,12 +136,7 @@ def test_gpu_matches_torch_on_a_side_stream(gpu):
     stream = torch.cuda.Stream()
     for step in range(4):
         with torch.cuda.stream(stream):
-            for model, opts in ((ours, [opt]), (theirs, torch_opts)):
-                for o in opts:
-                    o.zero_grad()
-                backward(model, step)
-                for o in opts:
-                    o.step()
+            step_both(ours, opt, theirs, torch_opts, step)
         stream.synchronize()
         assert_models_close(ours, theirs, torch.float32, f"step {step}")
 
@@ -163,12 +152,5 @@ def test_gpu_follows_a_move_to_the_device(gpu):
     theirs.to(gpu)
     for o in torch_opts:
         o.load_state_dict(o.state_dict())  # torch's own move of its state
-    for step in range(2, 4):
-        for model, opts in ((ours, [opt]), (theirs, torch_opts)):
-            for o in opts:
-                o.zero_grad()
-            backward(model, step)
-            for o in opts:
-                o.step()
+    train_both(ours, opt, theirs, torch_opts, 2, first=2)
     assert all(s["exp_avg"].is_cuda for s in opt.state.values())
-    assert_models_close(ours, theirs, torch.float32, "after the move")
