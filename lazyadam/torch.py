@@ -189,7 +189,8 @@ class LazyAdam(torch.optim.Optimizer):
         return loss
 
     def _check(self) -> tuple[list, dict, list, list]:
-        """The check phase: every parameter with a gradient prepared; nothing written.
+        """The check phase: every parameter with a gradient prepared; nothing written (bindings
+        that no longer match a parameter without a gradient are dropped: they are a cache).
 
         Returns:
             `(work, hparams, pending, counts)`: the prepared kernel calls (with their bindings
@@ -203,10 +204,13 @@ class LazyAdam(torch.optim.Optimizer):
             names = group.get("param_names")
             for i, param in enumerate(group["params"]):
                 grad = param.grad
-                if grad is not None:
+                binding = self._bindings.get(param)
+                state = self.state.get(param)
+                if grad is None:
+                    if binding is not None and not binding.matches(param, state, options.flags):
+                        del self._bindings[param]  # it would keep memory the param has left
+                else:
                     name = names[i] if names else f"group {number} param {i}"
-                    binding = self._bindings.get(param)
-                    state = self.state.get(param)
                     if binding is None or not binding.matches(param, state, options.flags):
                         binding, created = _bind(param, state, options, name)
                         pending.append((param, binding, created))

@@ -470,6 +470,10 @@ def test_a_dtype_change_is_followed():
     adam.load_state_dict(adam.state_dict())  # torch's own cast of the moments
     before = [p.detach().clone() for p in ours.dense()]
     train_both(ours, opt, theirs, [adam], 2, first=2)  # float32 noise from the first steps
+    ours.float()
+    opt.zero_grad()
+    opt.step()  # no gradients: bindings to the float64 memory are let go
+    assert not opt._bindings
     assert all(not torch.equal(p, b) for p, b in zip(ours.dense(), before))
     assert all(opt.state[p]["exp_avg"].dtype == torch.float64 for p in ours.dense())
 
