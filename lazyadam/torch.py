@@ -285,6 +285,8 @@ def _options(group: dict[str, Any], where: str) -> _Options:
 
 def _real(value: Any, where: str, name: str) -> float:
     """`value` as a float: a real number (not a bool) or a one-element tensor."""
+    if type(value) is float:  # what groups hold, every step: the cheap test first
+        return value
     if isinstance(value, torch.Tensor) and value.numel() == 1:
         return float(value)
     if isinstance(value, numbers.Real) and not isinstance(value, bool):
