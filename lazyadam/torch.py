@@ -198,30 +198,31 @@ class LazyAdam(torch.optim.Optimizer):
             entries)` to store, and the `(binding, t)` step counts to write.
         """
         work, hparams, pending, counts = [], {}, [], []
+        bindings, states = self._bindings, self.state
         position = 0
         for number, group in enumerate(self.param_groups):
             options = _options(group, f"param group {number}")
             names = group.get("param_names")
             for i, param in enumerate(group["params"]):
                 grad = param.grad
-                binding = self._bindings.get(param)
-                state = self.state.get(param)
+                binding = bindings.get(param)
+                state = states.get(param)
                 if grad is None:
                     if binding is not None and not binding.matches(param, state, options.flags):
-                        del self._bindings[param]  # it would keep memory the param has left
-                else:
-                    name = names[i] if names else f"group {number} param {i}"
-                    if binding is None or not binding.matches(param, state, options.flags):
-                        binding, created = _bind(param, state, options, name)
-                        pending.append((param, binding, created))
-                    slot = binding.slot
-                    t = int(binding.step) + 1
-                    call, prepared, key = slot.prepare(position, _gradient(grad, name))
-                    work.append((call, prepared, key, binding, number))
-                    hparams[key] = (options.lr, options.beta1, options.beta2, options.eps,
-                                    options.weight_decay, 1.0, options.beta1 ** t,
-                                    options.beta2 ** t)
-                    counts.append((binding, t))
+                        del bindings[param]  # it would keep memory the param has left
+                    position += 1
+                    continue
+                name = names[i] if names else f"group {number} param {i}"
+                if binding is None or not binding.matches(param, state, options.flags):
+                    binding, created = _bind(param, state, options, name)
+                    pending.append((param, binding, created))
+                slot = binding.slot
+                t = int(binding.step) + 1
+                call, prepared, key = slot.prepare(position, _gradient(grad, name))
+                work.append((call, prepared, key, binding, number))
+                hparams[key] = (options.lr, options.beta1, options.beta2, options.eps,
+                                options.weight_decay, 1.0, options.beta1 ** t, options.beta2 ** t)
+                counts.append((binding, t))
                 position += 1
         return work, hparams, pending, counts
 
@@ -341,7 +342,7 @@ def _gradient(grad: torch.Tensor, name: str) -> Any:
                          f"{grad.sparse_dim()}; lazy updates take sparse COO gradients sparse in "
                          "their first dimension only (sparse_dim 1, as nn.Embedding and "
                          "nn.EmbeddingBag make them)")
-    return RowTensor(_view(grad._indices()[0]), _view(grad._values()), grad.shape)
+    return RowTensor(_view(grad._indices())[0], _view(grad._values()), grad.shape)
 
 
 def _scalar_dtype() -> torch.dtype:
@@ -406,7 +407,7 @@ def _bind(param: torch.Tensor, state: dict[str, Any] | None, options: _Options,
 def _key(param: torch.Tensor, state: dict[str, Any], flags: _Flags) -> tuple:
     """What a binding depends on: where the parameter and its state tensors live, and the flags."""
     vmax = state.get("max_exp_avg_sq")
-    return (param.data_ptr(), param.dtype, param.shape, param.device,
+    return (param.data_ptr(), param.dtype, param.shape, param.is_cuda,
             state["exp_avg"].data_ptr(), state["exp_avg_sq"].data_ptr(),
             vmax.data_ptr() if vmax is not None else 0, state["step"].data_ptr(), flags)
 
