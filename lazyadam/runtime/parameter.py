@@ -36,6 +36,8 @@ _unnamed = itertools.count()
 
 def is_device_array(data: Any) -> bool:
     """True for arrays that live on a CUDA device (they expose `__cuda_array_interface__`)."""
+    if type(data) is np.ndarray:  # the common case, without the failed attribute lookup
+        return False
     try:
         return hasattr(data, "__cuda_array_interface__")
     except RuntimeError:
@@ -110,6 +112,8 @@ def to_host(data: Any) -> np.ndarray:
     Raises:
         TypeError: a device array whose library has neither.
     """
+    if type(data) is np.ndarray:
+        return data
     if not is_device_array(data):
         return np.asarray(data.detach() if is_torch(data) else data)
     if is_torch(data):
