@@ -220,7 +220,7 @@ def per_parameter_reference(params, grads_per_step, **options):
                          ids=["nesterov", "l2", "nesterov-l2-mindspore"])
 def test_what_torch_lacks_matches_the_reference(options, rng):
     """Nesterov, and L2 decay of sparse rows: each occurrence of a row adds wd*w (so a row looked
-    up twice is decayed twice), as SEMANTICS.md says."""
+    up twice is decayed twice), as docs/semantics.md says."""
     table0 = rng.standard_normal((6, 3))
     dense0 = rng.standard_normal((2, 3))
     table, dense = (nn.Parameter(torch.tensor(a)) for a in (table0, dense0))
