@@ -324,7 +324,8 @@ def _view(tensor: torch.Tensor) -> Any:
     """The array a kernel takes for `tensor`, sharing its memory: a numpy array over a CPU tensor,
     the (detached) tensor itself for a CUDA tensor, which the CUDA target reads through
     `__cuda_array_interface__`. (The only place that decides how kernels see a tensor.)"""
-    tensor = tensor.detach()
+    if tensor.requires_grad:
+        tensor = tensor.detach()
     return tensor if tensor.is_cuda else tensor.numpy()
 
 
