@@ -145,6 +145,7 @@ def main() -> None:
                   f" {ms[1] / ms[0]:>5.1f}x")
             times = [[], []]
     if world > 1:
+        torch.distributed.barrier()  # every process done before the group is torn down
         torch.distributed.destroy_process_group()
 
 

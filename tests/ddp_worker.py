@@ -86,6 +86,9 @@ def main(rank: int, world: int, init_file: str, out: Path) -> None:
         replica = torch.nn.parallel.DistributedDataParallel(model)
         train(replica, optimizer(model), rank, world)
         torch.save(model.state_dict(), out / f"rank{rank}.pt")
+        # Both replicas done before either tears the group down: without it, gloo with a file
+        # rendezvous sometimes left the later one hanging in destroy_process_group.
+        torch.distributed.barrier()
     finally:
         torch.distributed.destroy_process_group()
 
