@@ -381,7 +381,10 @@ def test_a_deferred_bad_index_turns_steps_into_no_ops_until_checked(library, spe
     check(arrays, reference_step(ref, good, hparams(spec, 2), spec), spec.dtype)
 
 
-def test_a_deferred_step_takes_a_workspace_of_the_size_it_asks_for(library, rng):
+@pytest.mark.parametrize("deferred", [True, False], ids=["deferred", "checking"])
+def test_a_step_takes_a_workspace_of_the_size_it_asks_for(library, deferred, rng):
+    """Scratch the caller allocates (for the runtime: before any step writes), checked for size and
+    alignment; a checking step in it still refuses a bad index, having written nothing."""
     spec = Spec(sparse=True, decay="decoupled")
     kernel = library[spec]
     idx = rng.integers(0, 40, 3000)
@@ -390,18 +393,23 @@ def test_a_deferred_step_takes_a_workspace_of_the_size_it_asks_for(library, rng)
     arrays, ref = new_state(var0, spec)
     size = kernel.workspace_size(40, 7, 3000)
     record = np.zeros(kernel.RECORD_WORDS, np.int64)
+    mode = dict(record=dev(record)[0]) if deferred else {}
     raw = np.zeros(size + 512, np.uint8)
     space = raw[(-raw.ctypes.data) % 256:][:size + 1]  # 256-byte aligned, size + 1 bytes
     with pytest.raises(ValueError, match=f"the workspace has {size - 1} bytes at an address "
                                          f"256-byte aligned, the step needs {size}, aligned"):
-        kernel(*dev(*arrays[:3]), tuple(dev(*grad)), hparams(spec, 1), record=dev(record)[0],
-               workspace=dev(space[:size - 1])[0])
+        kernel(*dev(*arrays[:3]), tuple(dev(*grad)), hparams(spec, 1),
+               workspace=dev(space[:size - 1])[0], **mode)
     with pytest.raises(ValueError, match="not 256-byte aligned"):
-        kernel(*dev(*arrays[:3]), tuple(dev(*grad)), hparams(spec, 1), record=dev(record)[0],
-               workspace=dev(space[1:])[0])
+        kernel(*dev(*arrays[:3]), tuple(dev(*grad)), hparams(spec, 1), workspace=dev(space[1:])[0],
+               **mode)
+    if not deferred:
+        with pytest.raises(IndexError, match=r"indices\[1\] = 40 is outside \[0, 40\)"):
+            kernel(*dev(*arrays[:3]), tuple(dev(np.array([3, 40]), np.ones((2, 7), np.float32))),
+                   hparams(spec, 1), workspace=dev(space[:size])[0])
     np.testing.assert_array_equal(arrays[0], var0)
-    kernel(*dev(*arrays[:3]), tuple(dev(*grad)), hparams(spec, 1), record=dev(record)[0],
-           workspace=dev(space[:size])[0])
+    kernel(*dev(*arrays[:3]), tuple(dev(*grad)), hparams(spec, 1), workspace=dev(space[:size])[0],
+           **mode)
     check(arrays, reference_step(ref, grad, hparams(spec, 1), spec), spec.dtype)
 
 

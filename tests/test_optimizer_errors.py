@@ -389,3 +389,66 @@ def test_a_gradient_that_shares_memory_with_what_the_step_writes_is_refused(case
                                          "memory with the .*parameter.*pass a copy"):
         opt(ALIASES[case](table, dense, opt))
     assert_unchanged(opt, before)
+
+
+# -- out of memory: every step's scratch is allocated before any kernel writes ---------------------
+
+def test_scratch_that_cannot_be_had_is_a_memory_error_and_changes_nothing(rng, monkeypatch):
+    """A dense parameter first, then a sparse one whose scratch cannot be allocated: before, the
+    dense one had been updated and the step counted when the sparse kernel failed."""
+    from lazyadam.runtime import slot
+    dense = Parameter(rng.standard_normal((2, 2)).astype(np.float32), name="dense")
+    table = Parameter(rng.standard_normal((6, 3)).astype(np.float32), name="table")
+    opt = make([dense, table])
+    grads = [np.ones((2, 2), np.float32),
+             RowTensor(np.array([0, 5, 0]), np.ones((3, 3), np.float32), table.shape)]
+    opt(grads)
+    before = snapshot(opt)
+
+    def no_memory(like, nbytes):
+        raise MemoryError(f"Unable to allocate {nbytes} bytes")
+    monkeypatch.setattr(slot, "empty_bytes", no_memory)
+    with pytest.raises(MemoryError, match=r"gradient 1 \(parameter 'table'\): out of memory: its "
+                                          r"sparse step needs [\d,]+ bytes of scratch for 3 indices"):
+        opt(grads)
+    assert_unchanged(opt, before)
+
+
+OUT_OF_MEMORY_SCRIPT = r"""
+import resource, sys
+import numpy as np
+from lazyadam import LazyAdam, Parameter, RowTensor
+
+nnz = 30_000_000
+dense = Parameter(np.ones((64, 64), np.float32), name="dense")
+table = Parameter(np.zeros((1000, 1), np.float32), name="table")
+opt = LazyAdam([dense, table])
+small = RowTensor(np.array([1, 2]), np.ones((2, 1), np.float32), table.shape)
+opt([np.ones((64, 64), np.float32), small])  # compiles both kernels
+big = RowTensor(np.arange(nnz) % 1000, np.ones((nnz, 1), np.float32), table.shape)
+dense_before = dense.asnumpy()
+with open("/proc/self/status") as f:
+    size = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmSize"))
+resource.setrlimit(resource.RLIMIT_AS, (size + 400 * 2**20, resource.RLIM_INFINITY))
+try:
+    opt([np.ones((64, 64), np.float32), big])
+except MemoryError as error:
+    print("MemoryError:", error)
+else:
+    sys.exit("no MemoryError")
+assert opt.global_step == 1 and opt.beta1_power == 0.9, (opt.global_step, opt.beta1_power)
+np.testing.assert_array_equal(dense.asnumpy(), dense_before)
+print("unchanged")
+"""
+
+
+def test_a_step_over_a_memory_limit_fails_before_writing_anything():
+    """The issue's case for real: 30M indices under an address-space limit that leaves 400 MiB,
+    less than their scratch (about 1 GiB)."""
+    import subprocess
+    import sys
+    proc = subprocess.run([sys.executable, "-c", OUT_OF_MEMORY_SCRIPT], capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "out of memory: its sparse step needs" in proc.stdout
+    assert proc.stdout.rstrip().endswith("unchanged")

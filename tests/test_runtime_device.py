@@ -64,6 +64,9 @@ class FakeDeviceArray(emulation.Emulated):
     def __len__(self):
         return len(self.array)
 
+    def __getitem__(self, key):
+        return self._new(self.array[key])
+
     def _new(self, array):
         return type(self)(np.asarray(array), self.device.id)
 
@@ -93,6 +96,11 @@ class FakeDeviceArray(emulation.Emulated):
 def zeros_like(array: FakeDeviceArray) -> FakeDeviceArray:
     """As `cupy.zeros_like`: zeros on the *current* device."""
     return FakeDeviceArray(np.zeros_like(array.array), _current_device[0])
+
+
+def empty(shape, dtype) -> FakeDeviceArray:
+    """As `cupy.empty`: on the *current* device."""
+    return FakeDeviceArray(np.empty(shape, dtype), _current_device[0])
 
 
 def ascontiguousarray(array: FakeDeviceArray) -> FakeDeviceArray:
@@ -450,6 +458,32 @@ def test_bad_device_gradient_changes_nothing(cuda, lib, rng, case):
     before = snapshot(opt)
     with pytest.raises(error, match=match):
         opt((good, make_bad(lib.put)))
+    assert_unchanged(opt, before)
+
+
+class OutOfMemoryError(Exception):
+    """As CuPy's and PyTorch's: an allocation failure that is not a MemoryError by type."""
+
+
+def test_device_scratch_that_cannot_be_had_changes_nothing(cuda, lib, rng, monkeypatch):
+    """The sparse step's device scratch is allocated in the check phase, by the array's library:
+    running out of device memory stops the call before the dense parameter's kernel runs."""
+    dense = Parameter(lib.put(rng.standard_normal((4, 5)).astype(np.float32)), name="dense")
+    table = Parameter(lib.put(rng.standard_normal((13, 2, 3)).astype(np.float32)), name="table")
+    opt = LazyAdam([dense, table], learning_rate=0.1)
+    grads = (lib.put(np.ones((4, 5), np.float32)),
+             RowTensor(lib.put(np.array([3, 3, 7])), lib.put(np.ones((3, 2, 3), np.float32)),
+                       table.shape))
+    opt(grads)
+    before = snapshot(opt)
+
+    def no_memory(*args, **kwargs):
+        raise OutOfMemoryError("out of memory allocating 4,096 bytes")
+    monkeypatch.setattr(TorchOnDevice, "new_empty", no_memory)
+    monkeypatch.setitem(globals(), "empty", no_memory)
+    with pytest.raises(MemoryError, match=r"parameter 'table'\): out of memory: its sparse step "
+                                          r"needs [\d,]+ bytes of scratch for 3 indices"):
+        opt(grads)
     assert_unchanged(opt, before)
 
 

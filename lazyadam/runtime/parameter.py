@@ -14,6 +14,7 @@ same way:
     to_host       a numpy array (device arrays copied to host memory)
     copy_into     copy a value into an existing array in place, through host memory for devices
     zeros_like    zeros on the same device: the optimizer's moments
+    empty_bytes   uninitialized bytes on the same device: a sparse step's scratch
     contiguous    a C-contiguous array (device arrays copied only where needed)
     index_bounds  min and max of an index array, computed where it lives
     centralized   g - mean(g over every axis but the first), computed where it lives
@@ -169,6 +170,45 @@ def zeros_like(data: Any) -> Any:
     device = getattr(data, "device", None)
     with device if hasattr(device, "__enter__") else contextlib.nullcontext():
         return make(data)
+
+
+def empty_bytes(like: Any, nbytes: int) -> Any:
+    """`nbytes` bytes of uninitialized scratch where `like` lives: a numpy array in host memory, or
+    a uint8 array of the device array's own library on its device (PyTorch's `new_empty`, else the
+    library's `empty(shape, dtype)`, as CuPy's and pycuda's), starting on a 256-byte boundary as
+    the CUDA kernels' scratch must.
+
+    Raises:
+        MemoryError, or the library's own out-of-memory error (see `is_out_of_memory`).
+        TypeError: a device array whose library has no `empty`.
+    """
+    if not is_device_array(like):
+        return np.empty(nbytes, np.uint8)
+    padded = nbytes + _DEVICE_ALIGNMENT - 1
+    if is_torch(like):
+        import torch  # only reached with a torch tensor in hand
+        block = like.new_empty((padded,), dtype=torch.uint8)
+    else:
+        make = library_function(like, "empty")
+        if make is None:
+            raise TypeError(f"cannot allocate scratch beside a {_kind(like)}: its library has no "
+                            "empty")
+        device = getattr(like, "device", None)
+        with device if hasattr(device, "__enter__") else contextlib.nullcontext():
+            block = make((padded,), np.uint8)
+    start = -DeviceArray(block, "scratch").ptr % _DEVICE_ALIGNMENT
+    return block[start:start + nbytes]
+
+
+#: Where device scratch starts (the arrays a CUDA launcher carves out of it are so aligned).
+_DEVICE_ALIGNMENT = 256
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """Whether an allocation failed for want of memory: a `MemoryError`, PyTorch's
+    `OutOfMemoryError` (a RuntimeError), CuPy's, or pycuda's driver error saying so."""
+    return (isinstance(error, MemoryError) or "OutOfMemory" in type(error).__name__
+            or "out of memory" in str(error).lower())
 
 
 def is_c_contiguous(data: Any) -> bool:

@@ -16,6 +16,7 @@ then picks the dense or the lazy sparse kernel (and the index dtype).
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable
 
 import numpy as np
@@ -25,7 +26,7 @@ from ..codegen.spec import Spec
 from ..targets.base import HParams, index_error
 from ..targets.cuda import DeviceArray
 from .parameter import (Parameter, RowTensor, astype, centralized, contiguous, device_of, dtype_of,
-                        index_bounds, is_device_array, to_host)
+                        empty_bytes, index_bounds, is_device_array, is_out_of_memory, to_host)
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 INDEX_DTYPES = {np.dtype(np.int32): "int32", np.dtype(np.int64): "int64"}
@@ -65,8 +66,9 @@ def apply(work: list[tuple[Any, ...]], hparams: Any) -> None:
         call(grad, hparams[group])
 
 
-def bind(kernel: Any, var: Any, m: Any, v: Any, vmax: Any) -> Callable[[Any, tuple], None]:
-    """`step(grad, hparams)`: one step of `kernel` on a parameter's arrays.
+def bind(kernel: Any, var: Any, m: Any, v: Any, vmax: Any) -> Callable[..., None]:
+    """`step(grad, hparams)`: one step of `kernel` on a parameter's arrays (sparse steps also take
+    `workspace=`, their scratch, allocated by the caller).
 
     The runtime has already checked every argument, so a target that can skip the checks offers
     `kernel.bind` (the C target: pointers made once, about 2 us a call); others get their public call.
@@ -74,8 +76,8 @@ def bind(kernel: Any, var: Any, m: Any, v: Any, vmax: Any) -> Callable[[Any, tup
     if hasattr(kernel, "bind"):
         return kernel.bind(var, m, v, vmax)
 
-    def step(grad: Any, hparams: tuple) -> None:
-        kernel(var, m, v, grad, HParams(*hparams), vmax=vmax)
+    def step(grad: Any, hparams: tuple, **scratch: Any) -> None:
+        kernel(var, m, v, grad, HParams(*hparams), vmax=vmax, **scratch)
     return step
 
 
@@ -98,18 +100,24 @@ class Slot:
         self.m, self.v, self.vmax = m, v, vmax
         #: (Parameter, array) of each array a step writes, for the gradients' overlap check.
         self.written = tuple((a, a.data) for a in (param, m, v, vmax) if a is not None)
-        self.calls: dict[tuple[bool, str], Callable[[Any, tuple], None]] = {}
+        self.calls: dict[tuple[bool, str], tuple[Any, Callable[..., None]]] = {}
 
-    def call(self, sparse: bool, index_dtype: str = "int64") -> Callable[[Any, tuple], None]:
+    def call(self, sparse: bool, index_dtype: str = "int64") -> Callable[..., None]:
         """The bound kernel call for a dense or sparse gradient; compiled on first use."""
+        return self.kernel_and_call(sparse, index_dtype)[1]
+
+    def kernel_and_call(self, sparse: bool,
+                        index_dtype: str = "int64") -> tuple[Any, Callable[..., None]]:
+        """The kernel for a dense or sparse gradient and its call bound to this slot's arrays."""
         key = (sparse, index_dtype)
-        call = self.calls.get(key)
-        if call is None:
+        found = self.calls.get(key)
+        if found is None:
             spec = dataclasses.replace(self.spec, sparse=sparse, index_dtype=index_dtype)
             kernel = targets.compile(spec, self.target)
             vmax = self.vmax.data if self.vmax is not None else None
-            call = self.calls[key] = bind(kernel, self.param.data, self.m.data, self.v.data, vmax)
-        return call
+            found = self.calls[key] = (kernel, bind(kernel, self.param.data, self.m.data,
+                                                    self.v.data, vmax))
+        return found
 
     def prepare(self, position: int, grad: Any) -> tuple[Any, ...]:
         """The kernel call for gradient number `position`, after checking it against the parameter.
@@ -179,7 +187,26 @@ class Slot:
         indices, values = contiguous(indices), contiguous(values)
         self._check_disjoint(where, "indices", indices)
         self._check_disjoint(where, "values", values)
-        return (indices, values), self.call(True, INDEX_DTYPES[index_dtype])
+        kernel, call = self.kernel_and_call(True, INDEX_DTYPES[index_dtype])
+        return (indices, values), functools.partial(call, workspace=self._scratch(
+            where, kernel, rows, indices.shape[0]))
+
+    def _scratch(self, where: str, kernel: Any, rows: int, nnz: int) -> Any:
+        """The scratch of a sparse step, allocated now, before any kernel of the step writes: so
+        that running out of memory, too, changes nothing.
+
+        Raises:
+            MemoryError: naming the gradient and the bytes asked for.
+        """
+        row_size = int(np.prod(self.param.shape[1:], dtype=np.int64))
+        nbytes = kernel.workspace_size(rows, row_size, nnz)
+        try:
+            return empty_bytes(self.param.data, nbytes)
+        except Exception as error:  # noqa: BLE001  (each library names running out of memory its way)
+            if not is_out_of_memory(error):
+                raise
+            raise MemoryError(f"{where}: out of memory: its sparse step needs {nbytes:,} bytes of "
+                              f"scratch for {nnz:,} indices; nothing was changed") from error
 
     def _check_disjoint(self, where: str, what: str, array: Any) -> None:
         """A gradient may not share memory with what its kernel writes (the parameter, its

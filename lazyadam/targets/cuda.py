@@ -268,6 +268,7 @@ class CudaKernel(LoadedKernel):
         self._itype = f"{spec.index_dtype}_t *"
         if spec.sparse:
             self._deferred = getattr(self.lib, f"{source.symbol}_deferred")
+            self._with_workspace = getattr(self.lib, f"{source.symbol}_with_workspace")
             self._check = getattr(self.lib, f"{source.symbol}_check")
             self._workspace_size = getattr(self.lib, f"{source.symbol}_workspace_size")
 
@@ -282,8 +283,9 @@ class CudaKernel(LoadedKernel):
             stream: where to queue the work (see `stream_handle`).
             record: sparse only: run deferred, leaving a bad index in this device array (int64,
                 `RECORD_WORDS` long, zeroed before first use) instead of waiting to check it.
-            workspace: sparse and deferred only: a device array of at least `workspace_size(...)`
-                bytes for the step's scratch (else it is allocated on the stream).
+            workspace: sparse only: a device array of at least `workspace_size(...)` bytes,
+                256-byte aligned, for the step's scratch (else it is allocated on the stream), so
+                that a caller can allocate every step's scratch before any step writes.
 
         Raises:
             TypeError, ValueError: a host array, a wrong dtype, shape or layout, too small a
@@ -303,9 +305,6 @@ class CudaKernel(LoadedKernel):
                 raise TypeError("record= and workspace= are for sparse kernels; a dense step "
                                 "never waits")
             dgrad = DeviceArray(grad, "grad")
-        if workspace is not None and record is None:
-            raise TypeError("workspace= goes with record= (a deferred step); a checking step "
-                            "allocates its own")
         check_arrays(self.spec, *state, dvmax, dgrad)
         arrays = state + ([dvmax] if dvmax is not None else [])
         handle = self.ffi.cast("cudaStream_t", stream_handle(stream, arrays))
@@ -320,19 +319,20 @@ class CudaKernel(LoadedKernel):
         row_size = int(np.prod(state[0].shape[1:], dtype=np.int64))
         args = (*ptrs, rows, row_size, self.ffi.cast(self._itype, indices.ptr),
                 self.ffi.cast(self._ctype, values.ptr), indices.shape[0], params)
-        if record is None:
-            self._raise_for(self.fn(*args, handle))
-            return
-        drecord = self._record(record)
         if workspace is None:
             space, size = self.ffi.NULL, 0
         else:
             dspace = DeviceArray(workspace, "workspace")
             space, size = self.ffi.cast("void *", dspace.ptr), dspace.size * dspace.dtype.itemsize
-        self._raise_for(self._deferred(*args, space, size, drecord, handle))
+        if record is not None:
+            self._raise_for(self._deferred(*args, space, size, self._record(record), handle))
+        elif workspace is not None:
+            self._raise_for(self._with_workspace(*args, space, size, handle))
+        else:
+            self._raise_for(self.fn(*args, handle))
 
     def workspace_size(self, rows: int, row_size: int, nnz: int) -> int:
-        """Bytes of device scratch a deferred sparse step of these sizes needs.
+        """Bytes of device scratch a sparse step of these sizes needs.
 
         Raises:
             TypeError: a dense kernel.
