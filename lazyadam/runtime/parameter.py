@@ -163,13 +163,22 @@ def zeros_like(data: Any) -> Any:
     if is_torch(data):
         import torch  # only reached with a torch tensor in hand
         return torch.zeros_like(data, memory_format=torch.contiguous_format)
-    make = library_function(data, "zeros_like")
+    return _allocate_beside(data, "zeros_like", "moments", data)
+
+
+def _allocate_beside(data: Any, name: str, what: str, *args: Any) -> Any:
+    """`name(*args)` of `data`'s library, called on `data`'s device (inside `with data.device`
+    where the device is a context manager, as CuPy's, whose allocations go to the current device).
+
+    Raises:
+        TypeError: the library has no `name`.
+    """
+    make = library_function(data, name)
     if make is None:
-        raise TypeError(f"cannot allocate moments for a {_kind(data)}: its library has no "
-                        "zeros_like")
+        raise TypeError(f"cannot allocate {what} for a {_kind(data)}: its library has no {name}")
     device = getattr(data, "device", None)
     with device if hasattr(device, "__enter__") else contextlib.nullcontext():
-        return make(data)
+        return make(*args)
 
 
 def empty_bytes(like: Any, nbytes: int) -> Any:
@@ -189,13 +198,7 @@ def empty_bytes(like: Any, nbytes: int) -> Any:
         import torch  # only reached with a torch tensor in hand
         block = like.new_empty((padded,), dtype=torch.uint8)
     else:
-        make = library_function(like, "empty")
-        if make is None:
-            raise TypeError(f"cannot allocate scratch beside a {_kind(like)}: its library has no "
-                            "empty")
-        device = getattr(like, "device", None)
-        with device if hasattr(device, "__enter__") else contextlib.nullcontext():
-            block = make((padded,), np.uint8)
+        block = _allocate_beside(like, "empty", "scratch", (padded,), np.uint8)
     start = -DeviceArray(block, "scratch").ptr % _DEVICE_ALIGNMENT
     return block[start:start + nbytes]
 
