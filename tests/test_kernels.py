@@ -256,6 +256,18 @@ def test_a_sparse_step_runs_in_a_workspace_the_caller_allocates(rng):
     np.testing.assert_array_equal(states[2][0], states[0][0])
 
 
+def test_a_step_whose_row_and_position_pairs_would_not_fit_64_bits_is_refused():
+    """Occurrences are sorted as (row, position) packed in 64 bits: 2^62 rows and 5 indices need
+    62 + 3 bits. The ABI says LAZYADAM_ESIZE, having written nothing (nothing of var is read)."""
+    kernel = lazyadam.compile(Spec(sparse=True))
+    ffi, lib = kernel.ffi, kernel.lib
+    buf = ffi.new("float[5]")
+    indices = ffi.new("int64_t[]", [0, 1, 2, 3, 2**62 - 1])
+    hp = ffi.new("lazyadam_hparams *", KNOWN_HP.as_tuple())
+    assert kernel.fn(buf, buf, buf, 2**62, 1, indices, buf, 5, hp) == lib.LAZYADAM_ESIZE
+    assert list(buf) == [0.0] * 5
+
+
 def test_bound_steps_check_what_could_read_out_of_bounds():
     var, m, v = _state()
     dense = lazyadam.compile(Spec(sparse=False)).bind(var, m, v)

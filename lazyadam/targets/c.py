@@ -218,6 +218,10 @@ class CKernel(LoadedKernel):
         def check(status: int, indices: np.ndarray | None = None) -> None:
             if status == self.lib.LAZYADAM_EINDEX and indices is not None:
                 raise index_error(indices, var.shape[0])
+            if status == self.lib.LAZYADAM_ESIZE and indices is not None and not fits(indices):
+                raise ValueError(f"{indices.shape[0]:,} indices into {rows:,} rows: a sparse step "
+                                 "packs (row, position) into 64 bits, and these need "
+                                 f"{(rows - 1).bit_length() + (indices.shape[0] - 1).bit_length()}")
             if status == self.lib.LAZYADAM_ENOMEM and indices is not None:
                 raise MemoryError(f"out of memory: {self.source.symbol} could not allocate "
                                   f"{self.workspace_size(rows, row_size, indices.shape[0]):,} "
@@ -238,6 +242,9 @@ class CKernel(LoadedKernel):
         index, index_dtype = self._index, np.dtype(self.spec.index_dtype)
         with_workspace = self._with_workspace
 
+        def fits(indices: np.ndarray) -> bool:
+            return (rows - 1).bit_length() + (indices.shape[0] - 1).bit_length() <= 64
+
         def sparse_step(grad: tuple[np.ndarray, np.ndarray], hp: tuple,
                         workspace: np.ndarray | None = None) -> None:
             indices, values = grad
@@ -251,7 +258,7 @@ class CKernel(LoadedKernel):
                 return
             status = with_workspace(*args, ffi.from_buffer("char[]", workspace,
                                                            require_writable=True), workspace.nbytes)
-            if status == self.lib.LAZYADAM_ESIZE:
+            if status == self.lib.LAZYADAM_ESIZE and fits(indices):
                 raise ValueError(f"a workspace of {workspace.nbytes:,} bytes is too small for "
                                  f"{indices.shape[0]:,} indices: workspace_size() gives "
                                  f"{self.workspace_size(rows, row_size, indices.shape[0]):,}")
