@@ -22,7 +22,8 @@ import click
 from . import __version__
 from .codegen.passes import PIPELINE
 from .codegen.pipeline import stages
-from .codegen.spec import DECAYS, DTYPES, EPS_MODES, INDEX_DTYPES, Spec, SpecError
+from .codegen.spec import (DECAYS, DTYPES, EPS_MODES, GRAD_DTYPES, HALF_DTYPES, INDEX_DTYPES,
+                           ROUNDINGS, STATE_DTYPES, Spec, SpecError)
 from .codegen.variants import specs_from_json, variants
 from .errors import CompilationError, TargetUnavailableError
 from .sources import write_sources
@@ -37,7 +38,7 @@ STAGES = ("spec", "lower", *(name for name, _ in PIPELINE), "header", "source")
 PROGRESS_FROM = 4
 
 _FLAGS = ("sparse", "nesterov", "use_locking", "decay", "amsgrad", "maximize", "eps_mode", "dtype",
-          "index_dtype")
+          "index_dtype", "state_dtype", "grad_dtype", "rounding")
 _STATICS = {"beta1": "beta1", "beta2": "beta2", "eps": "eps", "loss_scale": "loss_scale",
             "wd": "weight_decay"}
 
@@ -97,9 +98,20 @@ def _spec_options(func: Callable) -> Callable:
                      help="Where eps is added: to sqrt(v) (mindspore) or to the bias-corrected "
                           "sqrt(v_hat) (pytorch).  [default: mindspore]"),
         click.option("--dtype", type=click.Choice(tuple(DTYPES)),
-                     help="Parameter dtype.  [default: float32]"),
+                     help="Parameter dtype; bfloat16 and float16 compute in float32 and round "
+                          "what they store.  [default: float32]"),
         click.option("--index-dtype", type=click.Choice(tuple(INDEX_DTYPES)),
                      help="Index dtype of a sparse kernel.  [default: int64]"),
+        click.option("--state-dtype", type=click.Choice(STATE_DTYPES),
+                     help="Dtype of m, v (and vmax) of a bfloat16 or float16 parameter.  "
+                          "[default: float32]"),
+        click.option("--grad-dtype", type=click.Choice(GRAD_DTYPES + HALF_DTYPES),
+                     help="Gradient dtype of a bfloat16 or float16 parameter: its own, or "
+                          "float32.  [default: the parameter's]"),
+        click.option("--rounding", type=click.Choice(ROUNDINGS),
+                     help="How writes to bfloat16 or float16 round: to nearest even, or "
+                          "stochastically (hashing hp->seed, hp->step and the element).  "
+                          "[default: nearest]"),
         click.option("--beta1", type=float, metavar="FLOAT",
                      help="Bake beta1 into the code (hp->beta1 is then ignored)."),
         click.option("--beta2", type=float, metavar="FLOAT", help="Bake beta2 into the code."),

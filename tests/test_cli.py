@@ -46,7 +46,9 @@ def test_stage_names_are_the_library_stages():
 
 @pytest.mark.parametrize("args", [
     ["generate", "--target", "fortran"],
-    ["generate", "--dtype", "float16"],
+    ["generate", "--dtype", "float8"],
+    ["generate", "--rounding", "stochastic"],
+    ["generate", "--dtype", "float16", "--grad-dtype", "bfloat16"],
     ["generate", "--beta1", "2"],
     ["generate", "--beta1", "abc"],
     ["generate", "--eps", "nan"],
@@ -81,7 +83,8 @@ def test_bad_spec_file_is_one_line(run, tmp_path):
     assert result.exit_code == 2
     assert result.stderr.strip() == (
         "Error: spec 0 has unknown field(s) adamw; choose from amsgrad, decay, dtype, eps_mode, "
-        "index_dtype, maximize, nesterov, sparse, static, use_locking (see 'main build --help')")
+        "grad_dtype, index_dtype, maximize, nesterov, rounding, sparse, state_dtype, static, "
+        "use_locking (see 'main build --help')")
 
 
 def test_the_installed_script_prints_one_line(tmp_path):
@@ -251,8 +254,13 @@ def test_info_never_crashes_when_tools_are_missing(run):
 
 def test_variants_cover_the_flag_product_once():
     specs = variants()
-    assert len(specs) == len(set(specs)) == len({s.symbol() for s in specs}) == 2 * 96 + 4 * 96
+    flags = 96 + 2 * 96  # dense, and sparse with two index dtypes
+    # float32 and float64 once each; bfloat16 and float16 with 2 state x 2 gradient x 2 roundings
+    assert len(specs) == len(set(specs)) == len({s.symbol() for s in specs}) == (2 + 16) * flags
     assert {s.index_dtype for s in specs if not s.sparse} == {"int64"}
+    assert len(variants(dtype="float32")) == flags
+    assert {(s.state_dtype, s.grad_dtype, s.rounding) for s in variants(dtype="float64")} == {
+        (None, None, "nearest")}
     decayed = variants(static={"weight_decay": 0.1})
     assert {s.decay for s in decayed} == {"l2", "decoupled"}
 

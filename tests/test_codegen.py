@@ -33,7 +33,15 @@ def test_symbols_are_readable_and_distinct():
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    (dict(dtype="float16"), "dtype must be one of float32, float64; got 'float16'"),
+    (dict(dtype="float8"), "dtype must be one of float32, float64, bfloat16, float16; got 'float8'"),
+    (dict(dtype="float32", state_dtype="bfloat16"),
+     "state_dtype='bfloat16' needs a bfloat16 or float16 parameter; float32 parameters keep"),
+    (dict(dtype="bfloat16", state_dtype="float16"), "state_dtype must be one of float32, bfloat16"),
+    (dict(dtype="float64", grad_dtype="float32"), "grad_dtype='float32' needs a bfloat16 or float16"),
+    (dict(dtype="float16", grad_dtype="bfloat16"), "grad_dtype must be one of float32, float16; "
+                                                    "got 'bfloat16'"),
+    (dict(rounding="stochastic"), "rounding='stochastic' needs a bfloat16 or float16 parameter"),
+    (dict(dtype="bfloat16", rounding="down"), "rounding must be one of nearest, stochastic"),
     (dict(index_dtype="uint8"), "index_dtype must be one of"),
     (dict(decay="l1"), "decay must be one of none, l2, decoupled"),
     (dict(eps_mode="keras"), "eps_mode must be one of"),

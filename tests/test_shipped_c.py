@@ -19,11 +19,11 @@ import cffi
 import numpy as np
 import pytest
 
+import product
 from lazyadam import HParams, Spec, generate
 from lazyadam.codegen.ir import HPARAMS
 from lazyadam.codegen.names import LIBRARY, identifiers
 from lazyadam.codegen.pipeline import optimize, renderer
-from lazyadam.codegen.variants import variants
 from lazyadam.sources import write_sources
 from lazyadam.targets import c, toolchain
 from reference import lazyadam_step
@@ -34,7 +34,8 @@ OK, ENULL, ESIZE, EINDEX = 0, -1, -2, -3
 STATIC = {"beta1": 0.85, "beta2": 0.995, "eps": 1e-7, "loss_scale": 8.0, "weight_decay": 0.01}
 HYPER = dict(lr=0.01, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.05, loss_scale=4.0)
 
-#: Every flag value at least once, both dtypes and index dtypes, baked hyperparameters.
+#: Every flag value at least once, every dtype and index dtype, baked hyperparameters; half-precision
+#: parameters with each state and gradient dtype and both roundings.
 SPECS = [
     Spec(),
     Spec(nesterov=True, decay="l2", dtype="float64", index_dtype="int32"),
@@ -45,7 +46,16 @@ SPECS = [
          eps_mode="pytorch"),
     Spec(sparse=False, use_locking=True, maximize=True, decay="decoupled"),
     Spec(sparse=False, dtype="float64", decay="l2", static={"beta1": 0.85, "loss_scale": 8.0}),
+    Spec(dtype="bfloat16", rounding="stochastic", decay="l2", amsgrad=True),
+    Spec(dtype="float16", state_dtype="bfloat16", grad_dtype="float32", use_locking=True,
+         index_dtype="int32"),
+    Spec(sparse=False, dtype="bfloat16", state_dtype="bfloat16", rounding="stochastic",
+         nesterov=True),
+    Spec(sparse=False, dtype="float16", grad_dtype="float32", decay="decoupled", amsgrad=True,
+         rounding="stochastic"),
 ]
+#: The C type through which each storage dtype is passed.
+C_TYPES = {"float32": "float", "float64": "double", "bfloat16": "uint16_t", "float16": "uint16_t"}
 
 
 def cc() -> list[str]:
@@ -82,12 +92,11 @@ class Shipped:
         # RTLD_NODELETE: unloading an OpenMP library under libgomp's idle threads crashes at exit.
         library = self.ffi.dlopen(str(library), self.ffi.RTLD_NOW | self.ffi.RTLD_NODELETE)
         self.fn = getattr(library, source.symbol)
-        self.T = "float" if spec.dtype == "float32" else "double"
 
     def ptr(self, arr: np.ndarray | None, ctype: str | None = None):
         if arr is None:
             return self.ffi.NULL
-        return self.ffi.cast(f"{ctype or self.T} *", arr.ctypes.data)
+        return self.ffi.cast(f"{ctype or C_TYPES[arr.dtype.name]} *", arr.ctypes.data)
 
     def __call__(self, var, m, v, vmax, grad, hp: tuple, *, rows=None, row_size=None, nnz=None,
                  n=None, null: str = "") -> int:
@@ -130,26 +139,24 @@ def run_steps(kernel: Shipped, spec: Spec, seed: int = 3):
     """Three steps of the kernel and of the reference, from the same random start."""
     rng = np.random.default_rng(seed)
     shape = (11, 2, 3) if spec.sparse else (2, 2500)  # dense: two 4096-element chunks
-    var0 = rng.standard_normal(shape).astype(spec.dtype)
-    state = [var0.copy(), np.zeros_like(var0), np.zeros_like(var0),
-             np.zeros_like(var0) if spec.amsgrad else None]
+    var0 = rng.standard_normal(shape).astype(product.dtype(spec, "var"))
+    zeros = np.zeros(shape, product.dtype(spec, "m"))
+    state = [var0.copy(), zeros.copy(), zeros.copy(), zeros.copy() if spec.amsgrad else None]
     ref = [var0.astype(np.float64), np.zeros(shape), np.zeros(shape),
            np.zeros(shape) if spec.amsgrad else None]
-    flags = dict(nesterov=spec.nesterov, decay=spec.decay, amsgrad=spec.amsgrad,
-                 maximize=spec.maximize, eps_mode=spec.eps_mode)
     for t, rows in enumerate([[5, 1, 5, 0, 9, 1, 5], [3, 3, 3], [2, 10]], start=1):
         if spec.sparse:
             indices = np.array(rows, spec.index_dtype)
-            values = rng.standard_normal((len(rows),) + shape[1:]).astype(spec.dtype)
+            values = rng.standard_normal((len(rows),) + shape[1:]).astype(product.dtype(spec, "grad"))
             grad = (indices, values)
         else:
-            indices, values = None, rng.standard_normal(shape).astype(spec.dtype)
+            indices, values = None, rng.standard_normal(shape).astype(product.dtype(spec, "grad"))
             grad = values
         hp, hyper = kernel_hparams(spec, t)
         assert kernel(*state, grad, hp) == OK
         ref = list(lazyadam_step(*ref[:3], values, indices=indices, vmax=ref[3],
                                  beta1_power=hyper["beta1"] ** t, beta2_power=hyper["beta2"] ** t,
-                                 **hyper, **flags))
+                                 **hyper, **product.reference_flags(spec, step=t)))
     return state, ref, var0
 
 
@@ -160,7 +167,7 @@ def test_shipped_source_matches_reference_with_and_without_openmp(libraries, spe
         got, ref, var0 = run_steps(Shipped(spec, library), spec)
         for name, actual, expected in zip(("var", "m", "v", "vmax"), got, ref):
             if expected is not None:
-                assert_close(actual, expected, spec.dtype, f"{mode} {name}")
+                assert_close(actual, expected, spec.storage(name), f"{mode} {name}")
         if spec.sparse:  # rows never named keep their values, bit for bit
             untouched = [r for r in range(var0.shape[0]) if r not in (0, 1, 2, 3, 5, 9, 10)]
             np.testing.assert_array_equal(got[0][untouched], var0[untouched])
@@ -250,8 +257,8 @@ CPP_MAIN = r"""
 #include <cstdio>
 
 int main() {
-    /* The known values of docs/semantics.md: beta powers 0.9 and 0.999 passed in. */
-    const lazyadam_hparams hp = {0.001, 0.9, 0.999, 1e-8, 0.0, 1.0, 0.9, 0.999};
+    /* The known values of docs/semantics.md: beta powers 0.9 and 0.999 passed in; seed 0, step 1. */
+    const lazyadam_hparams hp = {0.001, 0.9, 0.999, 1e-8, 0.0, 1.0, 0.9, 0.999, 0, 1};
     float var[2] = {1, 1}, m[2] = {1, 1}, v[2] = {1, 1}, values[2] = {0.1f, 0.1f};
     const int64_t rows[1] = {0};
     double dvar[2] = {1, 1}, dm[2] = {1, 1}, dv[2] = {1, 1}, grad[2] = {1, 1};
@@ -338,16 +345,17 @@ def test_static_values_at_the_limits_of_float32_compile(tmp_path):
 
 @pytest.mark.slow
 def test_every_c_variant_compiles_cleanly(tmp_path):
-    """The whole flag product under strict warnings, syntax and warnings only, in two compiler calls
-    (one per core). Serial: OpenMP adds nothing that differs between variants (the pragmas are the
-    same), and the representative specs above are built both ways."""
+    """The variants of tests/product.py (the flag product, and a half-precision sample) under strict
+    warnings, syntax and warnings only, in two compiler calls (one per core). Serial: OpenMP adds
+    nothing that differs between variants (the pragmas are the same), and the representative specs
+    above are built both ways."""
     compiler = cc()
-    for spec in variants():
+    for spec in product.ALL:
         source = generate(spec)
         (tmp_path / source.filename).write_text(source.text)
         (tmp_path / f"{source.symbol}.h").write_text(source.header)
     sources = sorted(map(str, tmp_path.glob("*.c")))
-    assert len(sources) == len(variants())
+    assert len(sources) == len(product.ALL)
     calls = [[*compiler, *STRICT, "-fsyntax-only", *sources[half::2]] for half in (0, 1)]
     with ThreadPoolExecutor(max_workers=2) as pool:
         for proc in pool.map(lambda cmd: subprocess.run(cmd, capture_output=True, text=True),

@@ -1,12 +1,20 @@
 """The IR: the update rule as a small expression tree, and its lowering from a spec.
 
-A kernel has three parts:
+A kernel has five parts:
 
 - `scalars`: per-step values computed once per call, before the loop, in double precision and then
-  stored in the parameter dtype (`lr_t`, `1 - beta1`, ...). Filled by `passes.hoist_invariants`.
+  stored in the arithmetic dtype (`lr_t`, `1 - beta1`, ...), and the keys of stochastic rounding.
+  Filled by `passes.hoist_invariants`.
+- `loads`: each stored element (the state arrays, and the gradient) widened to the arithmetic dtype.
 - `grad`: the effective gradient of one occurrence (one element of a dense gradient, or one element of
   one row of a sparse gradient, before duplicates are summed).
 - `update`: the Adam update of one element, given the (summed) effective gradient `g`.
+- `stores`: each updated state element rounded to its storage dtype.
+
+The arithmetic dtype is the parameter's for float32 and float64 kernels and float32 for
+half-precision ones (`Spec.compute_dtype`), whatever the storage: the rule below is written once, and
+only `loads` (`Load`: widen, exact) and `stores` (`Round`: to nearest even, or stochastically with
+`Bits`) depend on how the arrays are stored.
 
 Expressions refer to hyperparameters (`Param`, fields of `lazyadam_hparams`), to per-element values
 (`Elem`: the arrays `var`, `m`, `v`, `vmax`, the raw gradient `grad` and the effective gradient `g`),
@@ -20,7 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Callable, Union
 
-from .spec import Spec
+from .spec import HALF_DTYPES, Spec
 
 #: The summation order of duplicate indices (docs/semantics.md): a row's occurrences, in input order,
 #: are cut into consecutive chunks of SUM_CHUNK; each chunk is summed left to right, then the chunk
@@ -29,8 +37,10 @@ from .spec import Spec
 #: seen n times is at most max(SUM_CHUNK, n / SUM_CHUNK) additions deep.
 SUM_CHUNK = 256
 
-#: Fields of `lazyadam_hparams`, in ABI order.
-HPARAMS = ("lr", "beta1", "beta2", "eps", "weight_decay", "loss_scale", "beta1_power", "beta2_power")
+#: Fields of `lazyadam_hparams`, in ABI order: doubles, then the two uint64 fields that stochastic
+#: rounding hashes (the optimizer's seed and the step t).
+HPARAMS = ("lr", "beta1", "beta2", "eps", "weight_decay", "loss_scale", "beta1_power",
+           "beta2_power", "seed", "step")
 
 
 @dataclass(frozen=True)
@@ -90,7 +100,41 @@ class Named:
     x: Expr
 
 
-Expr = Union[Const, Param, Elem, Scalar, Unary, Binary, Call, Switch, Named]
+@dataclass(frozen=True)
+class Load:
+    """The stored element of array `name`, of storage dtype `dtype`, widened (exactly) to the
+    arithmetic dtype."""
+    name: str
+    dtype: str
+
+
+@dataclass(frozen=True)
+class Round:
+    """`x` rounded to the storage dtype `dtype`: to nearest even when `bits` is None, else
+    stochastically, away from zero with probability (|x| - |down|) / (|up| - |down|) as drawn by
+    the 32 random bits `bits`."""
+    x: Expr
+    dtype: str
+    bits: Expr | None = None
+
+
+@dataclass(frozen=True)
+class StepKey:
+    """The per-step key of one array's stochastic rounding: a hash of the `seed` and `step` fields
+    of `lazyadam_hparams` and of `stream`, a number per array, so that arrays draw unrelated bits."""
+    stream: int
+
+
+@dataclass(frozen=True)
+class Bits:
+    """32 random bits for one element: a hash of a `StepKey` and of the element's `position` (its
+    index in the array), the same whichever thread or target computes it."""
+    key: Expr
+    position: Expr
+
+
+Expr = Union[Const, Param, Elem, Scalar, Unary, Binary, Call, Switch, Named, Load, Round, StepKey,
+             Bits]
 
 
 @dataclass(frozen=True)
@@ -114,20 +158,46 @@ class Kernel:
     grad: tuple[Assign, ...]
     update: tuple[Assign, ...]
     scalars: tuple[Let, ...] = field(default=())
+    loads: tuple[Assign, ...] = field(default=())
+    stores: tuple[Assign, ...] = field(default=())
 
     @property
     def arrays(self) -> tuple[str, ...]:
         """The state arrays the kernel reads and writes, in ABI order."""
         return ("var", "m", "v", "vmax") if self.spec.amsgrad else ("var", "m", "v")
 
+    @property
+    def converts(self) -> bool:
+        """True when some array is stored in another dtype than the arithmetic's."""
+        return any(not isinstance(s.expr, Elem) for s in self.stores) or any(
+            isinstance(s.expr, Load) and s.expr.dtype != self.spec.compute_dtype
+            for s in self.loads)
+
+    def load(self, name: str) -> Assign:
+        """The load of array `name` ("var", "m", ..., "grad").
+
+        Raises:
+            KeyError: the kernel does not read `name`.
+        """
+        for stmt in self.loads:
+            if stmt.target == name:
+                return stmt
+        raise KeyError(f"{self.spec.symbol()} does not load {name!r}")
+
     def with_statements(self, fn: Callable[[Assign], Assign | None]) -> Kernel:
-        """A copy with `fn` applied to every statement of `grad` and `update` (None drops one)."""
+        """A copy with `fn` applied to every statement of `loads`, `grad`, `update` and `stores`
+        (None drops one)."""
         def apply(stmts):
             return tuple(s for s in map(fn, stmts) if s is not None)
-        return replace(self, grad=apply(self.grad), update=apply(self.update))
+        return replace(self, loads=apply(self.loads), grad=apply(self.grad),
+                       update=apply(self.update), stores=apply(self.stores))
 
 
 def children(e: Expr) -> tuple[Expr, ...]:
+    if isinstance(e, Round):
+        return (e.x,) if e.bits is None else (e.x, e.bits)
+    if isinstance(e, Bits):
+        return (e.key, e.position)
     if isinstance(e, Unary):
         return (e.x,)
     if isinstance(e, Binary):
@@ -143,6 +213,10 @@ def children(e: Expr) -> tuple[Expr, ...]:
 
 def rebuild(e: Expr, kids: tuple[Expr, ...]) -> Expr:
     """`e` with its children replaced by `kids`."""
+    if isinstance(e, Round):
+        return Round(kids[0], e.dtype, kids[1] if len(kids) > 1 else None)
+    if isinstance(e, Bits):
+        return Bits(kids[0], kids[1])
     if isinstance(e, Unary):
         return Unary(e.op, kids[0])
     if isinstance(e, Binary):
@@ -240,4 +314,18 @@ def lower(spec: Spec) -> Kernel:
                when="decay=decoupled"),
         Assign("var", Switch("eps_mode=pytorch", pytorch, mindspore)),
     )
-    return Kernel(spec=spec, grad=grad, update=update)
+    arrays = ("var", "m", "v", "vmax") if spec.amsgrad else ("var", "m", "v")
+    loads = tuple(Assign(a, Load(a, spec.storage(a))) for a in arrays + ("grad",))
+    stores = tuple(Assign(a, _store(spec, a, stream)) for stream, a in enumerate(arrays))
+    return Kernel(spec=spec, grad=grad, update=update, loads=loads, stores=stores)
+
+
+def _store(spec: Spec, array: str, stream: int) -> Expr:
+    """What element `array` stores: its value, rounded when its storage is narrower."""
+    dtype = spec.storage(array)
+    if dtype not in HALF_DTYPES:
+        return Elem(array)
+    bits = None
+    if spec.rounding == "stochastic":
+        bits = Bits(Named(f"{array}_key", StepKey(stream)), Elem("position"))
+    return Round(Elem(array), dtype, bits)

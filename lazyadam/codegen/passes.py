@@ -8,8 +8,8 @@ from __future__ import annotations
 import math
 from dataclasses import replace
 
-from .ir import (Assign, Binary, Call, Const, Elem, Expr, Kernel, Let, Named, Param, Scalar, Switch,
-                 Unary, children, rebuild, transform, walk)
+from .ir import (Assign, Binary, Call, Const, Elem, Expr, Kernel, Let, Load, Named, Param, Scalar,
+                 Switch, Unary, children, rebuild, transform, walk)
 
 
 # [ir.Kernel] -> [ir.Kernel]
@@ -72,8 +72,9 @@ def drop_dead_terms(kernel: Kernel) -> Kernel:
 def hoist_invariants(kernel: Kernel) -> Kernel:
     """Moves every maximal per-step subexpression out of the element loop into `scalars`.
 
-    A subexpression is per-step when it reads no element (`Elem`): `lr_t`, `1 - beta1`, `eps`, ... It is
-    computed once per call in double precision, then stored in the parameter dtype. Equal
+    A subexpression is per-step when it reads no element (`Elem`, `Load`): `lr_t`, `1 - beta1`,
+    `eps`, the keys of stochastic rounding, ... It is computed once per call in double precision,
+    then stored in the arithmetic dtype (a key: as a uint64). Equal
     subexpressions share one scalar. A `Named` subexpression keeps its name; a bare hyperparameter keeps
     the hyperparameter's; others are numbered. Bare constants stay in the loop as literals.
     """
@@ -113,7 +114,7 @@ def hoist_invariants(kernel: Kernel) -> Kernel:
 
 
 def _invariant(e: Expr) -> bool:
-    return not any(isinstance(n, (Elem, Scalar)) for n in walk(e))
+    return not any(isinstance(n, (Elem, Scalar, Load)) for n in walk(e))
 
 
 def _strip_names(e: Expr) -> Expr:

@@ -97,15 +97,30 @@ def format_kernel(kernel: ir.Kernel) -> str:
     """A readable listing of an IR kernel: scalars, then the gradient and update statements.
 
     Before hoisting, hyperparameters print as `hp->name`; unresolved switches as `flag ? on : off`.
+    A kernel that stores an array in another dtype than its arithmetic's (half precision) also
+    lists its loads (widened, exactly) and stores (rounded), and says in which dtype it computes.
     """
-    printer = _IRPrinter(kernel.spec.dtype)
-    lines = [f"kernel {kernel.spec.symbol()}  ({'sparse' if kernel.spec.sparse else 'dense'}, "
-             f"{kernel.spec.dtype})"]
+    spec = kernel.spec
+    printer = _IRPrinter(spec.compute_dtype)
+    kind = "sparse" if spec.sparse else "dense"
+    if kernel.converts:
+        lines = [f"kernel {spec.symbol()}  ({kind}, {spec.dtype}; state {spec.storage('m')}, "
+                 f"gradient {spec.storage('grad')}; arithmetic in {spec.compute_dtype}, "
+                 f"{spec.rounding} rounding)"]
+    else:
+        lines = [f"kernel {spec.symbol()}  ({kind}, {spec.dtype})"]
     if kernel.scalars:
-        lines.append("  per step (double, then stored as the element type):")
+        stored = (f"{spec.compute_dtype}, the arithmetic's; rounding keys as uint64"
+                  if kernel.converts else "the element type")
+        lines.append(f"  per step (double, then stored as {stored}):")
         lines += [f"    {s.name} = {printer.expr(s.expr, scalar=True)}" for s in kernel.scalars]
-    for title, stmts in (("per occurrence (effective gradient)", kernel.grad),
-                         ("per element (update)", kernel.update)):
+    sections = [("per occurrence (effective gradient)", kernel.grad),
+                ("per element (update)", kernel.update)]
+    if kernel.converts:
+        sections.insert(0, (f"load (widened to {spec.compute_dtype}, exactly)", kernel.loads))
+        how = "to nearest even" if spec.rounding == "nearest" else "stochastically"
+        sections.append((f"store (rounded {how} where narrower)", kernel.stores))
+    for title, stmts in sections:
         lines.append(f"  {title}:")
         for s in stmts:
             gate = f"  if {s.when}" if s.when else ""
@@ -114,7 +129,8 @@ def format_kernel(kernel: ir.Kernel) -> str:
 
 
 class _IRPrinter(CPrinter):
-    """Prints IR in the middle of the pipeline: element names bare, switches visible."""
+    """Prints IR in the middle of the pipeline: element names bare, switches visible, conversions
+    by name."""
 
     def __init__(self, dtype: str):
         super().__init__(dtype, hparams="{}")
@@ -129,4 +145,15 @@ class _IRPrinter(CPrinter):
             return f"[{e.flag} ? {on} : {off}]", 4
         if isinstance(e, ir.Named):
             return f"{e.name}{{{self.expr(e.x, scalar)}}}", 4
+        if isinstance(e, ir.Load):
+            return f"{e.name}[position] as {e.dtype}", 4
+        if isinstance(e, ir.Round):
+            value = self.expr(e.x, scalar)
+            if e.bits is None:
+                return f"round_nearest_{e.dtype}({value})", 4
+            return f"round_stochastic_{e.dtype}({value}, {self.expr(e.bits, scalar)})", 4
+        if isinstance(e, ir.Bits):
+            return f"bits({self.expr(e.key, scalar)}, {self.expr(e.position, scalar)})", 4
+        if isinstance(e, ir.StepKey):
+            return f"key(seed, step, {e.stream})", 4
         return super()._print(e, scalar)

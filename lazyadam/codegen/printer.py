@@ -1,36 +1,53 @@
 """Printers: IR expressions and statements to C (and, by subclassing, CUDA) text.
 
-Two contexts: element code, in the parameter dtype (`float` uses `sqrtf` and `f`-suffixed literals),
-and scalar code, evaluated once per call in double from the `lazyadam_hparams` fields.
+Two contexts: element code, in the arithmetic dtype (`float` uses `sqrtf` and `f`-suffixed
+literals), and scalar code, evaluated once per call in double from the `lazyadam_hparams` fields.
+Loads and stores convert between the arithmetic dtype and each array's storage dtype: half-precision
+values are `lazyadam_bfloat16` / `lazyadam_float16` (16-bit storage: `uint16_t` in C, the
+toolkit's `__nv_bfloat16` / `__half` in CUDA), converted by the helpers of templates/half.j2 in C
+and by the toolkit's intrinsics in CUDA.
 """
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 
-from .ir import Assign, Binary, Call, Const, Elem, Expr, Let, Named, Param, Scalar, Unary
+from .ir import (Assign, Binary, Bits, Call, Const, Elem, Expr, Let, Load, Named, Param, Round,
+                 Scalar, StepKey, Unary)
 
 _PRECEDENCE = {"+": 1, "-": 1, "*": 2, "/": 2}
 _UNARY = 3
 _ATOM = 4
 
 C_TYPES = {"float32": "float", "float64": "double"}
+#: The C type of each storage dtype (the half-precision ones are typedefs of the generated header).
+STORAGE_TYPES = {**C_TYPES, "bfloat16": "lazyadam_bfloat16", "float16": "lazyadam_float16"}
 C_INDEX_TYPES = {"int32": "int32_t", "int64": "int64_t"}
+#: The C type of the per-step key of stochastic rounding (a `StepKey` scalar).
+KEY_TYPE = "uint64_t"
+_SHORT = {"bfloat16": "bf16", "float16": "f16"}
 
 
 class CPrinter:
     """Prints IR as C99.
 
     Args:
-        dtype: the parameter dtype ("float32" or "float64"); sets the element type, `sqrtf`/`sqrt` and
-            literal suffixes.
+        dtype: the arithmetic dtype ("float32" or "float64"; float32 for half-precision storage);
+            sets the element type, `sqrtf`/`sqrt` and literal suffixes.
         hparams: how scalar code reads a hyperparameter field, e.g. `hp->lr`.
+
+    Attributes:
+        position: the text of the element's position, which stochastic rounding hashes (set by
+            `store`).
     """
 
     def __init__(self, dtype: str, hparams: str = "hp->{}"):
         self.dtype = dtype
         self.ctype = C_TYPES[dtype]
         self.hparams = hparams
+        self.position = "position"
 
     # --- statements -------------------------------------------------------------------------
     def assign(self, stmt: Assign) -> str:
@@ -38,9 +55,43 @@ class CPrinter:
         return f"{self.elem(stmt.target)} = {self.expr(stmt.expr)};"
 
     def let(self, stmt: Let) -> str:
-        """`const T name = (T)(expr);`: computed in double, stored in the element type."""
+        """`const T name = (T)(expr);`: computed in double, stored in the element type (a key of
+        stochastic rounding: `const uint64_t name = ...;`)."""
         value = self.expr(stmt.expr, scalar=True)
+        if self.scalar_type(stmt) == KEY_TYPE:
+            return f"const {KEY_TYPE} {stmt.name} = {value};"
         return f"const {self.ctype} {stmt.name} = ({self.ctype})({value});"
+
+    def scalar_type(self, stmt: Let) -> str:
+        """The C type of a hoisted scalar: the element type, or `uint64_t` for a rounding key."""
+        return KEY_TYPE if isinstance(stmt.expr, StepKey) else self.ctype
+
+    def storage_type(self, dtype: str) -> str:
+        """The C type in which an array of storage dtype `dtype` is passed."""
+        return STORAGE_TYPES[dtype]
+
+    def load(self, stmt: Assign, access: str) -> str:
+        """`name_i = <the element at access, widened>` (no `;`: loads are declarators too)."""
+        load = stmt.expr
+        assert isinstance(load, Load), stmt
+        return f"{self.elem(stmt.target)} = {self.widen(load.dtype, access)}"
+
+    def store(self, stmt: Assign, access: str, position: str = "position") -> str:
+        """`access = <name_i, rounded to its storage>;`, with `position` the text of the element's
+        position (what stochastic rounding hashes)."""
+        printer = copy.copy(self)
+        printer.position = position
+        return f"{access} = {printer.expr(stmt.expr)};"
+
+    def widen(self, dtype: str, value: str) -> str:
+        """A stored value of dtype `dtype` in the arithmetic dtype (exact)."""
+        if dtype == self.dtype:
+            return value
+        return f"lazyadam_{_SHORT[dtype]}_to_f32({value})"
+
+    def narrow(self, dtype: str, value: str) -> str:
+        """A float32 value rounded to the nearest even value of storage dtype `dtype`."""
+        return f"lazyadam_f32_to_{_SHORT[dtype]}({value})"
 
     def block(self, stmts, indent: int) -> str:
         pad = " " * indent
@@ -48,8 +99,8 @@ class CPrinter:
 
     # --- expressions ------------------------------------------------------------------------
     def elem(self, name: str) -> str:
-        """The C local that holds the current element of `name`."""
-        return f"{name}_i"
+        """The C local that holds the current element of `name` (`position`: its position)."""
+        return self.position if name == "position" else f"{name}_i"
 
     def expr(self, e: Expr, scalar: bool = False) -> str:
         return self._print(e, scalar)[0]
@@ -81,6 +132,20 @@ class CPrinter:
         if isinstance(e, Call):
             args = [self._print(a, scalar)[0] for a in e.args]
             return self.call(e.fn, args, scalar), _ATOM
+        if isinstance(e, Round):
+            value = self._print(e.x, scalar)[0]
+            if e.bits is not None:
+                # The stochastic choice gives a float32 that the storage holds exactly; the nearest
+                # conversion then only changes its type.
+                bits = self._print(e.bits, scalar)[0]
+                value = f"lazyadam_{_SHORT[e.dtype]}_stochastic({value}, {bits})"
+            return self.narrow(e.dtype, value), _ATOM
+        if isinstance(e, Bits):
+            key, position = (self._print(k, scalar)[0] for k in (e.key, e.position))
+            return f"lazyadam_random_bits({key}, {position})", _ATOM
+        if isinstance(e, StepKey):
+            seed, step = (self.hparams.format(name) for name in ("seed", "step"))
+            return f"lazyadam_step_key({seed}, {step}, {e.stream}u)", _ATOM
         raise TypeError(f"cannot print {e!r}")
 
     def call(self, fn: str, args: list[str], scalar: bool) -> str:
@@ -115,12 +180,29 @@ class CudaPrinter(CPrinter):
 
     def field(self, stmt: Let) -> str:
         """The struct member of a scalar: `T name;`."""
-        return f"{self.ctype} {stmt.name};"
+        return f"{self.scalar_type(stmt)} {stmt.name};"
 
     def set_field(self, stmt: Let, struct: str = "s") -> str:
         """Host code: `s.name = (T)(expr);`, the expression evaluated in double."""
-        return f"{struct}.{stmt.name} = ({self.ctype})({self.expr(stmt.expr, scalar=True)});"
+        value = self.expr(stmt.expr, scalar=True)
+        if self.scalar_type(stmt) == KEY_TYPE:
+            return f"{struct}.{stmt.name} = {value};"
+        return f"{struct}.{stmt.name} = ({self.ctype})({value});"
 
-    def unpack(self, name: str, struct: str = "s") -> str:
+    def unpack(self, stmt: Let, struct: str = "s") -> str:
         """Device code: `const T name = s.name;`."""
-        return f"const {self.ctype} {name} = {struct}.{name};"
+        return f"const {self.scalar_type(stmt)} {stmt.name} = {struct}.{stmt.name};"
+
+    def widen(self, dtype: str, value: str) -> str:
+        """The toolkit's conversions: `__bfloat162float`, `__half2float`."""
+        if dtype == self.dtype:
+            return value
+        return f"{_CUDA_WIDEN[dtype]}({value})"
+
+    def narrow(self, dtype: str, value: str) -> str:
+        """The toolkit's round-to-nearest-even conversions."""
+        return f"{_CUDA_NARROW[dtype]}({value})"
+
+
+_CUDA_WIDEN = {"bfloat16": "__bfloat162float", "float16": "__half2float"}
+_CUDA_NARROW = {"bfloat16": "__float2bfloat16_rn", "float16": "__float2half_rn"}

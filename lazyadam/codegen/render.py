@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from dataclasses import dataclass
 
 import jinja2
@@ -12,6 +13,7 @@ import jinja2
 from .. import __version__
 from .ir import SUM_CHUNK, Elem, Kernel, walk
 from .printer import C_INDEX_TYPES, CPrinter
+from .spec import HALF_DTYPES
 
 ENV = jinja2.Environment(
     loader=jinja2.PackageLoader("lazyadam", "templates"),
@@ -46,9 +48,16 @@ class Source:
 
 
 def template_context(kernel: Kernel, printer: CPrinter, symbol: str, indent: int = 12) -> dict:
-    """The variables every template sees: types, flags and the printed rule."""
+    """The variables every template sees: types, flags and the printed rule.
+
+    `T` is the arithmetic type (of locals, scratch and per-step scalars); `TV`, `TS` and `TG` are
+    the storage types of var, of the state (m, v, vmax) and of the gradient, and `types` maps each
+    array to its storage type. `load`, `widen` and `store` print the conversions between the two.
+    """
     spec = kernel.spec
     grad_reads_var = any(e == Elem("var") for s in kernel.grad for e in walk(s.expr))
+    loads = [kernel.load(a) for a in kernel.arrays]
+    types = {a: printer.storage_type(spec.storage(a)) for a in (*kernel.arrays, "grad")}
     return dict(
         symbol=symbol,
         version=__version__,
@@ -64,10 +73,22 @@ def template_context(kernel: Kernel, printer: CPrinter, symbol: str, indent: int
         # When the gradient reads var (L2 decay) and rows are locked, var must be read under the
         # row's lock: then one thread sums a row's chunks itself, in the same order.
         split=not (spec.use_locking and grad_reads_var),
-        # load("[i]") -> "var_i = var[i], m_i = m[i], ..."; store("[i]") -> "var[i] = var_i; ..."
-        load=lambda index: ", ".join(f"{a}_i = {a}{index}" for a in kernel.arrays),
-        store=lambda index: " ".join(f"{a}{index} = {a}_i;" for a in kernel.arrays),
+        # Half-precision storage: the 16-bit types and their conversions; stochastic rounding.
+        half=any(spec.storage(a) in HALF_DTYPES for a in types),
+        stochastic=spec.rounding == "stochastic",
+        storage_notes=storage_notes(kernel),
+        # load("[i]") -> "var_i = var[i], m_i = m[i], ...", store("[i]", "i") -> "var[i] = var_i;
+        # ...", with their conversions and the position (i) that stochastic rounding hashes.
+        load=lambda index: ", ".join(printer.load(s, f"{s.target}{index}") for s in loads),
+        store=lambda index, position="position": " ".join(
+            printer.store(s, f"{s.target}{index}", position) for s in kernel.stores),
+        # widen("grad", "grad[i]") -> the arithmetic value of one stored element.
+        widen=lambda array, access: printer.widen(spec.storage(array), access),
         T=printer.ctype,
+        TV=types["var"],
+        TS=types["m"],
+        TG=types["grad"],
+        types=types,
         I=C_INDEX_TYPES[spec.index_dtype],
         scalars="\n".join("    " + printer.let(s) for s in kernel.scalars),
         grad=printer.block(kernel.grad, indent),
@@ -75,11 +96,26 @@ def template_context(kernel: Kernel, printer: CPrinter, symbol: str, indent: int
     )
 
 
+def storage_notes(kernel: Kernel) -> list[str]:
+    """Lines for a header: how a half-precision kernel stores its arrays, computes and rounds."""
+    spec = kernel.spec
+    if not kernel.converts:
+        return []
+    state = "m, v, vmax" if spec.amsgrad else "m, v"
+    rounding = ("to nearest even" if spec.rounding == "nearest" else
+                "stochastically, from random bits that hash hp->seed, hp->step and the "
+                "element's index (the same on any thread count, in C and CUDA)")
+    return textwrap.wrap(
+        f"storage: var {spec.storage('var')}, {state} {spec.storage('m')}, gradient "
+        f"{spec.storage('grad')}. Every step computes in {spec.compute_dtype} (loads widen "
+        f"exactly); each write to 16-bit storage rounds {rounding}.", 96)
+
+
 # [ir.Kernel] -> [Source]
 def render_c(kernel: Kernel, symbol: str | None = None) -> Source:
     """C99 source and header for an optimized kernel (all passes applied)."""
     symbol = symbol or kernel.spec.symbol()
-    ctx = template_context(kernel, CPrinter(kernel.spec.dtype), symbol)
+    ctx = template_context(kernel, CPrinter(kernel.spec.compute_dtype), symbol)
     body = "c_sparse.c.j2" if kernel.spec.sparse else "c_dense.c.j2"
     return Source(
         symbol=symbol,

@@ -10,7 +10,7 @@ host launcher fills (in double, then cast, as the C prologue does) and passes by
 
 from __future__ import annotations
 
-from .ir import Kernel, Scalar, walk
+from .ir import Kernel, Let, Scalar, walk
 from .printer import CudaPrinter
 from .render import ENV, Source, template_context
 
@@ -18,18 +18,21 @@ from .render import ENV, Source, template_context
 THREADS = 256
 #: Bytes moved by one vector load or store of the dense kernel.
 VECTOR_BYTES = 16
+#: Bytes of one element of each storage dtype.
+_ITEMSIZE = {"float32": 4, "float64": 8, "bfloat16": 2, "float16": 2}
 #: Tensors updated by one launch of the dense kernel (their pointers travel as a kernel argument).
 TENSORS_PER_LAUNCH = 16
 
 
-def _scalars_read(stmts) -> list[str]:
-    """Names of the hoisted scalars that `stmts` read, in first-use order."""
+def _scalars_read(kernel: Kernel, stmts) -> list[Let]:
+    """The hoisted scalars that `stmts` read, in first-use order."""
     names: list[str] = []
     for s in stmts:
         for e in walk(s.expr):
             if isinstance(e, Scalar) and e.name not in names:
                 names.append(e.name)
-    return names
+    lets = {let.name: let for let in kernel.scalars}
+    return [lets[name] for name in names]
 
 
 # [ir.Kernel] -> [Source]
@@ -37,23 +40,36 @@ def render_cuda(kernel: Kernel, symbol: str | None = None) -> Source:
     """CUDA C++ source and header for an optimized kernel (all passes applied)."""
     spec = kernel.spec
     symbol = symbol or spec.symbol()
-    printer = CudaPrinter(spec.dtype)
+    printer = CudaPrinter(spec.compute_dtype)
     ctx = template_context(kernel, printer, symbol, indent=4)
+    types = ctx["types"]
+    # A vector load moves VECTOR_BYTES of the widest array: 4 elements of float32 state, 8 of
+    # bfloat16 state and gradient.
+    vector = VECTOR_BYTES // max(_ITEMSIZE[spec.storage(a)] for a in types)
+
+    def unpack(stmts) -> str:
+        return "\n".join("    " + printer.unpack(let) for let in _scalars_read(kernel, stmts))
+
     ctx.update(
         threads=THREADS,
         # Sparse kernels sort the rows as unsigned keys of the index width (valid indices are >= 0).
         K={"int32": "unsigned int", "int64": "unsigned long long"}[spec.index_dtype],
-        # "float *__restrict__ var, ...", "var, m, v", "float &var_i, ...", "var_i, m_i, v_i"
-        state_params=", ".join(f"{printer.ctype} *__restrict__ {a}" for a in kernel.arrays),
+        # "float *__restrict__ var, ...", "var, m, v", "float &var_i, ...", "var_i, m_i, v_i",
+        # "lazyadam_bfloat16 &var, float &m, ..." (storage)
+        state_params=", ".join(f"{types[a]} *__restrict__ {a}" for a in kernel.arrays),
         state_args=", ".join(kernel.arrays),
         state_refs=", ".join(f"{printer.ctype} &{a}_i" for a in kernel.arrays),
         state_locals=", ".join(f"{a}_i" for a in kernel.arrays),
-        vector=VECTOR_BYTES // (4 if spec.dtype == "float32" else 8),
+        storage_refs=", ".join(f"{types[a]} &{a}" for a in kernel.arrays),
+        vector=vector,
+        # vec("var") -> "lazyadam_vec<lazyadam_bfloat16, LAZYADAM_DENSE_BF16_VECTOR>"
+        vec=lambda array: f"lazyadam_vec<{types[array]}, {symbol.upper()}_VECTOR>",
         tensors_per_launch=TENSORS_PER_LAUNCH,
         scalar_fields="\n".join("    " + printer.field(s) for s in kernel.scalars),
         scalar_setters="\n".join("    " + printer.set_field(s) for s in kernel.scalars),
-        grad_scalars="\n".join("    " + printer.unpack(n) for n in _scalars_read(kernel.grad)),
-        update_scalars="\n".join("    " + printer.unpack(n) for n in _scalars_read(kernel.update)),
+        grad_scalars=unpack(kernel.grad),
+        update_scalars=unpack(kernel.update),
+        store_scalars=unpack(kernel.stores),
     )
     body = "cuda_sparse.cu.j2" if spec.sparse else "cuda_dense.cu.j2"
     header = ENV.get_template("cuda_header.h.j2")

@@ -17,9 +17,17 @@ from typing import Mapping
 import numpy as np
 
 #: Bumped whenever lowering, passes, printers or templates change what a spec generates.
-CODEGEN_VERSION = "2"
+CODEGEN_VERSION = "3"
 
-DTYPES = {"float32": "f32", "float64": "f64"}
+DTYPES = {"float32": "f32", "float64": "f64", "bfloat16": "bf16", "float16": "f16"}
+#: Parameter dtypes stored in 16 bits: their steps compute in float32 and round every write.
+HALF_DTYPES = ("bfloat16", "float16")
+#: State dtypes (of m, v and vmax) that half-precision parameters may take; float32 is the default.
+STATE_DTYPES = ("float32", "bfloat16")
+#: Gradient dtypes that half-precision parameters may take besides their own.
+GRAD_DTYPES = ("float32",)
+#: How a half-precision write rounds: to nearest even, or stochastically (see `Spec`).
+ROUNDINGS = ("nearest", "stochastic")
 INDEX_DTYPES = {"int32": "i32", "int64": "i64"}
 DECAYS = ("none", "l2", "decoupled")
 EPS_MODES = ("mindspore", "pytorch")
@@ -45,8 +53,18 @@ class Spec:
         maximize: ascend instead of descend (`g = -g`).
         eps_mode: "mindspore" (eps added to `sqrt(v)`, bias correction folded into `lr_t`) or
             "pytorch" (eps added to `sqrt(v_hat)`).
-        dtype: parameter dtype, "float32" or "float64".
+        dtype: parameter dtype: "float32", "float64", or a half-precision one, "bfloat16" or
+            "float16", whose steps compute in float32 and round what they store.
         index_dtype: index dtype of sparse kernels, "int32" or "int64".
+        state_dtype: dtype of m, v (and vmax): None for the default, which is float32 for
+            half-precision parameters and the parameter's dtype otherwise; "bfloat16"
+            (half-precision parameters only) halves the state again.
+        grad_dtype: dtype of the gradient: None for the parameter's; "float32" for half-precision
+            parameters whose gradients come in float32.
+        rounding: how every half-precision write rounds: "nearest" (to nearest even) or
+            "stochastic" (up or down with probabilities that make the rounding unbiased, from
+            random bits that hash the seed, the step and the element's position: the same bits on
+            any thread count, in C and CUDA).
         static: hyperparameters baked into the code, e.g. `{"beta1": 0.9}`; stored as a sorted
             tuple of pairs so that the spec stays hashable.
     """
@@ -60,11 +78,22 @@ class Spec:
     eps_mode: str = "mindspore"
     dtype: str = "float32"
     index_dtype: str = "int64"
+    state_dtype: str | None = None
+    grad_dtype: str | None = None
+    rounding: str = "nearest"
     static: tuple[tuple[str, float], ...] = field(default=())
 
     def __post_init__(self) -> None:
         static = self.static.items() if isinstance(self.static, Mapping) else self.static
         object.__setattr__(self, "static", tuple(sorted((str(k), v) for k, v in static)))
+        # One spelling per kernel: a dtype equal to its default is stored as None.
+        if self.state_dtype is not None and self.state_dtype == self._default_state_dtype():
+            object.__setattr__(self, "state_dtype", None)
+        if self.grad_dtype is not None and self.grad_dtype == self.dtype:
+            object.__setattr__(self, "grad_dtype", None)
+
+    def _default_state_dtype(self) -> str:
+        return "float32" if self.dtype in HALF_DTYPES else self.dtype
 
     def validate(self) -> Spec:
         """Checks the spec and returns it.
@@ -81,6 +110,22 @@ class Spec:
         _choice("eps_mode", self.eps_mode, EPS_MODES)
         _choice("dtype", self.dtype, tuple(DTYPES))
         _choice("index_dtype", self.index_dtype, tuple(INDEX_DTYPES))
+        _choice("rounding", self.rounding, ROUNDINGS)
+        half = self.dtype in HALF_DTYPES
+        if self.state_dtype is not None:
+            _choice("state_dtype", self.state_dtype, STATE_DTYPES)
+            if not half:
+                raise SpecError(f"state_dtype={self.state_dtype!r} needs a bfloat16 or float16 "
+                                f"parameter; {self.dtype} parameters keep their state in "
+                                f"{self.dtype}")
+        if self.grad_dtype is not None:
+            _choice("grad_dtype", self.grad_dtype, GRAD_DTYPES + (self.dtype,))
+            if not half:
+                raise SpecError(f"grad_dtype={self.grad_dtype!r} needs a bfloat16 or float16 "
+                                f"parameter; {self.dtype} parameters take {self.dtype} gradients")
+        if self.rounding == "stochastic" and not half:
+            raise SpecError(f"rounding='stochastic' needs a bfloat16 or float16 parameter; "
+                            f"{self.dtype} kernels round nothing they store")
         names = [k for k, _ in self.static]
         if len(set(names)) != len(names):
             raise SpecError(f"static hyperparameter given twice: {names}")
@@ -97,6 +142,25 @@ class Spec:
     def statics(self) -> dict[str, float]:
         """The baked hyperparameters as a dict."""
         return dict(self.static)
+
+    @property
+    def compute_dtype(self) -> str:
+        """The dtype of a step's arithmetic: float32 for half-precision parameters, else `dtype`."""
+        return "float32" if self.dtype in HALF_DTYPES else self.dtype
+
+    def storage(self, array: str) -> str:
+        """The dtype in which `array` ("var", "m", "v", "vmax" or "grad") is stored.
+
+        Raises:
+            KeyError: no such array.
+        """
+        if array == "var":
+            return self.dtype
+        if array in ("m", "v", "vmax"):
+            return self.state_dtype or self._default_state_dtype()
+        if array == "grad":
+            return self.grad_dtype or self.dtype
+        raise KeyError(f"no array {array!r}; choose from var, m, v, vmax, grad")
 
     def flag(self, name: str) -> bool:
         """The value of a feature switch used by the IR: a bool field, or `field=value`.
@@ -127,7 +191,12 @@ class Spec:
         return hashlib.sha256(f"{CODEGEN_VERSION}:{self.to_json()}".encode()).hexdigest()
 
     def symbol(self) -> str:
-        """A readable, deterministic C symbol, e.g. `lazyadam_sparse_nesterov_f32_i64`."""
+        """A readable, deterministic C symbol, e.g. `lazyadam_sparse_nesterov_f32_i64`.
+
+        Half-precision kernels name what differs from the default storage: `mbf16` (bfloat16
+        state), `gf32` (float32 gradients), `sr` (stochastic rounding), e.g.
+        `lazyadam_dense_bf16_mbf16_sr`.
+        """
         parts = ["lazyadam", "sparse" if self.sparse else "dense"]
         parts += [flag for flag in ("nesterov", "amsgrad", "maximize") if getattr(self, flag)]
         if self.use_locking:
@@ -137,6 +206,12 @@ class Spec:
         if self.eps_mode == "pytorch":
             parts.append("pteps")
         parts.append(DTYPES[self.dtype])
+        if self.state_dtype is not None:
+            parts.append("m" + DTYPES[self.state_dtype])
+        if self.grad_dtype is not None:
+            parts.append("g" + DTYPES[self.grad_dtype])
+        if self.rounding == "stochastic":
+            parts.append("sr")
         if self.sparse:
             parts.append(INDEX_DTYPES[self.index_dtype])
         if self.static:

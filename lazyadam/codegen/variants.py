@@ -1,6 +1,7 @@
 """Many specs at once: the product of the flags, and specs read from JSON.
 
     [fixed fields] --variants--> [Spec, ...]        [JSON text] --specs_from_json--> [Spec, ...]
+    [fixed fields] --half_variants--> [Spec, ...]   (every flag combination once, in 16 bits)
 
 Used to build every variant ahead of time (`lazyadam build --all`) and by tests that cover them all.
 """
@@ -12,9 +13,12 @@ import itertools
 import json
 from typing import Any
 
-from .spec import DECAYS, DTYPES, EPS_MODES, INDEX_DTYPES, Spec, SpecError
+from .spec import (DECAYS, DTYPES, EPS_MODES, GRAD_DTYPES, HALF_DTYPES, INDEX_DTYPES, ROUNDINGS,
+                   Spec, SpecError)
 
 #: Every value of every field that selects a variant, in `Spec` field order (`static` never varies).
+#: `None` is a dtype's default (float32 state for half-precision parameters, the parameter's own
+#: gradients).
 CHOICES: dict[str, tuple[Any, ...]] = {
     "sparse": (True, False),
     "nesterov": (False, True),
@@ -25,7 +29,12 @@ CHOICES: dict[str, tuple[Any, ...]] = {
     "eps_mode": EPS_MODES,
     "dtype": tuple(DTYPES),
     "index_dtype": tuple(INDEX_DTYPES),
+    "state_dtype": (None, "bfloat16"),
+    "grad_dtype": (None, *GRAD_DTYPES),
+    "rounding": ROUNDINGS,
 }
+#: The fields that say how a kernel stores its arrays; the others are its flags.
+STORAGE_FIELDS = ("dtype", "state_dtype", "grad_dtype", "rounding")
 
 
 def variants(**fixed: Any) -> list[Spec]:
@@ -33,7 +42,10 @@ def variants(**fixed: Any) -> list[Spec]:
 
     A dense kernel has no index array, so `index_dtype` varies for sparse kernels only (dense ones
     keep the fixed or default value). Combinations that `Spec.validate` rejects are left out, e.g.
-    `decay="none"` when `static` holds a weight decay.
+    `decay="none"` when `static` holds a weight decay, or a bfloat16 state for float32 parameters;
+    so are repeats (a float32 gradient of a float32 parameter is its default). Nothing fixed, that
+    is 288 flag combinations times 18 ways of storing them: 576 float32 and float64 kernels, and
+    4608 half-precision ones (see `half_variants` for a sample that meets every flag).
 
     Args:
         **fixed: `Spec` fields held constant, e.g. `dtype="float32"`, `static={"beta1": 0.9}`.
@@ -63,7 +75,41 @@ def variants(**fixed: Any) -> list[Spec]:
             first_error = first_error or err
     if not specs:
         raise first_error or SpecError("no spec matches")
-    return specs
+    return list(dict.fromkeys(specs))
+
+
+def half_variants(**fixed: Any) -> list[Spec]:
+    """Every flag combination once, with half-precision storage: a sample of the half-precision
+    product (4608 kernels) that meets every flag value with every way of storing it.
+
+    The storage combinations (bfloat16 or float16 parameters x float32 or bfloat16 state x own or
+    float32 gradients x nearest or stochastic rounding: 16, fewer where `fixed` holds some) are
+    dealt to the flag combinations in the order of `variants`, row by row as in a Latin square:
+    flag combination k takes storage combination (k // n + k) % n of n. So every row of n
+    consecutive flag combinations has every storage combination, and so has every column; every
+    value of every flag meets each of them.
+
+    Args:
+        **fixed: `Spec` fields held constant, as for `variants`; a `dtype` must be half-precision.
+
+    Returns:
+        One spec per flag combination (288 when nothing is fixed), in `variants` order.
+
+    Raises:
+        SpecError: as `variants`, or a fixed `dtype` that is not half-precision.
+    """
+    if fixed.get("dtype", HALF_DTYPES[0]) not in HALF_DTYPES:
+        raise SpecError(f"half_variants takes a bfloat16 or float16 dtype, got {fixed['dtype']!r}")
+    flags = {name: value for name, value in fixed.items() if name not in STORAGE_FIELDS}
+    storage = {name: value for name, value in fixed.items() if name in STORAGE_FIELDS}
+    choices = {**CHOICES, "dtype": HALF_DTYPES}
+    choices.update((name, (value,)) for name, value in storage.items())
+    combinations = [dict(zip(STORAGE_FIELDS, values))
+                    for values in itertools.product(*(choices[name] for name in STORAGE_FIELDS))]
+    n = len(combinations)
+    layouts = variants(**flags, dtype="float32")
+    return [dataclasses.replace(spec, **combinations[(k // n + k) % n]).validate()
+            for k, spec in enumerate(layouts)]
 
 
 def specs_from_json(text: str) -> list[Spec]:

@@ -23,11 +23,17 @@ import numpy as np
 from ..codegen.ir import HPARAMS
 from ..codegen.render import Source
 from ..codegen.spec import Spec
+from ..dtypes import storage_name
 
 
 @dataclass(frozen=True)
 class HParams:
-    """The fields of `lazyadam_hparams` for one call. `beta*_power` are beta^t of this step."""
+    """The fields of `lazyadam_hparams` for one call. `beta*_power` are beta^t of this step.
+
+    `seed` and `step` (unsigned 64-bit integers) are read only by stochastic rounding, whose random
+    bits hash them with each element's position: give every step its own `step` (`at_step` passes
+    t), and keep `seed` to reproduce a run bit for bit.
+    """
 
     lr: float
     beta1: float
@@ -37,6 +43,8 @@ class HParams:
     loss_scale: float
     beta1_power: float
     beta2_power: float
+    seed: int = 0
+    step: int = 0
 
     def __post_init__(self) -> None:
         """Rejects values that would make a kernel write NaN (e.g. beta powers of step 0).
@@ -56,26 +64,37 @@ class HParams:
             value = getattr(self, name)
             if not (0.0 < value < math.inf):
                 raise ValueError(f"HParams.{name} = {value!r} must be finite and > 0")
+        for name in ("seed", "step"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not (
+                    0 <= value < 2 ** 64):
+                raise ValueError(f"HParams.{name} = {value!r} must be an int in [0, 2**64)")
 
     @classmethod
     def at_step(cls, t: int, lr: float = 1e-3, beta1: float = 0.9, beta2: float = 0.999,
-                eps: float = 1e-8, weight_decay: float = 0.0, loss_scale: float = 1.0) -> HParams:
-        """Hyperparameters for step `t` (1 on the first step), with beta^t computed here.
+                eps: float = 1e-8, weight_decay: float = 0.0, loss_scale: float = 1.0,
+                seed: int = 0) -> HParams:
+        """Hyperparameters for step `t` (1 on the first step), with beta^t computed here and
+        `step = t`.
 
         Raises:
             ValueError: t < 1 (step 0 has no bias correction: 1 - beta^0 = 0), or a bad value.
         """
         if isinstance(t, bool) or not isinstance(t, int) or t < 1:
             raise ValueError(f"step t = {t!r} must be an int >= 1 (the first step is 1)")
-        return cls(lr, beta1, beta2, eps, weight_decay, loss_scale, beta1 ** t, beta2 ** t)
+        return cls(lr, beta1, beta2, eps, weight_decay, loss_scale, beta1 ** t, beta2 ** t, seed, t)
 
-    def as_tuple(self) -> tuple[float, ...]:
+    def as_tuple(self) -> tuple[float | int, ...]:
         """The fields in ABI order (what a kernel's `bind` step takes)."""
         return (self.lr, self.beta1, self.beta2, self.eps, self.weight_decay, self.loss_scale,
-                self.beta1_power, self.beta2_power)
+                self.beta1_power, self.beta2_power, int(self.seed), int(self.step))
 
 
 assert tuple(HParams.__dataclass_fields__) == HPARAMS, "HParams must follow the C struct"
+
+#: The C type of each storage dtype, as cffi names it (16-bit storage travels as its bits).
+CFFI_TYPES = {"float32": "float", "float64": "double", "bfloat16": "uint16_t",
+              "float16": "uint16_t"}
 
 
 def check_arrays(spec: Spec, var: Any, m: Any, v: Any, vmax: Any, grad: Any) -> None:
@@ -83,17 +102,18 @@ def check_arrays(spec: Spec, var: Any, m: Any, v: Any, vmax: Any, grad: Any) -> 
 
     Works on anything with `shape` and `dtype` (numpy arrays, and device arrays wrapped by the CUDA
     target); contiguity and writability are checked where the array exposes numpy-style `flags`.
+    Each array must have its storage dtype (`Spec.storage`): var the parameter's, m, v and vmax the
+    state's, the gradient (or sparse values) the gradient's.
     """
-    dtype = np.dtype(spec.dtype)
     if spec.amsgrad != (vmax is not None):
         raise TypeError("vmax is required by amsgrad kernels and only by them")
     state = {"var": var, "m": m, "v": v} | ({"vmax": vmax} if spec.amsgrad else {})
     for name, arr in state.items():
-        _check(name, arr, dtype, writable=True)
+        _check(name, arr, spec.storage(name), writable=True)
         if arr.shape != var.shape:
             raise ValueError(f"{name} has shape {arr.shape}, var has {var.shape}")
     if not spec.sparse:
-        _check("grad", grad, dtype)
+        _check("grad", grad, spec.storage("grad"))
         if grad.shape != var.shape:
             raise ValueError(f"grad has shape {grad.shape}, var has {var.shape}")
         _check_disjoint(state, {"grad": grad})
@@ -103,10 +123,10 @@ def check_arrays(spec: Spec, var: Any, m: Any, v: Any, vmax: Any, grad: Any) -> 
     indices, values = grad
     if var.ndim < 1:
         raise ValueError("a sparse kernel needs var of rank >= 1 (rows first)")
-    _check("indices", indices, np.dtype(spec.index_dtype))
+    _check("indices", indices, spec.index_dtype)
     if indices.ndim != 1:
         raise ValueError(f"indices must be 1-d, got shape {indices.shape}")
-    _check("values", values, dtype)
+    _check("values", values, spec.storage("grad"))
     expected = (indices.shape[0],) + tuple(var.shape[1:])
     if values.shape != expected:
         raise ValueError(f"values has shape {values.shape}, expected {expected} "
@@ -114,19 +134,20 @@ def check_arrays(spec: Spec, var: Any, m: Any, v: Any, vmax: Any, grad: Any) -> 
     _check_disjoint(state, {"indices": indices, "values": values})
 
 
-def _check(name: str, arr: Any, dtype: np.dtype, writable: bool = False) -> None:
+def _check(name: str, arr: Any, dtype: str, writable: bool = False) -> None:
     if not hasattr(arr, "dtype") or not hasattr(arr, "shape"):
         raise TypeError(f"{name} must be an array, got {type(arr).__name__}")
-    if arr.dtype != dtype:
-        raise TypeError(f"{name} has dtype {arr.dtype}, this kernel takes {dtype}")
+    if storage_name(arr.dtype) != dtype:
+        raise TypeError(f"{name} has dtype {storage_name(arr.dtype)}, this kernel takes {dtype}")
     flags = getattr(arr, "flags", None)
     if flags is not None:
         if not flags.c_contiguous:
             raise ValueError(f"{name} must be C-contiguous (use np.ascontiguousarray)")
         if writable and not flags.writeable:
             raise ValueError(f"{name} is read-only")
-    if _span(arr)[0] % dtype.itemsize:
-        raise ValueError(f"{name} is not aligned to its {dtype.itemsize}-byte elements")
+    itemsize = arr.dtype.itemsize
+    if _span(arr)[0] % itemsize:
+        raise ValueError(f"{name} is not aligned to its {itemsize}-byte elements")
 
 
 def _span(arr: Any) -> tuple[int, int]:

@@ -29,9 +29,10 @@ import numpy as np
 from ..codegen.pipeline import generate
 from ..codegen.render import Source
 from ..codegen.spec import Spec
+from ..dtypes import numpy_dtype, storage_name
 from ..errors import CompilationError, CompilerNotFoundError, KernelError
 from . import cache
-from .base import HParams, LoadedKernel, check_arrays, index_error
+from .base import CFFI_TYPES, HParams, LoadedKernel, check_arrays, index_error
 
 #: -fno-math-errno lets sqrt vectorize (an Adam loop ran 5x slower without it); no -ffast-math: the
 #: kernels keep IEEE semantics so that they match the reference and are reproducible; no fused
@@ -147,9 +148,10 @@ os.register_at_fork(after_in_child=_one_thread_after_fork)
 
 def _placeholder_grad(spec: Spec, var: np.ndarray):
     """A gradient that passes `check_arrays`, to check the state arrays alone."""
+    dtype = numpy_dtype(spec.storage("grad"))
     if not spec.sparse:
-        return np.empty(var.shape, var.dtype)
-    return np.empty(0, spec.index_dtype), np.empty((0,) + var.shape[1:], var.dtype)
+        return np.empty(var.shape, dtype)
+    return np.empty(0, spec.index_dtype), np.empty((0,) + var.shape[1:], dtype)
 
 
 class CKernel(LoadedKernel):
@@ -162,7 +164,9 @@ class CKernel(LoadedKernel):
     def __init__(self, spec: Spec, source: Source, path: Path):
         super().__init__(spec, source, path)
         _track_openmp(path)
-        self._scalars = f"{'float' if spec.dtype == 'float32' else 'double'}[]"
+        # The cffi type of each array's buffer: float[], double[], or uint16_t[] for 16-bit storage.
+        self._buffers = {a: f"{CFFI_TYPES[spec.storage(a)]}[]"
+                         for a in ("var", "m", "v", "vmax", "grad")}
         self._index = f"{spec.index_dtype}_t[]"
         self._hparams = self.ffi.typeof("lazyadam_hparams *")
         if spec.sparse:
@@ -206,14 +210,15 @@ class CKernel(LoadedKernel):
         """
         check_arrays(self.spec, var, m, v, vmax, _placeholder_grad(self.spec, var))
         ffi, fn, ok = self.ffi, self.fn, self.lib.LAZYADAM_OK
-        scalars, hparams, dtype = self._scalars, self._hparams, var.dtype
-        state = [ffi.from_buffer(scalars, a, require_writable=True)
-                 for a in (var, m, v, vmax) if a is not None]
+        hparams, buffers = self._hparams, self._buffers
+        dtype, grad_buffer = self.spec.storage("grad"), buffers["grad"]
+        state = [ffi.from_buffer(buffers[name], a, require_writable=True)
+                 for name, a in zip(("var", "m", "v", "vmax"), (var, m, v, vmax)) if a is not None]
 
         def check_values(name: str, values: np.ndarray, size: int) -> None:
-            if values.dtype != dtype or values.size != size:
+            if storage_name(values.dtype) != dtype or values.size != size:
                 raise ValueError(f"{name} must hold {size} {dtype} elements, got {values.size} "
-                                 f"{values.dtype}")
+                                 f"{storage_name(values.dtype)}")
 
         def check(status: int, indices: np.ndarray | None = None) -> None:
             if status == self.lib.LAZYADAM_EINDEX and indices is not None:
@@ -234,7 +239,7 @@ class CKernel(LoadedKernel):
 
             def dense_step(grad: np.ndarray, hp: tuple) -> None:
                 check_values("grad", grad, size)
-                check(fn(*state, ffi.from_buffer(scalars, grad), size, ffi.new(hparams, hp)))
+                check(fn(*state, ffi.from_buffer(grad_buffer, grad), size, ffi.new(hparams, hp)))
             return dense_step
 
         rows = var.shape[0]
@@ -252,7 +257,7 @@ class CKernel(LoadedKernel):
                 raise ValueError(f"indices must be a 1-d {index_dtype} array")
             check_values("values", values, indices.shape[0] * row_size)
             args = (*state, rows, row_size, ffi.from_buffer(index, indices),
-                    ffi.from_buffer(scalars, values), indices.shape[0], ffi.new(hparams, hp))
+                    ffi.from_buffer(grad_buffer, values), indices.shape[0], ffi.new(hparams, hp))
             if workspace is None:
                 check(fn(*args), indices)
                 return

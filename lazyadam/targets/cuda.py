@@ -36,7 +36,7 @@ from ..codegen.render import Source
 from ..codegen.spec import Spec
 from ..errors import CompilationError, CompilerNotFoundError, KernelError, TargetUnavailableError
 from . import cache
-from .base import HParams, LoadedKernel, check_arrays
+from .base import CFFI_TYPES, HParams, LoadedKernel, check_arrays
 
 name = "cuda"
 
@@ -264,7 +264,9 @@ class CudaKernel(LoadedKernel):
         super().__init__(spec, source, path)
         self.multi_fn = None if spec.sparse else getattr(self.lib, f"{source.symbol}_multi")
         self._error = getattr(self.lib, f"{source.symbol}_error")
-        self._ctype = f"{'float' if spec.dtype == 'float32' else 'double'} *"
+        # The cffi pointer type of each array: float *, double *, or uint16_t * for 16-bit storage.
+        self._ctypes = {a: f"{CFFI_TYPES[spec.storage(a)]} *"
+                        for a in ("var", "m", "v", "vmax", "grad")}
         self._itype = f"{spec.index_dtype}_t *"
         if spec.sparse:
             self._deferred = getattr(self.lib, f"{source.symbol}_deferred")
@@ -309,16 +311,18 @@ class CudaKernel(LoadedKernel):
         arrays = state + ([dvmax] if dvmax is not None else [])
         handle = self.ffi.cast("cudaStream_t", stream_handle(stream, arrays))
         params = self.ffi.new("lazyadam_hparams *", hp.as_tuple())
-        ptrs = [self.ffi.cast(self._ctype, a.ptr) for a in arrays]
+        ptrs = [self.ffi.cast(self._ctypes[name], a.ptr)
+                for name, a in zip(("var", "m", "v", "vmax"), arrays)]
         if not self.spec.sparse:
-            self._raise_for(self.fn(*ptrs, self.ffi.cast(self._ctype, dgrad.ptr), state[0].size,
+            self._raise_for(self.fn(*ptrs, self.ffi.cast(self._ctypes["grad"], dgrad.ptr),
+                                    state[0].size,
                                     params, handle))
             return
         indices, values = dgrad
         rows = state[0].shape[0]
         row_size = int(np.prod(state[0].shape[1:], dtype=np.int64))
         args = (*ptrs, rows, row_size, self.ffi.cast(self._itype, indices.ptr),
-                self.ffi.cast(self._ctype, values.ptr), indices.shape[0], params)
+                self.ffi.cast(self._ctypes["grad"], values.ptr), indices.shape[0], params)
         if workspace is None:
             space, size = self.ffi.NULL, 0
         else:
@@ -397,10 +401,12 @@ class CudaKernel(LoadedKernel):
             return
         state = [columns[0], columns[1], columns[2]] + ([columns[4]] if self.spec.amsgrad else [])
         handle = self.ffi.cast("cudaStream_t", stream_handle(stream, columns[0]))
-        ptr_arrays = [self.ffi.new(f"{self._ctype}[]", [self.ffi.cast(self._ctype, a.ptr)
-                                                        for a in col]) for col in state]
-        grad_ptrs = self.ffi.new(f"const {self._ctype}[]", [self.ffi.cast(self._ctype, a.ptr)
-                                                            for a in columns[3]])
+        ctypes = [self._ctypes[name] for name in ("var", "m", "v", "vmax")]
+        ptr_arrays = [self.ffi.new(f"{ctype}[]", [self.ffi.cast(ctype, a.ptr) for a in col])
+                      for ctype, col in zip(ctypes, state)]
+        grad_type = self._ctypes["grad"]
+        grad_ptrs = self.ffi.new(f"const {grad_type}[]", [self.ffi.cast(grad_type, a.ptr)
+                                                          for a in columns[3]])
         sizes = self.ffi.new("int64_t[]", [a.size for a in columns[0]])
         params = self.ffi.new("lazyadam_hparams *", hp.as_tuple())
         self._raise_for(self.multi_fn(len(variables), *ptr_arrays, grad_ptrs, sizes, params, handle))

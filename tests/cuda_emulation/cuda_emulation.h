@@ -15,6 +15,9 @@
  *   grid-stride loops go round more than once.
  * - CUB's device-wide algorithms that the launchers call (a stable radix sort of pairs, a run-length
  *   encode, an exclusive sum) are stand-ins with the same contract, temporary storage included.
+ * - The toolkit's 16-bit types (__nv_bfloat16, __half) and their conversions: float16 through the host
+ *   compiler's _Float16 (IEEE round to nearest even, done by other code than the C kernels'), bfloat16
+ *   by the same rule on the bits; a NaN becomes the canonical 0x7fff, as on a GPU.
  * - Counters that tests read (emu_counters): launches (a CUB call counts as one), host waits (a stream
  *   or event synchronization, or a copy to pageable host memory), and the most additions of the
  *   summation order (LAZYADAM_ADD) that one thread made in one launch: what would be slow on a GPU.
@@ -177,6 +180,47 @@ inline cudaError_t cudaPointerGetAttributes(cudaPointerAttributes *attr, const v
     attr->device = 0;
     attr->devicePointer = attr->hostPointer = const_cast<void *>(p);
     return cudaSuccess;
+}
+
+/* --- cuda_bf16.h and cuda_fp16.h: the storage types and the conversions the kernels use ---------- */
+struct __nv_bfloat16 {
+    unsigned short x;
+};
+struct __half {
+    unsigned short x;
+};
+static_assert(sizeof(__nv_bfloat16) == 2 && sizeof(__half) == 2, "16-bit storage");
+
+inline float __bfloat162float(__nv_bfloat16 h)
+{
+    const uint32_t u = (uint32_t)h.x << 16;
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+inline __nv_bfloat16 __float2bfloat16_rn(float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    if ((u & 0x7fffffffu) > 0x7f800000u)
+        return __nv_bfloat16{0x7fff};
+    const uint32_t lsb = (u >> 16) & 1u;
+    return __nv_bfloat16{(unsigned short)((u + 0x7fffu + lsb) >> 16)};
+}
+inline float __half2float(__half h)
+{
+    _Float16 value;
+    memcpy(&value, &h.x, sizeof value);
+    return (float)value;
+}
+inline __half __float2half_rn(float f)
+{
+    if (f != f)
+        return __half{0x7fff};
+    const _Float16 value = (_Float16)f;
+    __half h;
+    memcpy(&h.x, &value, sizeof h.x);
+    return h;
 }
 
 /* --- threads, blocks and barriers ------------------------------------------------------------- */

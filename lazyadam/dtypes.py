@@ -1,0 +1,53 @@
+"""The dtypes of the kernels' arrays, as numpy spells them.
+
+float32, float64 and float16 are numpy's own. numpy has no bfloat16: `ml_dtypes` (the dtype package
+that JAX uses) adds one, and is an optional dependency (`pip install 'lazyadam[bfloat16]'`),
+imported only when a bfloat16 array has to be made. Checking an array needs no import: a bfloat16 array is
+recognized by its dtype's name, or, through the CUDA array interface (PyTorch, ml_dtypes), by the
+typestr `<V2` that both give bfloat16.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+#: The storage dtypes of 16 bits.
+HALF = ("bfloat16", "float16")
+
+
+def storage_name(dtype: Any) -> str:
+    """The name of `dtype` as the kernels name dtypes: "float32", "bfloat16", "int64", ...
+
+    A 2-byte void dtype (`<V2`, how the CUDA array interface spells bfloat16) reads as bfloat16.
+    """
+    dtype = np.dtype(dtype)
+    if dtype.name == "bfloat16" or (dtype.kind == "V" and dtype.itemsize == 2 and not dtype.fields):
+        return "bfloat16"
+    return dtype.name
+
+
+def numpy_dtype(name: str) -> np.dtype:
+    """The numpy dtype of the storage dtype `name`.
+
+    Raises:
+        ImportError: bfloat16 without ml_dtypes installed (the message says how to install it).
+    """
+    if name == "bfloat16":
+        return bfloat16()
+    return np.dtype(name)
+
+
+def bfloat16() -> np.dtype:
+    """numpy's bfloat16, from ml_dtypes.
+
+    Raises:
+        ImportError: ml_dtypes is not installed.
+    """
+    try:
+        import ml_dtypes
+    except ImportError:
+        raise ImportError("bfloat16 arrays in numpy need the ml_dtypes package: "
+                          "pip install 'lazyadam[bfloat16]' (or pip install ml_dtypes)") from None
+    return np.dtype(ml_dtypes.bfloat16)
