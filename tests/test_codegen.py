@@ -32,6 +32,21 @@ def test_symbols_are_readable_and_distinct():
     assert Spec(static={"beta1": 0.9}).symbol() != Spec(static={"beta1": 0.8}).symbol()
 
 
+def test_half_precision_specs_name_what_they_store():
+    assert Spec(dtype="bfloat16").symbol() == "lazyadam_sparse_bf16_i64"
+    assert Spec(sparse=False, dtype="float16", state_dtype="bfloat16", grad_dtype="float32",
+                rounding="stochastic").symbol() == "lazyadam_dense_f16_mbf16_gf32_sr"
+    # A default spelled out is the same spec, key and kernel.
+    spelled = Spec(dtype="bfloat16", state_dtype="float32", grad_dtype="bfloat16")
+    assert spelled == Spec(dtype="bfloat16") and spelled.key() == Spec(dtype="bfloat16").key()
+    assert Spec(dtype="float32", grad_dtype="float32") == Spec()
+    assert [Spec(dtype="float16", state_dtype="bfloat16").storage(a)
+            for a in ("var", "m", "v", "vmax", "grad")] == ["float16"] + ["bfloat16"] * 3 + ["float16"]
+    assert Spec(dtype="bfloat16").compute_dtype == "float32"
+    assert Spec.from_json(Spec(dtype="float16", rounding="stochastic").to_json()) == \
+        Spec(dtype="float16", rounding="stochastic")
+
+
 @pytest.mark.parametrize("kwargs, match", [
     (dict(dtype="float8"), "dtype must be one of float32, float64, bfloat16, float16; got 'float8'"),
     (dict(dtype="float32", state_dtype="bfloat16"),
@@ -122,6 +137,50 @@ def test_hoist_invariants_leaves_only_elements_and_literals_in_the_loop():
     # one_minus_beta1 is used twice with nesterov but computed once
     assert sum(1 for s in kernel.scalars if s.expr == ir.Binary("-", ir.Const(1.0),
                                                                  ir.Param("beta1"))) == 1
+
+
+def test_conversions_are_in_the_ir_and_the_rule_is_not_repeated():
+    """Loads widen and stores round; the update statements are those of a float32 kernel."""
+    half = hoist_invariants(drop_dead_terms(ir.lower(Spec(dtype="float16", state_dtype="bfloat16",
+                                                          rounding="stochastic", amsgrad=True))))
+    plain = hoist_invariants(drop_dead_terms(ir.lower(Spec(amsgrad=True))))
+    assert half.grad == plain.grad and half.update == plain.update
+    assert half.load("var").expr == ir.Load("var", "float16")
+    assert half.load("grad").expr == ir.Load("grad", "float16")
+    rounded = {s.target: s.expr for s in half.stores}
+    assert set(rounded) == {"var", "m", "v", "vmax"}
+    assert rounded["m"] == ir.Round(ir.Elem("m"), "bfloat16",
+                                    ir.Bits(ir.Scalar("m_key"), ir.Elem("position")))
+    keys = {s.name: s.expr for s in half.scalars if isinstance(s.expr, ir.StepKey)}
+    assert keys == {"var_key": ir.StepKey(0), "m_key": ir.StepKey(1), "v_key": ir.StepKey(2),
+                    "vmax_key": ir.StepKey(3)}
+    assert not plain.converts and all(isinstance(s.expr, ir.Elem) for s in plain.stores)
+    nearest = ir.lower(Spec(dtype="bfloat16"))
+    assert {s.target: s.expr for s in nearest.stores}["var"] == ir.Round(ir.Elem("var"), "bfloat16")
+    assert {s.target: s.expr for s in nearest.stores}["m"] == ir.Elem("m")  # float32 state
+
+
+def test_half_precision_says_it_computes_in_float32():
+    spec = Spec(sparse=False, dtype="bfloat16", rounding="stochastic")
+    out = stages(spec)
+    assert "arithmetic in float32, stochastic rounding" in out["lower"]
+    assert "var = var[position] as bfloat16" in out["hoist_invariants"]
+    assert "var = round_stochastic_bfloat16(var, bits(var_key, position))" in out["hoist_invariants"]
+    assert "var_key = key(seed, step, 0)" in out["hoist_invariants"]
+    header = " ".join(out["header"].split())
+    assert "storage: var bfloat16, m, v float32, gradient bfloat16. Every step computes in float32" \
+        in header
+    assert "lazyadam_bfloat16 *var, float *m, float *v, const lazyadam_bfloat16 *grad" in header
+    assert "typedef uint16_t lazyadam_bfloat16;" in out["header"]
+    text = out["source"]
+    assert "const uint64_t var_key = lazyadam_step_key(hp->seed, hp->step, 0u);" in text
+    assert "float var_i = lazyadam_bf16_to_f32(var[i]), m_i = m[i], v_i = v[i], g_i;" in text
+    assert ("var[i] = lazyadam_f32_to_bf16(lazyadam_bf16_stochastic(var_i, "
+            "lazyadam_random_bits(var_key, i)));") in text
+    assert "sqrtf(v_i)" in text  # float32 arithmetic
+    # float32 kernels neither convert nor say anything about it
+    plain = stages(Spec(sparse=False))
+    assert "lazyadam_bfloat16" not in plain["source"] and "storage:" not in plain["header"]
 
 
 def test_every_stage_prints():

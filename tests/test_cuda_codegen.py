@@ -111,6 +111,25 @@ def test_the_rule_is_printed_from_the_ir_into_device_functions():
     assert "sqrt(vmax_i)" in f64 and "sqrtf" not in f64
 
 
+def test_half_precision_uses_the_toolkit_types_and_vector_loads():
+    dense = generate(Spec(sparse=False, dtype="bfloat16", rounding="stochastic"), "cuda")
+    assert "#include <cuda_bf16.h>" in dense.header
+    assert "typedef __nv_bfloat16 lazyadam_bfloat16;" in dense.header
+    assert "float var_i = __bfloat162float(var), m_i = m, v_i = v;" in dense.text
+    assert "var = __float2bfloat16_rn(lazyadam_bf16_stochastic(var_i, " in dense.text
+    # 16 bytes of float32 state a load: 4 elements, 8 bytes of the bfloat16 parameter and gradient
+    assert "#define LAZYADAM_DENSE_BF16_SR_VECTOR 4" in dense.text
+    assert "lazyadam_vec<lazyadam_bfloat16, LAZYADAM_DENSE_BF16_SR_VECTOR>" in dense.text
+    compact = generate(Spec(sparse=False, dtype="float16", state_dtype="bfloat16"), "cuda").text
+    assert "#define LAZYADAM_DENSE_F16_MBF16_VECTOR 8" in compact
+    assert "__half2float(grad)" in compact and "m = __float2bfloat16_rn(m_i);" in compact
+    assert "lazyadam_bf16_stochastic" not in compact  # no stochastic helpers without it
+    sparse = generate(Spec(dtype="float16", grad_dtype="float32", rounding="stochastic"), "cuda")
+    assert "var_row[j] = __float2half_rn(lazyadam_f16_stochastic(var_i, lazyadam_random_bits(" \
+           "var_key, row * row_size + j)));" in sparse.text
+    assert "s.var_key = lazyadam_step_key(hp->seed, hp->step, 0u);" in sparse.text
+
+
 def test_no_floating_point_atomics_and_no_table_sized_scratch():
     for spec in (Spec(sparse=True), Spec(sparse=True, use_locking=True, decay="l2")):
         text = generate(spec, "cuda").text

@@ -9,6 +9,7 @@ Python wrapper (`CudaKernel`). Only a GPU run (tests/test_cuda_gpu.py) checks re
 
 from __future__ import annotations
 
+import itertools
 import threading
 
 import cffi
@@ -17,8 +18,10 @@ import pytest
 
 import cuda_emulation as emulation
 import lazyadam
+import product
 from lazyadam import HParams, Spec
 from lazyadam.codegen import SUM_CHUNK
+from lazyadam.codegen.variants import CHOICES, STORAGE_FIELDS
 from reference import lazyadam_step
 
 from tolerance import assert_close
@@ -30,15 +33,32 @@ ONE_FLAG = [dict(nesterov=True), dict(use_locking=True), dict(decay="l2"), dict(
 ALL_ON = [dict(nesterov=True, use_locking=True, decay=decay, amsgrad=True, maximize=True,
                eps_mode="pytorch") for decay in ("l2", "decoupled")]
 STATIC = {"beta1": 0.85, "beta2": 0.995, "eps": 1e-7, "loss_scale": 8.0, "weight_decay": 0.01}
-#: Each layout bare and with every flag on; each flag alone on f32; baked hyperparameters; and the
-#: specs of the bitwise comparison with the C kernels.
+#: The 16 ways of storing a half-precision parameter (dtype, state, gradient, rounding).
+STORAGES = [dict(zip(STORAGE_FIELDS, values)) for values in itertools.product(
+    ("bfloat16", "float16"), *(CHOICES[name] for name in STORAGE_FIELDS[1:]))]
+#: Each storage dense and sparse (alternating index dtypes), bare or with every flag on, in turn.
+HALF_SPECS = [Spec(sparse=sparse, index_dtype=("int32", "int64")[k % 2], **storage,
+                   **([{}] + ALL_ON)[(k + sparse) % 3])
+              for k, storage in enumerate(STORAGES) for sparse in (False, True)]
+#: Bitwise comparisons with the C kernels: stochastic rounding in every storage it can write.
+BITWISE = [Spec(sparse=True, decay="l2", nesterov=True), Spec(sparse=True, use_locking=True, decay="l2"),
+           Spec(sparse=True, amsgrad=True, maximize=True, eps_mode="pytorch", index_dtype="int32"),
+           Spec(sparse=True, use_locking=True, decay="l2", dtype="float64"),
+           Spec(sparse=True, dtype="bfloat16", state_dtype="bfloat16", rounding="stochastic",
+                decay="l2", amsgrad=True),
+           Spec(sparse=True, dtype="float16", grad_dtype="float32", rounding="stochastic",
+                use_locking=True, decay="l2", index_dtype="int32"),
+           Spec(sparse=False, dtype="bfloat16", rounding="stochastic", nesterov=True),
+           Spec(sparse=False, dtype="float16", state_dtype="bfloat16", grad_dtype="float32",
+                rounding="stochastic", amsgrad=True, decay="decoupled")]
+#: Each layout bare and with every flag on; each flag alone on f32; baked hyperparameters; half
+#: precision; and the specs of the bitwise comparison with the C kernels.
 SPECS = list(dict.fromkeys(
     [Spec(sparse=s, dtype=d, index_dtype=i, **flags) for s, d, i in LAYOUTS for flags in [{}] + ALL_ON]
     + [Spec(sparse=s, **flags) for s in (False, True) for flags in ONE_FLAG]
     + [Spec(sparse=s, decay="l2", static=STATIC) for s in (False, True)]
-    + [Spec(sparse=True, decay="l2", nesterov=True), Spec(sparse=True, use_locking=True, decay="l2"),
-       Spec(sparse=True, amsgrad=True, maximize=True, eps_mode="pytorch", index_dtype="int32"),
-       Spec(sparse=True, use_locking=True, decay="l2", dtype="float64")]))
+    + HALF_SPECS + BITWISE))
+SEED = 31
 
 HYPER = dict(lr=0.01, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.05, loss_scale=4.0)
 
@@ -84,29 +104,29 @@ def reference_step(state, grad, hp, spec):
                          beta1=hp.beta1, beta2=hp.beta2, eps=hp.eps,
                          beta1_power=hp.beta1_power, beta2_power=hp.beta2_power,
                          weight_decay=hp.weight_decay, loss_scale=hp.loss_scale,
-                         nesterov=spec.nesterov, decay=spec.decay, amsgrad=spec.amsgrad,
-                         maximize=spec.maximize, eps_mode=spec.eps_mode)
+                         **product.reference_flags(spec, seed=hp.seed, step=hp.step))
 
 
 def hparams(spec, t):
     hyper = {**HYPER, **spec.statics}  # a static value is what the kernel uses
-    return HParams.at_step(t, **hyper)
+    return HParams.at_step(t, seed=SEED, **hyper)
 
 
 def new_state(var0, spec, offset=0):
-    var = aligned(var0.shape, spec.dtype, offset)
+    var = aligned(var0.shape, product.dtype(spec, "var"), offset)
     var[...] = var0
-    arrays = [var, aligned(var0.shape, spec.dtype, offset), aligned(var0.shape, spec.dtype, offset)]
-    arrays.append(aligned(var0.shape, spec.dtype, offset) if spec.amsgrad else None)
+    state = [aligned(var0.shape, product.dtype(spec, "m"), offset)
+             for _ in range(3 if spec.amsgrad else 2)]
+    arrays = [var, *state] + ([] if spec.amsgrad else [None])
     ref = [var0.astype(np.float64), np.zeros(var0.shape), np.zeros(var0.shape),
            np.zeros(var0.shape) if spec.amsgrad else None]
     return arrays, ref
 
 
-def check(arrays, ref, dtype):
+def check(arrays, ref, spec):
     for name, actual, expected in zip(("var", "m", "v", "vmax"), arrays, ref):
         if expected is not None:
-            assert_close(actual, expected, dtype, name)
+            assert_close(actual, expected, spec.storage(name), name)
             assert_in_bounds(actual)
 
 
@@ -114,7 +134,8 @@ def sparse_steps(rng, rows, row_shape, spec):
     """Unsorted with duplicates, all one row, empty, and many draws over few rows (a long sort)."""
     steps = [[5, 1, 5, 0, 9, 1, 5], [3, 3, 3], [], list(rng.integers(0, rows, 300))]
     return [(np.array(idx, spec.index_dtype),
-             rng.standard_normal((len(idx),) + row_shape).astype(spec.dtype)) for idx in steps]
+             rng.standard_normal((len(idx),) + row_shape).astype(product.dtype(spec, "grad")))
+            for idx in steps]
 
 
 @pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.symbol())
@@ -122,33 +143,34 @@ def test_emulated_kernel_matches_reference(library, spec, rng):
     # Dense: 5 chunks of 64 over 3 blocks (grid-stride), a tail shorter than a vector.
     # Sparse: rows of 70 elements, so each lane takes 2 or 3 columns.
     shape = (12, 2, 35) if spec.sparse else (3, 101)
-    var0 = rng.standard_normal(shape).astype(spec.dtype)
+    var0 = rng.standard_normal(shape).astype(product.dtype(spec, "var"))
     arrays, ref = new_state(var0, spec)
     if spec.sparse:
         grads = sparse_steps(rng, shape[0], shape[1:], spec)
     else:
-        grads = [rng.standard_normal(shape).astype(spec.dtype) for _ in range(3)]
+        grads = [rng.standard_normal(shape).astype(product.dtype(spec, "grad")) for _ in range(3)]
     for t, grad in enumerate(grads, start=1):
         hp = hparams(spec, t)
         device_grad = tuple(dev(*grad)) if spec.sparse else dev(grad)[0]
         var, m, v, vmax = dev(*arrays)
         library[spec](var, m, v, device_grad, hp, vmax=vmax)
         ref = reference_step(ref, grad, hp, spec)
-    check(arrays, ref, spec.dtype)
+    check(arrays, ref, spec)
     if spec.sparse:
         touched = set().union(*(set(idx.tolist()) for idx, _ in grads))
         untouched = [r for r in range(shape[0]) if r not in touched]
         np.testing.assert_array_equal(arrays[0][untouched], var0[untouched])
 
 
+@pytest.mark.parametrize("spec", [Spec(sparse=False, amsgrad=True), BITWISE[-1]],
+                         ids=lambda s: s.symbol())
 @pytest.mark.parametrize("offset", [1, 3])
-def test_unaligned_dense_arrays_take_the_scalar_path(library, offset, rng):
-    spec = Spec(sparse=False, amsgrad=True)
-    var0 = rng.standard_normal(203).astype(np.float32)
+def test_unaligned_dense_arrays_take_the_scalar_path(library, spec, offset, rng):
+    var0 = rng.standard_normal(203).astype(product.dtype(spec, "var"))
     arrays, ref = new_state(var0, spec, offset)
-    grad = rng.standard_normal(203).astype(np.float32)
+    grad = rng.standard_normal(203).astype(product.dtype(spec, "grad"))
     library[spec](*dev(*arrays[:3]), dev(grad)[0], hparams(spec, 1), vmax=dev(arrays[3])[0])
-    check(arrays, reference_step(ref, grad, hparams(spec, 1), spec), spec.dtype)
+    check(arrays, reference_step(ref, grad, hparams(spec, 1), spec), spec)
 
 
 def test_multi_updates_many_tensors_in_few_launches(library, rng):
@@ -164,7 +186,7 @@ def test_multi_updates_many_tensors_in_few_launches(library, rng):
     library[spec].multi(*([dev(t[0][i])[0] for t in tensors] for i in range(3)),
                         [dev(t[2])[0] for t in tensors], hp)
     for arrays, ref, grad in tensors:
-        check(arrays, reference_step(ref, grad, hp, spec), spec.dtype)
+        check(arrays, reference_step(ref, grad, hp, spec), spec)
 
 
 def test_multi_rejects_mismatched_lists(library):
@@ -286,7 +308,7 @@ def test_locked_rows_stay_consistent_under_concurrent_calls(library, rng):
     assert not errors
     for _ in range(2):
         ref = reference_step(ref, grad, hp, spec)
-    check(arrays, ref, spec.dtype)
+    check(arrays, ref, spec)
 
 
 # --- what a GPU would show: long serial chains, launches and host waits ------------------------
@@ -318,7 +340,7 @@ def test_a_hot_row_is_summed_in_bounded_chains(row_size, rng):
     kernel(*dev(*arrays[:3]), tuple(dev(idx, values)), hparams(spec, 1))
     most = counters(kernel)[2]
     assert SUM_CHUNK <= most <= 2 * SUM_CHUNK
-    check(arrays, reference_step(ref, (idx, values), hparams(spec, 1), spec), spec.dtype)
+    check(arrays, reference_step(ref, (idx, values), hparams(spec, 1), spec), spec)
 
 
 def test_a_step_makes_the_same_launches_for_any_number_of_indices(library, rng):
@@ -366,7 +388,7 @@ def test_a_deferred_bad_index_turns_steps_into_no_ops_until_checked(library, spe
     state = dev(*arrays)
     kernel(*state[:3], tuple(dev(*good)), hparams(spec, 1), vmax=state[3], record=dev(record)[0])
     ref = reference_step(ref, good, hparams(spec, 1), spec)
-    check(arrays, ref, spec.dtype)
+    check(arrays, ref, spec)
     before = [a.copy() for a in arrays if a is not None]
     kernel(*state[:3], tuple(dev(*bad)), hparams(spec, 2), vmax=state[3], record=dev(record)[0])
     assert record.tolist() == [1, 1, 6, 6]  # found, position, value, rows
@@ -378,7 +400,7 @@ def test_a_deferred_bad_index_turns_steps_into_no_ops_until_checked(library, spe
     assert not record.any()
     kernel.check(dev(record)[0])  # cleared: nothing more to report
     kernel(*state[:3], tuple(dev(*good)), hparams(spec, 2), vmax=state[3], record=dev(record)[0])
-    check(arrays, reference_step(ref, good, hparams(spec, 2), spec), spec.dtype)
+    check(arrays, reference_step(ref, good, hparams(spec, 2), spec), spec)
 
 
 @pytest.mark.parametrize("deferred", [True, False], ids=["deferred", "checking"])
@@ -410,26 +432,29 @@ def test_a_step_takes_a_workspace_of_the_size_it_asks_for(library, deferred, rng
     np.testing.assert_array_equal(arrays[0], var0)
     kernel(*dev(*arrays[:3]), tuple(dev(*grad)), hparams(spec, 1), workspace=dev(space[:size])[0],
            **mode)
-    check(arrays, reference_step(ref, grad, hparams(spec, 1), spec), spec.dtype)
+    check(arrays, reference_step(ref, grad, hparams(spec, 1), spec), spec)
 
 
-@pytest.mark.parametrize("spec", [Spec(sparse=True, decay="l2", nesterov=True),
-                                  Spec(sparse=True, amsgrad=True, maximize=True, eps_mode="pytorch",
-                                       index_dtype="int32"),
-                                  Spec(sparse=True, use_locking=True, decay="l2", dtype="float64")],
-                         ids=lambda s: s.symbol())
+@pytest.mark.parametrize("spec", BITWISE, ids=lambda s: s.symbol())
 def test_cuda_and_c_kernels_agree_bitwise(library, spec, rng):
-    """Zipf rows, the hottest seen thousands of times, over three steps: the CUDA kernels (emulated)
-    and the C kernels give the same bits."""
+    """Three steps, Zipf rows (the hottest seen thousands of times) or dense tensors with a tail,
+    stochastic rounding in every 16-bit array: the CUDA kernels (emulated) and the C kernels give
+    the same bits."""
     c_kernel = lazyadam.compile(spec)
-    var0 = rng.standard_normal((500, 19)).astype(spec.dtype)
+    shape = (500, 19) if spec.sparse else (5, 1001)
+    var0 = rng.standard_normal(shape).astype(product.dtype(spec, "var"))
     ours, theirs = (new_state(var0, spec)[0] for _ in range(2))
     for t in range(1, 4):
-        idx = ((rng.zipf(1.2, 8000) - 1) % 500).astype(spec.index_dtype)
-        grad = (idx, rng.standard_normal((idx.size, 19)).astype(spec.dtype))
+        if spec.sparse:
+            idx = ((rng.zipf(1.2, 8000) - 1) % 500).astype(spec.index_dtype)
+            grad = (idx, rng.standard_normal((idx.size, 19)).astype(product.dtype(spec, "grad")))
+            device_grad = tuple(dev(*grad))
+        else:
+            grad = rng.standard_normal(shape).astype(product.dtype(spec, "grad"))
+            device_grad = dev(grad)[0]
         hp = hparams(spec, t)
-        library[spec](*dev(*ours[:3]), tuple(dev(*grad)), hp, vmax=dev(ours[3])[0])
+        library[spec](*dev(*ours[:3]), device_grad, hp, vmax=dev(ours[3])[0])
         c_kernel(*theirs[:3], grad, hp, vmax=theirs[3])
     for a, b in zip(ours, theirs):
         if a is not None:
-            np.testing.assert_array_equal(a, b)
+            np.testing.assert_array_equal(a.view(np.uint8), b.view(np.uint8))
