@@ -17,8 +17,9 @@ DECAYS = ("none", "l2", "decoupled")
 EPS_MODES = ("mindspore", "pytorch")
 HALF = {"bfloat16": ml_dtypes.bfloat16, "float16": np.float16}
 ROUNDINGS = ("nearest", "stochastic")
-#: The stream of each array in the hash of stochastic rounding.
-STREAMS = {"var": 0, "m": 1, "v": 2, "vmax": 3}
+#: The stream of each array in the hash of stochastic rounding, and which half of its 32 bits the
+#: array takes (0: the high 16 bits, as they come; 1: the low 16, moved up).
+STREAMS = {"var": (0, 0), "m": (0, 1), "v": (1, 0), "vmax": (1, 1)}
 _MASK64 = (1 << 64) - 1
 
 
@@ -39,18 +40,19 @@ def _mix32(x):
 
 
 def step_key(seed, step, stream):
-    """The key of one array's stochastic rounding in one step: hash(hash(hash(seed) ^ step) + stream)."""
+    """The key of one stream of stochastic rounding in one step: hash(hash(hash(seed) ^ step) + stream)."""
     return _mix64((_mix64(_mix64(seed) ^ step) + stream) & _MASK64)
 
 
-def random_bits(key, positions):
-    """32 random bits per element position (an int array): two lowbias32 rounds over the low and the
-    high 32 bits of the position, each mixed with one half of the key."""
+def random_bits(key, positions, half=0):
+    """32 random bits per element position (an int array): one lowbias32 round over the low 32 bits
+    of the position xor the key's, plus the high 32 bits of both (xored) times 0x9e3779b9; `half` 1
+    moves the low 16 bits up (the second array of a stream)."""
     p = np.asarray(positions, dtype=np.int64).astype(np.uint64)
     low = (p & np.uint64(0xFFFFFFFF)).astype(np.uint32)
-    high = (p >> np.uint64(32)).astype(np.uint32)
-    h = _mix32(low ^ np.uint32(key & 0xFFFFFFFF))
-    return _mix32(h ^ high ^ np.uint32(key >> 32))
+    high = ((p >> np.uint64(32)).astype(np.uint32) ^ np.uint32(key >> 32)) * np.uint32(0x9E3779B9)
+    bits = _mix32((low ^ np.uint32(key & 0xFFFFFFFF)) + high)
+    return bits << np.uint32(16) if half else bits
 
 
 def round_nearest(x, dtype):
@@ -93,7 +95,8 @@ def store(x, dtype, rounding="nearest", seed=0, step=0, array="var", positions=N
         return round_nearest(x, dtype)
     if rounding != "stochastic":
         raise ValueError(f"rounding must be one of {ROUNDINGS}, got {rounding!r}")
-    bits = random_bits(step_key(seed, step, STREAMS[array]), positions)
+    stream, half = STREAMS[array]
+    bits = random_bits(step_key(seed, step, stream), positions, half)
     return round_stochastic(x, dtype, bits)
 
 

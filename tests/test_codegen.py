@@ -149,11 +149,13 @@ def test_conversions_are_in_the_ir_and_the_rule_is_not_repeated():
     assert half.load("grad").expr == ir.Load("grad", "float16")
     rounded = {s.target: s.expr for s in half.stores}
     assert set(rounded) == {"var", "m", "v", "vmax"}
+    # var and m share the 32 bits of stream 0, v and vmax those of stream 1
     assert rounded["m"] == ir.Round(ir.Elem("m"), "bfloat16",
-                                    ir.Bits(ir.Scalar("m_key"), ir.Elem("position")))
+                                    ir.Bits(ir.Scalar("rounding_key0"), ir.Elem("position"), 1))
+    assert rounded["v"] == ir.Round(ir.Elem("v"), "bfloat16",
+                                    ir.Bits(ir.Scalar("rounding_key1"), ir.Elem("position"), 0))
     keys = {s.name: s.expr for s in half.scalars if isinstance(s.expr, ir.StepKey)}
-    assert keys == {"var_key": ir.StepKey(0), "m_key": ir.StepKey(1), "v_key": ir.StepKey(2),
-                    "vmax_key": ir.StepKey(3)}
+    assert keys == {"rounding_key0": ir.StepKey(0), "rounding_key1": ir.StepKey(1)}
     assert not plain.converts and all(isinstance(s.expr, ir.Elem) for s in plain.stores)
     nearest = ir.lower(Spec(dtype="bfloat16"))
     assert {s.target: s.expr for s in nearest.stores}["var"] == ir.Round(ir.Elem("var"), "bfloat16")
@@ -165,18 +167,19 @@ def test_half_precision_says_it_computes_in_float32():
     out = stages(spec)
     assert "arithmetic in float32, stochastic rounding" in out["lower"]
     assert "var = var[position] as bfloat16" in out["hoist_invariants"]
-    assert "var = round_stochastic_bfloat16(var, bits(var_key, position))" in out["hoist_invariants"]
-    assert "var_key = key(seed, step, 0)" in out["hoist_invariants"]
+    assert "var = round_stochastic_bfloat16(var, bits(rounding_key0, position))" in \
+        out["hoist_invariants"]
+    assert "rounding_key0 = key(seed, step, 0)" in out["hoist_invariants"]
     header = " ".join(out["header"].split())
     assert "storage: var bfloat16, m, v float32, gradient bfloat16. Every step computes in float32" \
         in header
     assert "lazyadam_bfloat16 *var, float *m, float *v, const lazyadam_bfloat16 *grad" in header
     assert "typedef uint16_t lazyadam_bfloat16;" in out["header"]
     text = out["source"]
-    assert "const uint64_t var_key = lazyadam_step_key(hp->seed, hp->step, 0u);" in text
+    assert "const uint64_t rounding_key0 = lazyadam_step_key(hp->seed, hp->step, 0u);" in text
     assert "float var_i = lazyadam_bf16_to_f32(var[i]), m_i = m[i], v_i = v[i], g_i;" in text
-    assert ("var[i] = lazyadam_f32_to_bf16(lazyadam_bf16_stochastic(var_i, "
-            "lazyadam_random_bits(var_key, i)));") in text
+    assert ("var[i] = lazyadam_f32_to_bf16_stochastic(var_i, lazyadam_random_bits(rounding_key0, "
+            "i));") in text
     assert "sqrtf(v_i)" in text  # float32 arithmetic
     # float32 kernels neither convert nor say anything about it
     plain = stages(Spec(sparse=False))
@@ -222,6 +225,15 @@ def test_dense_source_is_an_openmp_simd_loop_without_locks():
     text = generate(Spec(sparse=False)).text
     assert "#pragma omp parallel for" in text and "#pragma omp simd" in text
     assert "lock(" not in text and "vmax" not in text and "hp->" in text
+
+
+def test_a_power_of_two_loss_scale_multiplies_by_its_inverse():
+    text = generate(Spec(sparse=False)).text
+    assert "if (exact_inverse(hp->loss_scale)) {" in text
+    assert "g_i = grad_i * inverse_loss_scale;" in text and "g_i = grad_i / loss_scale;" in text
+    static = generate(Spec(sparse=False, static={"loss_scale": 8.0})).text
+    assert "exact_inverse" not in static and "g_i = grad_i / 8.0f;" in static
+    assert "inverse_loss_scale" not in generate(Spec(sparse=True)).text
 
 
 def test_locking_and_amsgrad_appear_only_when_asked():

@@ -126,8 +126,11 @@ def test_half_precision_uses_the_toolkit_types_and_vector_loads():
     assert "lazyadam_bf16_stochastic" not in compact  # no stochastic helpers without it
     sparse = generate(Spec(dtype="float16", grad_dtype="float32", rounding="stochastic"), "cuda")
     assert "var_row[j] = __float2half_rn(lazyadam_f16_stochastic(var_i, lazyadam_random_bits(" \
-           "var_key, row * row_size + j)));" in sparse.text
-    assert "s.var_key = lazyadam_step_key(hp->seed, hp->step, 0u);" in sparse.text
+           "rounding_key0, row * row_size + j)));" in sparse.text
+    assert "s.rounding_key0 = lazyadam_step_key(hp->seed, hp->step, 0u);" in sparse.text
+    state = generate(Spec(dtype="bfloat16", state_dtype="bfloat16", rounding="stochastic"), "cuda")
+    assert "m_row[j] = __float2bfloat16_rn(lazyadam_bf16_stochastic(m_i, (lazyadam_random_bits(" \
+           "rounding_key0, row * row_size + j) << 16)));" in state.text
 
 
 def test_no_floating_point_atomics_and_no_table_sized_scratch():

@@ -44,6 +44,7 @@ HALF_SPECS = [Spec(sparse=sparse, index_dtype=("int32", "int64")[k % 2], **stora
 BITWISE = [Spec(sparse=True, decay="l2", nesterov=True), Spec(sparse=True, use_locking=True, decay="l2"),
            Spec(sparse=True, amsgrad=True, maximize=True, eps_mode="pytorch", index_dtype="int32"),
            Spec(sparse=True, use_locking=True, decay="l2", dtype="float64"),
+           Spec(sparse=False, decay="l2", amsgrad=True),
            Spec(sparse=True, dtype="bfloat16", state_dtype="bfloat16", rounding="stochastic",
                 decay="l2", amsgrad=True),
            Spec(sparse=True, dtype="float16", grad_dtype="float32", rounding="stochastic",

@@ -133,6 +133,25 @@ def test_static_and_runtime_hyperparameters_agree_bitwise(rng):
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.parametrize("loss_scale", [4.0, 2.0 ** -20, 3.0, 2.0 ** 127])
+def test_dense_steps_divide_by_the_loss_scale_bitwise(loss_scale, rng):
+    """A power-of-two loss scale whose inverse float32 holds takes a loop that multiplies by the
+    inverse (2^127's does not, nor 3's): either way m holds the float32 quotient's bits. With
+    beta1 = 0.75, m after one step from zero is 0.75 * 0 + 0.25 * (grad / loss_scale)."""
+    kernel = lazyadam.compile(Spec(sparse=False))
+    bits = rng.integers(0, 2**32, 100_000, dtype=np.uint64).astype(np.uint32)
+    grad = bits.view(np.float32)
+    grad = np.where(np.isfinite(grad), grad, np.float32(1.0)).astype(np.float32)
+    var, m, v = (np.zeros_like(grad) for _ in range(3))
+    hp = HParams(lr=0.0, beta1=0.75, beta2=0.5, eps=1.0, weight_decay=0.0, loss_scale=loss_scale,
+                 beta1_power=0.75, beta2_power=0.5)
+    kernel(var, m, v, grad, hp)
+    with np.errstate(over="ignore"):  # large gradients over 2^-20 are inf, in the kernel too
+        quotient = grad / np.float32(loss_scale)
+    expected = np.float32(0.75) * np.float32(0) + np.float32(0.25) * quotient
+    np.testing.assert_array_equal(m.view(np.uint32), expected.view(np.uint32))
+
+
 THREADS_SCRIPT = textwrap.dedent("""
     import sys
     import numpy as np

@@ -122,13 +122,14 @@ def test_stored_values_are_rounded_exactly(dtype, rounding, rng):
     exact = {"var": -(np.float32(0.5) * grad), "m": np.float32(0.5) * grad,
              "v": np.float32(0.25) * grad * grad}
     positions = np.arange(grad.size)
-    for stream, (name, x) in enumerate(exact.items()):
+    for number, (name, x) in enumerate(exact.items()):
         storage = spec.storage(name)
         if rounding == "nearest":
             expected = round_nearest(x, storage)
-        else:
-            expected = round_stochastic(x, storage, random_bits(step_key(SEED, 7, stream), positions))
-        stored = state[stream].astype(np.float64)
+        else:  # var and m take the two halves of stream 0, v the high half of stream 1
+            bits = random_bits(step_key(SEED, 7, number // 2), positions, number % 2)
+            expected = round_stochastic(x, storage, bits)
+        stored = state[number].astype(np.float64)
         np.testing.assert_array_equal(stored, expected, err_msg=f"{name} ({storage})")
     if dtype == "float16":  # overflow stores inf, with either rounding
         assert np.isinf(state[0][np.abs(exact["var"]) >= 65536]).all()

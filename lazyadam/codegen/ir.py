@@ -120,17 +120,20 @@ class Round:
 
 @dataclass(frozen=True)
 class StepKey:
-    """The per-step key of one array's stochastic rounding: a hash of the `seed` and `step` fields
-    of `lazyadam_hparams` and of `stream`, a number per array, so that arrays draw unrelated bits."""
+    """The per-step key of stochastic rounding: a hash of the `seed` and `step` fields of
+    `lazyadam_hparams` and of `stream`. Arrays var and m draw from stream 0, v and vmax from
+    stream 1 (one hash of 32 bits serves two arrays of 16)."""
     stream: int
 
 
 @dataclass(frozen=True)
 class Bits:
     """32 random bits for one element: a hash of a `StepKey` and of the element's `position` (its
-    index in the array), the same whichever thread or target computes it."""
+    index in the array), the same whichever thread or target computes it. Rounding reads the high
+    bits; `half` = 1 moves the low 16 bits up, for the second array of a stream."""
     key: Expr
     position: Expr
+    half: int = 0
 
 
 Expr = Union[Const, Param, Elem, Scalar, Unary, Binary, Call, Switch, Named, Load, Round, StepKey,
@@ -216,7 +219,7 @@ def rebuild(e: Expr, kids: tuple[Expr, ...]) -> Expr:
     if isinstance(e, Round):
         return Round(kids[0], e.dtype, kids[1] if len(kids) > 1 else None)
     if isinstance(e, Bits):
-        return Bits(kids[0], kids[1])
+        return Bits(kids[0], kids[1], e.half)
     if isinstance(e, Unary):
         return Unary(e.op, kids[0])
     if isinstance(e, Binary):
@@ -316,16 +319,18 @@ def lower(spec: Spec) -> Kernel:
     )
     arrays = ("var", "m", "v", "vmax") if spec.amsgrad else ("var", "m", "v")
     loads = tuple(Assign(a, Load(a, spec.storage(a))) for a in arrays + ("grad",))
-    stores = tuple(Assign(a, _store(spec, a, stream)) for stream, a in enumerate(arrays))
+    stores = tuple(Assign(a, _store(spec, a, number)) for number, a in enumerate(arrays))
     return Kernel(spec=spec, grad=grad, update=update, loads=loads, stores=stores)
 
 
-def _store(spec: Spec, array: str, stream: int) -> Expr:
-    """What element `array` stores: its value, rounded when its storage is narrower."""
+def _store(spec: Spec, array: str, number: int) -> Expr:
+    """What element `array` (the `number`-th state array) stores: its value, rounded when its
+    storage is narrower; stochastically from the high or the low half of stream number // 2."""
     dtype = spec.storage(array)
     if dtype not in HALF_DTYPES:
         return Elem(array)
     bits = None
     if spec.rounding == "stochastic":
-        bits = Bits(Named(f"{array}_key", StepKey(stream)), Elem("position"))
+        stream = number // 2
+        bits = Bits(Named(f"rounding_key{stream}", StepKey(stream)), Elem("position"), number % 2)
     return Round(Elem(array), dtype, bits)

@@ -121,6 +121,30 @@ def _strip_names(e: Expr) -> Expr:
     return transform(e, lambda n: n.x if isinstance(n, Named) else n)
 
 
+# [ir.Kernel] -> [ir.Kernel]
+def invert_loss_scale(kernel: Kernel) -> Kernel:
+    """`x / loss_scale` as `x * inverse_loss_scale`, a hoisted scalar `1.0 / loss_scale`.
+
+    Not a pass of the pipeline: the C dense kernel runs the rewritten loop only when loss_scale is
+    a power of two whose inverse its arithmetic type holds exactly; then both are the exact
+    quotient rounded once, the same bits, and a multiplication costs a fraction of a division,
+    the dearest operation of a dense step (with sqrt). Runs after `hoist_invariants`; a kernel
+    whose loss scale is static (a literal) is returned as it is.
+    """
+    if Let("loss_scale", Param("loss_scale")) not in kernel.scalars:
+        return kernel
+    inverse = Scalar("inverse_loss_scale")
+
+    def rewrite(e: Expr) -> Expr:
+        if isinstance(e, Binary) and e.op == "/" and e.b == Scalar("loss_scale"):
+            return Binary("*", e.a, inverse)
+        return e
+
+    kernel = kernel.with_statements(lambda s: replace(s, expr=transform(s.expr, rewrite)))
+    let = Let(inverse.name, Binary("/", Const(1.0), Param("loss_scale")))
+    return replace(kernel, scalars=kernel.scalars + (let,))
+
+
 #: The passes in order, by name: the stages `lazyadam ir` prints.
 PIPELINE = (("fold_constants", fold_constants),
             ("drop_dead_terms", drop_dead_terms),

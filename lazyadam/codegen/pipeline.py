@@ -153,7 +153,8 @@ class _IRPrinter(CPrinter):
                 return f"round_nearest_{e.dtype}({value})", 4
             return f"round_stochastic_{e.dtype}({value}, {self.expr(e.bits, scalar)})", 4
         if isinstance(e, ir.Bits):
-            return f"bits({self.expr(e.key, scalar)}, {self.expr(e.position, scalar)})", 4
+            half = ", low half" if e.half else ""
+            return f"bits({self.expr(e.key, scalar)}, {self.expr(e.position, scalar)}{half})", 4
         if isinstance(e, ir.StepKey):
             return f"key(seed, step, {e.stream})", 4
         return super()._print(e, scalar)

@@ -93,6 +93,14 @@ class CPrinter:
         """A float32 value rounded to the nearest even value of storage dtype `dtype`."""
         return f"lazyadam_f32_to_{_SHORT[dtype]}({value})"
 
+    def narrow_stochastic(self, dtype: str, value: str, bits: str) -> str:
+        """A float32 value rounded stochastically to storage dtype `dtype` with 32 random `bits`:
+        the stochastic choice is a float32 that the storage holds exactly, which the nearest
+        conversion then only changes in type (in C, bfloat16 does both in one helper)."""
+        if dtype == "bfloat16":
+            return f"lazyadam_f32_to_bf16_stochastic({value}, {bits})"
+        return self.narrow(dtype, f"lazyadam_{_SHORT[dtype]}_stochastic({value}, {bits})")
+
     def block(self, stmts, indent: int) -> str:
         pad = " " * indent
         return "\n".join(pad + self.assign(s) for s in stmts)
@@ -134,15 +142,13 @@ class CPrinter:
             return self.call(e.fn, args, scalar), _ATOM
         if isinstance(e, Round):
             value = self._print(e.x, scalar)[0]
-            if e.bits is not None:
-                # The stochastic choice gives a float32 that the storage holds exactly; the nearest
-                # conversion then only changes its type.
-                bits = self._print(e.bits, scalar)[0]
-                value = f"lazyadam_{_SHORT[e.dtype]}_stochastic({value}, {bits})"
-            return self.narrow(e.dtype, value), _ATOM
+            if e.bits is None:
+                return self.narrow(e.dtype, value), _ATOM
+            return self.narrow_stochastic(e.dtype, value, self._print(e.bits, scalar)[0]), _ATOM
         if isinstance(e, Bits):
             key, position = (self._print(k, scalar)[0] for k in (e.key, e.position))
-            return f"lazyadam_random_bits({key}, {position})", _ATOM
+            bits = f"lazyadam_random_bits({key}, {position})"
+            return (f"({bits} << 16)" if e.half else bits), _ATOM
         if isinstance(e, StepKey):
             seed, step = (self.hparams.format(name) for name in ("seed", "step"))
             return f"lazyadam_step_key({seed}, {step}, {e.stream}u)", _ATOM
@@ -202,6 +208,10 @@ class CudaPrinter(CPrinter):
     def narrow(self, dtype: str, value: str) -> str:
         """The toolkit's round-to-nearest-even conversions."""
         return f"{_CUDA_NARROW[dtype]}({value})"
+
+    def narrow_stochastic(self, dtype: str, value: str, bits: str) -> str:
+        """The stochastic choice (an exact float32), then the toolkit's conversion."""
+        return self.narrow(dtype, f"lazyadam_{_SHORT[dtype]}_stochastic({value}, {bits})")
 
 
 _CUDA_WIDEN = {"bfloat16": "__bfloat162float", "float16": "__half2float"}

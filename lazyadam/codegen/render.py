@@ -12,6 +12,7 @@ import jinja2
 
 from .. import __version__
 from .ir import SUM_CHUNK, Elem, Kernel, walk
+from .passes import invert_loss_scale
 from .printer import C_INDEX_TYPES, CPrinter
 from .spec import HALF_DTYPES
 
@@ -115,7 +116,12 @@ def storage_notes(kernel: Kernel) -> list[str]:
 def render_c(kernel: Kernel, symbol: str | None = None) -> Source:
     """C99 source and header for an optimized kernel (all passes applied)."""
     symbol = symbol or kernel.spec.symbol()
-    ctx = template_context(kernel, CPrinter(kernel.spec.compute_dtype), symbol)
+    printer = CPrinter(kernel.spec.compute_dtype)
+    inverted = kernel if kernel.spec.sparse else invert_loss_scale(kernel)
+    ctx = template_context(inverted, printer, symbol)
+    # Dense: a second loop that multiplies by the inverse of a power-of-two loss scale.
+    ctx["grad_inverted"] = None if inverted is kernel else ctx["grad"]
+    ctx["grad"] = printer.block(kernel.grad, 12)
     body = "c_sparse.c.j2" if kernel.spec.sparse else "c_dense.c.j2"
     return Source(
         symbol=symbol,
