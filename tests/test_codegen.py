@@ -76,6 +76,8 @@ def test_half_precision_specs_name_what_they_store():
     (dict(static={"eps": 1e-50}), "static eps = 1e-50 underflows to 0 in float32"),
     (dict(static={"beta1": 1e-46}), "static beta1 = 1e-46 underflows to 0 in float32"),
     (dict(static={"loss_scale": 5e-324}, dtype="float32"), "underflows to 0 in float32"),
+    (dict(static={"loss_scale": 1e50}, dtype="bfloat16"),  # literals of its float32 arithmetic
+     r"static loss_scale = 1e\+50 overflows float32"),
 ])
 def test_illegal_specs_say_what_to_change(kwargs, match):
     with pytest.raises(SpecError, match=match):

@@ -53,6 +53,15 @@ LIBRARY = {
         "strtoll strtoul strtoull strtod strtof strtold qsort bsearch abs labs llabs div ldiv "
         "lldiv rand srand random srandom mblen mbtowc wctomb mbstowcs wcstombs mkstemp realpath "
         "NULL EXIT_SUCCESS EXIT_FAILURE RAND_MAX MB_CUR_MAX".split()),
+    "string.h": frozenset(
+        "memcpy memmove memset memcmp memchr strcpy strncpy strcat strncat strcmp strncmp strchr "
+        "strrchr strstr strlen strdup strndup strerror strtok strspn strcspn strpbrk strcoll "
+        "strxfrm".split()),
+    "float.h": frozenset(
+        [f"{kind}_{limit}" for kind in ("FLT", "DBL", "LDBL") for limit in (
+            "MIN", "MAX", "EPSILON", "DIG", "MANT_DIG", "MIN_EXP", "MAX_EXP", "MIN_10_EXP",
+            "MAX_10_EXP", "TRUE_MIN", "DECIMAL_DIG", "HAS_SUBNORM")]
+        + ["FLT_RADIX", "FLT_ROUNDS", "FLT_EVAL_METHOD", "DECIMAL_DIG"]),
     "stdint.h": frozenset("SIZE_MAX PTRDIFF_MIN PTRDIFF_MAX SIG_ATOMIC_MIN SIG_ATOMIC_MAX "
                           "WCHAR_MIN WCHAR_MAX WINT_MIN WINT_MAX".split()),
     "stdio.h": frozenset(

@@ -130,7 +130,7 @@ class Spec:
         if len(set(names)) != len(names):
             raise SpecError(f"static hyperparameter given twice: {names}")
         for name, value in self.static:
-            _check_static(name, value, self.dtype)
+            _check_static(name, value, self.compute_dtype)
         if "weight_decay" in self.statics and self.decay == "none":
             raise SpecError("a static weight_decay needs decay='l2' or 'decoupled'; "
                             "drop it or choose a decay")
