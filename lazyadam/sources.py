@@ -111,9 +111,11 @@ def render_readme(kernels: list[ShippedKernel]) -> str:
     """The README of a folder holding `kernels`: how to build and call them."""
     objects = {lang: " ".join(f"{k.symbol}.o" for k in kernels if k.lang == lang)
                for lang in ("c", "cuda")}
+    half = any("lazyadam_bfloat16" in d or "lazyadam_float16" in d
+               for k in kernels for d in k.declarations)
     return ENV.get_template("sources_readme.md.j2").render(
         version=__version__, kernels=kernels, marker=MARKER, objects=objects,
-        langs={k.lang for k in kernels}, sum_chunk=SUM_CHUNK)
+        langs={k.lang for k in kernels}, sum_chunk=SUM_CHUNK, half=half)
 
 
 def _check_ours(path: Path) -> None:
