@@ -520,8 +520,8 @@ def test_dtype_of_reads_every_library():
     assert parameter.dtype_of(FakeLibrary.put(np.zeros(2, np.int32))) == np.int32
     assert parameter.dtype_of(torch.zeros(2, dtype=torch.float64)) == np.float64
     assert parameter.dtype_of(TorchLibrary.put(np.zeros(2, np.uint8))) == np.uint8
-    with pytest.raises(TypeError, match="dtype torch.bfloat16 of a torch.Tensor has no numpy"):
-        parameter.dtype_of(torch.zeros(2, dtype=torch.bfloat16))
+    with pytest.raises(TypeError, match="dtype torch.bits16 of a torch.Tensor has no numpy"):
+        parameter.dtype_of(torch.empty(2, dtype=torch.bits16))
     with pytest.raises(TypeError, match="builtins.list has no dtype"):
         parameter.dtype_of([1.0])
 
