@@ -19,8 +19,12 @@ def centralized(grad):
     return grad - grad.mean(axis=tuple(range(1, grad.ndim)), keepdims=True)
 
 
+#: Parameter number i rounds stochastically with the optimizer's seed plus i times this constant.
+SEED_STRIDE = 0x9E3779B97F4A7C15
+
+
 def simulate(initial, steps, *, lr_at, wd_at=lambda k, i: 0.0, decay="l2", beta1=0.9,
-             beta2=0.999, eps=1e-8, centralize=(), amsgrad=False, **flags):
+             beta2=0.999, eps=1e-8, centralize=(), amsgrad=False, seed=0, **flags):
     """Runs the optimizer's steps on float64 copies.
 
     Args:
@@ -29,7 +33,9 @@ def simulate(initial, steps, *, lr_at, wd_at=lambda k, i: 0.0, decay="l2", beta1
         lr_at, wd_at: `(k, i) -> value` for step k and parameter i; wd 0 means no decay.
         decay: the decay mode of decayed parameters, "l2" or "decoupled".
         centralize: indices of parameters whose dense gradients are centralized.
-        amsgrad and **flags: as `lazyadam_step` (loss_scale, nesterov, maximize, eps_mode).
+        amsgrad and **flags: as `lazyadam_step` (loss_scale, nesterov, maximize, eps_mode, and
+            the storage of half-precision parameters: dtype, state_dtype, rounding).
+        seed: the optimizer's seed; parameter i rounds with `seed + i * SEED_STRIDE`, step k + 1.
 
     Returns:
         `(params, m, v, vmax, beta1_power, beta2_power)`; lists of float64 arrays and floats.
@@ -51,7 +57,7 @@ def simulate(initial, steps, *, lr_at, wd_at=lambda k, i: 0.0, decay="l2", beta1
                 params[i], m[i], v[i], values, indices=indices, lr=lr_at(k, i), beta1=beta1,
                 beta2=beta2, eps=eps, beta1_power=beta1_power, beta2_power=beta2_power,
                 weight_decay=wd, decay=decay if wd else "none", amsgrad=amsgrad, vmax=vmax[i],
-                **flags)
+                seed=(seed + i * SEED_STRIDE) % 2**64, step=k + 1, **flags)
             if amsgrad:
                 vmax[i] = new_vmax
     return params, m, v, vmax, beta1_power, beta2_power

@@ -282,6 +282,42 @@ def test_device_parameters_match_reference_and_host(cuda, lib, rng, dtype, flags
     assert all(type(p.data) is type(device[0].data) for p in on_device.moment1 + on_device.vmax)
 
 
+@pytest.mark.parametrize("state_dtype", [None, "bfloat16"])
+def test_bfloat16_device_tensors_match_the_host_bitwise(cuda, rng, state_dtype):
+    """bfloat16 torch tensors on the device path (the emulated CUDA kernels), float32 or bfloat16
+    state, stochastic rounding, float32 gradients for the table: the same bits as host arrays
+    through the C kernels."""
+    import ml_dtypes
+    initial = initial_values(rng, ml_dtypes.bfloat16)
+    steps = host_steps(rng, np.float32)
+    steps = [[(g[0][0], g[0][1]), g[1].astype(ml_dtypes.bfloat16)] for g in steps]
+
+    def put(a):
+        bits = torch.from_numpy(np.array(a).view(np.int16) if a.dtype == ml_dtypes.bfloat16
+                                else np.array(a))
+        tensor = bits.view(torch.bfloat16) if a.dtype == ml_dtypes.bfloat16 else bits
+        return tensor.as_subclass(TorchOnDevice)
+
+    options = dict(learning_rate=0.01, weight_decay=0.01, state_dtype=state_dtype,
+                   rounding="stochastic", seed=5)
+    device = LazyAdam([Parameter(put(a), name=n) for a, n in zip(initial, ("embedding", "dense"))],
+                      **options)
+    host = LazyAdam([Parameter(a.copy(), name=n) for a, n in zip(initial, ("embedding", "dense"))],
+                    **options)
+    shapes = [p.shape for p in device.parameters]
+    for device_grads, host_grads in zip(gradients(steps, put, shapes),
+                                        gradients(steps, np.asarray, shapes)):
+        device(device_grads)
+        host(host_grads)
+    for ours, theirs in zip(device.parameters + device.moment1 + device.moment2,
+                            host.parameters + host.moment1 + host.moment2):
+        assert parameter.dtype_of(ours.data) == theirs.dtype
+        np.testing.assert_array_equal(ours.asnumpy().view(np.uint8), theirs.asnumpy().view(np.uint8))
+    assert {(s.dtype, s.storage("m"), s.storage("grad")) for s in cuda} == {
+        ("bfloat16", state_dtype or "float32", "float32"),
+        ("bfloat16", state_dtype or "float32", "bfloat16")}
+
+
 def test_groups_centralization_and_order_on_device(cuda, lib, rng):
     table, dense = (Parameter(lib.put(a), name=n)
                     for a, n in zip(initial_values(rng, "float32"), ("embedding", "dense")))

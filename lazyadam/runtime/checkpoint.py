@@ -9,11 +9,13 @@ Layout (a zip written by `numpy.savez`; no pickles anywhere):
     vmax/<k>.npy             its running max of v (amsgrad only)
 
 The header holds the format name and version, the step and beta powers (JSON floats round-trip
-exactly, so resumed training continues bitwise), the betas, the name, shape and dtype of every
-parameter, and the sha256 of every array under its section and parameter name
-(`payload_sha256`). Names live only in the JSON header, so any name round-trips (`a` and
-`a.npy`, a NUL, any unicode); version 1 files, whose members were named by parameter name, are
-still read.
+exactly, so resumed training continues bitwise), the betas, the seed of stochastic rounding, the
+name, shape, dtype and state dtype of every parameter, and the sha256 of every array under its
+section and parameter name (`payload_sha256`). numpy's files cannot name bfloat16 (ml_dtypes'
+dtype is written as raw 2-byte records), so bfloat16 arrays are stored as their bits, uint16, and
+read back as bfloat16 as the header says. Names live only in the JSON header, so any name round-trips (`a` and
+`a.npy`, a NUL, any unicode); version 1 files, whose members were named by parameter name, and
+version 2 files (no seed, state of the parameter's dtype) are still read.
 
 A file is first written under a temporary name in the target folder (`.<file>.<host>.<pid>.*.tmp`),
 flushed to disk, then renamed over the target: a crash while saving leaves the old checkpoint (or
@@ -38,20 +40,23 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .. import processes
+from ..dtypes import bfloat16
 from .parameter import to_host
 
 if TYPE_CHECKING:
     from .optimizer import LazyAdam
 
 FORMAT = "lazyadam-checkpoint"
-VERSION = 2
-READABLE = (1, 2)
+VERSION = 3
+READABLE = (1, 2, 3)
 #: What reading a damaged zip or .npy member can raise, besides ValueError and its kin.
 _DAMAGE = (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, KeyError, TypeError, OSError,
            EOFError, UnicodeDecodeError, NotImplementedError, RuntimeError, zlib.error,
            lzma.LZMAError, struct.error)
 SECTIONS = ("parameters", "moment1", "moment2", "vmax")
 _SCALARS = ("global_step", "beta1_power", "beta2_power", "beta1", "beta2", "amsgrad")
+#: Scalars of version 3 on: the seed of stochastic rounding.
+_SEEDED = ("seed",)
 
 
 def save(optimizer: LazyAdam, path: str | os.PathLike) -> None:
@@ -89,9 +94,13 @@ def write(state: dict[str, Any], path: str | os.PathLike) -> None:
     arrays = {f"{section}/{name}": np.ascontiguousarray(to_host(array))
               for section in SECTIONS if section in state
               for name, array in state[section].items()}
-    header = {"format": FORMAT, "version": VERSION, **{k: state[k] for k in _SCALARS},
+    dtypes = {key: str(array.dtype) for key, array in arrays.items()}
+    arrays = {key: _bits(array) for key, array in arrays.items()}
+    header = {"format": FORMAT, "version": VERSION,
+              **{k: state[k] for k in _SCALARS + _SEEDED},
               "parameters": [{"name": name, "shape": list(arrays[f"parameters/{name}"].shape),
-                              "dtype": str(arrays[f"parameters/{name}"].dtype)}
+                              "dtype": dtypes[f"parameters/{name}"],
+                              "state_dtype": dtypes[f"moment1/{name}"]}
                              for name in names],
               "payload_sha256": _digest(arrays)}
     members = {f"{section}/{k}": arrays[f"{section}/{name}"]
@@ -140,15 +149,25 @@ def read(path: str | os.PathLike) -> dict[str, Any]:
                          "in its header")
     for p in header["parameters"]:
         for section in sections:
-            array = arrays[f"{section}/{p['name']}"]
-            if list(array.shape) != p["shape"] or str(array.dtype) != p["dtype"]:
-                raise ValueError(f"{path}: damaged checkpoint: {section}/{p['name']} has shape "
+            key = f"{section}/{p['name']}"
+            dtype = p["dtype"] if section == "parameters" else p.get("state_dtype", p["dtype"])
+            stored = "uint16" if dtype == "bfloat16" else dtype
+            array = arrays[key]
+            if list(array.shape) != p["shape"] or str(array.dtype) != stored:
+                raise ValueError(f"{path}: damaged checkpoint: {key} has shape "
                                  f"{array.shape} and dtype {array.dtype}, its header says "
-                                 f"{tuple(p['shape'])} and {p['dtype']}")
-    state = {k: header[k] for k in _SCALARS}
+                                 f"{tuple(p['shape'])} and {stored}")
+            if dtype == "bfloat16":
+                arrays[key] = array.view(bfloat16())
+    state = {k: header[k] for k in _SCALARS + (_SEEDED if header["version"] >= 3 else ())}
     for section in sections:
         state[section] = {n: arrays[f"{section}/{n}"] for n in names}
     return state
+
+
+def _bits(array: np.ndarray) -> np.ndarray:
+    """What a file stores of `array`: bfloat16 as its bits (uint16), anything else as it is."""
+    return array.view(np.uint16) if array.dtype.name == "bfloat16" else array
 
 
 def _check_header(header: Any) -> None:
@@ -157,7 +176,8 @@ def _check_header(header: Any) -> None:
     if header.get("version") not in READABLE:
         raise ValueError(f"format version {header.get('version')!r}; this lazyadam reads "
                          f"versions {', '.join(map(str, READABLE))}")
-    missing = [k for k in (*_SCALARS, "parameters", "payload_sha256") if k not in header]
+    scalars = _SCALARS + (_SEEDED if header["version"] >= 3 else ())
+    missing = [k for k in (*scalars, "parameters", "payload_sha256") if k not in header]
     if missing:
         raise ValueError(f"the header lacks {', '.join(missing)}")
 

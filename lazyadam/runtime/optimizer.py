@@ -21,9 +21,12 @@ from typing import Any, Sequence
 import numpy as np
 
 from .. import targets  # noqa: F401  (tests patch targets.compile through this module)
+from ..codegen.spec import ROUNDINGS, STATE_DTYPES
+from ..dtypes import numpy_dtype
 from .parameter import Parameter, dtype_of, is_device_array, to_host, zeros_like
 from .schedules import LearningRateSchedule
-from .slot import Slot, apply, check_device_state, spec_for, target_for
+from .slot import (SEED_STRIDE, Slot, apply, check_device_state, check_seed, spec_for,
+                   target_for)
 
 GROUP_KEYS = ("params", "lr", "weight_decay", "grad_centralization", "order_params")
 def decays_by_default(param: Parameter) -> bool:
@@ -90,6 +93,19 @@ class LazyAdam:
         maximize: ascend instead of descend.
         eps_mode: "mindspore" (eps added to `sqrt(v)`) or "pytorch" (eps added to the
             bias-corrected `sqrt(v_hat)`, as `torch.optim.Adam`).
+        state_dtype: the dtype of the moments of bfloat16 and float16 parameters: None or
+            "float32" (the default), or "bfloat16". float32 and float64 parameters keep their
+            moments in their own dtype.
+        rounding: how every write to a bfloat16 or float16 array rounds: "nearest" (even) or
+            "stochastic" (unbiased; see docs/semantics.md "Half precision").
+        seed: the seed of stochastic rounding, an int in [0, 2**64): with the step and each
+            element's position it makes the random bits, so a seed reproduces a run bit for bit.
+            Part of `state_dict()` and checkpoints.
+
+    Half precision: a bfloat16 or float16 parameter (numpy through ml_dtypes, or a torch tensor)
+    takes gradients in its own dtype or in float32; a step computes in float32 and rounds what it
+    stores. Parameter number i (in the order of gradients) rounds stochastically with seed
+    `seed + i * SEED_STRIDE` (mod 2**64).
 
     Raises:
         TypeError, ValueError, KeyError, RuntimeError: as the table of bad input in
@@ -100,7 +116,8 @@ class LazyAdam:
                  beta2: float = 0.999, eps: float = 1e-8, use_locking: bool = False,
                  use_nesterov: bool = False, weight_decay: Any = 0.0, loss_scale: float = 1.0, *,
                  amsgrad: bool = False, decoupled_weight_decay: bool = False,
-                 maximize: bool = False, eps_mode: str = "mindspore"):
+                 maximize: bool = False, eps_mode: str = "mindspore",
+                 state_dtype: str | None = None, rounding: str = "nearest", seed: int = 0):
         for name, value in (("beta1", beta1), ("beta2", beta2), ("eps", eps)):
             if not _is_float(value):
                 raise TypeError(f"{name} must be a Python float, got {type(value).__name__}: "
@@ -128,6 +145,13 @@ class LazyAdam:
         self.loss_scale = float(loss_scale)
         self.amsgrad, self.decoupled_weight_decay = amsgrad, decoupled_weight_decay
         self.maximize, self.eps_mode = maximize, eps_mode
+        if state_dtype not in (None, *STATE_DTYPES):
+            raise ValueError(f"state_dtype must be None or one of {', '.join(STATE_DTYPES)}, got "
+                             f"{state_dtype!r}")
+        if rounding not in ROUNDINGS:
+            raise ValueError(f"rounding must be one of {', '.join(ROUNDINGS)}, got {rounding!r}")
+        self.state_dtype, self.rounding = state_dtype, rounding
+        self.seed = check_seed(seed)
 
         default_lr = _rate(learning_rate, "learning_rate")
         default_wd = _weight_decay(weight_decay, "weight_decay")
@@ -138,6 +162,7 @@ class LazyAdam:
             groups = [{"params": order}]
         self._groups: list[_Group] = []
         slots: dict[int, Slot] = {}
+        positions = {id(p): i for i, p in enumerate(order)}
         for number, group in enumerate(groups):
             where = f"group {number}" if self.is_group else "params"
             lr = _rate(group["lr"], f"{where} lr") if "lr" in group else default_lr
@@ -152,7 +177,8 @@ class LazyAdam:
                 decayed = wd.dynamic or wd.value > 0.0
                 if not self.is_group:
                     decayed = decayed and decays_by_default(param)
-                slots[id(param)] = self._slot(param, number, decayed, centralize)
+                slots[id(param)] = self._slot(param, number, decayed, centralize,
+                                              positions[id(param)])
         self._slots: tuple[Slot, ...] = tuple(slots[id(p)] for p in order)
         self.is_group_lr = len({id(g.lr) for g in self._groups}) > 1
         self.dynamic_lr = any(g.lr.dynamic for g in self._groups)
@@ -162,15 +188,19 @@ class LazyAdam:
         self._beta1_power = 1.0
         self._beta2_power = 1.0
 
-    def _slot(self, param: Parameter, group: int, decayed: bool, centralize: bool) -> Slot:
+    def _slot(self, param: Parameter, group: int, decayed: bool, centralize: bool,
+              position: int) -> Slot:
         spec = spec_for(param, decayed=decayed, decoupled=self.decoupled_weight_decay,
                         nesterov=self.use_nesterov, use_locking=self.use_locking,
-                        amsgrad=self.amsgrad, maximize=self.maximize, eps_mode=self.eps_mode)
-        moments = [Parameter(zeros_like(param.data), name=f"{kind}.{param.name}")
+                        amsgrad=self.amsgrad, maximize=self.maximize, eps_mode=self.eps_mode,
+                        state_dtype=self.state_dtype, rounding=self.rounding)
+        state = numpy_dtype(spec.storage("m"))
+        moments = [Parameter(zeros_like(param.data, state), name=f"{kind}.{param.name}")
                    for kind in ("moment1", "moment2") + (("vmax",) if self.amsgrad else ())]
         if param.on_device:
             check_device_state(param, moments)
-        return Slot(param, group, centralize, spec, target_for(param.data), *moments)
+        return Slot(param, group, centralize, spec, target_for(param.data), *moments,
+                    seed_offset=position * SEED_STRIDE % 2**64)
 
     # -- state -----------------------------------------------------------------------------------
 
@@ -232,10 +262,10 @@ class LazyAdam:
         raise ValueError(f"parameter {param.name!r} is not optimized by this LazyAdam")
 
     def state_dict(self) -> dict[str, Any]:
-        """A copy of the whole training state: parameters, moments, beta powers, step.
+        """A copy of the whole training state: parameters, moments, beta powers, step, seed.
 
         Returns:
-            `{"global_step", "beta1_power", "beta2_power", "beta1", "beta2", "amsgrad",
+            `{"global_step", "beta1_power", "beta2_power", "beta1", "beta2", "amsgrad", "seed",
             "parameters": {name: array}, "moment1": {...}, "moment2": {...}[, "vmax": {...}]}`,
             arrays as numpy copies in host memory (device arrays are copied to the host), keyed
             by parameter name, in parameter order.
@@ -244,7 +274,7 @@ class LazyAdam:
             state: dict[str, Any] = {
                 "global_step": self._step, "beta1_power": self._beta1_power,
                 "beta2_power": self._beta2_power, "beta1": self.beta1, "beta2": self.beta2,
-                "amsgrad": self.amsgrad,
+                "amsgrad": self.amsgrad, "seed": self.seed,
             }
             for key, attr in _STATE_ARRAYS[: 4 if self.amsgrad else 3]:
                 state[key] = {s.param.name: getattr(s, attr).asnumpy() for s in self._slots}
@@ -256,10 +286,13 @@ class LazyAdam:
         Parameters and moments keep their array objects: device arrays receive the saved values
         through host memory (`Parameter.set_data`) and stay on their device.
 
+        A state without a seed (a checkpoint of format 2) keeps this optimizer's seed.
+
         Raises:
-            ValueError: a missing entry, other parameter names, shapes or dtypes, other betas,
-                amsgrad state present or absent where this optimizer differs; the message says
-                what differs.
+            ValueError: a missing entry, other parameter names, shapes or dtypes (moments of
+                another dtype than this optimizer's state), other betas, amsgrad state present or
+                absent where this optimizer differs, a seed that is not an int in [0, 2**64); the
+                message says what differs.
         """
         missing = [k for k in ("global_step", "beta1_power", "beta2_power") if k not in state]
         if missing:
@@ -271,6 +304,10 @@ class LazyAdam:
         step = state["global_step"]
         if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 0:
             raise ValueError(f"global_step must be an int >= 0, got {step!r}")
+        try:
+            seed = check_seed(state["seed"]) if "seed" in state else self.seed
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"state {error}") from None
         powers = [state["beta1_power"], state["beta2_power"]]
         if not all(_is_number(p) and 0.0 <= p <= 1.0 for p in powers):  # beta^t underflows to 0
             raise ValueError(f"beta powers must lie in [0, 1], got {powers}")
@@ -304,6 +341,7 @@ class LazyAdam:
                 target.set_data(value)
             self._step = int(step)
             self._beta1_power, self._beta2_power = (float(p) for p in powers)
+            self.seed = seed
 
     def save(self, path: Any) -> None:
         """Writes `state_dict()` to `path` atomically (see `lazyadam.runtime.checkpoint.save`)."""
@@ -347,7 +385,7 @@ class LazyAdam:
             self._step = step + 1
             self._beta1_power, self._beta2_power = beta1_power, beta2_power
             hparams = [(lr, self.beta1, self.beta2, self.eps, wd, self.loss_scale, beta1_power,
-                        beta2_power) for lr, wd in rates]
+                        beta2_power, self.seed, step + 1) for lr, wd in rates]
             if self.use_locking:
                 apply(work, hparams)
                 return True

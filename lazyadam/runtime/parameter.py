@@ -9,11 +9,11 @@ GPUArrays) are kept as they are; everything else is held as a C-contiguous numpy
 below are the only places that look into an array's library, so the optimizer reads every array the
 same way:
 
-    dtype_of      numpy dtype of any array (PyTorch dtypes included)
+    dtype_of      numpy dtype of any array (PyTorch dtypes included; bfloat16 through ml_dtypes)
     device_of     the GPU an array lives on, where its library says
     to_host       a numpy array (device arrays copied to host memory)
     copy_into     copy a value into an existing array in place, through host memory for devices
-    zeros_like    zeros on the same device: the optimizer's moments
+    zeros_like    zeros on the same device, of the same or a given dtype: the optimizer's moments
     empty_bytes   uninitialized bytes on the same device: a sparse step's scratch
     contiguous    a C-contiguous array (device arrays copied only where needed)
     index_bounds  min and max of an index array, computed where it lives
@@ -30,6 +30,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from ..dtypes import bfloat16
 from ..targets.cuda import DeviceArray
 
 _unnamed = itertools.count()
@@ -76,10 +77,11 @@ def dtype_of(array: Any) -> np.dtype:
     """`array.dtype` as a numpy dtype, whatever the array's library.
 
     numpy, CuPy and pycuda already use numpy dtypes; a PyTorch dtype such as `torch.float32` is
-    read by its name.
+    read by its name, `torch.bfloat16` as ml_dtypes' bfloat16.
 
     Raises:
-        TypeError: no `dtype`, or one numpy has no equivalent for (e.g. `torch.bfloat16`).
+        TypeError: no `dtype`, or one numpy has no equivalent for (e.g. `torch.bits16`).
+        ImportError: a bfloat16 tensor without ml_dtypes installed (the message says how).
     """
     dtype = getattr(array, "dtype", None)
     if dtype is None:
@@ -88,11 +90,15 @@ def dtype_of(array: Any) -> np.dtype:
         return np.dtype(dtype)
     except TypeError:
         pass
+    name = str(dtype).rpartition(".")[2]
+    if name == "bfloat16":
+        return bfloat16()
     try:
-        return np.dtype(str(dtype).rpartition(".")[2])
+        return np.dtype(name)
     except TypeError:
         raise TypeError(f"dtype {dtype} of a {_kind(array)} has no numpy equivalent; LazyAdam "
-                        "takes float32 or float64 values and integer indices") from None
+                        "takes float32, float64, bfloat16 or float16 values and integer "
+                        "indices") from None
 
 
 def device_of(array: Any) -> int | None:
@@ -116,12 +122,30 @@ def to_host(data: Any) -> np.ndarray:
     if type(data) is np.ndarray:
         return data
     if not is_device_array(data):
-        return np.asarray(data.detach() if is_torch(data) else data)
+        return _torch_numpy(data) if is_torch(data) else np.asarray(data)
     if is_torch(data):
-        return data.detach().cpu().numpy()
+        return _torch_numpy(data.detach().cpu())
     if not hasattr(data, "get"):
         raise TypeError(f"cannot copy a {_kind(data)} to host memory: it has no get()")
     return np.asarray(data.get())
+
+
+def _torch_numpy(tensor: Any) -> np.ndarray:
+    """A CPU tensor as a numpy array over its memory; a bfloat16 one (which numpy lacks) as
+    ml_dtypes' bfloat16, through its bits."""
+    tensor = tensor.detach()
+    if str(tensor.dtype) == "torch.bfloat16":
+        import torch  # only reached with a torch tensor in hand
+        return tensor.view(torch.int16).numpy().view(bfloat16())
+    return tensor.numpy()
+
+
+def _numpy_torch(array: np.ndarray) -> Any:
+    """A numpy array as a CPU tensor over its memory (bfloat16 through its bits)."""
+    import torch  # only reached with a torch tensor in hand
+    if array.dtype.name == "bfloat16":
+        return torch.from_numpy(array.view(np.int16)).view(torch.bfloat16)
+    return torch.from_numpy(array)
 
 
 def copy_into(target: Any, value: Any) -> None:
@@ -139,16 +163,16 @@ def copy_into(target: Any, value: Any) -> None:
         return
     host = np.ascontiguousarray(to_host(value), dtype=dtype_of(target))
     if is_torch(target):
-        import torch  # only reached with a torch tensor in hand
-        target.copy_(torch.from_numpy(host))
+        target.copy_(_numpy_torch(host))
     elif hasattr(target, "set"):
         target.set(host)
     else:
         raise TypeError(f"cannot copy host data into a {_kind(target)}: it has no set()")
 
 
-def zeros_like(data: Any) -> Any:
-    """A C-contiguous zero array of `data`'s shape and dtype, on the same device: the moments.
+def zeros_like(data: Any, dtype: Any = None) -> Any:
+    """A C-contiguous zero array of `data`'s shape and dtype (or `dtype`, a numpy dtype), on the
+    same device: the moments.
 
     Host data gives a numpy array. Device data gives the `zeros_like` of the array's own library
     (`library_function`), called on the array's device: PyTorch's keeps the tensor's device, CuPy's
@@ -158,17 +182,23 @@ def zeros_like(data: Any) -> Any:
     Raises:
         TypeError: a device array whose library has no `zeros_like`.
     """
+    same = dtype is None or np.dtype(dtype) == dtype_of(data)
+    dtype = dtype_of(data) if dtype is None else np.dtype(dtype)
     if not is_device_array(data):
-        return np.zeros(np.shape(data), dtype=dtype_of(data))
+        return np.zeros(np.shape(data), dtype=dtype)
     if is_torch(data):
         import torch  # only reached with a torch tensor in hand
-        return torch.zeros_like(data, memory_format=torch.contiguous_format)
-    return _allocate_beside(data, "zeros_like", "moments", data)
+        return torch.zeros_like(data, dtype=getattr(torch, dtype.name),
+                                memory_format=torch.contiguous_format)
+    if same:
+        return _allocate_beside(data, "zeros_like", "moments", data)
+    return _allocate_beside(data, "zeros_like", "moments", data, dtype=dtype)
 
 
-def _allocate_beside(data: Any, name: str, what: str, *args: Any) -> Any:
-    """`name(*args)` of `data`'s library, called on `data`'s device (inside `with data.device`
-    where the device is a context manager, as CuPy's, whose allocations go to the current device).
+def _allocate_beside(data: Any, name: str, what: str, *args: Any, **kwargs: Any) -> Any:
+    """`name(*args, **kwargs)` of `data`'s library, called on `data`'s device (inside
+    `with data.device` where the device is a context manager, as CuPy's, whose allocations go to
+    the current device).
 
     Raises:
         TypeError: the library has no `name`.
@@ -178,7 +208,7 @@ def _allocate_beside(data: Any, name: str, what: str, *args: Any) -> Any:
         raise TypeError(f"cannot allocate {what} for a {_kind(data)}: its library has no {name}")
     device = getattr(data, "device", None)
     with device if hasattr(device, "__enter__") else contextlib.nullcontext():
-        return make(*args)
+        return make(*args, **kwargs)
 
 
 def empty_bytes(like: Any, nbytes: int) -> Any:
@@ -317,7 +347,7 @@ class Parameter:
         if is_torch(data) and data.requires_grad:
             data = data.detach()
         if not is_device_array(data):
-            data = np.asarray(data, order="C")
+            data = np.asarray(to_host(data) if is_torch(data) else data, order="C")
             if not data.flags.writeable:
                 raise ValueError(f"Parameter {name!r}: data is read-only; pass a writable array "
                                  "(e.g. a copy)")

@@ -10,7 +10,8 @@ failed step changes nothing:
              fields its slot's `group` selects
 
 `spec_for` chooses a parameter's kernel spec from its dtype and the optimizer's flags; the gradient
-then picks the dense or the lazy sparse kernel (and the index dtype).
+then picks the dense or the lazy sparse kernel (and the index dtype, and for a half-precision
+parameter the gradient dtype: its own or float32).
 """
 
 from __future__ import annotations
@@ -22,13 +23,18 @@ from typing import Any, Callable
 import numpy as np
 
 from .. import targets
-from ..codegen.spec import Spec
+from ..codegen.spec import GRAD_DTYPES, HALF_DTYPES, Spec
+from ..dtypes import storage_name
 from ..targets.base import HParams, index_error
 from ..targets.cuda import DeviceArray
 from .parameter import (Parameter, RowTensor, astype, centralized, contiguous, device_of, dtype_of,
                         empty_bytes, index_bounds, is_device_array, is_out_of_memory, to_host)
 
-FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+FLOAT_DTYPES = ("float32", "float64", "bfloat16", "float16")
+#: Stochastic rounding of parameter number i (in the order of gradients) hashes the optimizer's seed
+#: plus i times this odd constant (2^64 / the golden ratio), modulo 2^64: parameters of one shape
+#: draw unrelated bits.
+SEED_STRIDE = 0x9E3779B97F4A7C15
 INDEX_DTYPES = {np.dtype(np.int32): "int32", np.dtype(np.int64): "int64"}
 
 
@@ -38,23 +44,43 @@ def target_for(data: Any) -> str:
 
 
 def spec_for(param: Parameter, *, decayed: bool, decoupled: bool, nesterov: bool,
-             use_locking: bool, amsgrad: bool, maximize: bool, eps_mode: str) -> Spec:
+             use_locking: bool, amsgrad: bool, maximize: bool, eps_mode: str,
+             state_dtype: str | None = None, rounding: str = "nearest") -> Spec:
     """The kernel spec of `param` (dense; each gradient picks dense or sparse and the index dtype).
 
     Args:
         param: the parameter; its dtype is the kernel's.
         decayed: whether weight decay applies to it; `decoupled` then picks AdamW's form over L2.
         nesterov, use_locking, amsgrad, maximize, eps_mode: the spec's flags.
+        state_dtype, rounding: the state dtype and rounding of a bfloat16 or float16 parameter
+            (float32 and float64 parameters keep their state in their own dtype, round nothing).
 
     Raises:
-        TypeError: a parameter that is neither float32 nor float64.
+        TypeError: a parameter that is not float32, float64, bfloat16 or float16.
     """
-    if param.dtype not in FLOAT_DTYPES:
+    dtype = storage_name(param.dtype)
+    if dtype not in FLOAT_DTYPES:
         raise TypeError(f"parameter {param.name!r} has dtype {param.dtype}; LazyAdam updates "
-                        "float32 or float64 parameters")
+                        "float32, float64, bfloat16 or float16 parameters")
     decay = ("decoupled" if decoupled else "l2") if decayed else "none"
+    half = dtype in HALF_DTYPES
     return Spec(nesterov=nesterov, use_locking=use_locking, decay=decay, amsgrad=amsgrad,
-                maximize=maximize, eps_mode=eps_mode, dtype=str(param.dtype))
+                maximize=maximize, eps_mode=eps_mode, dtype=dtype,
+                state_dtype=state_dtype if half else None,
+                rounding=rounding if half else "nearest")
+
+
+def check_seed(value: Any) -> int:
+    """A seed of stochastic rounding: an int (not a bool) in [0, 2**64).
+
+    Raises:
+        TypeError: not an int; ValueError: out of range.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"seed must be an int, got {type(value).__name__}: {value!r}")
+    if not 0 <= value < 2**64:
+        raise ValueError(f"seed must lie in [0, 2**64), got {value!r}")
+    return int(value)
 
 
 def apply(work: list[tuple[Any, ...]], hparams: Any) -> None:
@@ -81,6 +107,14 @@ def bind(kernel: Any, var: Any, m: Any, v: Any, vmax: Any) -> Callable[..., None
     return step
 
 
+def _seeded(step: Callable[..., None], offset: int) -> Callable[..., None]:
+    """`step` rounding with its parameter's own seed: the one in the hparams tuple (field 8) plus
+    `offset`, modulo 2**64."""
+    def seeded(grad: Any, hparams: tuple, **scratch: Any) -> None:
+        step(grad, hparams[:8] + ((hparams[8] + offset) % 2**64, hparams[9]), **scratch)
+    return seeded
+
+
 class Slot:
     """One parameter with its moments, kernel spec and bound kernel calls.
 
@@ -90,34 +124,58 @@ class Slot:
     """
 
     __slots__ = ("param", "dtype", "on_device", "group", "centralize", "spec", "target", "m", "v",
-                 "vmax", "written", "calls")
+                 "vmax", "written", "calls", "grad_dtypes", "seed_offset")
 
     def __init__(self, param: Parameter, group: int, centralize: bool, spec: Spec, target: str,
-                 m: Parameter, v: Parameter, vmax: Parameter | None = None):
+                 m: Parameter, v: Parameter, vmax: Parameter | None = None, seed_offset: int = 0):
         self.param, self.group, self.centralize = param, group, centralize
         self.dtype, self.on_device = param.dtype, param.on_device  # fixed with the array object
+        # Gradients come in the parameter's dtype, or in float32 for a half-precision parameter.
+        self.grad_dtypes = (spec.dtype,) + (GRAD_DTYPES if spec.dtype in HALF_DTYPES else ())
+        #: Added to the seed in the hparams (field 8) by a stochastic call (see `SEED_STRIDE`).
+        self.seed_offset = seed_offset
         self.spec, self.target = spec, target
         self.m, self.v, self.vmax = m, v, vmax
         #: (Parameter, array) of each array a step writes, for the gradients' overlap check.
         self.written = tuple((a, a.data) for a in (param, m, v, vmax) if a is not None)
-        self.calls: dict[tuple[bool, str], tuple[Any, Callable[..., None]]] = {}
+        self.calls: dict[tuple[bool, str, str], tuple[Any, Callable[..., None]]] = {}
 
-    def call(self, sparse: bool, index_dtype: str = "int64") -> Callable[..., None]:
+    def call(self, sparse: bool, index_dtype: str = "int64",
+             grad_dtype: str | None = None) -> Callable[..., None]:
         """The bound kernel call for a dense or sparse gradient; compiled on first use."""
-        return self.kernel_and_call(sparse, index_dtype)[1]
+        return self.kernel_and_call(sparse, index_dtype, grad_dtype)[1]
 
-    def kernel_and_call(self, sparse: bool,
-                        index_dtype: str = "int64") -> tuple[Any, Callable[..., None]]:
-        """The kernel for a dense or sparse gradient and its call bound to this slot's arrays."""
-        key = (sparse, index_dtype)
+    def kernel_and_call(self, sparse: bool, index_dtype: str = "int64",
+                        grad_dtype: str | None = None) -> tuple[Any, Callable[..., None]]:
+        """The kernel for a dense or sparse gradient (of `grad_dtype`, by default the
+        parameter's) and its call bound to this slot's arrays."""
+        key = (sparse, index_dtype, grad_dtype or self.spec.dtype)
         found = self.calls.get(key)
         if found is None:
-            spec = dataclasses.replace(self.spec, sparse=sparse, index_dtype=index_dtype)
+            spec = dataclasses.replace(self.spec, sparse=sparse, index_dtype=index_dtype,
+                                       grad_dtype=key[2])
             kernel = targets.compile(spec, self.target)
             vmax = self.vmax.data if self.vmax is not None else None
-            found = self.calls[key] = (kernel, bind(kernel, self.param.data, self.m.data,
-                                                    self.v.data, vmax))
+            call = bind(kernel, self.param.data, self.m.data, self.v.data, vmax)
+            if spec.rounding == "stochastic" and self.seed_offset:
+                call = _seeded(call, self.seed_offset)
+            found = self.calls[key] = (kernel, call)
         return found
+
+    def _grad_dtype(self, where: str, what: str, array: Any) -> str:
+        """The storage dtype of a gradient (or its values), if this parameter takes it.
+
+        Raises:
+            TypeError: another dtype, naming the ones the parameter takes.
+        """
+        dtype = storage_name(_dtype(where, what, array))
+        if dtype not in self.grad_dtypes:
+            subject = f"{where}: {what} have" if what else f"{where} has"
+            takes = " or ".join(self.grad_dtypes)
+            raise TypeError(f"{subject} dtype {dtype}, the parameter has {self.dtype}"
+                            + (f" (a {self.dtype} parameter takes {takes} gradients)"
+                               if len(self.grad_dtypes) > 1 else ""))
+        return dtype
 
     def prepare(self, position: int, grad: Any) -> tuple[Any, ...]:
         """The kernel call for gradient number `position`, after checking it against the parameter.
@@ -140,9 +198,7 @@ class Slot:
         param = self.param
         if not (hasattr(grad, "shape") and hasattr(grad, "dtype")):
             raise TypeError(f"{where} must be an array or a RowTensor, got {type(grad).__name__}")
-        dtype = _dtype(where, "", grad)
-        if dtype != self.dtype:
-            raise TypeError(f"{where} has dtype {dtype}, the parameter has {self.dtype}")
+        grad_dtype = self._grad_dtype(where, "", grad)
         if tuple(grad.shape) != param.shape:
             raise ValueError(f"{where} has shape {tuple(grad.shape)}, the parameter has "
                              f"{param.shape}")
@@ -151,7 +207,7 @@ class Slot:
         if self.centralize and len(grad.shape) >= 2:
             grad = contiguous(centralized(grad))
         self._check_disjoint(where, "", grad)
-        return grad, self.call(False)
+        return grad, self.call(False, grad_dtype=grad_dtype)
 
     def _sparse(self, where: str, grad: RowTensor) -> tuple[Any, Any]:
         param = self.param
@@ -167,10 +223,7 @@ class Slot:
             raise TypeError(f"{where}: indices must be integers, got dtype {index_dtype}")
         if len(indices.shape) != 1:
             raise ValueError(f"{where}: indices must be 1-d, got shape {tuple(indices.shape)}")
-        values_dtype = _dtype(where, "values", values)
-        if values_dtype != self.dtype:
-            raise TypeError(f"{where}: values have dtype {values_dtype}, the parameter has "
-                            f"{self.dtype}")
+        values_dtype = self._grad_dtype(where, "values", values)
         expected = (indices.shape[0],) + param.shape[1:]
         if tuple(values.shape) != expected:
             raise ValueError(f"{where}: values have shape {tuple(values.shape)}, expected "
@@ -187,7 +240,7 @@ class Slot:
         indices, values = contiguous(indices), contiguous(values)
         self._check_disjoint(where, "indices", indices)
         self._check_disjoint(where, "values", values)
-        kernel, call = self.kernel_and_call(True, INDEX_DTYPES[index_dtype])
+        kernel, call = self.kernel_and_call(True, INDEX_DTYPES[index_dtype], values_dtype)
         return (indices, values), functools.partial(call, workspace=self._scratch(
             where, kernel, rows, indices.shape[0]))
 
