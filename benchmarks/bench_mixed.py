@@ -35,6 +35,7 @@ import ml_dtypes
 import numpy as np
 import torch
 
+import bench_cpu
 import lazyadam
 from bench_cpu import evictor, machine, medians, zipf_indices
 from lazyadam import HParams, Spec
@@ -69,45 +70,31 @@ void name(V *restrict var, S *restrict m, S *restrict v, const G *restrict grad,
 
 TRAFFIC(traffic22, uint16_t, float, uint16_t)
 TRAFFIC(traffic14, uint16_t, uint16_t, uint16_t)
-
-/* A copy from src to dst, split over the threads: the bandwidth of a sparse step's limit. */
-void copy(float *restrict dst, const float *restrict src, int64_t n)
-{
-#pragma omp parallel for simd schedule(static)
-    for (int64_t i = 0; i < n; i++)
-        dst[i] = src[i];
-}
 """
 
 
-class Yardsticks:
-    """The loops of `YARDSTICK`, compiled as the C target compiles, on numpy arrays."""
+class Yardsticks(bench_cpu.Yardsticks):
+    """The loops of `YARDSTICK` (and bench_cpu's copy), compiled as the C target compiles."""
 
     def __init__(self, folder: Path):
-        src, lib = folder / "traffic.c", folder / "traffic.so"
+        super().__init__(folder)
+        src, lib = folder / "mixed.c", folder / "mixed.so"
         src.write_text(YARDSTICK)
         subprocess.run([*c.compiler(), *c.flags(), str(src), "-o", str(lib)], check=True)
-        self.ffi = cffi.FFI()
-        self.ffi.cdef("void traffic22(uint16_t *, float *, float *, const uint16_t *, int64_t);"
-                      "void traffic14(uint16_t *, uint16_t *, uint16_t *, const uint16_t *, int64_t);"
-                      "void copy(float *, const float *, int64_t);")
-        self.lib = self.ffi.dlopen(str(lib))
+        self.mixed_ffi = cffi.FFI()
+        self.mixed_ffi.cdef(
+            "void traffic22(uint16_t *, float *, float *, const uint16_t *, int64_t);"
+            "void traffic14(uint16_t *, uint16_t *, uint16_t *, const uint16_t *, int64_t);")
+        self.mixed = self.mixed_ffi.dlopen(str(lib))
 
     def dense(self, var: np.ndarray, m: np.ndarray, v: np.ndarray,
               grad: np.ndarray) -> Callable[[], None]:
-        """The loop that moves these arrays' bytes."""
+        """The loop that moves these arrays' bytes (bfloat16 parameter and gradient; float32 or
+        bfloat16 state)."""
         ctype = {2: "uint16_t[]", 4: "float[]"}
-        args = [self.ffi.from_buffer(ctype[a.itemsize], a) for a in (var, m, v, grad)]
-        loop = self.lib.traffic22 if m.itemsize == 4 else self.lib.traffic14
+        args = [self.mixed_ffi.from_buffer(ctype[a.itemsize], a) for a in (var, m, v, grad)]
+        loop = self.mixed.traffic22 if m.itemsize == 4 else self.mixed.traffic14
         return lambda: loop(*args, var.size)
-
-    def copy_bandwidth(self, rounds: int, before: Callable[[], None]) -> float:
-        """Bytes per second (read plus written) of a 256 MiB copy: median of `rounds` copies."""
-        src = np.ones(64 * 2**20, np.float32)
-        dst = np.zeros_like(src)
-        args = (self.ffi.from_buffer("float[]", dst), self.ffi.from_buffer("float[]", src), src.size)
-        seconds = medians({"copy": lambda: self.lib.copy(*args)}, rounds, 2, before)["copy"]
-        return 2 * src.nbytes / seconds
 
 
 def dense_bytes(spec: Spec) -> int:

@@ -33,6 +33,9 @@ _SHORT = {"bfloat16": "bf16", "float16": "f16"}
 class CPrinter:
     """Prints IR as C99.
 
+    Conversions from and to 16-bit storage are calls of the helpers that `WIDEN` and `NARROW`
+    name (templates/half.j2's in C; the toolkit's intrinsics in CUDA).
+
     Args:
         dtype: the arithmetic dtype ("float32" or "float64"; float32 for half-precision storage);
             sets the element type, `sqrtf`/`sqrt` and literal suffixes.
@@ -42,6 +45,13 @@ class CPrinter:
         position: the text of the element's position, which stochastic rounding hashes (set by
             `store`).
     """
+
+    #: Storage dtype -> the function that widens a stored value to float32 (exactly).
+    WIDEN = {"bfloat16": "lazyadam_bf16_to_f32", "float16": "lazyadam_f16_to_f32"}
+    #: Storage dtype -> the function that rounds a float32 to it, to nearest even.
+    NARROW = {"bfloat16": "lazyadam_f32_to_bf16", "float16": "lazyadam_f32_to_f16"}
+    #: Storage dtype -> a function that rounds a float32 to it stochastically in one step.
+    STOCHASTIC = {"bfloat16": "lazyadam_f32_to_bf16_stochastic"}
 
     def __init__(self, dtype: str, hparams: str = "hp->{}"):
         self.dtype = dtype
@@ -85,20 +95,18 @@ class CPrinter:
 
     def widen(self, dtype: str, value: str) -> str:
         """A stored value of dtype `dtype` in the arithmetic dtype (exact)."""
-        if dtype == self.dtype:
-            return value
-        return f"lazyadam_{_SHORT[dtype]}_to_f32({value})"
+        return value if dtype == self.dtype else f"{self.WIDEN[dtype]}({value})"
 
     def narrow(self, dtype: str, value: str) -> str:
         """A float32 value rounded to the nearest even value of storage dtype `dtype`."""
-        return f"lazyadam_f32_to_{_SHORT[dtype]}({value})"
+        return f"{self.NARROW[dtype]}({value})"
 
     def narrow_stochastic(self, dtype: str, value: str, bits: str) -> str:
         """A float32 value rounded stochastically to storage dtype `dtype` with 32 random `bits`:
         the stochastic choice is a float32 that the storage holds exactly, which the nearest
-        conversion then only changes in type (in C, bfloat16 does both in one helper)."""
-        if dtype == "bfloat16":
-            return f"lazyadam_f32_to_bf16_stochastic({value}, {bits})"
+        conversion then only changes in type (or one of `STOCHASTIC` does both)."""
+        if dtype in self.STOCHASTIC:
+            return f"{self.STOCHASTIC[dtype]}({value}, {bits})"
         return self.narrow(dtype, f"lazyadam_{_SHORT[dtype]}_stochastic({value}, {bits})")
 
     def block(self, stmts, indent: int) -> str:
@@ -177,12 +185,17 @@ class CPrinter:
 
 
 class CudaPrinter(CPrinter):
-    """Prints IR as CUDA C++: the same element math as C, with per-step scalars carried by a struct.
+    """Prints IR as CUDA C++: the same element math as C, with per-step scalars carried by a struct,
+    and the toolkit's conversions of `__nv_bfloat16` and `__half`.
 
     The host launcher computes each scalar from `lazyadam_hparams` in double, exactly as the C
     prologue does, stores it in a struct field of the element type (`s.lr_t = (float)(...);`), and
     passes the struct to the kernels by value; device code reads it back (`const float lr_t = s.lr_t;`).
     """
+
+    WIDEN = {"bfloat16": "__bfloat162float", "float16": "__half2float"}
+    NARROW = {"bfloat16": "__float2bfloat16_rn", "float16": "__float2half_rn"}
+    STOCHASTIC: dict[str, str] = {}
 
     def field(self, stmt: Let) -> str:
         """The struct member of a scalar: `T name;`."""
@@ -199,20 +212,4 @@ class CudaPrinter(CPrinter):
         """Device code: `const T name = s.name;`."""
         return f"const {self.scalar_type(stmt)} {stmt.name} = {struct}.{stmt.name};"
 
-    def widen(self, dtype: str, value: str) -> str:
-        """The toolkit's conversions: `__bfloat162float`, `__half2float`."""
-        if dtype == self.dtype:
-            return value
-        return f"{_CUDA_WIDEN[dtype]}({value})"
 
-    def narrow(self, dtype: str, value: str) -> str:
-        """The toolkit's round-to-nearest-even conversions."""
-        return f"{_CUDA_NARROW[dtype]}({value})"
-
-    def narrow_stochastic(self, dtype: str, value: str, bits: str) -> str:
-        """The stochastic choice (an exact float32), then the toolkit's conversion."""
-        return self.narrow(dtype, f"lazyadam_{_SHORT[dtype]}_stochastic({value}, {bits})")
-
-
-_CUDA_WIDEN = {"bfloat16": "__bfloat162float", "float16": "__half2float"}
-_CUDA_NARROW = {"bfloat16": "__float2bfloat16_rn", "float16": "__float2half_rn"}
