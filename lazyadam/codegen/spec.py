@@ -86,14 +86,12 @@ class Spec:
     def __post_init__(self) -> None:
         static = self.static.items() if isinstance(self.static, Mapping) else self.static
         object.__setattr__(self, "static", tuple(sorted((str(k), v) for k, v in static)))
-        # One spelling per kernel: a dtype equal to its default is stored as None.
-        if self.state_dtype is not None and self.state_dtype == self._default_state_dtype():
+        # One spelling per kernel: a dtype equal to its default is stored as None (the state's
+        # default is the arithmetic's dtype).
+        if self.state_dtype is not None and self.state_dtype == self.compute_dtype:
             object.__setattr__(self, "state_dtype", None)
         if self.grad_dtype is not None and self.grad_dtype == self.dtype:
             object.__setattr__(self, "grad_dtype", None)
-
-    def _default_state_dtype(self) -> str:
-        return "float32" if self.dtype in HALF_DTYPES else self.dtype
 
     def validate(self) -> Spec:
         """Checks the spec and returns it.
@@ -157,7 +155,7 @@ class Spec:
         if array == "var":
             return self.dtype
         if array in ("m", "v", "vmax"):
-            return self.state_dtype or self._default_state_dtype()
+            return self.state_dtype or self.compute_dtype
         if array == "grad":
             return self.grad_dtype or self.dtype
         raise KeyError(f"no array {array!r}; choose from var, m, v, vmax, grad")
