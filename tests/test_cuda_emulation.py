@@ -9,8 +9,8 @@ Python wrapper (`CudaKernel`). Only a GPU run (tests/test_cuda_gpu.py) checks re
 
 from __future__ import annotations
 
-import itertools
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import cffi
 import numpy as np
@@ -21,7 +21,6 @@ import lazyadam
 import product
 from lazyadam import HParams, Spec
 from lazyadam.codegen import SUM_CHUNK
-from lazyadam.codegen.variants import CHOICES, STORAGE_FIELDS
 from reference import lazyadam_step
 
 from tolerance import assert_close
@@ -33,13 +32,6 @@ ONE_FLAG = [dict(nesterov=True), dict(use_locking=True), dict(decay="l2"), dict(
 ALL_ON = [dict(nesterov=True, use_locking=True, decay=decay, amsgrad=True, maximize=True,
                eps_mode="pytorch") for decay in ("l2", "decoupled")]
 STATIC = {"beta1": 0.85, "beta2": 0.995, "eps": 1e-7, "loss_scale": 8.0, "weight_decay": 0.01}
-#: The 16 ways of storing a half-precision parameter (dtype, state, gradient, rounding).
-STORAGES = [dict(zip(STORAGE_FIELDS, values)) for values in itertools.product(
-    ("bfloat16", "float16"), *(CHOICES[name] for name in STORAGE_FIELDS[1:]))]
-#: Each storage dense and sparse (alternating index dtypes), bare or with every flag on, in turn.
-HALF_SPECS = [Spec(sparse=sparse, index_dtype=("int32", "int64")[k % 2], **storage,
-                   **([{}] + ALL_ON)[(k + sparse) % 3])
-              for k, storage in enumerate(STORAGES) for sparse in (False, True)]
 #: Bitwise comparisons with the C kernels: stochastic rounding in every storage it can write.
 BITWISE = [Spec(sparse=True, decay="l2", nesterov=True), Spec(sparse=True, use_locking=True, decay="l2"),
            Spec(sparse=True, amsgrad=True, maximize=True, eps_mode="pytorch", index_dtype="int32"),
@@ -52,13 +44,14 @@ BITWISE = [Spec(sparse=True, decay="l2", nesterov=True), Spec(sparse=True, use_l
            Spec(sparse=False, dtype="bfloat16", rounding="stochastic", nesterov=True),
            Spec(sparse=False, dtype="float16", state_dtype="bfloat16", grad_dtype="float32",
                 rounding="stochastic", amsgrad=True, decay="decoupled")]
-#: Each layout bare and with every flag on; each flag alone on f32; baked hyperparameters; half
-#: precision; and the specs of the bitwise comparison with the C kernels.
+#: Each layout bare and with every flag on; each flag alone on f32; baked hyperparameters; every
+#: flag combination in half precision (tests/product.py: each with one of the 16 ways of storing
+#: it); and the specs of the bitwise comparison with the C kernels.
 SPECS = list(dict.fromkeys(
     [Spec(sparse=s, dtype=d, index_dtype=i, **flags) for s, d, i in LAYOUTS for flags in [{}] + ALL_ON]
     + [Spec(sparse=s, **flags) for s in (False, True) for flags in ONE_FLAG]
     + [Spec(sparse=s, decay="l2", static=STATIC) for s in (False, True)]
-    + HALF_SPECS + BITWISE))
+    + product.HALF + BITWISE))
 SEED = 31
 
 HYPER = dict(lr=0.01, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.05, loss_scale=4.0)
@@ -66,10 +59,13 @@ HYPER = dict(lr=0.01, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.05, loss_
 
 @pytest.fixture(scope="module")
 def library() -> dict:
-    """Every spec of SPECS in one emulation library, built once and kept in the kernel cache."""
+    """Every spec of SPECS in two emulation libraries (one per CI core), built at once and kept in
+    the kernel cache."""
     if emulation.host_compiler() is None:
         pytest.skip("no host C++ compiler (c++ or g++) to build the CUDA emulation")
-    return emulation.build(SPECS)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        halves = pool.map(emulation.build, (SPECS[::2], SPECS[1::2]))
+        return {spec: kernel for half in halves for spec, kernel in half.items()}
 
 
 def dev(*arrays):
