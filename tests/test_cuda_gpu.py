@@ -303,6 +303,54 @@ def test_gpu_sparse_steps_equal_the_c_kernels_bitwise(device, spec, rng):
         np.testing.assert_array_equal(device.get(b), a, err_msg=name)
 
 
+@pytest.mark.parametrize("spec", [
+    Spec(sparse=True, dtype="bfloat16", state_dtype="bfloat16", rounding="stochastic",
+         decay="l2", amsgrad=True),
+    Spec(sparse=True, dtype="float16", grad_dtype="float32", rounding="stochastic",
+         use_locking=True, decay="l2"),
+    Spec(sparse=False, dtype="bfloat16", rounding="stochastic", nesterov=True),
+    Spec(sparse=False, dtype="float16", state_dtype="bfloat16", decay="decoupled"),
+], ids=lambda s: s.symbol())
+def test_gpu_half_precision_steps_equal_the_c_kernels_bitwise(device, spec, rng):
+    """bfloat16 and float16 storage, stochastic rounding, on torch CUDA tensors: the toolkit's
+    conversions and the shared hash give the C kernels' bits."""
+    if device.name != "torch":
+        pytest.skip("bfloat16 device arrays are made with torch here")
+    import ml_dtypes
+    torch = device.torch
+    numpy_of = {"bfloat16": ml_dtypes.bfloat16, "float16": np.float16, "float32": np.float32}
+
+    def put(a):
+        if a.dtype == ml_dtypes.bfloat16:
+            return torch.from_numpy(a.view(np.int16)).view(torch.bfloat16).cuda()
+        return device.put(a)
+
+    def bits(t):
+        host = t.cpu()
+        return (host.view(torch.int16) if host.dtype == torch.bfloat16 else host).numpy()
+
+    c_kernel, gpu_kernel = lazyadam.compile(spec), lazyadam.compile(spec, "cuda")
+    shape = (2000, 70) if spec.sparse else (7, 70001)
+    var0 = rng.standard_normal(shape).astype(numpy_of[spec.dtype])
+    state = numpy_of[spec.storage("m")]
+    host = [var0.copy()] + [np.zeros(shape, state) for _ in range(3 if spec.amsgrad else 2)]
+    gpu = [put(a) for a in host]
+    for t in range(1, 4):
+        values = numpy_of[spec.storage("grad")]
+        if spec.sparse:
+            idx = ((rng.zipf(1.1, 20_000) - 1) % 2000).astype(spec.index_dtype)
+            grad = (idx, rng.standard_normal((idx.size, 70)).astype(values))
+            device_grad = (device.put(grad[0]), put(grad[1]))
+        else:
+            grad = rng.standard_normal(shape).astype(values)
+            device_grad = put(grad)
+        hp = HParams.at_step(t, seed=41, **HYPER)
+        c_kernel(*host[:3], grad, hp, vmax=host[3] if spec.amsgrad else None)
+        gpu_kernel(*gpu[:3], device_grad, hp, vmax=gpu[3] if spec.amsgrad else None)
+    for name, a, b in zip(("var", "m", "v", "vmax"), host, gpu):
+        np.testing.assert_array_equal(bits(b), a.view(bits(b).dtype), err_msg=name)
+
+
 def test_gpu_deferred_steps_capture_and_replay_in_a_cuda_graph(device, rng):
     """A deferred sparse step (caller's workspace and record) captured by torch.cuda.graph and
     replayed gives bitwise what eager steps give; a captured bad index writes nothing on replay and
