@@ -36,8 +36,10 @@ from typing import Any, Callable, Iterable, NamedTuple
 import torch
 
 from . import targets
-from .runtime.parameter import Parameter, RowTensor
-from .runtime.slot import Slot, apply, check_device_state, spec_for, target_for
+from .codegen.spec import ROUNDINGS, STATE_DTYPES
+from .runtime.parameter import Parameter, RowTensor, to_host
+from .runtime.slot import (SEED_STRIDE, Slot, apply, check_device_state, check_seed, spec_for,
+                           target_for)
 from .targets.base import HParams
 
 __all__ = ["LazyAdam", "EPS_MODES"]
@@ -45,7 +47,11 @@ __all__ = ["LazyAdam", "EPS_MODES"]
 #: Where eps goes: "pytorch" as `torch.optim.Adam`/`AdamW` (`sqrt(v_hat) + eps`), "mindspore" as
 #: `torch.optim.SparseAdam` (`sqrt(v) + eps`, the bias correction folded into the step size).
 EPS_MODES = ("pytorch", "mindspore")
-DTYPES = (torch.float32, torch.float64)
+DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+#: Parameter dtypes whose steps compute in float32 and round what they store.
+HALF = (torch.bfloat16, torch.float16)
+#: The dtypes of the `step` state tensor.
+STEP_DTYPES = (torch.float32, torch.float64)
 FLAGS = ("nesterov", "amsgrad", "maximize", "decoupled_weight_decay", "use_locking")
 STATE_KEYS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
 
@@ -93,10 +99,20 @@ class LazyAdam(torch.optim.Optimizer):
         use_locking: kernels take a lock per row (per 4096-element chunk, dense), and one lock
             is held over a whole step, so that threads stepping this optimizer at once give what
             the same steps one after another give.
+        state_dtype: the dtype of the state of bfloat16 and float16 parameters: None or "float32"
+            (the default), or "bfloat16"; float32 and float64 parameters keep their own dtype.
+        rounding: how every write to a bfloat16 or float16 tensor rounds: "nearest" (even) or
+            "stochastic" (unbiased; docs/semantics.md "Half precision").
+        seed: the seed of stochastic rounding, an int in [0, 2**64), saved with the group's
+            options; parameter number i (in the order of the groups) rounds with
+            `seed + i * 0x9E3779B97F4A7C15` (mod 2**64) at its step t.
+
+    Half precision: bfloat16 and float16 parameters (CPU or CUDA) are updated in place, each step
+    computed in float32; their gradients come in their own dtype or in float32.
 
     Raises:
-        TypeError: an option of the wrong type; a parameter that is not a float32 or float64
-            tensor.
+        TypeError: an option of the wrong type; a parameter that is not a float32, float64,
+            bfloat16 or float16 tensor.
         ValueError: an option out of range; as `torch.optim.Optimizer` for params.
     """
 
@@ -104,11 +120,13 @@ class LazyAdam(torch.optim.Optimizer):
                  betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 0.0, *, nesterov: bool = False, amsgrad: bool = False,
                  maximize: bool = False, decoupled_weight_decay: bool = False,
-                 eps_mode: str = "pytorch", use_locking: bool = False):
+                 eps_mode: str = "pytorch", use_locking: bool = False,
+                 state_dtype: str | None = None, rounding: str = "nearest", seed: int = 0):
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, nesterov=nesterov,
                         amsgrad=amsgrad, maximize=maximize,
                         decoupled_weight_decay=decoupled_weight_decay, eps_mode=eps_mode,
-                        use_locking=use_locking)
+                        use_locking=use_locking, state_dtype=state_dtype, rounding=rounding,
+                        seed=seed)
         _options(defaults, "LazyAdam")
         self._reset()
         super().__init__(params, defaults)
@@ -220,8 +238,14 @@ class LazyAdam(torch.optim.Optimizer):
                 t = int(binding.step) + 1
                 call, prepared, key = slot.prepare(position, _gradient(grad, name))
                 work.append((call, prepared, key, binding, number))
+                # Only stochastic rounding reads the seed: each parameter its own (nearest ones
+                # keep the group's, so that their CUDA launches still share hyperparameters).
+                seed = options.seed
+                if slot.spec.rounding == "stochastic":
+                    seed = (seed + position * SEED_STRIDE) % 2**64
                 hparams[key] = (options.lr, options.beta1, options.beta2, options.eps,
-                                options.weight_decay, 1.0, options.beta1 ** t, options.beta2 ** t)
+                                options.weight_decay, 1.0, options.beta1 ** t, options.beta2 ** t,
+                                seed, t)
                 counts.append((binding, t))
                 position += 1
         return work, hparams, pending, counts
@@ -237,6 +261,8 @@ class _Flags(NamedTuple):
     maximize: bool
     decoupled_weight_decay: bool
     use_locking: bool
+    state_dtype: str | None
+    rounding: str
 
 
 class _Options(NamedTuple):
@@ -247,6 +273,7 @@ class _Options(NamedTuple):
     beta2: float
     eps: float
     weight_decay: float
+    seed: int
     flags: _Flags
 
 
@@ -257,7 +284,7 @@ def _options(group: dict[str, Any], where: str) -> _Options:
         TypeError: a number that is not a real number (or a one-element tensor), a flag that is
             not a bool, betas that are not a pair.
         ValueError: lr or weight_decay < 0, eps <= 0, a beta outside [0, 1), a value that is not
-            finite, an unknown eps_mode.
+            finite, an unknown eps_mode, state_dtype or rounding; a seed outside [0, 2**64).
     """
     betas = group["betas"]
     if not (isinstance(betas, (tuple, list)) and len(betas) == 2):
@@ -280,8 +307,19 @@ def _options(group: dict[str, Any], where: str) -> _Options:
     if group["eps_mode"] not in EPS_MODES:
         raise ValueError(f"{where}: eps_mode must be one of {EPS_MODES}, got "
                          f"{group['eps_mode']!r}")
-    flags = _Flags(wd > 0.0, group["eps_mode"], *(group[name] for name in FLAGS))
-    return _Options(lr, beta1, beta2, eps, wd, flags)
+    if group["state_dtype"] not in (None, *STATE_DTYPES):
+        raise ValueError(f"{where}: state_dtype must be None or one of {', '.join(STATE_DTYPES)}, "
+                         f"got {group['state_dtype']!r}")
+    if group["rounding"] not in ROUNDINGS:
+        raise ValueError(f"{where}: rounding must be one of {', '.join(ROUNDINGS)}, got "
+                         f"{group['rounding']!r}")
+    try:
+        seed = check_seed(group["seed"])
+    except (TypeError, ValueError) as error:
+        raise type(error)(f"{where}: {error}") from None
+    flags = _Flags(wd > 0.0, group["eps_mode"], *(group[name] for name in FLAGS),
+                   group["state_dtype"], group["rounding"])
+    return _Options(lr, beta1, beta2, eps, wd, seed, flags)
 
 
 def _real(value: Any, where: str, name: str) -> float:
@@ -297,8 +335,8 @@ def _real(value: Any, where: str, name: str) -> float:
 
 
 def _check_parameter(param: torch.Tensor, name: str) -> None:
-    """A parameter the kernels can update in place: a float32 or float64 dense tensor, contiguous,
-    in CPU or CUDA memory.
+    """A parameter the kernels can update in place: a float32, float64, bfloat16 or float16 dense
+    tensor, contiguous, in CPU or CUDA memory.
 
     Raises:
         TypeError: another dtype, layout or device type.
@@ -306,8 +344,7 @@ def _check_parameter(param: torch.Tensor, name: str) -> None:
     """
     if param.dtype not in DTYPES:
         raise TypeError(f"parameter {name!r} has dtype {param.dtype}; lazyadam.torch.LazyAdam "
-                        "updates float32 and float64 parameters (bfloat16 and float16 kernels do "
-                        "not exist yet)")
+                        "updates float32, float64, bfloat16 and float16 parameters")
     if param.layout != torch.strided:
         raise TypeError(f"parameter {name!r} has layout {param.layout}; the kernels update dense "
                         "(strided) tensors")
@@ -326,7 +363,9 @@ def _view(tensor: torch.Tensor) -> Any:
     `__cuda_array_interface__`. (The only place that decides how kernels see a tensor.)"""
     if tensor.requires_grad:
         tensor = tensor.detach()
-    return tensor if tensor.is_cuda else tensor.numpy()
+    if tensor.is_cuda:
+        return tensor
+    return to_host(tensor) if tensor.dtype == torch.bfloat16 else tensor.numpy()  # ml_dtypes
 
 
 def _gradient(grad: torch.Tensor, name: str) -> Any:
@@ -355,8 +394,9 @@ def _bind(param: torch.Tensor, state: dict[str, Any] | None, options: _Options,
           name: str) -> tuple[_Binding, dict[str, Any]]:
     """A parameter's slot over its tensors as they are now, and the state entries to store.
 
-    Missing state is created (zeros; `step` 0); moments of another dtype or device than the
-    parameter are converted, as `Optimizer.load_state_dict` converts them; a `step` that is not a
+    Missing state is created (zeros in the state's dtype: the parameter's, or for a half-precision
+    parameter float32 or the group's state_dtype; `step` 0); moments of another dtype or device
+    are converted, as `Optimizer.load_state_dict` converts them; a `step` that is not a
     0-d CPU tensor (SparseAdam keeps an int) becomes one. Nothing is stored here: the caller
     stores the returned entries once every gradient of the step has been checked.
 
@@ -368,19 +408,21 @@ def _bind(param: torch.Tensor, state: dict[str, Any] | None, options: _Options,
     state = state or {}
     flags = options.flags
     keys = STATE_KEYS[: 3 if flags.amsgrad else 2]
+    moments = getattr(torch, flags.state_dtype or "float32") if param.dtype in HALF else param.dtype
     created: dict[str, Any] = {}
     for key in keys:
         tensor = state.get(key)
         if tensor is None:
-            created[key] = torch.zeros_like(param, memory_format=torch.contiguous_format)
+            created[key] = torch.zeros_like(param, dtype=moments,
+                                            memory_format=torch.contiguous_format)
             continue
         if not isinstance(tensor, torch.Tensor) or tensor.shape != param.shape:
             shape = tuple(tensor.shape) if isinstance(tensor, torch.Tensor) else type(tensor)
             raise ValueError(f"state {key!r} of parameter {name!r} is {shape}, the parameter has "
                              f"shape {tuple(param.shape)}")
-        if (tensor.dtype, tensor.device) != (param.dtype, param.device) or (
+        if (tensor.dtype, tensor.device) != (moments, param.device) or (
                 not tensor.is_contiguous()):
-            created[key] = tensor.detach().to(device=param.device, dtype=param.dtype,
+            created[key] = tensor.detach().to(device=param.device, dtype=moments,
                                               memory_format=torch.contiguous_format, copy=True)
     step = state.get("step")
     if step is None:
@@ -390,7 +432,7 @@ def _bind(param: torch.Tensor, state: dict[str, Any] | None, options: _Options,
         if not (count >= 0 and count.is_integer()):
             raise ValueError(f"state 'step' of parameter {name!r} is {count!r}, not a count")
         if not (isinstance(step, torch.Tensor) and step.device.type == "cpu" and step.dim() == 0
-                and step.dtype in DTYPES):
+                and step.dtype in STEP_DTYPES):
             created["step"] = torch.tensor(count, dtype=_scalar_dtype())
     tensors = {**state, **created}
     view = _view(param)
@@ -400,7 +442,8 @@ def _bind(param: torch.Tensor, state: dict[str, Any] | None, options: _Options,
         check_device_state(home, moments)
     spec = spec_for(home, decayed=flags.decayed, decoupled=flags.decoupled_weight_decay,
                     nesterov=flags.nesterov, use_locking=flags.use_locking, amsgrad=flags.amsgrad,
-                    maximize=flags.maximize, eps_mode=flags.eps_mode)
+                    maximize=flags.maximize, eps_mode=flags.eps_mode,
+                    state_dtype=flags.state_dtype, rounding=flags.rounding)
     slot = Slot(home, id(param), False, spec, target_for(view), *moments)
     return _Binding(slot, tensors["step"].numpy(), _key(param, tensors, flags)), created
 
@@ -447,7 +490,8 @@ def _launch(work: list[tuple], hparams: dict[int, tuple]) -> None:
     single, batches = [], {}
     for call, grad, key, binding, group in work:
         slot = binding.slot
-        if slot.target == "cuda" and not isinstance(grad, tuple):
+        if slot.target == "cuda" and not isinstance(grad, tuple) and (
+                grad.dtype == slot.param.data.dtype):  # a float32 gradient of a half parameter: alone
             batches.setdefault((group, slot.spec, hparams[key]), []).append((binding, grad))
         else:
             single.append((call, grad, key))

@@ -15,7 +15,9 @@ import io
 import numpy as np
 import pytest
 
+from lazyadam.runtime.parameter import to_host
 from reference import lazyadam_step
+from runtime_reference import simulate
 from tolerance import assert_close
 
 torch = pytest.importorskip("torch", reason="lazyadam.torch needs torch")
@@ -502,12 +504,15 @@ def _sparse_in_two_dimensions(model):
                                                       check_invariants=True)
 
 
-def _half_parameter(model):
-    model.mlp[2].weight.data = model.mlp[2].weight.data.half()
+def _complex_parameter(model):
+    model.mlp[2].weight.data = model.mlp[2].weight.data.to(torch.complex64)
 
 
-def _bfloat16_parameter(model):
-    model.mlp[2].weight.data = model.mlp[2].weight.data.bfloat16()
+def _half_parameter_with_bfloat16_gradient(model):
+    weight = model.mlp[2].weight
+    weight.data = weight.data.half()
+    weight.grad_dtype = None  # torch refuses a gradient of another dtype unless told
+    weight.grad = weight.grad.bfloat16()
 
 
 def _strided_parameter(model):
@@ -540,9 +545,13 @@ BAD = {
                            r"indices\[1\] = 20 is outside \[0, 20\)"),
     "sparse in two dimensions": (_sparse_in_two_dimensions, None, ValueError,
                                  "sparse_dim 2; lazy updates take sparse COO gradients"),
-    "float16 parameter": (_half_parameter, None, TypeError,
-                          "has dtype torch.float16; lazyadam.torch.LazyAdam updates float32"),
-    "bfloat16 parameter": (_bfloat16_parameter, None, TypeError, "has dtype torch.bfloat16"),
+    "complex parameter": (_complex_parameter, None, TypeError,
+                          "has dtype torch.complex64; lazyadam.torch.LazyAdam updates float32, "
+                          "float64, bfloat16 and float16"),
+    "bfloat16 gradient of a float16 parameter": (
+        _half_parameter_with_bfloat16_gradient, None, TypeError,
+        r"has dtype bfloat16, the parameter has float16 \(a float16 parameter takes float16 or "
+        r"float32 gradients\)"),
     "strided parameter": (_strided_parameter, None, ValueError, "is not contiguous"),
     "negative lr": (None, _negative_lr, ValueError, "param group 1: lr must be finite and >= 0"),
     "beta of one": (None, _beta_of_one, ValueError, r"beta1 must lie in \[0, 1\), got 1.0"),
@@ -595,12 +604,50 @@ def test_bad_options_are_refused(options, error, match):
     assert len(opt.param_groups) == 1
 
 
-def test_half_parameters_are_refused_when_added():
-    with pytest.raises(TypeError, match="'param group 0 param 0' has dtype torch.float16"):
-        LazyAdam([nn.Parameter(torch.ones(2, dtype=torch.float16))])
-    named = [("w", nn.Parameter(torch.ones(2, dtype=torch.bfloat16)))]
-    with pytest.raises(TypeError, match="'w' has dtype torch.bfloat16"):
+def test_parameters_of_other_dtypes_are_refused_when_added():
+    with pytest.raises(TypeError, match="'param group 0 param 0' has dtype torch.complex64"):
+        LazyAdam([nn.Parameter(torch.ones(2, dtype=torch.complex64))])
+    named = [("w", nn.Parameter(torch.ones(2, dtype=torch.int32), requires_grad=False))]
+    with pytest.raises(TypeError, match="'w' has dtype torch.int32"):
         LazyAdam(named)
+    with pytest.raises(ValueError, match="rounding must be one of nearest, stochastic"):
+        LazyAdam([nn.Parameter(torch.ones(2))], rounding="down")
+    with pytest.raises(ValueError, match=r"seed must lie in \[0, 2\*\*64\)"):
+        LazyAdam([nn.Parameter(torch.ones(2))], seed=-1)
+
+
+@pytest.mark.parametrize("dtype, state_dtype, rounding", [
+    ("bfloat16", None, "nearest"), ("bfloat16", "bfloat16", "stochastic"),
+    ("float16", None, "stochastic")])
+def test_half_precision_parameters_match_the_reference(dtype, state_dtype, rounding):
+    """bfloat16 and float16 tensors (an embedding table with sparse gradients, a dense matrix),
+    updated in place, state in its dtype, against the reference that rounds what it stores."""
+    torch_dtype = getattr(torch, dtype)
+    rng = np.random.default_rng(4)
+    table = nn.Parameter(torch.from_numpy(rng.standard_normal((20, 4))).to(torch_dtype))
+    dense = nn.Parameter(torch.from_numpy(rng.standard_normal((3, 4))).to(torch_dtype))
+    initial = [p.detach().double().numpy() for p in (table, dense)]
+    opt = LazyAdam([table, dense], lr=0.01, state_dtype=state_dtype, rounding=rounding, seed=11)
+    steps = []
+    for _ in range(3):
+        rows = rng.integers(0, 20, 6)
+        values = torch.from_numpy(rng.standard_normal((6, 4))).to(torch_dtype)
+        grad = torch.from_numpy(rng.standard_normal((3, 4))).to(torch_dtype)
+        table.grad = torch.sparse_coo_tensor(torch.from_numpy(rows)[None], values, (20, 4),
+                                             check_invariants=True)
+        dense.grad = grad
+        opt.step()
+        steps.append([(rows, values.double().numpy()), grad.double().numpy()])
+    state = state_dtype or "float32"
+    assert opt.state[table]["exp_avg"].dtype == getattr(torch, state)
+    expected = simulate(initial, steps, lr_at=lambda k, i: 0.01, beta1=0.9, beta2=0.999,
+                        eps=1e-8, eps_mode="pytorch", seed=11, dtype=dtype,
+                        state_dtype=state_dtype, rounding=rounding)
+    for i, param in enumerate((table, dense)):
+        arrays = {"param": (param, dtype), "exp_avg": (opt.state[param]["exp_avg"], state),
+                  "exp_avg_sq": (opt.state[param]["exp_avg_sq"], state)}
+        for k, (name, (tensor, storage)) in enumerate(arrays.items()):
+            assert_close(to_host(tensor), expected[k][i], storage, f"{name} of parameter {i}")
 
 
 def test_lr_as_a_tensor_and_named_parameters():

@@ -93,6 +93,31 @@ def test_emulated_launches_split_by_step_count(emulated):
     assert launches == [2, 1, 2, 1, 1, 2, 1, 1]
 
 
+def test_emulated_half_precision_matches_the_host_path_bitwise(emulated, monkeypatch):
+    """A bfloat16 model, bfloat16 state, stochastic rounding: the CUDA path (emulated) gives the
+    C kernels' bits. Each dense tensor rounds with its own seed, so each takes a launch of its own."""
+    launches, _ = emulated
+
+    def run(target):
+        model = Recommender(torch.bfloat16)
+        opt = LazyAdam(groups(model), lr=0.01, state_dtype="bfloat16", rounding="stochastic",
+                       seed=3)
+        for step in range(3):
+            opt.zero_grad()
+            backward(model, step)
+            opt.step()
+        assert {binding.slot.target for binding in opt._bindings.values()} == {target}
+        tensors = list(model.parameters()) + [s[k] for s in opt.state.values()
+                                              for k in ("exp_avg", "exp_avg_sq")]
+        return [t.detach().view(torch.int16).clone() for t in tensors]
+
+    on_device = run("cuda")
+    assert launches == [1] * 12  # 4 dense tensors, 3 steps
+    monkeypatch.undo()
+    for a, b in zip(on_device, run("c")):
+        assert torch.equal(a, b)
+
+
 def test_emulated_bad_input_changes_nothing(emulated):
     _, host = emulated
     model = Recommender()
