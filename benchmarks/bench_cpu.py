@@ -18,7 +18,10 @@
                   rows and `index_copy_` back: what a torch user would write by hand
   against the traffic limit: the bytes a step must move (each touched row of var, m, v read and
   written once, every gradient row and index read once) at the bandwidth of a copy measured in the
-  same run (an OpenMP C loop built like the kernels, 256 MiB to 256 MiB). And the 1M x 64 batch on a
+  same run (an OpenMP C loop built like the kernels, 256 MiB to 256 MiB). The 1M x 64 tables and
+  states are numpy arrays on transparent huge pages, as numpy makes them (and lazyadam also runs on
+  4 KiB pages, as PyTorch allocates by default); the 10M x 128 ones have pages made only where a step
+  touches them, 4 KiB each, so that they fit in memory side by side. And the 1M x 64 batch on a
   40x larger table (40,000,000 x 64: each row id r becomes 40 r + a random offset below 40, so the
   duplicates and the bytes touched are the same), against the 1M table in one interleaved run.
 
@@ -26,13 +29,13 @@ Each contender runs on its own copy of the state. After a warm-up, the contender
 one call each per round in a rotating order, so that noise hits all alike; the figures are medians of
 the per-call times. With `--cold`, 64 MiB are written before every timed call, so that every call
 starts with its data out of cache. Before timing, one step of each contender from the same state is
-compared, so that the figures are known to be for the same work. Tables of the large workloads are
-zeros from `np.zeros` (pages are only made when a row is touched), and torch's optimizers get their
-state the same way, so that they fit in memory side by side.
+compared, so that the figures are known to be for the same work. Tables start at zero; torch's
+optimizers get their state on the same pages as the tables (see `zeros`).
 """
 from __future__ import annotations
 
 import argparse
+import mmap
 import os
 import platform
 import statistics
@@ -194,9 +197,21 @@ def zipf_indices(rng: np.random.Generator, rows: int, nnz: int, exponent: float)
     return rng.permutation(rows)[rng.choice(rows, nnz, p=p / p.sum())].astype(np.int64)
 
 
-def lazy_zeros(shape: tuple[int, ...]) -> np.ndarray:
-    """Zeros whose pages the kernel makes only where it writes (calloc), so big tables fit."""
-    return np.zeros(shape, np.float32)
+def zeros(shape: tuple[int, ...], huge_pages: bool) -> np.ndarray:
+    """float32 zeros for a table or its state, on 2 MiB pages or on 4 KiB pages.
+
+    With huge pages: numpy's own array, which asks the kernel for transparent huge pages, as a
+    numpy (or MindSpore-style) user's table gets them. Without: an anonymous mapping with huge
+    pages turned off, as PyTorch allocates by default, whose pages exist only where a step touches
+    them, so that tables larger than memory fit (with huge pages every touched row would make
+    2 MiB: 21 GiB a state array for the 40x table). The TLB then misses on every row.
+    """
+    if huge_pages:
+        return np.zeros(shape, np.float32)
+    count = int(np.prod(shape))
+    block = mmap.mmap(-1, max(count * 4, 1))
+    block.madvise(mmap.MADV_NOHUGEPAGE)
+    return np.frombuffer(block, np.float32, count).reshape(shape)
 
 
 def traffic_bytes(indices: np.ndarray, dim: int) -> int:
@@ -207,14 +222,15 @@ def traffic_bytes(indices: np.ndarray, dim: int) -> int:
 
 
 class SparseAdamStep:
-    """`torch.optim.SparseAdam` on a table, its state made lazily (see `lazy_zeros`)."""
+    """`torch.optim.SparseAdam` on a table, its state made as the table is (see `zeros`)."""
 
-    def __init__(self, table: np.ndarray, indices: np.ndarray, values: np.ndarray):
+    def __init__(self, table: np.ndarray, indices: np.ndarray, values: np.ndarray,
+                 huge_pages: bool):
         self.param = torch.nn.Parameter(torch.from_numpy(table))
         self.opt = torch.optim.SparseAdam([self.param], lr=1e-3)
         self.opt.state[self.param] = {
-            "step": 0, "exp_avg": torch.from_numpy(lazy_zeros(table.shape)),
-            "exp_avg_sq": torch.from_numpy(lazy_zeros(table.shape))}
+            "step": 0, "exp_avg": torch.from_numpy(zeros(table.shape, huge_pages)),
+            "exp_avg_sq": torch.from_numpy(zeros(table.shape, huge_pages))}
         self.grad = torch.sparse_coo_tensor(torch.from_numpy(indices)[None],
                                             torch.from_numpy(values), table.shape,
                                             check_invariants=True)
@@ -230,10 +246,11 @@ class CompositeStep:
     written back with `index_copy_`."""
 
     def __init__(self, table: np.ndarray, indices: np.ndarray, values: np.ndarray,
-                 lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
+                 huge_pages: bool, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8):
         self.w = torch.from_numpy(table)
-        self.m = torch.from_numpy(lazy_zeros(table.shape))
-        self.v = torch.from_numpy(lazy_zeros(table.shape))
+        self.m = torch.from_numpy(zeros(table.shape, huge_pages))
+        self.v = torch.from_numpy(zeros(table.shape, huge_pages))
         self.indices, self.values = torch.from_numpy(indices), torch.from_numpy(values)
         self.lr, self.betas, self.eps, self.t = lr, betas, eps, 0
 
@@ -252,20 +269,23 @@ class CompositeStep:
 
 
 def sparse(name: str, table_shape: tuple[int, int], indices: np.ndarray, exponent: float,
-           rounds: int, warmup: int, bandwidth: float, before: Callable[[], None]) -> None:
-    """Times one workload against torch's optimizers and its traffic limit; prints its figures."""
+           rounds: int, warmup: int, bandwidth: float, before: Callable[[], None],
+           huge_pages: bool) -> None:
+    """Times one workload against torch's optimizers and its traffic limit; prints its figures.
+    With huge pages, also lazyadam on a table and state of 4 KiB pages."""
     rows, dim = table_shape
     values = np.random.default_rng(1).standard_normal((indices.size, dim), dtype=np.float32)
     hp = HParams.at_step(1).as_tuple()
-    ours = [lazy_zeros(table_shape) for _ in range(3)]
-    step = lazyadam.compile(Spec(sparse=True)).bind(*ours)
-    sparse_adam = SparseAdamStep(lazy_zeros(table_shape), indices, values)
-    composite = CompositeStep(lazy_zeros(table_shape), indices, values)
+    kernel = lazyadam.compile(Spec(sparse=True))
+    ours = [zeros(table_shape, huge_pages) for _ in range(3)]
+    step = kernel.bind(*ours)
+    sparse_adam = SparseAdamStep(zeros(table_shape, huge_pages), indices, values, huge_pages)
+    composite = CompositeStep(zeros(table_shape, huge_pages), indices, values, huge_pages)
     counts = np.bincount(indices)
     limit = traffic_bytes(indices, dim) / bandwidth
     print(f"{name}: table {rows:,} x {dim}, {indices.size:,} Zipf({exponent}) indices "
-          f"({np.count_nonzero(counts):,} unique rows, the hottest {counts.max():,} times); "
-          f"medians of {rounds} rounds")
+          f"({np.count_nonzero(counts):,} unique rows, the hottest {counts.max():,} times), "
+          f"{'2 MiB' if huge_pages else '4 KiB'} pages; medians of {rounds} rounds")
     step((indices, values), hp)
     sparse_adam()
     composite()
@@ -273,8 +293,12 @@ def sparse(name: str, table_shape: tuple[int, int], indices: np.ndarray, exponen
     for label, theirs in (("SparseAdam", sparse_adam.param.detach()), ("composite", composite.w)):
         print(f"  one step from the same state: lazyadam vs {label}, max relative difference "
               f"{relative_error(ours[0][touched], theirs[touched]):.1e}")
-    t = medians({"lazyadam": lambda: step((indices, values), hp), "SparseAdam": sparse_adam,
-                 "composite": composite}, rounds, warmup, before)
+    contenders = {"lazyadam": lambda: step((indices, values), hp), "SparseAdam": sparse_adam,
+                  "composite": composite}
+    if huge_pages:
+        small_pages = kernel.bind(*(zeros(table_shape, False) for _ in range(3)))
+        contenders["lazyadam, 4 KiB pages"] = lambda: small_pages((indices, values), hp)
+    t = medians(contenders, rounds, warmup, before)
     print(f"  {'traffic limit':24s} {limit * 1e3:8.3f} ms  ({traffic_bytes(indices, dim) / 2**20:.1f} "
           f"MiB at {bandwidth / 1e9:.1f} GB/s)")
     for label in t:
@@ -288,18 +312,18 @@ def sparse(name: str, table_shape: tuple[int, int], indices: np.ndarray, exponen
 def table_size(batch: np.ndarray, rows: int, dim: int, factor: int, rounds: int, warmup: int,
                before: Callable[[], None]) -> None:
     """The same batch on a table `factor` times larger: row r becomes factor*r plus a random offset
-    below `factor`, so that the duplicates and the bytes touched are the same; both tables timed
-    in one interleaved run."""
+    below `factor`, so that the duplicates and the bytes touched are the same; both tables on
+    4 KiB pages (the large one would not fit on huge pages), timed in one interleaved run."""
     rng = np.random.default_rng(2)
     spread = (factor * np.arange(rows) + rng.integers(0, factor, rows))[batch]
     values = rng.standard_normal((batch.size, dim), dtype=np.float32)
     hp = HParams.at_step(1).as_tuple()
     kernel = lazyadam.compile(Spec(sparse=True))
-    small = kernel.bind(*(lazy_zeros((rows, dim)) for _ in range(3)))
-    large = kernel.bind(*(lazy_zeros((factor * rows, dim)) for _ in range(3)))
+    small = kernel.bind(*(zeros((rows, dim), False) for _ in range(3)))
+    large = kernel.bind(*(zeros((factor * rows, dim), False) for _ in range(3)))
     t = medians({"small": lambda: small((batch, values), hp),
                  "large": lambda: large((spread, values), hp)}, rounds, warmup, before)
-    print(f"the same batch on a {factor}x larger table ({factor * rows:,} x {dim}): "
+    print(f"the same batch on a {factor}x larger table ({factor * rows:,} x {dim}, 4 KiB pages): "
           f"{t['large'] * 1e3:.3f} ms against {t['small'] * 1e3:.3f} ms, "
           f"{t['large'] / t['small']:.2f}x   (target <= 1.2)")
 
@@ -336,12 +360,13 @@ def main() -> None:
         bandwidth = yardsticks.copy_bandwidth(args.rounds, before)
     print(f"copy bandwidth: {bandwidth / 1e9:.1f} GB/s (read + written)")
     batch = zipf_indices(rng, 1_000_000, 65_536, 1.2)
-    sparse("1M x 64", (1_000_000, 64), batch, 1.2, args.rounds, args.warmup, bandwidth, before)
+    sparse("1M x 64", (1_000_000, 64), batch, 1.2, args.rounds, args.warmup, bandwidth, before,
+           huge_pages=True)
     if args.skip_large:
         return
     table_size(batch, 1_000_000, 64, 40, args.rounds, args.warmup, before)
     sparse("10M x 128", (10_000_000, 128), zipf_indices(rng, 10_000_000, 262_144, 1.1), 1.1,
-           args.rounds, args.warmup, bandwidth, before)
+           args.rounds, args.warmup, bandwidth, before, huge_pages=False)
 
 if __name__ == "__main__":
     main()
