@@ -21,6 +21,7 @@ import lazyadam
 import product
 from lazyadam import HParams, Spec
 from lazyadam.codegen import SUM_CHUNK
+from lazyadam.targets import cuda
 from reference import lazyadam_step
 
 from tolerance import assert_close
@@ -455,3 +456,91 @@ def test_cuda_and_c_kernels_agree_bitwise(library, spec, rng):
     for a, b in zip(ours, theirs):
         if a is not None:
             np.testing.assert_array_equal(a.view(np.uint8), b.view(np.uint8))
+
+
+# --- hyperparameters in device memory: what a CUDA graph replays -------------------------------
+def device_table(hparams) -> np.ndarray:
+    """Zeroed "device memory" (an emulated device array) for `len(hparams)` entries."""
+    return np.zeros(len(hparams) * cuda.HPARAMS_BYTES, np.uint8)
+
+
+def test_store_hparams_copies_entries_in_launches_of_32(library):
+    """The entries arrive as the C struct lays them out, 33 entries in two launches, with no wait."""
+    kernel = library[Spec(sparse=False)]
+    entries = [HParams.at_step(t, lr=t * 1e-3, seed=2**64 - t) for t in range(1, 34)]
+    table = device_table(entries)
+    counters(kernel)
+    kernel.store_hparams(dev(table)[0], entries)
+    assert counters(kernel)[:2] == (2, 0)
+    expected = np.array([hp.as_tuple() for hp in entries],
+                        dtype=[(n, "<f8") for n in HParams.__dataclass_fields__][:8]
+                        + [("seed", "<u8"), ("step", "<u8")])
+    np.testing.assert_array_equal(table.view(expected.dtype), expected)
+    with pytest.raises(ValueError, match="holds 80 bytes; 2 entries take 160"):
+        kernel.store_hparams(dev(np.zeros(80, np.uint8))[0], entries[:2])
+
+
+@pytest.mark.parametrize("spec", BITWISE, ids=lambda s: s.symbol())
+def test_device_hyperparameters_give_the_c_kernels_bits(library, spec, rng):
+    """Steps whose kernels compute their scalars from hyperparameters in device memory (stored
+    before each step, as before a graph's replay) store what the C kernels, whose prologue runs
+    on the host, store: the same double arithmetic, bit for bit."""
+    c_kernel, kernel = lazyadam.compile(spec), library[spec]
+    shape = (300, 19) if spec.sparse else (5, 1001)
+    var0 = rng.standard_normal(shape).astype(product.dtype(spec, "var"))
+    ours, theirs = (new_state(var0, spec)[0] for _ in range(2))
+    table = device_table([None])
+    record = np.zeros(kernel.RECORD_WORDS, np.int64)
+    for t in range(1, 4):
+        if spec.sparse:
+            idx = ((rng.zipf(1.2, 3000) - 1) % 300).astype(spec.index_dtype)
+            grad = (idx, rng.standard_normal((idx.size, 19)).astype(product.dtype(spec, "grad")))
+            device_grad, mode = tuple(dev(*grad)), dict(record=dev(record)[0])
+        else:
+            grad = rng.standard_normal(shape).astype(product.dtype(spec, "grad"))
+            device_grad, mode = dev(grad)[0], {}
+        hp = hparams(spec, t)
+        kernel.store_hparams(dev(table)[0], [hp])
+        kernel(*dev(*ours[:3]), device_grad, None, vmax=dev(ours[3])[0],
+               device_hparams=dev(table)[0], **mode)
+        c_kernel(*theirs[:3], grad, hp, vmax=theirs[3])
+    for a, b in zip(ours, theirs):
+        if a is not None:
+            np.testing.assert_array_equal(a.view(np.uint8), b.view(np.uint8))
+
+
+@pytest.mark.parametrize("spec", [Spec(sparse=False, decay="l2"),
+                                  Spec(sparse=False, dtype="bfloat16", rounding="stochastic",
+                                       nesterov=True)], ids=lambda s: s.symbol())
+@pytest.mark.parametrize("on_device", [False, True], ids=["host", "device"])
+def test_a_multi_launch_steps_each_tensor_with_its_own_hyperparameters(library, spec, on_device,
+                                                                       rng):
+    """60 tensors over 6 hyperparameter entries (other step counts, learning rates and seeds):
+    a launch carries 4 entries (48 tensors) at most, so the launcher starts others; every tensor
+    gets bitwise what a launch of its own with its entry gives."""
+    kernel = library[spec]
+    entries = [HParams.at_step(1 + k % 3, lr=0.01 * (k + 1), seed=SEED + k) for k in range(6)]
+    sizes = [int(n) for n in rng.integers(0, 150, 60)]
+    which = [int(w) for w in rng.integers(0, 6, 60)]
+    values = [rng.standard_normal(n).astype(product.dtype(spec, "var")) for n in sizes]
+    grads = [rng.standard_normal(n).astype(product.dtype(spec, "grad")) for n in sizes]
+    batched = [new_state(v, spec)[0] for v in values]
+    alone = [new_state(v, spec)[0] for v in values]
+    plan = kernel.plan([kernel.bind(*dev(*s[:3])) for s in batched])
+    counters(kernel)
+    if on_device:
+        table = device_table(entries)
+        kernel.store_hparams(dev(table)[0], entries)
+        plan.launch([g.ctypes.data for g in grads],
+                    kernel.device_hparams_pointer(dev(table)[0]), which, 0)
+        assert counters(kernel)[:2] == (1 + 2, 0)  # one store, 60 tensors in two launches
+    else:
+        plan.launch([g.ctypes.data for g in grads], [e.as_tuple() for e in entries], which, 0)
+        launches, waits, _ = counters(kernel)
+        assert waits == 0 and launches >= 2
+    for state, grad, w in zip(alone, grads, which):
+        kernel(*dev(*state[:3]), dev(grad)[0], entries[w])
+    for ours, theirs in zip(batched, alone):
+        for a, b in zip(ours, theirs):
+            if a is not None:
+                np.testing.assert_array_equal(a.view(np.uint8), b.view(np.uint8))

@@ -188,9 +188,9 @@ class CudaPrinter(CPrinter):
     """Prints IR as CUDA C++: the same element math as C, with per-step scalars carried by a struct,
     and the toolkit's conversions of `__nv_bfloat16` and `__half`.
 
-    The host launcher computes each scalar from `lazyadam_hparams` in double, exactly as the C
-    prologue does, stores it in a struct field of the element type (`s.lr_t = (float)(...);`), and
-    passes the struct to the kernels by value; device code reads it back (`const float lr_t = s.lr_t;`).
+    The kernels compute each scalar from `lazyadam_hparams` in double, exactly as the C prologue
+    does, and store it in a struct field of the element type (`s.lr_t = (float)(...);`); the
+    rule's device functions read it back (`const float lr_t = s.lr_t;`).
     """
 
     WIDEN = {"bfloat16": "__bfloat162float", "float16": "__half2float"}
@@ -202,7 +202,7 @@ class CudaPrinter(CPrinter):
         return f"{self.scalar_type(stmt)} {stmt.name};"
 
     def set_field(self, stmt: Let, struct: str = "s") -> str:
-        """Host code: `s.name = (T)(expr);`, the expression evaluated in double."""
+        """Prologue code: `s.name = (T)(expr);`, the expression evaluated in double."""
         value = self.expr(stmt.expr, scalar=True)
         if self.scalar_type(stmt) == KEY_TYPE:
             return f"{struct}.{stmt.name} = {value};"

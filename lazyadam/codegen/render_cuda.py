@@ -5,7 +5,8 @@
 The printed rule becomes two `__device__` functions, `<symbol>_grad` (the effective gradient of one
 occurrence) and `<symbol>_update` (the Adam update of one element); the templates only decide which
 thread calls them on which element. Per-step scalars travel in a struct `<symbol>_scalars` that the
-host launcher fills (in double, then cast, as the C prologue does) and passes by value.
+kernels fill from the step's `lazyadam_hparams` (in double, then cast, as the C prologue does): from
+their launch's own copy, or from device memory, which a captured CUDA graph reads when it runs.
 """
 
 from __future__ import annotations
@@ -20,8 +21,11 @@ THREADS = 256
 VECTOR_BYTES = 16
 #: Bytes of one element of each storage dtype.
 _ITEMSIZE = {"float32": 4, "float64": 8, "bfloat16": 2, "float16": 2}
-#: Tensors updated by one launch of the dense kernel (their pointers travel as a kernel argument).
-TENSORS_PER_LAUNCH = 16
+#: Tensors updated by one launch of the dense kernel (their pointers travel as a kernel argument,
+#: which holds at most 4 KiB: 48 tensors take 3.4 KiB with amsgrad).
+TENSORS_PER_LAUNCH = 48
+#: Distinct hyperparameter entries that one dense launch carries with it (more start another launch).
+HPARAMS_PER_LAUNCH = 4
 
 
 def _scalars_read(kernel: Kernel, stmts) -> list[Let]:
@@ -65,6 +69,7 @@ def render_cuda(kernel: Kernel, symbol: str | None = None) -> Source:
         # vec("var") -> "lazyadam_vec<lazyadam_bfloat16, LAZYADAM_DENSE_BF16_VECTOR>"
         vec=lambda array: f"lazyadam_vec<{types[array]}, {symbol.upper()}_VECTOR>",
         tensors_per_launch=TENSORS_PER_LAUNCH,
+        hparams_per_launch=HPARAMS_PER_LAUNCH,
         scalar_fields="\n".join("    " + printer.field(s) for s in kernel.scalars),
         scalar_setters="\n".join("    " + printer.set_field(s) for s in kernel.scalars),
         grad_scalars=unpack(kernel.grad),

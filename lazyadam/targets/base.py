@@ -105,13 +105,7 @@ def check_arrays(spec: Spec, var: Any, m: Any, v: Any, vmax: Any, grad: Any) -> 
     Each array must have its storage dtype (`Spec.storage`): var the parameter's, m, v and vmax the
     state's, the gradient (or sparse values) the gradient's.
     """
-    if spec.amsgrad != (vmax is not None):
-        raise TypeError("vmax is required by amsgrad kernels and only by them")
-    state = {"var": var, "m": m, "v": v} | ({"vmax": vmax} if spec.amsgrad else {})
-    for name, arr in state.items():
-        _check(name, arr, spec.storage(name), writable=True)
-        if arr.shape != var.shape:
-            raise ValueError(f"{name} has shape {arr.shape}, var has {var.shape}")
+    state = _check_state(spec, var, m, v, vmax)
     if not spec.sparse:
         _check("grad", grad, spec.storage("grad"))
         if grad.shape != var.shape:
@@ -132,6 +126,32 @@ def check_arrays(spec: Spec, var: Any, m: Any, v: Any, vmax: Any, grad: Any) -> 
         raise ValueError(f"values has shape {values.shape}, expected {expected} "
                          f"(len(indices),) + var.shape[1:]")
     _check_disjoint(state, {"indices": indices, "values": values})
+
+
+def check_state(spec: Spec, var: Any, m: Any, v: Any, vmax: Any) -> dict[str, Any]:
+    """The state arrays' part of `check_arrays` (what a bound call checks once).
+
+    Returns:
+        The state arrays by name ("var", "m", "v" and, for amsgrad, "vmax").
+
+    Raises:
+        TypeError, ValueError: naming the offending array.
+    """
+    state = _check_state(spec, var, m, v, vmax)
+    _check_disjoint(state, {})
+    return state
+
+
+def _check_state(spec: Spec, var: Any, m: Any, v: Any, vmax: Any) -> dict[str, Any]:
+    """`check_state` but for the overlap, which `check_arrays` checks with the gradient's."""
+    if spec.amsgrad != (vmax is not None):
+        raise TypeError("vmax is required by amsgrad kernels and only by them")
+    state = {"var": var, "m": m, "v": v} | ({"vmax": vmax} if spec.amsgrad else {})
+    for name, arr in state.items():
+        _check(name, arr, spec.storage(name), writable=True)
+        if arr.shape != var.shape:
+            raise ValueError(f"{name} has shape {arr.shape}, var has {var.shape}")
+    return state
 
 
 def _check(name: str, arr: Any, dtype: str, writable: bool = False) -> None:

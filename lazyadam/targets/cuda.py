@@ -36,7 +36,8 @@ from ..codegen.render import Source
 from ..codegen.spec import Spec
 from ..errors import CompilationError, CompilerNotFoundError, KernelError, TargetUnavailableError
 from . import cache
-from .base import CFFI_TYPES, HParams, LoadedKernel, check_arrays
+from ..dtypes import storage_name
+from .base import CFFI_TYPES, HParams, LoadedKernel, check_arrays, check_state
 
 name = "cuda"
 
@@ -180,27 +181,100 @@ def build(source: Source, folder: Path) -> Path:
     return out
 
 
+#: Bytes of one `lazyadam_hparams` (eight doubles, then seed and step as uint64), as device memory
+#: that the `_hparams` launchers read holds it.
+HPARAMS_BYTES = 80
+
+#: Per array type: 0 not a PyTorch tensor; 1 a PyTorch tensor whose `__cuda_array_interface__` is
+#: PyTorch's (a device array when `is_cuda`); 2 a subclass that presents one of its own.
+_TORCH_KINDS: dict[type, int] = {}
+#: PyTorch dtype -> numpy dtype (bfloat16 as `<V2`, as PyTorch's array interface spells it).
+_TORCH_DTYPES: dict[Any, np.dtype] = {}
+
+
+def _torch_kind(cls: type) -> int:
+    """How an array of type `cls` is read: see `_TORCH_KINDS` (computed once per type)."""
+    kind = _TORCH_KINDS.get(cls)
+    if kind is None:
+        tensor = next((c for c in cls.__mro__ if c.__name__ == "Tensor"
+                       and c.__module__.partition(".")[0] == "torch"), None)
+        if tensor is None:
+            kind = 0
+        else:
+            kind = 1 if cls.__cuda_array_interface__ is tensor.__cuda_array_interface__ else 2
+        _TORCH_KINDS[cls] = kind
+    return kind
+
+
+def _torch_dtype(dtype: Any) -> np.dtype:
+    """The numpy dtype of a PyTorch dtype (bfloat16: `<V2`).
+
+    Raises:
+        TypeError: a dtype that numpy has no equivalent for.
+    """
+    found = _TORCH_DTYPES.get(dtype)
+    if found is None:
+        name = str(dtype).rpartition(".")[2]
+        found = _TORCH_DTYPES[dtype] = np.dtype("V2" if name == "bfloat16" else name)
+    return found
+
+
+def is_torch_device_tensor(obj: Any) -> bool:
+    """True for a PyTorch tensor that is a device array (a CUDA tensor, or a subclass presenting
+    `__cuda_array_interface__`): read through PyTorch's own attributes, which cost a fraction of
+    building its array interface."""
+    kind = _torch_kind(type(obj))
+    return kind == 2 or (kind == 1 and obj.is_cuda)
+
+
+def locate(obj: Any) -> tuple:
+    """What a bound call compares on each step: a device array's address, shape and dtype, read
+    the cheap way (PyTorch's attributes, else the array interface)."""
+    if _torch_kind(type(obj)):
+        return obj.data_ptr(), obj.shape, obj.dtype
+    interface = obj.__cuda_array_interface__
+    return interface["data"][0], tuple(interface["shape"]), interface["typestr"]
+
+
 class DeviceArray:
-    """A view of an array's `__cuda_array_interface__`: what the checks and the launchers need.
+    """A view of a device array: what the checks and the launchers need.
+
+    Read from `__cuda_array_interface__`, or for PyTorch tensors from their own attributes (the
+    same facts, without building the interface's dictionary).
 
     Attributes:
         obj: the array it describes (kept alive while the view is).
         shape, dtype, ndim, size, ptr: as their names say; `ptr` is the device address.
         flags: `c_contiguous` and `writeable`, as numpy names them.
+        device: the GPU ordinal where the array's library says (PyTorch, CuPy), else None.
     """
 
+    __slots__ = ("obj", "shape", "dtype", "ndim", "size", "ptr", "flags", "device")
+
     class _Flags:
+        __slots__ = ("c_contiguous", "writeable")
+
         def __init__(self, c_contiguous: bool, writeable: bool):
             self.c_contiguous = c_contiguous
             self.writeable = writeable
 
     def __init__(self, obj: Any, what: str):
+        self.obj = obj
+        if is_torch_device_tensor(obj):
+            self.shape = tuple(obj.shape)
+            self.dtype = _torch_dtype(obj.dtype)
+            self.ndim = len(self.shape)
+            self.size = obj.numel()
+            self.ptr = obj.data_ptr()
+            self.flags = self._Flags(obj.is_contiguous(), True)
+            index = obj.get_device()
+            self.device = index if index >= 0 else None
+            return
         interface = getattr(obj, "__cuda_array_interface__", None)
         if interface is None:
             raise TypeError(f"{what} must be a CUDA device array (an object with "
                             f"__cuda_array_interface__, e.g. a torch CUDA tensor, a CuPy array or a "
                             f"pycuda GPUArray), got {type(obj).__module__}.{type(obj).__name__}")
-        self.obj = obj
         self.shape = tuple(int(n) for n in interface["shape"])
         self.dtype = np.dtype(interface["typestr"])
         self.ndim = len(self.shape)
@@ -210,6 +284,17 @@ class DeviceArray:
         contiguous = strides is None or self.size <= 1 or tuple(strides) == _c_strides(
             self.shape, self.dtype.itemsize)
         self.flags = self._Flags(contiguous, not readonly)
+        self.device = None
+        device = getattr(obj, "device", None)
+        for attr in ("index", "id"):
+            ordinal = getattr(device, attr, None)
+            if isinstance(ordinal, int) and not isinstance(ordinal, bool):
+                self.device = ordinal
+                break
+
+    @property
+    def nbytes(self) -> int:
+        return self.size * self.dtype.itemsize
 
 
 def _c_strides(shape: tuple[int, ...], itemsize: int) -> tuple[int, ...]:
@@ -245,6 +330,24 @@ def stream_handle(stream: Any, arrays: Sequence[DeviceArray]) -> int:
                     f"got {type(stream).__name__}")
 
 
+def capturing(stream: int, example: Any) -> bool:
+    """Whether work queued on `stream` is being captured into a CUDA graph rather than run.
+
+    PyTorch's own test for its tensors (whose stream is PyTorch's current one), else the driver's
+    `cuStreamIsCapturing`; False without a driver.
+    """
+    if _torch_kind(type(example)):
+        import torch  # only reached with a torch tensor in hand
+        return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
+    lib = _driver()
+    if isinstance(lib, str):
+        return False
+    status = ctypes.c_int(0)
+    if lib.cuStreamIsCapturing(ctypes.c_void_p(stream), ctypes.byref(status)) != _CUDA_SUCCESS:
+        return False
+    return status.value != 0
+
+
 class CudaKernel(LoadedKernel):
     """A compiled CUDA kernel, called on device arrays in place.
 
@@ -255,6 +358,12 @@ class CudaKernel(LoadedKernel):
     captured in a CUDA graph; a bad index makes the step write nothing and is left in `record` (a
     zeroed device array of `RECORD_WORDS` int64), and every later deferred step given that record
     writes nothing either until `check(record)` reports it.
+
+    Hyperparameters in device memory (`device_hparams=`, filled by `store_hparams`) are read by the
+    kernels when they run, not when they are queued: a step captured in a CUDA graph takes the values
+    stored there before each replay. `bind` checks a parameter's state arrays once, for calls that
+    then cost a launch (see `CudaBinding`); `plan` makes the pointer tables of multi-tensor launches
+    over bound calls once (`MultiPlan`).
     """
 
     #: int64 words of a `lazyadam_index_record`.
@@ -262,32 +371,40 @@ class CudaKernel(LoadedKernel):
 
     def __init__(self, spec: Spec, source: Source, path: Path):
         super().__init__(spec, source, path)
-        self.multi_fn = None if spec.sparse else getattr(self.lib, f"{source.symbol}_multi")
-        self._error = getattr(self.lib, f"{source.symbol}_error")
+        symbol = source.symbol
+        self.multi_fn = None if spec.sparse else getattr(self.lib, f"{symbol}_multi")
+        self._error = getattr(self.lib, f"{symbol}_error")
+        self._store = getattr(self.lib, f"{symbol}_store_hparams")
         # The cffi pointer type of each array: float *, double *, or uint16_t * for 16-bit storage.
         self._ctypes = {a: f"{CFFI_TYPES[spec.storage(a)]} *"
                         for a in ("var", "m", "v", "vmax", "grad")}
         self._itype = f"{spec.index_dtype}_t *"
         if spec.sparse:
-            self._deferred = getattr(self.lib, f"{source.symbol}_deferred")
-            self._with_workspace = getattr(self.lib, f"{source.symbol}_with_workspace")
-            self._check = getattr(self.lib, f"{source.symbol}_check")
-            self._workspace_size = getattr(self.lib, f"{source.symbol}_workspace_size")
+            self._deferred = getattr(self.lib, f"{symbol}_deferred_hparams")
+            self._with_workspace = getattr(self.lib, f"{symbol}_with_workspace")
+            self._check = getattr(self.lib, f"{symbol}_check")
+            self._workspace_size = getattr(self.lib, f"{symbol}_workspace_size")
+        else:
+            self._multi_hparams = getattr(self.lib, f"{symbol}_multi_hparams")
 
-    def __call__(self, var: Any, m: Any, v: Any, grad: Any, hp: HParams, vmax: Any = None,
-                 stream: Any = None, record: Any = None, workspace: Any = None) -> None:
+    def __call__(self, var: Any, m: Any, v: Any, grad: Any, hp: HParams | None, vmax: Any = None,
+                 stream: Any = None, record: Any = None, workspace: Any = None,
+                 device_hparams: Any = None) -> None:
         """One step, in place. `grad` is an array (dense) or an `(indices, values)` pair (sparse).
 
         Args:
             var, m, v, vmax: device arrays (`__cuda_array_interface__`), C-contiguous.
             grad: a device array, or a pair of device arrays (indices, values).
-            hp: this step's hyperparameters.
+            hp: this step's hyperparameters (None with `device_hparams`).
             stream: where to queue the work (see `stream_handle`).
             record: sparse only: run deferred, leaving a bad index in this device array (int64,
                 `RECORD_WORDS` long, zeroed before first use) instead of waiting to check it.
             workspace: sparse only: a device array of at least `workspace_size(...)` bytes,
                 256-byte aligned, for the step's scratch (else it is allocated on the stream), so
                 that a caller can allocate every step's scratch before any step writes.
+            device_hparams: a device array of at least `HPARAMS_BYTES` bytes holding the step's
+                `lazyadam_hparams` (see `store_hparams`), read when the kernels run; sparse steps
+                take it only deferred.
 
         Raises:
             TypeError, ValueError: a host array, a wrong dtype, shape or layout, too small a
@@ -296,6 +413,9 @@ class CudaKernel(LoadedKernel):
             MemoryError: no device memory for the scratch (nothing was written).
             KernelError: the CUDA runtime reported an error.
         """
+        if not self.spec.sparse and (record is not None or workspace is not None):
+            raise TypeError("record= and workspace= are for sparse kernels; a dense step never "
+                            "waits")
         state = [DeviceArray(a, n) for a, n in zip((var, m, v), ("var", "m", "v"))]
         dvmax = None if vmax is None else DeviceArray(vmax, "vmax")
         if self.spec.sparse:
@@ -303,37 +423,58 @@ class CudaKernel(LoadedKernel):
                 raise TypeError("a sparse kernel takes its gradient as an (indices, values) pair")
             dgrad = (DeviceArray(grad[0], "indices"), DeviceArray(grad[1], "values"))
         else:
-            if record is not None or workspace is not None:
-                raise TypeError("record= and workspace= are for sparse kernels; a dense step "
-                                "never waits")
             dgrad = DeviceArray(grad, "grad")
         check_arrays(self.spec, *state, dvmax, dgrad)
-        arrays = state + ([dvmax] if dvmax is not None else [])
-        handle = self.ffi.cast("cudaStream_t", stream_handle(stream, arrays))
-        params = self.ffi.new("lazyadam_hparams *", hp.as_tuple())
-        ptrs = [self.ffi.cast(self._ctypes[name], a.ptr)
-                for name, a in zip(("var", "m", "v", "vmax"), arrays)]
-        if not self.spec.sparse:
-            self._raise_for(self.fn(*ptrs, self.ffi.cast(self._ctypes["grad"], dgrad.ptr),
-                                    state[0].size,
-                                    params, handle))
-            return
-        indices, values = dgrad
-        rows = state[0].shape[0]
-        row_size = int(np.prod(state[0].shape[1:], dtype=np.int64))
-        args = (*ptrs, rows, row_size, self.ffi.cast(self._itype, indices.ptr),
-                self.ffi.cast(self._ctypes["grad"], values.ptr), indices.shape[0], params)
-        if workspace is None:
-            space, size = self.ffi.NULL, 0
-        else:
-            dspace = DeviceArray(workspace, "workspace")
-            space, size = self.ffi.cast("void *", dspace.ptr), dspace.size * dspace.dtype.itemsize
-        if record is not None:
-            self._raise_for(self._deferred(*args, space, size, self._record(record), handle))
-        elif workspace is not None:
-            self._raise_for(self._with_workspace(*args, space, size, handle))
-        else:
-            self._raise_for(self.fn(*args, handle))
+        binding = self.bind(var, m, v, vmax)
+        binding(grad, hp, stream=stream, record=record, workspace=workspace,
+                device_hparams=device_hparams)
+
+    def bind(self, var: Any, m: Any, v: Any, vmax: Any = None) -> CudaBinding:
+        """This kernel bound to one parameter's state arrays (see `CudaBinding`).
+
+        Raises:
+            TypeError, ValueError: as `__call__`, for the state arrays.
+        """
+        return CudaBinding(self, var, m, v, vmax)
+
+    def plan(self, bindings: Sequence[CudaBinding]) -> MultiPlan:
+        """Multi-tensor launches over dense bound calls of this kernel (see `MultiPlan`)."""
+        return MultiPlan(self, bindings)
+
+    def store_hparams(self, device: Any, hparams: Sequence[HParams | tuple], stream: Any = None,
+                      offset: int = 0) -> None:
+        """Copies `hparams` into the device array `device`, from entry `offset` on, in stream
+        order and without waiting (the values travel as launch arguments).
+
+        Raises:
+            ValueError: `device` holds fewer than `offset + len(hparams)` entries.
+        """
+        view = DeviceArray(device, "device_hparams")
+        if view.nbytes < (offset + len(hparams)) * HPARAMS_BYTES:
+            raise ValueError(f"device_hparams holds {view.nbytes} bytes; {offset + len(hparams)} "
+                             f"entries take {(offset + len(hparams)) * HPARAMS_BYTES}")
+        entries = [hp.as_tuple() if isinstance(hp, HParams) else hp for hp in hparams]
+        self.store_at(view.ptr + offset * HPARAMS_BYTES, entries,
+                      stream_handle(stream, [view]))
+
+    def store_at(self, address: int, entries: Sequence[tuple], stream: int) -> None:
+        """`store_hparams` to a device address, for callers that checked it (the runtime)."""
+        ffi = self.ffi
+        self._raise_for(self._store(ffi.cast("lazyadam_hparams *", address),
+                                    ffi.new("lazyadam_hparams[]", list(entries)), len(entries),
+                                    ffi.cast("cudaStream_t", stream)))
+
+    def device_hparams_pointer(self, device_hparams: Any) -> Any:
+        """The `lazyadam_hparams *` of a device array of hyperparameters.
+
+        Raises:
+            ValueError: fewer than `HPARAMS_BYTES` bytes, or misaligned.
+        """
+        view = DeviceArray(device_hparams, "device_hparams")
+        if view.nbytes < HPARAMS_BYTES or view.ptr % 8:
+            raise ValueError(f"device_hparams must hold {HPARAMS_BYTES} bytes at an 8-byte "
+                             f"aligned address, got {view.nbytes} at {view.ptr:#x}")
+        return self.ffi.cast("lazyadam_hparams *", view.ptr)
 
     def workspace_size(self, rows: int, row_size: int, nnz: int) -> int:
         """Bytes of device scratch a sparse step of these sizes needs.
@@ -373,9 +514,10 @@ class CudaKernel(LoadedKernel):
         return self.ffi.cast("lazyadam_index_record *", array.ptr)
 
     def multi(self, variables: Sequence[Any], ms: Sequence[Any], vs: Sequence[Any],
-              grads: Sequence[Any], hp: HParams, vmaxes: Sequence[Any] | None = None,
-              stream: Any = None) -> None:
-        """One dense step on many tensors with the same hyperparameters, 16 tensors per launch.
+              grads: Sequence[Any], hp: HParams | None, vmaxes: Sequence[Any] | None = None,
+              stream: Any = None, device_hparams: Any = None) -> None:
+        """One dense step on many tensors with the same hyperparameters (`hp`, or a device array
+        of them, `device_hparams`), in launches of up to `TENSORS_PER_LAUNCH` tensors.
 
         Raises:
             TypeError: a sparse kernel, or as `__call__`.
@@ -390,26 +532,18 @@ class CudaKernel(LoadedKernel):
                              f"have one entry per tensor; got lengths {[len(x) for x in lists]}")
         if not self.spec.amsgrad and vmaxes is not None:
             raise TypeError("vmaxes is required by amsgrad kernels and only by them")
-        names = ("var", "m", "v", "grad", "vmax")
-        columns = [[DeviceArray(a, f"{names[c]}[{k}]") for k, a in enumerate(col)]
-                   for c, col in enumerate(lists)]
-        for k in range(len(variables)):
-            vmax = columns[4][k] if self.spec.amsgrad else None
-            check_arrays(self.spec, columns[0][k], columns[1][k], columns[2][k], vmax,
-                         columns[3][k])
-        if not variables:
+        bindings = [self.bind(var, m, v, vmaxes[k] if self.spec.amsgrad else None)
+                    for k, (var, m, v) in enumerate(zip(variables, ms, vs))]
+        views = [binding.check_grad(grad, f"grads[{k}]")
+                 for k, (binding, grad) in enumerate(zip(bindings, grads))]
+        if not bindings:
             return
-        state = [columns[0], columns[1], columns[2]] + ([columns[4]] if self.spec.amsgrad else [])
-        handle = self.ffi.cast("cudaStream_t", stream_handle(stream, columns[0]))
-        ctypes = [self._ctypes[name] for name in ("var", "m", "v", "vmax")]
-        ptr_arrays = [self.ffi.new(f"{ctype}[]", [self.ffi.cast(ctype, a.ptr) for a in col])
-                      for ctype, col in zip(ctypes, state)]
-        grad_type = self._ctypes["grad"]
-        grad_ptrs = self.ffi.new(f"const {grad_type}[]", [self.ffi.cast(grad_type, a.ptr)
-                                                          for a in columns[3]])
-        sizes = self.ffi.new("int64_t[]", [a.size for a in columns[0]])
-        params = self.ffi.new("lazyadam_hparams *", hp.as_tuple())
-        self._raise_for(self.multi_fn(len(variables), *ptr_arrays, grad_ptrs, sizes, params, handle))
+        handle = stream_handle(stream, [views[0]])
+        if device_hparams is None:
+            self.plan(bindings).launch([g.ptr for g in views], [hp.as_tuple()], None, handle)
+        else:
+            table = self.device_hparams_pointer(device_hparams)
+            self.plan(bindings).launch([g.ptr for g in views], table, None, handle)
 
     def _raise_for(self, status: int) -> None:
         if status == self.lib.LAZYADAM_OK:
@@ -424,6 +558,217 @@ class CudaKernel(LoadedKernel):
             raise ValueError(f"{self.source.symbol}: {detail}")
         raise KernelError(f"{self.source.symbol} returned {status}"
                           + (f": {detail}" if status == self.lib.LAZYADAM_ECUDA else ""))
+
+
+class CudaBinding:
+    """A CUDA kernel bound to one parameter's state arrays (`CudaKernel.bind`).
+
+    The state arrays (var, m, v and for amsgrad vmax) are checked once, here: dtypes, shapes,
+    layout, no overlap, one device; their pointers are made once. A step then checks only the
+    gradient (its dtype, shape, layout, device, and that it shares no memory with the state), and
+    `current()` tells in a few hundred nanoseconds an array whether the state arrays are still
+    where they were (the same objects, at the same address, with the same shape and dtype): a
+    PyTorch tensor given new storage (`param.data = ...`, `resize_`) is not, and its owner binds
+    again rather than launch on a stale pointer. Calling a binding that is no longer current
+    raises.
+
+    Attributes:
+        kernel: the `CudaKernel`.
+        shape, size, device: the parameter's shape, element count and GPU ordinal (None unknown).
+        spans: `(first byte, past the last byte)` of each state array.
+    """
+
+    __slots__ = ("kernel", "arrays", "keys", "ptrs", "spans", "shape", "size", "rows",
+                 "row_size", "device", "grad_dtype", "index_dtype")
+
+    def __init__(self, kernel: CudaKernel, var: Any, m: Any, v: Any, vmax: Any = None):
+        spec = kernel.spec
+        names = ("var", "m", "v", "vmax")
+        arrays = (var, m, v) + ((vmax,) if vmax is not None else ())
+        views = [DeviceArray(a, n) for a, n in zip(arrays, names)]
+        check_state(spec, *views[:3], views[3] if vmax is not None else None)
+        devices = {view.device for view in views} - {None}
+        if len(devices) > 1:
+            raise ValueError(f"the state arrays are on CUDA devices {sorted(devices)}; a kernel "
+                             "updates arrays on one device")
+        self.kernel = kernel
+        self.arrays = arrays
+        self.keys = tuple(locate(a) for a in arrays)
+        ffi = kernel.ffi
+        self.ptrs = tuple(ffi.cast(kernel._ctypes[n], view.ptr) for n, view in zip(names, views))
+        self.spans = tuple((view.ptr, view.ptr + view.nbytes) for view in views)
+        self.shape, self.size = views[0].shape, views[0].size
+        self.device = devices.pop() if devices else None
+        self.rows = self.shape[0] if self.shape else 1
+        self.row_size = int(np.prod(self.shape[1:], dtype=np.int64))
+        self.grad_dtype = spec.storage("grad")
+        self.index_dtype = spec.index_dtype
+
+    def current(self) -> bool:
+        """True while every state array is the object, at the address, of the shape and dtype
+        it was bound with."""
+        for array, key in zip(self.arrays, self.keys):
+            if locate(array) != key:
+                return False
+        return True
+
+    def check_grad(self, grad: Any, what: str = "grad") -> Any:
+        """Views of a gradient this binding's kernel can take: a `DeviceArray` (dense), or a pair
+        of them (sparse `(indices, values)`).
+
+        Raises:
+            TypeError: not a device array, or of the wrong dtype; ValueError: of the wrong shape,
+                not C-contiguous, on another device, or sharing memory with the state.
+        """
+        if not self.kernel.spec.sparse:
+            view = DeviceArray(grad, what)
+            self._check_part(what, view, self.grad_dtype, self.shape)
+            return view
+        if not (isinstance(grad, tuple) and len(grad) == 2):
+            raise TypeError("a sparse kernel takes its gradient as an (indices, values) pair")
+        if not self.shape:
+            raise ValueError("a sparse kernel needs var of rank >= 1 (rows first)")
+        indices, values = DeviceArray(grad[0], "indices"), DeviceArray(grad[1], "values")
+        if indices.ndim != 1:
+            raise ValueError(f"indices must be 1-d, got shape {indices.shape}")
+        self._check_part("indices", indices, self.index_dtype, indices.shape)
+        self._check_part("values", values, self.grad_dtype, indices.shape + self.shape[1:])
+        return indices, values
+
+    def _check_part(self, name: str, view: DeviceArray, dtype: str, shape: tuple) -> None:
+        if storage_name(view.dtype) != dtype:
+            raise TypeError(f"{name} has dtype {storage_name(view.dtype)}, this kernel takes {dtype}")
+        if view.shape != shape:
+            raise ValueError(f"{name} has shape {view.shape}, expected {shape}")
+        if not view.flags.c_contiguous:
+            raise ValueError(f"{name} must be C-contiguous")
+        if view.device is not None and self.device is not None and view.device != self.device:
+            raise ValueError(f"{name} is on CUDA device {view.device}, the state on {self.device}")
+        start, end = view.ptr, view.ptr + view.nbytes
+        if view.size and any(start < b1 and b0 < end for b0, b1 in self.spans):
+            raise ValueError(f"{name} shares memory with the state arrays; each must be an array "
+                             "of its own")
+
+    def __call__(self, grad: Any, hp: HParams | tuple | None, stream: Any = None,
+                 record: Any = None, workspace: Any = None, device_hparams: Any = None) -> None:
+        """One step: the gradient checked (`check_grad`), then the launches.
+
+        Args: as `CudaKernel.__call__` (`hp` may be an `HParams.as_tuple()` tuple).
+
+        Raises:
+            RuntimeError: the state arrays are no longer where they were bound.
+            TypeError, ValueError, IndexError, MemoryError, KernelError: as `CudaKernel.__call__`.
+        """
+        if not self.current():
+            raise RuntimeError(f"{self.kernel.source.symbol}: a state array moved or changed "
+                               "since it was bound (new storage, shape or dtype); bind again")
+        if self.kernel.spec.sparse and device_hparams is not None and record is None:
+            raise TypeError("device_hparams= takes a deferred sparse step (record=): a checking "
+                            "step waits, and cannot be replayed from a CUDA graph")
+        if (hp is None) == (device_hparams is None):
+            raise TypeError("give the step's hyperparameters as hp or as device_hparams, not both")
+        views = self.check_grad(grad)
+        handle = stream_handle(stream, [views[0] if isinstance(views, tuple) else views])
+        kernel = self.kernel
+        if isinstance(hp, HParams):
+            hp = hp.as_tuple()
+        table = None if device_hparams is None else kernel.device_hparams_pointer(device_hparams)
+        if not kernel.spec.sparse:
+            kernel.plan([self]).launch([views.ptr], [hp] if table is None else table, None, handle)
+            return
+        space = None
+        if workspace is not None:
+            space = DeviceArray(workspace, "workspace")
+        if record is None:
+            self.checked(views, hp, handle, space)
+        else:
+            self.deferred(views, hp if table is None else table, handle, space, kernel._record(record))
+
+    def deferred(self, grad: tuple[DeviceArray, DeviceArray], hp: tuple | Any, stream: int,
+                 workspace: DeviceArray | None, record: Any) -> None:
+        """The sparse step that waits for nothing, on checked views (`check_grad`): `hp` is a
+        tuple of hyperparameters, or a `lazyadam_hparams *` in device memory; `record` a
+        `lazyadam_index_record *`."""
+        kernel = self.kernel
+        ffi = kernel.ffi
+        on_device = not isinstance(hp, tuple)
+        params = hp if on_device else ffi.new("lazyadam_hparams *", hp)
+        space, size = ((ffi.NULL, 0) if workspace is None else
+                       (ffi.cast("void *", workspace.ptr), workspace.nbytes))
+        indices, values = grad
+        kernel._raise_for(kernel._deferred(
+            *self.ptrs, self.rows, self.row_size, ffi.cast(kernel._itype, indices.ptr),
+            ffi.cast(kernel._ctypes["grad"], values.ptr), indices.size, params, int(on_device),
+            space, size, record, ffi.cast("cudaStream_t", stream)))
+
+    def checked(self, grad: tuple[DeviceArray, DeviceArray], hp: tuple, stream: int,
+                workspace: DeviceArray | None) -> None:
+        """The checking sparse step (it waits for its index check alone), on checked views."""
+        kernel = self.kernel
+        ffi = kernel.ffi
+        indices, values = grad
+        args = (*self.ptrs, self.rows, self.row_size, ffi.cast(kernel._itype, indices.ptr),
+                ffi.cast(kernel._ctypes["grad"], values.ptr), indices.size,
+                ffi.new("lazyadam_hparams *", hp))
+        handle = ffi.cast("cudaStream_t", stream)
+        if workspace is None:
+            kernel._raise_for(kernel.fn(*args, handle))
+        else:
+            kernel._raise_for(kernel._with_workspace(*args, ffi.cast("void *", workspace.ptr),
+                                                     workspace.nbytes, handle))
+
+
+class MultiPlan:
+    """Multi-tensor launches of one dense kernel over bound calls (`CudaKernel.plan`).
+
+    The host tables of the `<symbol>_multi_hparams` launcher (each tensor's state pointers and
+    size) are made once, here; a launch fills in the gradients' addresses and which hyperparameter
+    entry each tensor takes, and the launcher packs `TENSORS_PER_LAUNCH` tensors into each kernel.
+    A plan is valid while its bindings are `current()`: its owner makes a new one when a binding
+    is replaced.
+    """
+
+    __slots__ = ("kernel", "bindings", "count", "columns", "sizes", "grads", "grad_table",
+                 "which")
+
+    def __init__(self, kernel: CudaKernel, bindings: Sequence[CudaBinding]):
+        if kernel.spec.sparse:
+            raise TypeError(f"{kernel.source.symbol} is sparse; multi-tensor launches are dense")
+        ffi = kernel.ffi
+        self.kernel, self.bindings, self.count = kernel, tuple(bindings), len(bindings)
+        names = ("var", "m", "v", "vmax")[:4 if kernel.spec.amsgrad else 3]
+        self.columns = [ffi.new(f"{kernel._ctypes[name]}[]", [b.ptrs[k] for b in bindings])
+                        for k, name in enumerate(names)]
+        self.sizes = ffi.new("int64_t[]", [b.size for b in bindings])
+        self.grads = ffi.new("uintptr_t[]", self.count)
+        self.grad_table = ffi.cast(f"{kernel._ctypes['grad']} *", self.grads)
+        self.which = ffi.new("int32_t[]", self.count)
+
+    def launch(self, grads: Sequence[int], hparams: Sequence[tuple] | Any,
+               which: Sequence[int] | None, stream: int) -> None:
+        """Queues the step of every tensor of the plan.
+
+        Args:
+            grads: each tensor's gradient address (checked by the caller: dtype, size, layout).
+            hparams: hyperparameter entries in host memory (tuples in `HParams` order), or a
+                `lazyadam_hparams *` to device memory, read when the kernels run.
+            which: each tensor's entry of `hparams` (None: entry 0 for all).
+            stream: the `cudaStream_t` handle.
+
+        Raises:
+            KernelError: the launcher failed (earlier launches of the plan may have run).
+        """
+        kernel = self.kernel
+        ffi = kernel.ffi
+        self.grads[0:self.count] = grads
+        if which is not None:
+            self.which[0:self.count] = which
+        on_device = not isinstance(hparams, (list, tuple))
+        table = hparams if on_device else ffi.new("lazyadam_hparams[]", hparams)
+        kernel._raise_for(kernel._multi_hparams(
+            self.count, *self.columns, self.grad_table, self.sizes, table,
+            self.which if which is not None else ffi.NULL, int(on_device),
+            ffi.cast("cudaStream_t", stream)))
 
 
 def load(spec: Spec) -> CudaKernel:
