@@ -22,10 +22,20 @@ def storage_name(dtype: Any) -> str:
 
     A 2-byte void dtype (`<V2`, how the CUDA array interface spells bfloat16) reads as bfloat16.
     """
-    dtype = np.dtype(dtype)
-    if dtype.name == "bfloat16" or (dtype.kind == "V" and dtype.itemsize == 2 and not dtype.fields):
-        return "bfloat16"
-    return dtype.name
+    found = _NAMES.get(dtype)
+    if found is None:
+        found = np.dtype(dtype)
+        if found.name == "bfloat16" or (found.kind == "V" and found.itemsize == 2
+                                        and not found.fields):
+            found = "bfloat16"
+        else:
+            found = found.name
+        _NAMES[dtype] = found
+    return found
+
+
+#: The name of each dtype read so far (numpy's `dtype.name` takes microseconds to make).
+_NAMES: dict[Any, str] = {}
 
 
 def numpy_dtype(name: str) -> np.dtype:

@@ -31,7 +31,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ..dtypes import bfloat16
-from ..targets.cuda import DeviceArray
+from ..targets.cuda import DeviceArray, is_torch_device_tensor, torch_kind
 
 _unnamed = itertools.count()
 
@@ -40,6 +40,8 @@ def is_device_array(data: Any) -> bool:
     """True for arrays that live on a CUDA device (they expose `__cuda_array_interface__`)."""
     if type(data) is np.ndarray:  # the common case, without the failed attribute lookup
         return False
+    if torch_kind(type(data)):  # PyTorch builds the whole interface to answer hasattr
+        return is_torch_device_tensor(data)
     try:
         return hasattr(data, "__cuda_array_interface__")
     except RuntimeError:
@@ -86,19 +88,25 @@ def dtype_of(array: Any) -> np.dtype:
     dtype = getattr(array, "dtype", None)
     if dtype is None:
         raise TypeError(f"a {_kind(array)} has no dtype; expected an array")
+    found = _NUMPY_DTYPES.get(dtype)
+    if found is not None:
+        return found
     try:
-        return np.dtype(dtype)
+        found = np.dtype(dtype)
     except TypeError:
-        pass
-    name = str(dtype).rpartition(".")[2]
-    if name == "bfloat16":
-        return bfloat16()
-    try:
-        return np.dtype(name)
-    except TypeError:
-        raise TypeError(f"dtype {dtype} of a {_kind(array)} has no numpy equivalent; LazyAdam "
-                        "takes float32, float64, bfloat16 or float16 values and integer "
-                        "indices") from None
+        name = str(dtype).rpartition(".")[2]
+        try:
+            found = bfloat16() if name == "bfloat16" else np.dtype(name)
+        except TypeError:
+            raise TypeError(f"dtype {dtype} of a {_kind(array)} has no numpy equivalent; LazyAdam "
+                            "takes float32, float64, bfloat16 or float16 values and integer "
+                            "indices") from None
+    _NUMPY_DTYPES[dtype] = found
+    return found
+
+
+#: The numpy dtype of each library dtype read so far (PyTorch's take a failed lookup to read).
+_NUMPY_DTYPES: dict[Any, np.dtype] = {}
 
 
 def device_of(array: Any) -> int | None:
@@ -283,6 +291,11 @@ def index_bounds(indices: Any) -> tuple[int, int]:
     if not is_device_array(indices):
         indices = np.asarray(indices)
         return int(indices.min()), int(indices.max())
+    if torch_kind(type(indices)):  # one reduction and one copy to the host, not two of each
+        import torch  # only reached with a torch tensor in hand
+        low, high = torch.aminmax(indices)
+        low, high = to_host(torch.stack([low, high]).as_subclass(torch.Tensor)).tolist()
+        return int(low), int(high)
     return _reduce(indices, "min"), _reduce(indices, "max")
 
 

@@ -192,7 +192,7 @@ _TORCH_KINDS: dict[type, int] = {}
 _TORCH_DTYPES: dict[Any, np.dtype] = {}
 
 
-def _torch_kind(cls: type) -> int:
+def torch_kind(cls: type) -> int:
     """How an array of type `cls` is read: see `_TORCH_KINDS` (computed once per type)."""
     kind = _TORCH_KINDS.get(cls)
     if kind is None:
@@ -223,15 +223,15 @@ def is_torch_device_tensor(obj: Any) -> bool:
     """True for a PyTorch tensor that is a device array (a CUDA tensor, or a subclass presenting
     `__cuda_array_interface__`): read through PyTorch's own attributes, which cost a fraction of
     building its array interface."""
-    kind = _torch_kind(type(obj))
+    kind = torch_kind(type(obj))
     return kind == 2 or (kind == 1 and obj.is_cuda)
 
 
 def locate(obj: Any) -> tuple:
     """What a bound call compares on each step: a device array's address, shape and dtype, read
     the cheap way (PyTorch's attributes, else the array interface)."""
-    if _torch_kind(type(obj)):
-        return obj.data_ptr(), obj.shape, obj.dtype
+    if torch_kind(type(obj)):
+        return obj.data_ptr(), tuple(obj.shape), obj.dtype
     interface = obj.__cuda_array_interface__
     return interface["data"][0], tuple(interface["shape"]), interface["typestr"]
 
@@ -266,7 +266,7 @@ class DeviceArray:
             self.ndim = len(self.shape)
             self.size = obj.numel()
             self.ptr = obj.data_ptr()
-            self.flags = self._Flags(obj.is_contiguous(), True)
+            self.flags = _CONTIGUOUS if obj.is_contiguous() else _STRIDED
             index = obj.get_device()
             self.device = index if index >= 0 else None
             return
@@ -295,6 +295,10 @@ class DeviceArray:
     @property
     def nbytes(self) -> int:
         return self.size * self.dtype.itemsize
+
+
+#: The flags of PyTorch tensors (always writable), made once.
+_CONTIGUOUS, _STRIDED = DeviceArray._Flags(True, True), DeviceArray._Flags(False, True)
 
 
 def _c_strides(shape: tuple[int, ...], itemsize: int) -> tuple[int, ...]:
@@ -336,7 +340,7 @@ def capturing(stream: int, example: Any) -> bool:
     PyTorch's own test for its tensors (whose stream is PyTorch's current one), else the driver's
     `cuStreamIsCapturing`; False without a driver.
     """
-    if _torch_kind(type(example)):
+    if torch_kind(type(example)):
         import torch  # only reached with a torch tensor in hand
         return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
     lib = _driver()
@@ -500,9 +504,14 @@ class CudaKernel(LoadedKernel):
         """
         if not self.spec.sparse:
             raise TypeError(f"{self.source.symbol} is dense; dense steps leave no record")
-        drecord = self._record(record)
-        handle = self.ffi.cast("cudaStream_t", stream_handle(stream, [DeviceArray(record, "record")]))
-        self._raise_for(self._check(drecord, handle))
+        self._record(record)
+        view = DeviceArray(record, "record")
+        self.check_at(view.ptr, stream_handle(stream, [view]))
+
+    def check_at(self, address: int, stream: int) -> None:
+        """`check` of the record at a device address, for callers that made it (the runtime)."""
+        self._raise_for(self._check(self.ffi.cast("lazyadam_index_record *", address),
+                                    self.ffi.cast("cudaStream_t", stream)))
 
     def _record(self, record: Any):
         array = DeviceArray(record, "record")
@@ -578,8 +587,8 @@ class CudaBinding:
         spans: `(first byte, past the last byte)` of each state array.
     """
 
-    __slots__ = ("kernel", "arrays", "keys", "ptrs", "spans", "shape", "size", "rows",
-                 "row_size", "device", "grad_dtype", "index_dtype")
+    __slots__ = ("kernel", "arrays", "keys", "torch", "ptrs", "spans", "shape", "size", "rows",
+                 "row_size", "device", "grad_dtype", "index_dtype", "home")
 
     def __init__(self, kernel: CudaKernel, var: Any, m: Any, v: Any, vmax: Any = None):
         spec = kernel.spec
@@ -594,6 +603,10 @@ class CudaBinding:
         self.kernel = kernel
         self.arrays = arrays
         self.keys = tuple(locate(a) for a in arrays)
+        #: Every state array is a PyTorch tensor: `current()` reads their attributes inline.
+        self.torch = all(torch_kind(type(a)) for a in arrays)
+        #: A view of var, for the stream that its library makes current.
+        self.home = views[0]
         ffi = kernel.ffi
         self.ptrs = tuple(ffi.cast(kernel._ctypes[n], view.ptr) for n, view in zip(names, views))
         self.spans = tuple((view.ptr, view.ptr + view.nbytes) for view in views)
@@ -607,10 +620,20 @@ class CudaBinding:
     def current(self) -> bool:
         """True while every state array is the object, at the address, of the shape and dtype
         it was bound with."""
+        if self.torch:
+            for array, (ptr, shape, dtype) in zip(self.arrays, self.keys):
+                if array.data_ptr() != ptr or array.dtype is not dtype or array.shape != shape:
+                    return False
+            return True
         for array, key in zip(self.arrays, self.keys):
             if locate(array) != key:
                 return False
         return True
+
+    def stream(self, stream: Any = None) -> int:
+        """The stream handle to launch on (see `stream_handle`; None: the current one of the
+        state's library)."""
+        return stream_handle(stream, [self.home])
 
     def check_grad(self, grad: Any, what: str = "grad") -> Any:
         """Views of a gradient this binding's kernel can take: a `DeviceArray` (dense), or a pair

@@ -31,7 +31,8 @@ def host_compiler() -> str | None:
 
 
 def build(specs: Iterable[Spec], defines: Mapping[str, int] | None = None) -> dict[Spec, CudaKernel]:
-    """Every spec in one emulation library, built once and kept in the kernel cache.
+    """Every spec in one emulation library, built once and kept in the kernel cache (and its
+    kernels loaded once in this process, as `lazyadam.compile` loads them).
 
     `defines` overrides macros of the sources or of cuda_emulation.h (e.g. LAZYADAM_MAX_BLOCKS).
 
@@ -61,7 +62,14 @@ def build(specs: Iterable[Spec], defines: Mapping[str, int] | None = None) -> di
         return out
 
     path = cache.fetch(key, "emulation.so", compile_library)
-    return {spec: CudaKernel(spec, source, path) for spec, source in sources.items()}
+    for spec, source in sources.items():  # one kernel object per library and spec, as in the target
+        if (key, spec) not in _KERNELS:
+            _KERNELS[key, spec] = CudaKernel(spec, source, path)
+    return {spec: _KERNELS[key, spec] for spec in sources}
+
+
+#: The kernels loaded in this process, by library and spec.
+_KERNELS: dict[tuple[str, Spec], CudaKernel] = {}
 
 
 class Emulated:
