@@ -27,7 +27,6 @@ is moved to the parameter's device and dtype, as `Optimizer.load_state_dict` mov
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import numbers
 import threading
@@ -35,12 +34,10 @@ from typing import Any, Callable, Iterable, NamedTuple
 
 import torch
 
-from . import targets
 from .codegen.spec import ROUNDINGS, STATE_DTYPES
 from .runtime.parameter import Parameter, RowTensor, to_host
-from .runtime.slot import (SEED_STRIDE, Slot, apply, check_device_state, check_seed, spec_for,
-                           target_for)
-from .targets.base import HParams
+from .runtime.slot import (SEED_STRIDE, Launcher, Slot, capturing, check_device_state,
+                           check_seed, spec_for, target_for)
 
 __all__ = ["LazyAdam", "EPS_MODES"]
 
@@ -121,12 +118,13 @@ class LazyAdam(torch.optim.Optimizer):
                  weight_decay: float = 0.0, *, nesterov: bool = False, amsgrad: bool = False,
                  maximize: bool = False, decoupled_weight_decay: bool = False,
                  eps_mode: str = "pytorch", use_locking: bool = False,
-                 state_dtype: str | None = None, rounding: str = "nearest", seed: int = 0):
+                 state_dtype: str | None = None, rounding: str = "nearest", seed: int = 0,
+                 capturable: bool = False):
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, nesterov=nesterov,
                         amsgrad=amsgrad, maximize=maximize,
                         decoupled_weight_decay=decoupled_weight_decay, eps_mode=eps_mode,
                         use_locking=use_locking, state_dtype=state_dtype, rounding=rounding,
-                        seed=seed)
+                        seed=seed, capturable=capturable)
         _options(defaults, "LazyAdam")
         self._reset()
         super().__init__(params, defaults)
@@ -135,6 +133,9 @@ class LazyAdam(torch.optim.Optimizer):
         """What a fresh or unpickled optimizer holds besides torch's state: no bindings yet."""
         self._lock = threading.Lock()
         self._bindings: dict[torch.Tensor, _Binding] = {}
+        self._launcher = Launcher()
+        #: The parameters of the captured step: (binding, param group number, parameter, t).
+        self._captured: list[tuple] = []
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         """Unpickling and `load_state_dict` end here: groups saved without an option get the
@@ -194,30 +195,99 @@ class LazyAdam(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         with self._lock:
-            work, hparams, pending, counts = self._check()
+            capture = self._capturing()
+            work, hparams, pending, counts, capturable = self._check(capture)
             for param, binding, created in pending:
                 self.state[param].update(created)
                 self._bindings[param] = binding
-            for binding, t in counts:
+            if capture:  # recorded, not run: prepare_replay counts each replay
+                self._launcher.run(work, hparams, True, True)
+                self._captured = counts
+                return loss
+            for binding, _, _, t in counts:
                 binding.step.fill(t)
             if any(group["use_locking"] for group in self.param_groups):
-                _launch(work, hparams)
+                self._launcher.run(work, hparams, capturable)
                 return loss
-        _launch(work, hparams)
+        self._launcher.run(work, hparams, capturable)
         return loss
 
-    def _check(self) -> tuple[list, dict, list, list]:
+    def _capturing(self) -> bool:
+        """Whether this step is being captured into a CUDA graph (asked only when a parameter is
+        a CUDA tensor: `torch.cuda.is_current_stream_capturing()`).
+
+        Raises:
+            RuntimeError: captured, with a group whose `capturable` is False.
+        """
+        slots = [binding.slot for binding in self._bindings.values()]
+        if not any(slot.on_device for slot in slots) or not capturing(slots):
+            return False
+        for number, group in enumerate(self.param_groups):
+            if not group["capturable"]:
+                raise RuntimeError(f"this step is being captured into a CUDA graph, and param "
+                                   f"group {number} has capturable=False: its steps wait for "
+                                   "their index checks and carry their hyperparameters; set "
+                                   "capturable=True")
+        return True
+
+    @torch.compiler.disable
+    def prepare_replay(self) -> None:
+        """Counts one replay of the captured step: the `step` of each parameter it updates + 1,
+        and stores each one's hyperparameters (its group's options as they are now, so that a
+        scheduler's learning rate takes effect, and its bias corrections) in the device memory
+        that the captured kernels read. Call it before each `graph.replay()`, on the stream that
+        replays (the current one). Nothing waits.
+
+        Raises:
+            RuntimeError: no step was captured; a captured tensor moved since; parameters
+                captured in one launch with one step count now have different ones (capture
+                again). Nothing was changed when it is raised.
+        """
+        with self._lock:
+            hparams = {}
+            counts = []
+            for binding, number, param, _ in self._captured:
+                options = _options(self.param_groups[number], f"param group {number}")
+                t = int(binding.step) + 1
+                hparams[id(param)] = _hparams(options, t)
+                counts.append((binding, t))
+            self._launcher.prepare_replay(hparams)
+            for binding, t in counts:
+                binding.step.fill(t)
+
+    def check_indices(self) -> None:
+        """Waits for the queued steps and raises what a capturable step's index check found.
+
+        Capturable steps check sparse gradients' indices on the device and never wait: an index
+        outside its table makes that parameter's step, and its later ones, write nothing, and is
+        reported here (then cleared).
+
+        Raises:
+            IndexError: naming the parameter, the first bad position and its value.
+        """
+        Launcher.check_indices(binding.slot for binding in self._bindings.values())
+
+    def _check(self, capture: bool = False) -> tuple[list, dict, list, list, bool]:
         """The check phase: every parameter with a gradient prepared; nothing written (bindings
         that no longer match a parameter without a gradient are dropped: they are a cache).
 
+        Args:
+            capture: the step is being captured: a parameter without state is refused.
+
         Returns:
-            `(work, hparams, pending, counts)`: the prepared kernel calls (with their bindings
-            and group numbers), `HParams` fields by slot key, the `(param, binding, new state
-            entries)` to store, and the `(binding, t)` step counts to write.
+            `(work, hparams, pending, counts, capturable)`: the prepared kernel calls,
+            `HParams` fields by slot key, the `(param, binding, new state entries)` to store, the
+            `(binding, group number, param, t)` whose step counts become t, and whether the step
+            is capturable.
+
+        Raises:
+            ValueError: groups with a gradient disagree on capturable.
+            RuntimeError: captured, with a parameter that has no state yet.
         """
         work, hparams, pending, counts = [], {}, [], []
         bindings, states = self._bindings, self.state
         position = 0
+        capturable = None
         for number, group in enumerate(self.param_groups):
             options = _options(group, f"param group {number}")
             names = group.get("param_names")
@@ -226,29 +296,33 @@ class LazyAdam(torch.optim.Optimizer):
                 binding = bindings.get(param)
                 state = states.get(param)
                 if grad is None:
-                    if binding is not None and not binding.matches(param, state, options.flags):
+                    if binding is not None and not binding.matches(param, state, options.flags,
+                                                                   position):
                         del bindings[param]  # it would keep memory the param has left
                     position += 1
                     continue
                 name = names[i] if names else f"group {number} param {i}"
-                if binding is None or not binding.matches(param, state, options.flags):
-                    binding, created = _bind(param, state, options, name)
+                if capturable is None:
+                    capturable = options.capturable
+                elif capturable != options.capturable:
+                    raise ValueError(f"param group {number} has capturable="
+                                     f"{options.capturable}, an earlier group with gradients "
+                                     f"{capturable}: a step is capturable or not as a whole")
+                if binding is None or not binding.matches(param, state, options.flags, position):
+                    if capture and not state:
+                        raise RuntimeError(f"parameter {name!r} has no state yet: run an eager "
+                                           "step before capturing one (torch.cuda.graph's own "
+                                           "advice: warm up on a side stream), so that the "
+                                           "graph does not allocate the optimizer's state")
+                    binding, created = _bind(param, state, options, name, position)
                     pending.append((param, binding, created))
-                slot = binding.slot
                 t = int(binding.step) + 1
-                call, prepared, key = slot.prepare(position, _gradient(grad, name))
-                work.append((call, prepared, key, binding, number))
-                # Only stochastic rounding reads the seed: each parameter its own (nearest ones
-                # keep the group's, so that their CUDA launches still share hyperparameters).
-                seed = options.seed
-                if slot.spec.rounding == "stochastic":
-                    seed = (seed + position * SEED_STRIDE) % 2**64
-                hparams[key] = (options.lr, options.beta1, options.beta2, options.eps,
-                                options.weight_decay, 1.0, options.beta1 ** t, options.beta2 ** t,
-                                seed, t)
-                counts.append((binding, t))
+                work.append(binding.slot.prepare(position, _gradient(grad, name),
+                                                 options.capturable))
+                hparams[id(param)] = _hparams(options, t)
+                counts.append((binding, number, param, t))
                 position += 1
-        return work, hparams, pending, counts
+        return work, hparams, pending, counts, bool(capturable)
 
 
 class _Flags(NamedTuple):
@@ -275,6 +349,15 @@ class _Options(NamedTuple):
     weight_decay: float
     seed: int
     flags: _Flags
+    capturable: bool
+
+
+def _hparams(options: _Options, t: int) -> tuple:
+    """The `HParams` fields of a parameter's step t with its group's options (`beta^t` of its
+    own step count, as `torch.optim.Adam` corrects the bias; the group's seed, which a
+    stochastically rounding slot moves on by its own offset)."""
+    return (options.lr, options.beta1, options.beta2, options.eps, options.weight_decay, 1.0,
+            options.beta1 ** t, options.beta2 ** t, options.seed, t)
 
 
 def _options(group: dict[str, Any], where: str) -> _Options:
@@ -300,7 +383,7 @@ def _options(group: dict[str, Any], where: str) -> _Options:
             raise ValueError(f"{where}: {name} must lie in [0, 1), got {value!r}")
     if not (math.isfinite(eps) and eps > 0.0):
         raise ValueError(f"{where}: eps must be finite and > 0, got {eps!r}")
-    for name in FLAGS:
+    for name in FLAGS + ("capturable",):
         if not isinstance(group[name], bool):
             raise TypeError(f"{where}: {name} must be a bool, got {type(group[name]).__name__}: "
                             f"{group[name]!r}")
@@ -319,7 +402,7 @@ def _options(group: dict[str, Any], where: str) -> _Options:
         raise type(error)(f"{where}: {error}") from None
     flags = _Flags(wd > 0.0, group["eps_mode"], *(group[name] for name in FLAGS),
                    group["state_dtype"], group["rounding"])
-    return _Options(lr, beta1, beta2, eps, wd, seed, flags)
+    return _Options(lr, beta1, beta2, eps, wd, seed, flags, group["capturable"])
 
 
 def _real(value: Any, where: str, name: str) -> float:
@@ -391,7 +474,7 @@ def _scalar_dtype() -> torch.dtype:
 
 
 def _bind(param: torch.Tensor, state: dict[str, Any] | None, options: _Options,
-          name: str) -> tuple[_Binding, dict[str, Any]]:
+          name: str, position: int) -> tuple[_Binding, dict[str, Any]]:
     """A parameter's slot over its tensors as they are now, and the state entries to store.
 
     Missing state is created (zeros in the state's dtype: the parameter's, or for a half-precision
@@ -444,16 +527,21 @@ def _bind(param: torch.Tensor, state: dict[str, Any] | None, options: _Options,
                     nesterov=flags.nesterov, use_locking=flags.use_locking, amsgrad=flags.amsgrad,
                     maximize=flags.maximize, eps_mode=flags.eps_mode,
                     state_dtype=flags.state_dtype, rounding=flags.rounding)
-    slot = Slot(home, id(param), False, spec, target_for(view), *moments)
-    return _Binding(slot, tensors["step"].numpy(), _key(param, tensors, flags)), created
+    if options.capturable and not home.on_device:
+        raise TypeError(f"parameter {name!r} is on {param.device}: capturable steps update CUDA "
+                        "tensors (CUDA graphs capture device work only)")
+    slot = Slot(home, id(param), False, spec, target_for(view), *moments,
+                seed_offset=position * SEED_STRIDE % 2**64)
+    return _Binding(slot, tensors["step"].numpy(), _key(param, tensors, flags, position)), created
 
 
-def _key(param: torch.Tensor, state: dict[str, Any], flags: _Flags) -> tuple:
-    """What a binding depends on: where the parameter and its state tensors live, and the flags."""
+def _key(param: torch.Tensor, state: dict[str, Any], flags: _Flags, position: int) -> tuple:
+    """What a binding depends on: where the parameter and its state tensors live, the flags, and
+    the parameter's position (which moves its seed)."""
     vmax = state.get("max_exp_avg_sq")
     return (param.data_ptr(), param.dtype, param.shape, param.is_cuda,
             state["exp_avg"].data_ptr(), state["exp_avg_sq"].data_ptr(),
-            vmax.data_ptr() if vmax is not None else 0, state["step"].data_ptr(), flags)
+            vmax.data_ptr() if vmax is not None else 0, state["step"].data_ptr(), flags, position)
 
 
 class _Binding:
@@ -463,42 +551,15 @@ class _Binding:
     `step` state tensor; `key` is what `matches` compares with the tensors as they are now.
     """
 
-    __slots__ = ("slot", "step", "key", "multi")
+    __slots__ = ("slot", "step", "key")
 
     def __init__(self, slot: Slot, step: Any, key: tuple):
         self.slot, self.step, self.key = slot, step, key
-        self.multi: Any = None
 
-    def matches(self, param: torch.Tensor, state: dict[str, Any] | None, flags: _Flags) -> bool:
+    def matches(self, param: torch.Tensor, state: dict[str, Any] | None, flags: _Flags,
+                position: int) -> bool:
         """True while the parameter and its state live where they did when this was made."""
         try:
-            return self.key == _key(param, state, flags)
+            return self.key == _key(param, state, flags, position)
         except (KeyError, TypeError, AttributeError):
             return False
-
-    def multi_kernel(self) -> Any:
-        """The CUDA kernel of the slot's dense spec, for multi-tensor launches."""
-        if self.multi is None:
-            spec = dataclasses.replace(self.slot.spec, sparse=False, index_dtype="int64")
-            self.multi = targets.compile(spec, "cuda")
-        return self.multi
-
-
-def _launch(work: list[tuple], hparams: dict[int, tuple]) -> None:
-    """The apply phase's kernels: dense gradients of CUDA parameters in one multi-tensor launch
-    per (group, kernel, hyperparameters); everything else one kernel call each."""
-    single, batches = [], {}
-    for call, grad, key, binding, group in work:
-        slot = binding.slot
-        if slot.target == "cuda" and not isinstance(grad, tuple) and (
-                grad.dtype == slot.param.data.dtype):  # a float32 gradient of a half parameter: alone
-            batches.setdefault((group, slot.spec, hparams[key]), []).append((binding, grad))
-        else:
-            single.append((call, grad, key))
-    apply(single, hparams)
-    for (_, _, hp), batch in batches.items():
-        slots = [binding.slot for binding, _ in batch]
-        vmaxes = [s.vmax.data for s in slots] if slots[0].vmax is not None else None
-        batch[0][0].multi_kernel().multi([s.param.data for s in slots], [s.m.data for s in slots],
-                                         [s.v.data for s in slots], [g for _, g in batch],
-                                         HParams(*hp), vmaxes=vmaxes)

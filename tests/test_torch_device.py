@@ -5,7 +5,7 @@ array (tests/test_runtime_device.py's `TorchOnDevice`, host memory behind
 `__cuda_array_interface__`), and `targets.compile(spec, "cuda")` gives the host-emulation build of
 the CUDA kernels (tests/cuda_emulation). So the optimizer's CUDA path runs here: the device checks,
 the CUDA kernel wrapper, the sparse launcher and the multi-tensor launches of dense parameters,
-against torch.optim on the same model.
+against torch.optim on the same model; and a capturable step, captured and replayed.
 
 Marked `cuda`: the same on real CUDA tensors, skipped, with the reason, without a GPU.
 """
@@ -29,18 +29,18 @@ from test_torch import (Recommender, assert_models_close, assert_unchanged,  # n
 @pytest.fixture
 def emulated(monkeypatch):
     """The CUDA path on the CPU. Returns `(launches, host)`: the tensor counts of multi-tensor
-    launches, and a set of tensor ids that `_view` leaves in host memory."""
+    plan launches, and a set of tensor ids that `_view` leaves in host memory."""
     if emulation.host_compiler() is None:
         pytest.skip("no host C++ compiler (c++ or g++) to build the CUDA emulation")
-    real_compile, real_multi = targets.compile, cuda.CudaKernel.multi
+    real_compile, real_launch = targets.compile, cuda.MultiPlan.launch
     launches, host = [], set()
 
     def compile_emulated(spec, target="c"):
         return emulation.build([spec])[spec] if target == "cuda" else real_compile(spec, target)
 
-    def multi(kernel, variables, *args, **kwargs):
-        launches.append(len(variables))
-        return real_multi(kernel, variables, *args, **kwargs)
+    def launch(plan, grads, *args, **kwargs):
+        launches.append(len(grads))
+        return real_launch(plan, grads, *args, **kwargs)
 
     def view(tensor):
         if id(tensor) in host:
@@ -48,7 +48,7 @@ def emulated(monkeypatch):
         return tensor.detach().as_subclass(TorchOnDevice)
 
     monkeypatch.setattr(targets, "compile", compile_emulated)
-    monkeypatch.setattr(cuda.CudaKernel, "multi", multi)
+    monkeypatch.setattr(cuda.MultiPlan, "launch", launch)
     monkeypatch.setattr(lazyadam.torch, "_view", view)
     return launches, host
 
@@ -79,8 +79,9 @@ def test_emulated_cuda_path_matches_torch_with_one_launch_per_dense_group(emulat
     assert all(type(slot.param.data) is TorchOnDevice for slot in slots)
 
 
-def test_emulated_launches_split_by_step_count(emulated):
-    """Dense parameters whose `step` differs take different bias corrections: one launch each."""
+def test_emulated_steps_of_other_counts_share_a_launch(emulated):
+    """Dense parameters whose `step` differs take different bias corrections: different
+    hyperparameter entries of one launch."""
     launches, _ = emulated
     ours, theirs = twins()
     opt = LazyAdam(groups(ours), lr=0.01)
@@ -90,12 +91,13 @@ def test_emulated_launches_split_by_step_count(emulated):
             model.mlp[2].bias.grad = None
 
     train_both(ours, opt, theirs, torch_optimizers(theirs), 3, edit=skip)
-    assert launches == [2, 1, 2, 1, 1, 2, 1, 1]
+    assert launches == [2, 1, 2, 2, 2, 2]
 
 
 def test_emulated_half_precision_matches_the_host_path_bitwise(emulated, monkeypatch):
     """A bfloat16 model, bfloat16 state, stochastic rounding: the CUDA path (emulated) gives the
-    C kernels' bits. Each dense tensor rounds with its own seed, so each takes a launch of its own."""
+    C kernels' bits. Each dense tensor rounds with its own seed: its own hyperparameter entry, in
+    its group's launch."""
     launches, _ = emulated
 
     def run(target):
@@ -112,7 +114,7 @@ def test_emulated_half_precision_matches_the_host_path_bitwise(emulated, monkeyp
         return [t.detach().view(torch.int16).clone() for t in tensors]
 
     on_device = run("cuda")
-    assert launches == [1] * 12  # 4 dense tensors, 3 steps
+    assert launches == [2, 2] * 3  # 4 dense tensors in two kernels, 3 steps
     monkeypatch.undo()
     for a, b in zip(on_device, run("c")):
         assert torch.equal(a, b)

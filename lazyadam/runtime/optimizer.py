@@ -3,7 +3,8 @@
 A call `optimizer(gradients)` works in two phases, so that a failed call changes nothing:
 
     check    gradients, indices, learning rate and weight decay of step k; compile missing kernels
-    apply    k += 1, beta powers *= beta, one kernel per parameter with this step's `HParams`
+    apply    k += 1, beta powers *= beta, every parameter's kernels with this step's `HParams`
+             (on CUDA: one multi-tensor launch per kernel for the dense parameters)
 
 Each parameter gets a `Spec` from its dtype and the optimizer's flags; the gradient picks the dense
 or the lazy sparse kernel (and the index dtype). Kernels are compiled once (`lazyadam.targets`) and
@@ -25,8 +26,8 @@ from ..codegen.spec import ROUNDINGS, STATE_DTYPES
 from ..dtypes import numpy_dtype
 from .parameter import Parameter, dtype_of, is_device_array, to_host, zeros_like
 from .schedules import LearningRateSchedule
-from .slot import (SEED_STRIDE, Slot, apply, check_device_state, check_seed, spec_for,
-                   target_for)
+from .slot import (SEED_STRIDE, Launcher, Slot, capturing, check_device_state, check_seed,
+                   spec_for, target_for)
 
 GROUP_KEYS = ("params", "lr", "weight_decay", "grad_centralization", "order_params")
 def decays_by_default(param: Parameter) -> bool:
@@ -65,6 +66,14 @@ class LazyAdam:
     `state_dict()` and checkpoints hold host copies; loading copies them back into the device
     arrays in place.
 
+    CUDA graphs: with `capturable=True`, a call made while PyTorch (or the driver) captures the
+    current stream into a graph records the step's launches and counts nothing; before each
+    `graph.replay()`, `prepare_replay()` counts the step and stores its hyperparameters where the
+    captured kernels read them. The gradients' arrays are the graph's: replays read the same
+    memory. Capturable steps, captured or not, check the indices of sparse gradients on the
+    device and never wait: a bad index makes that parameter's step, and its later ones, write
+    nothing, and `check_indices()` raises it (every other check still runs first).
+
     Threads: kernels run without the GIL, so several threads may call one optimizer at once. With
     `use_locking=True` the optimizer holds one lock over the step bookkeeping and all kernels of a
     call, so calls are atomic: k threads give bitwise what k sequential calls give (the kernels
@@ -101,6 +110,9 @@ class LazyAdam:
         seed: the seed of stochastic rounding, an int in [0, 2**64): with the step and each
             element's position it makes the random bits, so a seed reproduces a run bit for bit.
             Part of `state_dict()` and checkpoints.
+        capturable: steps that can be captured in a CUDA graph (every parameter on a device):
+            their kernels read the hyperparameters from device memory, and they never wait (see
+            CUDA graphs).
 
     Half precision: a bfloat16 or float16 parameter (numpy through ml_dtypes, or a torch tensor)
     takes gradients in its own dtype or in float32; a step computes in float32 and rounds what it
@@ -117,7 +129,8 @@ class LazyAdam:
                  use_nesterov: bool = False, weight_decay: Any = 0.0, loss_scale: float = 1.0, *,
                  amsgrad: bool = False, decoupled_weight_decay: bool = False,
                  maximize: bool = False, eps_mode: str = "mindspore",
-                 state_dtype: str | None = None, rounding: str = "nearest", seed: int = 0):
+                 state_dtype: str | None = None, rounding: str = "nearest", seed: int = 0,
+                 capturable: bool = False):
         for name, value in (("beta1", beta1), ("beta2", beta2), ("eps", eps)):
             if not _is_float(value):
                 raise TypeError(f"{name} must be a Python float, got {type(value).__name__}: "
@@ -134,7 +147,7 @@ class LazyAdam:
             raise ValueError(f"loss_scale must be a finite number > 0, got {loss_scale!r}")
         for name, value in (("use_locking", use_locking), ("use_nesterov", use_nesterov),
                             ("amsgrad", amsgrad), ("decoupled_weight_decay", decoupled_weight_decay),
-                            ("maximize", maximize)):
+                            ("maximize", maximize), ("capturable", capturable)):
             if not isinstance(value, bool):
                 raise TypeError(f"{name} must be a bool, got {type(value).__name__}: {value!r}")
         if eps_mode not in ("mindspore", "pytorch"):
@@ -145,6 +158,7 @@ class LazyAdam:
         self.loss_scale = float(loss_scale)
         self.amsgrad, self.decoupled_weight_decay = amsgrad, decoupled_weight_decay
         self.maximize, self.eps_mode = maximize, eps_mode
+        self.capturable = capturable
         if state_dtype not in (None, *STATE_DTYPES):
             raise ValueError(f"state_dtype must be None or one of {', '.join(STATE_DTYPES)}, got "
                              f"{state_dtype!r}")
@@ -180,6 +194,14 @@ class LazyAdam:
                 slots[id(param)] = self._slot(param, number, decayed, centralize,
                                               positions[id(param)])
         self._slots: tuple[Slot, ...] = tuple(slots[id(p)] for p in order)
+        self._on_device = any(slot.on_device for slot in self._slots)
+        if capturable:
+            host = next((s.param for s in self._slots if not s.on_device), None)
+            if host is not None:
+                raise TypeError(f"capturable=True: parameter {host.name!r} is in host memory; "
+                                "capturable steps update device arrays (CUDA graphs capture "
+                                "device work only)")
+        self._launcher = Launcher()
         self.is_group_lr = len({id(g.lr) for g in self._groups}) > 1
         self.dynamic_lr = any(g.lr.dynamic for g in self._groups)
 
@@ -375,22 +397,68 @@ class LazyAdam:
             CompilationError: a kernel failed to build.
             Nothing was changed when any of these is raised.
         """
+        capture = self._on_device and capturing(self._slots)
+        if capture and not self.capturable:
+            raise RuntimeError("this step is being captured into a CUDA graph, and the optimizer "
+                               "was made with capturable=False: its steps wait for their index "
+                               "checks and carry their hyperparameters; make it with "
+                               "capturable=True")
         work = self._check(gradients)
-        groups = self._groups
         with self._lock:
-            step = self._step
-            rates = [(g.lr.at(step), g.wd.at(step)) for g in groups]
-            beta1_power = self._beta1_power * self.beta1
-            beta2_power = self._beta2_power * self.beta2
-            self._step = step + 1
-            self._beta1_power, self._beta2_power = beta1_power, beta2_power
-            hparams = [(lr, self.beta1, self.beta2, self.eps, wd, self.loss_scale, beta1_power,
-                        beta2_power, self.seed, step + 1) for lr, wd in rates]
-            if self.use_locking:
-                apply(work, hparams)
+            if capture:  # recorded, not run: prepare_replay counts each replay
+                self._launcher.run(work, self._next_hparams()[0], True, True)
                 return True
-        apply(work, hparams)
+            hparams, powers = self._next_hparams()
+            self._step += 1
+            self._beta1_power, self._beta2_power = powers
+            if self.use_locking:
+                self._launcher.run(work, hparams, self.capturable)
+                return True
+        self._launcher.run(work, hparams, self.capturable)
         return True
+
+    def _next_hparams(self) -> tuple[list[tuple], tuple[float, float]]:
+        """The `HParams` fields of each group for the next step, and its beta powers.
+
+        Raises:
+            IndexError, TypeError, ValueError: as `__call__`, for the learning rate or weight decay.
+        """
+        step = self._step
+        rates = [(g.lr.at(step), g.wd.at(step)) for g in self._groups]
+        beta1_power = self._beta1_power * self.beta1
+        beta2_power = self._beta2_power * self.beta2
+        return ([(lr, self.beta1, self.beta2, self.eps, wd, self.loss_scale, beta1_power,
+                  beta2_power, self.seed, step + 1) for lr, wd in rates],
+                (beta1_power, beta2_power))
+
+    def prepare_replay(self) -> None:
+        """Counts one replay of the captured step as a step, and stores its hyperparameters
+        (learning rate and weight decay of the step, beta powers, step) in the device memory that
+        the captured kernels read; call it before each `graph.replay()`, on the stream that
+        replays (PyTorch's current stream). Nothing waits.
+
+        Raises:
+            RuntimeError: no step was captured, or its arrays moved since.
+            IndexError, TypeError, ValueError: as `__call__`, for the learning rate or weight
+                decay of the step. Nothing was changed when any of these is raised.
+        """
+        with self._lock:
+            hparams, powers = self._next_hparams()
+            self._launcher.prepare_replay(hparams)
+            self._step += 1
+            self._beta1_power, self._beta2_power = powers
+
+    def check_indices(self) -> None:
+        """Waits for the queued steps and raises what a capturable step's index check found.
+
+        A capturable step checks its sparse gradients' indices on the device and never waits: an
+        index outside its table makes that parameter's step, and its later ones, write nothing,
+        and is reported here (then cleared).
+
+        Raises:
+            IndexError: naming the parameter, the first bad position and its value.
+        """
+        Launcher.check_indices(self._slots)
 
     def _check(self, gradients: Sequence[Any]) -> list[tuple[Any, ...]]:
         """Checks every gradient and prepares one kernel call per parameter; writes nothing."""
@@ -400,7 +468,9 @@ class LazyAdam:
         slots = self._slots
         if len(gradients) != len(slots):
             raise ValueError(f"got {len(gradients)} gradients for {len(slots)} parameters")
-        return [slot.prepare(i, grad) for i, (slot, grad) in enumerate(zip(slots, gradients))]
+        capturable = self.capturable
+        return [slot.prepare(i, grad, capturable)
+                for i, (slot, grad) in enumerate(zip(slots, gradients))]
 
     def __repr__(self) -> str:
         return (f"LazyAdam({len(self._slots)} parameters, {len(self._groups)} groups, "

@@ -6,8 +6,17 @@ failed step changes nothing:
 
     check    `Slot.prepare(position, grad)` for every gradient: dtype, shape, device, index range;
              compiles a missing kernel and binds it to the parameter's arrays; writes nothing
-    apply    `apply(work, hparams)`: one kernel call per prepared gradient, with the `HParams`
+    apply    `Launcher.run(work, hparams)`: every prepared gradient's step, with the `HParams`
              fields its slot's `group` selects
+
+A slot on a CUDA device holds `CudaBinding`s: its state arrays checked once, and on every step only
+whether they are still where they were (a moved or resized tensor is bound again). The launcher
+queues the dense CUDA steps of a call in multi-tensor launches, one plan per kernel and device over
+all of them whatever their group (each tensor takes its own hyperparameter entry), and the sparse
+ones through the launcher that never waits (their indices were checked on the host). A capturable
+step (`capturable=True`) reads its hyperparameters from device memory that the step, or
+`prepare_replay` before a CUDA graph replays a captured one, stores; it checks indices on the
+device and never waits.
 
 `spec_for` chooses a parameter's kernel spec from its dtype and the optimizer's flags; the gradient
 then picks the dense or the lazy sparse kernel (and the index dtype, and for a half-precision
@@ -17,7 +26,6 @@ parameter the gradient dtype: its own or float32).
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Any, Callable
 
 import numpy as np
@@ -25,10 +33,12 @@ import numpy as np
 from .. import targets
 from ..codegen.spec import GRAD_DTYPES, HALF_DTYPES, Spec
 from ..dtypes import storage_name
+from ..targets import cuda
 from ..targets.base import HParams, index_error
-from ..targets.cuda import DeviceArray
-from .parameter import (Parameter, RowTensor, astype, centralized, contiguous, device_of, dtype_of,
-                        empty_bytes, index_bounds, is_device_array, is_out_of_memory, to_host)
+from ..targets.cuda import HPARAMS_BYTES, CudaBinding, DeviceArray, stream_handle, torch_kind
+from .parameter import (Parameter, RowTensor, astype, centralized, contiguous, copy_into,
+                        device_of, dtype_of, empty_bytes, index_bounds, is_device_array,
+                        is_out_of_memory, to_host)
 
 FLOAT_DTYPES = ("float32", "float64", "bfloat16", "float16")
 #: Stochastic rounding of parameter number i (in the order of gradients) hashes the optimizer's seed
@@ -83,21 +93,13 @@ def check_seed(value: Any) -> int:
     return int(value)
 
 
-def apply(work: list[tuple[Any, ...]], hparams: Any) -> None:
-    """Runs the prepared kernel calls; `hparams[group]` holds the fields of `HParams` in order.
-
-    `hparams` is a list (one entry per group) or a dict (keyed as the slots' `group`).
-    """
-    for call, grad, group in work:
-        call(grad, hparams[group])
-
-
 def bind(kernel: Any, var: Any, m: Any, v: Any, vmax: Any) -> Callable[..., None]:
     """`step(grad, hparams)`: one step of `kernel` on a parameter's arrays (sparse steps also take
     `workspace=`, their scratch, allocated by the caller).
 
     The runtime has already checked every argument, so a target that can skip the checks offers
-    `kernel.bind` (the C target: pointers made once, about 2 us a call); others get their public call.
+    `kernel.bind` (the C target: pointers made once, about 2 us a call; the CUDA target: a
+    `CudaBinding`); others get their public call.
     """
     if hasattr(kernel, "bind"):
         return kernel.bind(var, m, v, vmax)
@@ -107,12 +109,9 @@ def bind(kernel: Any, var: Any, m: Any, v: Any, vmax: Any) -> Callable[..., None
     return step
 
 
-def _seeded(step: Callable[..., None], offset: int) -> Callable[..., None]:
-    """`step` rounding with its parameter's own seed: the one in the hparams tuple (field 8) plus
-    `offset`, modulo 2**64."""
-    def seeded(grad: Any, hparams: tuple, **scratch: Any) -> None:
-        step(grad, hparams[:8] + ((hparams[8] + offset) % 2**64, hparams[9]), **scratch)
-    return seeded
+def seeded(hparams: tuple, offset: int) -> tuple:
+    """`hparams` with the seed (field 8) moved on by `offset`, modulo 2**64."""
+    return hparams[:8] + ((hparams[8] + offset) % 2**64, hparams[9])
 
 
 class Slot:
@@ -123,17 +122,26 @@ class Slot:
     counts steps per parameter).
     """
 
-    __slots__ = ("param", "dtype", "on_device", "group", "centralize", "spec", "target", "m", "v",
-                 "vmax", "written", "calls", "grad_dtypes", "seed_offset")
+    __slots__ = ("param", "dtype", "on_device", "shape", "device", "group", "centralize", "spec",
+                 "target", "m", "v", "vmax", "written", "calls", "grad_dtypes", "seed_offset",
+                 "records", "fast")
 
-    def __init__(self, param: Parameter, group: int, centralize: bool, spec: Spec, target: str,
+    def __init__(self, param: Parameter, group: Any, centralize: bool, spec: Spec, target: str,
                  m: Parameter, v: Parameter, vmax: Parameter | None = None, seed_offset: int = 0):
         self.param, self.group, self.centralize = param, group, centralize
         self.dtype, self.on_device = param.dtype, param.on_device  # fixed with the array object
+        self.shape = param.shape
+        self.device = device_of(param.data) if self.on_device else None
         # Gradients come in the parameter's dtype, or in float32 for a half-precision parameter.
         self.grad_dtypes = (spec.dtype,) + (GRAD_DTYPES if spec.dtype in HALF_DTYPES else ())
-        #: Added to the seed in the hparams (field 8) by a stochastic call (see `SEED_STRIDE`).
-        self.seed_offset = seed_offset
+        #: Added to the seed in the hparams (field 8) of a stochastic step (see `SEED_STRIDE`); 0
+        #: for a parameter that rounds to nearest, whose steps then share hyperparameter entries.
+        self.seed_offset = seed_offset if spec.rounding == "stochastic" else 0
+        #: Device records of the deferred sparse steps, by capturable: (array, address, kernel).
+        self.records: dict[bool, tuple] = {}
+        #: PyTorch dtype of a dense device gradient that the full check accepted -> its key in
+        #: `calls`: the next gradients of that dtype take `_fast_dense`.
+        self.fast: dict[Any, tuple] = {}
         self.spec, self.target = spec, target
         self.m, self.v, self.vmax = m, v, vmax
         #: (Parameter, array) of each array a step writes, for the gradients' overlap check.
@@ -148,19 +156,38 @@ class Slot:
     def kernel_and_call(self, sparse: bool, index_dtype: str = "int64",
                         grad_dtype: str | None = None) -> tuple[Any, Callable[..., None]]:
         """The kernel for a dense or sparse gradient (of `grad_dtype`, by default the
-        parameter's) and its call bound to this slot's arrays."""
+        parameter's) and its call bound to this slot's arrays.
+
+        A CUDA binding whose arrays are no longer where they were bound (new storage, a resize)
+        is made again.
+
+        Raises:
+            ValueError, TypeError: the arrays no longer make a valid binding (e.g. the parameter
+                was resized and its moments were not), naming the parameter.
+        """
         key = (sparse, index_dtype, grad_dtype or self.spec.dtype)
         found = self.calls.get(key)
-        if found is None:
-            spec = dataclasses.replace(self.spec, sparse=sparse, index_dtype=index_dtype,
-                                       grad_dtype=key[2])
-            kernel = targets.compile(spec, self.target)
-            vmax = self.vmax.data if self.vmax is not None else None
+        if found is not None and (self.target != "cuda" or found[1].current()):
+            return found
+        spec = dataclasses.replace(self.spec, sparse=sparse, index_dtype=index_dtype,
+                                   grad_dtype=key[2])
+        kernel = targets.compile(spec, self.target)
+        vmax = self.vmax.data if self.vmax is not None else None
+        try:
             call = bind(kernel, self.param.data, self.m.data, self.v.data, vmax)
-            if spec.rounding == "stochastic" and self.seed_offset:
-                call = _seeded(call, self.seed_offset)
-            found = self.calls[key] = (kernel, call)
+        except (TypeError, ValueError) as error:
+            if found is None:
+                raise
+            raise type(error)(f"parameter {self.param.name!r} and its state changed since they "
+                              f"were bound, and no longer fit together: {error}") from None
+        if isinstance(call, CudaBinding):
+            self.shape = call.shape
+        found = self.calls[key] = (kernel, call)
         return found
+
+    def entry(self, hparams: tuple) -> tuple:
+        """This slot's hyperparameters from its group's: the seed moved on by its offset."""
+        return seeded(hparams, self.seed_offset) if self.seed_offset else hparams
 
     def _grad_dtype(self, where: str, what: str, array: Any) -> str:
         """The storage dtype of a gradient (or its values), if this parameter takes it.
@@ -177,44 +204,86 @@ class Slot:
                                if len(self.grad_dtypes) > 1 else ""))
         return dtype
 
-    def prepare(self, position: int, grad: Any) -> tuple[Any, ...]:
+    def prepare(self, position: int, grad: Any, capturable: bool = False) -> tuple[Any, ...]:
         """The kernel call for gradient number `position`, after checking it against the parameter.
 
+        Args:
+            position: the gradient's number, for errors.
+            grad: an array (dense) or a `RowTensor`.
+            capturable: the step never waits: a device `RowTensor`'s indices are checked by the
+                kernels (see `Launcher.check_indices`), not on the host.
+
         Returns:
-            `(call, grad, group)`: `call(grad, hparams)` runs the step once `hparams` are known.
+            `(slot, call, grad, group, scratch)`, which `Launcher.run` takes: host slots run
+            `call(grad, hparams[, workspace=scratch])`; device slots hand the launcher their
+            `CudaBinding` and the gradient: `(address, array)` dense, `DeviceArray` views of the
+            indices and values sparse, with the step's `(workspace view, record address)`.
 
         Raises:
-            TypeError, ValueError, IndexError: as `LazyAdam.__call__`; nothing is written.
+            TypeError, ValueError, IndexError, MemoryError: as `LazyAdam.__call__`; nothing is
+                written.
         """
-        param = self.param
-        where = f"gradient {position} (parameter {param.name!r})"
+        where = f"gradient {position} (parameter {self.param.name!r})"
         if isinstance(grad, RowTensor):
-            grad, call = self._sparse(where, grad)
-        else:
-            grad, call = self._dense(where, grad)
-        return (call, grad, self.group)
+            return self._sparse(where, grad, capturable)
+        return self._dense(where, grad)
 
-    def _dense(self, where: str, grad: Any) -> tuple[Any, Any]:
-        param = self.param
+    def _dense(self, where: str, grad: Any) -> tuple[Any, ...]:
+        if self.fast:
+            found = self._fast_dense(grad)
+            if found is not None:
+                return found
         if not (hasattr(grad, "shape") and hasattr(grad, "dtype")):
             raise TypeError(f"{where} must be an array or a RowTensor, got {type(grad).__name__}")
         grad_dtype = self._grad_dtype(where, "", grad)
-        if tuple(grad.shape) != param.shape:
+        if tuple(grad.shape) != self.shape:
             raise ValueError(f"{where} has shape {tuple(grad.shape)}, the parameter has "
-                             f"{param.shape}")
+                             f"{self.shape}")
         self._check_location(where, "", grad)
+        if self.on_device:
+            call = self.call(False, grad_dtype=grad_dtype)
+            view = DeviceArray(grad, where)
+            if not view.flags.c_contiguous or (self.centralize and view.ndim >= 2):
+                grad = contiguous(grad)
+                if self.centralize and view.ndim >= 2:
+                    grad = contiguous(centralized(grad))
+                view = DeviceArray(grad, where)
+            self._check_disjoint_device(where, "", view, call.spans)
+            if call.torch and torch_kind(type(grad)) and grad is view.obj:
+                self.fast[grad.dtype] = (False, "int64", grad_dtype)
+            return (self, call, (view.ptr, grad), self.group, None)
         grad = contiguous(grad)
         if self.centralize and len(grad.shape) >= 2:
             grad = contiguous(centralized(grad))
         self._check_disjoint(where, "", grad)
-        return grad, self.call(False, grad_dtype=grad_dtype)
+        return (self, self.call(False, grad_dtype=grad_dtype), grad, self.group, None)
 
-    def _sparse(self, where: str, grad: RowTensor) -> tuple[Any, Any]:
+    def _fast_dense(self, grad: Any) -> tuple[Any, ...] | None:
+        """`_dense` of a PyTorch device gradient of a dtype this slot took before, read straight
+        from PyTorch's attributes (a microsecond, not several); None where anything differs from
+        what the full check accepted (the full check then says what)."""
+        key = self.fast.get(getattr(grad, "dtype", None))
+        found = self.calls.get(key) if key is not None else None
+        if found is None:
+            return None
+        call = found[1]
+        if (grad.shape != self.shape or not grad.is_contiguous() or not call.current()
+                or grad.get_device() != call.home.obj.get_device()
+                or (self.centralize and grad.dim() >= 2)):
+            return None
+        start = grad.data_ptr()
+        end = start + grad.numel() * grad.element_size()
+        for first, last in call.spans:
+            if start < last and first < end:
+                return None
+        return (self, call, (start, grad), self.group, None)
+
+    def _sparse(self, where: str, grad: RowTensor, capturable: bool) -> tuple[Any, ...]:
         param = self.param
         indices, values = grad.indices, grad.values
-        if grad.dense_shape != param.shape:
+        if grad.dense_shape != self.shape:
             raise ValueError(f"{where}: RowTensor has dense_shape {grad.dense_shape}, the "
-                             f"parameter has {param.shape}")
+                             f"parameter has {self.shape}")
         if param.ndim < 1:
             raise ValueError(f"{where}: a RowTensor needs a parameter of rank >= 1, "
                              f"{param.name!r} is a scalar")
@@ -230,19 +299,46 @@ class Slot:
                              f"{expected} = (len(indices),) + parameter.shape[1:]")
         self._check_location(where, "indices", indices)
         self._check_location(where, "values", values)
-        rows = param.shape[0]
-        if indices.shape[0]:
+        rows = self.shape[0]
+        if indices.shape[0] and not (capturable and self.on_device):
             low, high = index_bounds(indices)
             if low < 0 or high >= rows:
                 raise IndexError(f"{where}: {index_error(to_host(indices), rows)}")
         if index_dtype not in INDEX_DTYPES:
             indices, index_dtype = astype(indices, np.int64), np.dtype(np.int64)
         indices, values = contiguous(indices), contiguous(values)
-        self._check_disjoint(where, "indices", indices)
-        self._check_disjoint(where, "values", values)
         kernel, call = self.kernel_and_call(True, INDEX_DTYPES[index_dtype], values_dtype)
-        return (indices, values), functools.partial(call, workspace=self._scratch(
-            where, kernel, rows, indices.shape[0]))
+        if not self.on_device:
+            self._check_disjoint(where, "indices", indices)
+            self._check_disjoint(where, "values", values)
+            return (self, call, (indices, values), self.group,
+                    self._scratch(where, kernel, rows, indices.shape[0]))
+        views = (DeviceArray(indices, f"{where}: indices"), DeviceArray(values, f"{where}: values"))
+        for what, view in zip(("indices", "values"), views):
+            self._check_disjoint_device(where, what, view, call.spans)
+        scratch = DeviceArray(self._scratch(where, kernel, rows, indices.shape[0]), "scratch")
+        return (self, call, views, self.group, (scratch, self._record(where, kernel, capturable)))
+
+    def _record(self, where: str, kernel: Any, capturable: bool) -> int:
+        """The address of this slot's zeroed device record for deferred sparse steps, one for
+        capturable steps (which leave bad indices there for `Launcher.check_indices`) and one
+        for the others (whose indices were checked on the host, so it stays clear); made once.
+
+        Raises:
+            MemoryError: naming the gradient.
+        """
+        found = self.records.get(capturable)
+        if found is None:
+            try:
+                array = empty_bytes(self.param.data, kernel.RECORD_WORDS * 8)
+            except Exception as error:  # noqa: BLE001  (each library names running out of memory its way)
+                if not is_out_of_memory(error):
+                    raise
+                raise MemoryError(f"{where}: out of memory for its index record; nothing was "
+                                  "changed") from error
+            copy_into(array, np.zeros(kernel.RECORD_WORDS * 8, np.uint8))
+            found = self.records[capturable] = (array, DeviceArray(array, "record").ptr, kernel)
+        return found[1]
 
     def _scratch(self, where: str, kernel: Any, rows: int, nnz: int) -> Any:
         """The scratch of a sparse step, allocated now, before any kernel of the step writes: so
@@ -251,7 +347,7 @@ class Slot:
         Raises:
             MemoryError: naming the gradient and the bytes asked for.
         """
-        row_size = int(np.prod(self.param.shape[1:], dtype=np.int64))
+        row_size = int(np.prod(self.shape[1:], dtype=np.int64))
         nbytes = kernel.workspace_size(rows, row_size, nnz)
         try:
             return empty_bytes(self.param.data, nbytes)
@@ -269,13 +365,24 @@ class Slot:
         Raises:
             ValueError: naming the gradient and the array it shares memory with.
         """
-        overlaps = _overlap_device if self.on_device else np.may_share_memory
         for state, data in self.written:
-            if overlaps(array, data):
-                whose = "" if state is self.param else f" {state.name.partition('.')[0]} of"
-                raise ValueError(f"{_subject(where, what)} shares memory with the{whose} "
-                                 f"parameter {self.param.name!r}, which this step writes; pass "
-                                 "a copy")
+            if np.may_share_memory(array, data):
+                raise self._overlap(where, what, state)
+
+    def _overlap(self, where: str, what: str, state: Parameter) -> ValueError:
+        whose = "" if state is self.param else f" {state.name.partition('.')[0]} of"
+        return ValueError(f"{_subject(where, what)} shares memory with the{whose} parameter "
+                          f"{self.param.name!r}, which this step writes; pass a copy")
+
+    def _check_disjoint_device(self, where: str, what: str, view: DeviceArray,
+                               spans: tuple) -> None:
+        """`_check_disjoint` for a device gradient, against the spans of a binding's arrays."""
+        start, end = view.ptr, view.ptr + view.nbytes
+        if not view.size:
+            return
+        for (state, _), (first, last) in zip(self.written, spans):
+            if start < last and first < end:
+                raise self._overlap(where, what, state)
 
     def _check_location(self, where: str, what: str, array: Any) -> None:
         """A gradient lives where its parameter does: host memory, or the parameter's device."""
@@ -287,22 +394,10 @@ class Slot:
                             f"{places[self.on_device]}; pass the gradient where the parameter "
                             "lives")
         if on_device:
-            device, home = device_of(array), device_of(self.param.data)
+            device, home = device_of(array), self.device
             if device is not None and home is not None and device != home:
                 raise ValueError(f"{_subject(where, what)} is on CUDA device {device}, the "
                                  f"parameter on device {home}")
-
-
-def _overlap_device(a: Any, b: Any) -> bool:
-    """Whether two contiguous device arrays overlap."""
-    (a0, a1), (b0, b1) = (_device_span(x) for x in (a, b))
-    return a0 < b1 and b0 < a1
-
-
-def _device_span(array: Any) -> tuple[int, int]:
-    """[first byte, past the last byte) of a contiguous device array."""
-    view = DeviceArray(array, "array")
-    return view.ptr, view.ptr + view.size * view.dtype.itemsize
 
 
 def _subject(where: str, what: str) -> str:
@@ -343,3 +438,221 @@ def check_device_state(param: Parameter, moments: list[Parameter]) -> None:
                              "array (e.g. torch's .contiguous(), cupy.ascontiguousarray)")
         if not flags.writeable:
             raise ValueError(f"{array.name} is read-only on its device")
+
+
+def capturing(slots: Any) -> bool:
+    """Whether the step about to run is being captured into a CUDA graph (asked of the stream
+    that the first device parameter's kernels would take)."""
+    for slot in slots:
+        if slot.on_device:
+            data = slot.param.data
+            return cuda.capturing(stream_handle(None, [DeviceArray(data, "parameter")]), data)
+    return False
+
+
+class Launcher:
+    """The apply phase of an optimizer's steps (see the module), and what it keeps between steps:
+    the multi-tensor plans over its CUDA bindings, and the last step captured in a CUDA graph.
+
+    Host slots run their bound C calls. CUDA slots: the dense steps go through one `MultiPlan`
+    per kernel and device, each tensor with its own hyperparameter entry (entries are deduplicated,
+    so steps that share hyperparameters share one); the sparse ones through the deferred launcher.
+    Eager steps copy their entries into the launches. A capturable step puts them in a table in
+    device memory instead, one per device, which the step fills before its launches; a captured
+    step only records its launches, and `prepare_replay` fills the table before each replay.
+    """
+
+    #: Plans kept; past this many, all are dropped (a plan dies with a binding it holds).
+    PLANS = 32
+
+    def __init__(self) -> None:
+        self.plans: dict[tuple, Any] = {}
+        self.captured: _Captured | None = None
+
+    def run(self, work: list[tuple], hparams: Any, capturable: bool = False,
+            capture: bool = False) -> None:
+        """Queues (or, for host slots, runs) the prepared steps.
+
+        Args:
+            work: `Slot.prepare`'s tuples.
+            hparams: `hparams[group]` holds the fields of `HParams` in order, for each slot's
+                `group` (a list by group, or a dict).
+            capturable: device slots read their hyperparameters from a table in device memory.
+            capture: the launches are being captured into a CUDA graph: the table is not filled
+                (`prepare_replay` fills it before each replay), and the step is kept.
+
+        Raises:
+            RuntimeError: a captured step with a parameter in host memory.
+            KernelError: the CUDA runtime failed (earlier launches may have run).
+        """
+        if capture:
+            host = next((item[0] for item in work if item[0].target != "cuda"), None)
+            if host is not None:
+                raise RuntimeError(f"parameter {host.param.name!r} is in host memory: a step "
+                                   "captured in a CUDA graph updates device parameters only")
+        on_device = []
+        for slot, call, grad, group, scratch in work:
+            hp = hparams[group]
+            if slot.seed_offset:
+                hp = seeded(hp, slot.seed_offset)
+            if slot.target == "cuda":
+                on_device.append((slot, call, grad, hp, scratch, group))
+            elif scratch is None:
+                call(grad, hp)
+            else:
+                call(grad, hp, workspace=scratch)
+        if not on_device:
+            return
+        streams: dict[Any, int] = {}
+        if not capturable:
+            self._eager(on_device, streams)
+            return
+        tables = [self._tabled(items, streams, capture)
+                  for items in _by_device(on_device).values()]
+        if capture:
+            self.captured = _Captured(tables, work)
+
+    def _eager(self, items: list[tuple], streams: dict) -> None:
+        """Launches with their hyperparameters copied in: a plan per (kernel, device) for the
+        dense steps, the deferred launcher for the sparse ones."""
+        dense: dict[tuple, list] = {}
+        for _, call, grad, hp, scratch, _ in items:
+            if scratch is None:
+                dense.setdefault((call.kernel, call.device), []).append((call, grad, hp))
+                continue
+            workspace, record = scratch
+            call.deferred(grad, hp, _stream(streams, call), workspace,
+                          call.kernel.ffi.cast("lazyadam_index_record *", record))
+        for batch in dense.values():
+            entries: dict[tuple, int] = {}
+            which = [entries.setdefault(hp, len(entries)) for _, _, hp in batch]
+            self._plan([c for c, _, _ in batch]).launch(
+                [g[0] for _, g, _ in batch], list(entries), which, _stream(streams, batch[0][0]))
+
+    def _tabled(self, items: list[tuple], streams: dict, capture: bool) -> tuple:
+        """The launches of one device's steps with their hyperparameters in a device table,
+        filled first unless the launches are being captured.
+
+        Returns:
+            `(table, address, kernel, sources, example)`: the table's array and address, a kernel
+            of the device that can fill it, for each entry the `(group, slot)` pairs it serves,
+            and a view of an array on the device (for its stream).
+        """
+        entries: dict[tuple, int] = {}
+        sources: list[list] = []
+        which = []
+        for slot, _, _, hp, _, group in items:
+            k = entries.get(hp)
+            if k is None:
+                k = entries[hp] = len(entries)
+                sources.append([])
+            sources[k].append((group, slot))
+            which.append(k)
+        first_slot, first_call = items[0][:2]
+        example = first_call.home
+        stream = _stream(streams, first_call)
+        table = empty_bytes(first_slot.param.data, len(entries) * HPARAMS_BYTES)
+        address = DeviceArray(table, "hyperparameters").ptr
+        kernel = first_call.kernel
+        if not capture:
+            kernel.store_at(address, list(entries), stream)
+        dense: dict[Any, list] = {}
+        for (_, call, grad, _, scratch, _), k in zip(items, which):
+            if scratch is None:
+                dense.setdefault(call.kernel, []).append((call, grad, k))
+                continue
+            workspace, record = scratch
+            ffi = call.kernel.ffi
+            call.deferred(grad, ffi.cast("lazyadam_hparams *", address + k * HPARAMS_BYTES),
+                          stream, workspace, ffi.cast("lazyadam_index_record *", record))
+        for batch_kernel, batch in dense.items():
+            self._plan([c for c, _, _ in batch]).launch(
+                [g[0] for _, g, _ in batch],
+                batch_kernel.ffi.cast("lazyadam_hparams *", address), [k for _, _, k in batch],
+                stream)
+        return table, address, kernel, sources, example
+
+    def _plan(self, bindings: list[CudaBinding]) -> Any:
+        key = tuple(bindings)
+        plan = self.plans.get(key)
+        if plan is None:
+            if len(self.plans) >= self.PLANS:
+                self.plans.clear()
+            plan = self.plans[key] = bindings[0].kernel.plan(bindings)
+        return plan
+
+    def prepare_replay(self, hparams: Any) -> None:
+        """Fills the device tables of the captured step with `hparams` (as `run` takes them), on
+        the current stream of each table's device: what the next replay of the graph reads.
+
+        Raises:
+            RuntimeError: no step was captured; a captured array moved since; parameters that
+                were captured sharing an entry now have different hyperparameters.
+        """
+        captured = self.captured
+        if captured is None:
+            raise RuntimeError("no step has been captured: call the step of a capturable "
+                               "optimizer inside a CUDA graph capture first")
+        for slot, call, *_ in captured.work:
+            if not call.current():
+                raise RuntimeError(f"parameter {slot.param.name!r} or its state moved since the "
+                                   "step was captured: the graph would write where they were; "
+                                   "capture the step again")
+        stores = []
+        for table, address, kernel, sources, example in captured.tables:
+            entries = []
+            for members in sources:
+                values = {slot.entry(hparams[group]) for group, slot in members}
+                if len(values) > 1:
+                    names = ", ".join(repr(slot.param.name) for _, slot in members)
+                    raise RuntimeError(f"parameters {names} were captured with the same "
+                                       "hyperparameters and now have different ones (their "
+                                       "steps were counted apart); capture the step again")
+                entries.append(values.pop())
+            stores.append((kernel, address, entries, example))
+        for kernel, address, entries, example in stores:
+            kernel.store_at(address, entries, stream_handle(None, [example]))
+
+    @staticmethod
+    def check_indices(slots: Any) -> None:
+        """Waits for each capturable sparse step's stream and raises the first bad index one
+        left in its slot's record (clearing it): that step, and the parameter's later ones,
+        wrote nothing.
+
+        Raises:
+            IndexError: naming the parameter, the position and the value.
+        """
+        for slot in slots:
+            found = slot.records.get(True)
+            if found is None:
+                continue
+            array, address, kernel = found
+            try:
+                kernel.check_at(address, stream_handle(None, [DeviceArray(array, "record")]))
+            except IndexError as error:
+                raise IndexError(f"parameter {slot.param.name!r}: {error}") from None
+
+
+class _Captured:
+    """A step captured in a CUDA graph: its device tables (see `Launcher._tabled`), and its
+    prepared work, which keeps the gradients, scratch and bindings that the graph uses alive."""
+
+    __slots__ = ("tables", "work")
+
+    def __init__(self, tables: list[tuple], work: list[tuple]):
+        self.tables, self.work = tables, [item for item in work if item[0].target == "cuda"]
+
+
+def _by_device(items: list[tuple]) -> dict[Any, list]:
+    grouped: dict[Any, list] = {}
+    for item in items:
+        grouped.setdefault(item[1].device, []).append(item)
+    return grouped
+
+
+def _stream(streams: dict, call: CudaBinding) -> int:
+    """The stream of `call`'s device in this step (the current one, read once a step)."""
+    found = streams.get(call.device)
+    if found is None:
+        found = streams[call.device] = call.stream()
+    return found

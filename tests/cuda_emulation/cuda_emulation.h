@@ -21,6 +21,8 @@
  * - Counters that tests read (emu_counters): launches (a CUB call counts as one), host waits (a stream
  *   or event synchronization, or a copy to pageable host memory), and the most additions of the
  *   summation order (LAZYADAM_ADD) that one thread made in one launch: what would be slow on a GPU.
+ * - With LAZYADAM_EMULATION_NO_KERNELS defined, launches (and CUB calls) are counted and not run: the
+ *   host side of a step alone, as benchmarks/bench_host.py times it.
  */
 #ifndef LAZYADAM_CUDA_EMULATION_H
 #define LAZYADAM_CUDA_EMULATION_H
@@ -297,6 +299,10 @@ inline void run(dim3 grid, dim3 threads, const std::function<void()> &body)
         return;
     }
     __atomic_add_fetch(&launches, 1, __ATOMIC_RELAXED);
+#ifdef LAZYADAM_EMULATION_NO_KERNELS
+    (void)body;
+    return;
+#endif
     Block *outer_block = block;
     Thread *outer_thread = current;
     Block b;
@@ -407,7 +413,11 @@ inline bool storage(void *temp, size_t &bytes, size_t needed, cudaError_t &statu
         status = emu::record(cudaErrorInvalidValue);
     else
         __atomic_add_fetch(&emu::launches, 1, __ATOMIC_RELAXED);
+#ifdef LAZYADAM_EMULATION_NO_KERNELS
+    return false;
+#else
     return status == cudaSuccess;
+#endif
 }
 }  // namespace detail
 
