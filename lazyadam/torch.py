@@ -36,7 +36,7 @@ import torch
 
 from .codegen.spec import ROUNDINGS, STATE_DTYPES
 from .runtime.parameter import Parameter, RowTensor, to_host
-from .runtime.slot import (SEED_STRIDE, Launcher, Slot, capturing, check_device_state,
+from .runtime.slot import (SEED_STRIDE, Launcher, Slot, check_device_state,
                            check_seed, spec_for, target_for)
 
 __all__ = ["LazyAdam", "EPS_MODES"]
@@ -213,14 +213,14 @@ class LazyAdam(torch.optim.Optimizer):
         return loss
 
     def _capturing(self) -> bool:
-        """Whether this step is being captured into a CUDA graph (asked only when a parameter is
-        a CUDA tensor: `torch.cuda.is_current_stream_capturing()`).
+        """Whether this step is being captured into a CUDA graph: PyTorch's current stream is
+        capturing (asked of PyTorch even before any parameter is bound, so that a first step is
+        not run eagerly inside a capture).
 
         Raises:
             RuntimeError: captured, with a group whose `capturable` is False.
         """
-        slots = [binding.slot for binding in self._bindings.values()]
-        if not any(slot.on_device for slot in slots) or not capturing(slots):
+        if not (torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()):
             return False
         for number, group in enumerate(self.param_groups):
             if not group["capturable"]:

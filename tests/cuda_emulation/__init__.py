@@ -8,6 +8,7 @@ tests/test_runtime_device.py (the optimizer on arrays that present host memory a
 
 from __future__ import annotations
 
+import ctypes
 import shlex
 import shutil
 import subprocess
@@ -70,6 +71,14 @@ def build(specs: Iterable[Spec], defines: Mapping[str, int] | None = None) -> di
 
 #: The kernels loaded in this process, by library and spec.
 _KERNELS: dict[tuple[str, Spec], CudaKernel] = {}
+
+def control() -> ctypes.CDLL:
+    """The emulation's own functions (emu_counters, emu_reset_counters, emu_begin_capture,
+    emu_end_capture, emu_replay: see cuda_emulation.h) and its driver's cuStreamIsCapturing, from
+    one of its libraries. They act on the state that every emulation library of the process
+    shares, so any library will do."""
+    kernel = next(iter(_KERNELS.values()), None) or build([Spec(sparse=False)])[Spec(sparse=False)]
+    return ctypes.CDLL(str(kernel.path))
 
 
 class Emulated:

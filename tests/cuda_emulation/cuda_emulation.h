@@ -21,6 +21,12 @@
  * - Counters that tests read (emu_counters): launches (a CUB call counts as one), host waits (a stream
  *   or event synchronization, or a copy to pageable host memory), and the most additions of the
  *   summation order (LAZYADAM_ADD) that one thread made in one launch: what would be slow on a GPU.
+ * - Stream capture, as a CUDA graph records it: between emu_begin_capture and emu_end_capture the
+ *   work queued (launches, CUB calls, copies, memsets) is recorded with its arguments, not run, and
+ *   emu_replay runs the recording again; a host wait while capturing is an error, as on a GPU
+ *   (cudaErrorStreamCaptureUnsupported), and so is a pageable copy to the host. The driver's
+ *   cuStreamIsCapturing answers for it. The emulation's state is shared by every emulation library
+ *   of the process (GCC makes inline variables unique symbols), so one capture spans all kernels.
  * - With LAZYADAM_EMULATION_NO_KERNELS defined, launches (and CUB calls) are counted and not run: the
  *   host side of a step alone, as benchmarks/bench_host.py times it.
  */
@@ -69,6 +75,7 @@ enum cudaError_t {
     cudaErrorInvalidValue = 1,
     cudaErrorMemoryAllocation = 2,
     cudaErrorInvalidConfiguration = 9,
+    cudaErrorStreamCaptureUnsupported = 900,
 };
 enum cudaMemcpyKind { cudaMemcpyHostToDevice = 1, cudaMemcpyDeviceToHost = 2, cudaMemcpyDeviceToDevice = 3 };
 enum cudaMemoryType { cudaMemoryTypeUnregistered = 0, cudaMemoryTypeHost = 1, cudaMemoryTypeDevice = 2 };
@@ -79,16 +86,18 @@ struct cudaPointerAttributes {
 };
 
 namespace emu {
-inline thread_local cudaError_t last_error = cudaSuccess;
 /* What the tests count (see emu_counters). */
 inline long long launches = 0, host_waits = 0, max_adds = 0;
 /* Host memory from cudaMallocHost: a copy into it does not make the host wait. */
 inline std::mutex pinned_mutex;
 inline std::set<const void *> pinned;
 
-inline void count_wait() { __atomic_add_fetch(&host_waits, 1, __ATOMIC_RELAXED); }
-/* Set by the tests (emu_fail_next_malloc) to check that a failed scratch allocation writes nothing. */
-inline int fail_next_malloc = 0;
+/* The work recorded by the capture under way (null when none), and by the last one ended. */
+inline std::vector<std::function<void()>> *recording = nullptr;
+inline std::vector<std::function<void()>> graph;
+/* Device memory allocated while capturing: the graph's own, freed with it (its frees are no-ops). */
+inline std::set<void *> graph_memory;
+inline thread_local cudaError_t last_error = cudaSuccess;
 
 inline cudaError_t record(cudaError_t err)
 {
@@ -96,6 +105,23 @@ inline cudaError_t record(cudaError_t err)
         last_error = err;
     return err;
 }
+/* A host wait; while capturing, the error a GPU gives. */
+inline cudaError_t count_wait()
+{
+    __atomic_add_fetch(&host_waits, 1, __ATOMIC_RELAXED);
+    return record(recording ? cudaErrorStreamCaptureUnsupported : cudaSuccess);
+}
+inline void count_launch() { __atomic_add_fetch(&launches, 1, __ATOMIC_RELAXED); }
+/* Runs `work` now, or records it in the capture under way. */
+inline void enqueue(std::function<void()> work)
+{
+    if (recording)
+        recording->push_back(std::move(work));
+    else
+        work();
+}
+/* Set by the tests (emu_fail_next_malloc) to check that a failed scratch allocation writes nothing. */
+inline int fail_next_malloc = 0;
 }  // namespace emu
 
 inline cudaError_t cudaMallocAsync(void **p, size_t bytes, cudaStream_t)
@@ -105,22 +131,29 @@ inline cudaError_t cudaMallocAsync(void **p, size_t bytes, cudaStream_t)
         return emu::record(cudaErrorMemoryAllocation);
     }
     *p = malloc(bytes ? bytes : 1);
+    if (*p && emu::recording)
+        emu::graph_memory.insert(*p);
     return emu::record(*p ? cudaSuccess : cudaErrorMemoryAllocation);
 }
-inline cudaError_t cudaFreeAsync(void *p, cudaStream_t) { free(p); return cudaSuccess; }
+inline cudaError_t cudaFreeAsync(void *p, cudaStream_t)
+{
+    if (!emu::graph_memory.count(p))
+        free(p);
+    return cudaSuccess;
+}
 inline cudaError_t cudaMemsetAsync(void *p, int value, size_t bytes, cudaStream_t)
 {
-    memset(p, value, bytes);
+    emu::enqueue([=] { memset(p, value, bytes); });
     return cudaSuccess;
 }
 inline cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t bytes, cudaMemcpyKind kind, cudaStream_t)
 {
     if (kind == cudaMemcpyDeviceToHost) {
         std::lock_guard<std::mutex> hold(emu::pinned_mutex);
-        if (!emu::pinned.count(dst))
-            emu::count_wait();  /* to pageable memory, a GPU copy returns only once it is done */
+        if (!emu::pinned.count(dst) && emu::count_wait() != cudaSuccess)
+            return cudaErrorStreamCaptureUnsupported;  /* to pageable memory, a GPU copy returns only once it is done */
     }
-    memcpy(dst, src, bytes);
+    emu::enqueue([=] { memcpy(dst, src, bytes); });
     return cudaSuccess;
 }
 inline cudaError_t cudaMallocHost(void **p, size_t bytes)
@@ -141,14 +174,14 @@ inline cudaError_t cudaFreeHost(void *p)
     free(p);
     return cudaSuccess;
 }
-inline cudaError_t cudaStreamSynchronize(cudaStream_t) { emu::count_wait(); return cudaSuccess; }
+inline cudaError_t cudaStreamSynchronize(cudaStream_t) { return emu::count_wait(); }
 inline cudaError_t cudaEventCreateWithFlags(cudaEvent_t *event, unsigned)
 {
     *event = reinterpret_cast<cudaEvent_t>(new char);
     return cudaSuccess;
 }
 inline cudaError_t cudaEventRecord(cudaEvent_t, cudaStream_t) { return cudaSuccess; }
-inline cudaError_t cudaEventSynchronize(cudaEvent_t) { emu::count_wait(); return cudaSuccess; }
+inline cudaError_t cudaEventSynchronize(cudaEvent_t) { return emu::count_wait(); }
 inline cudaError_t cudaEventDestroy(cudaEvent_t event)
 {
     delete reinterpret_cast<char *>(event);
@@ -167,6 +200,7 @@ inline const char *cudaGetErrorName(cudaError_t err)
     case cudaErrorInvalidValue: return "cudaErrorInvalidValue";
     case cudaErrorMemoryAllocation: return "cudaErrorMemoryAllocation";
     case cudaErrorInvalidConfiguration: return "cudaErrorInvalidConfiguration";
+    case cudaErrorStreamCaptureUnsupported: return "cudaErrorStreamCaptureUnsupported";
     }
     return "cudaErrorUnknown";
 }
@@ -294,11 +328,7 @@ inline void thread_main()
 inline void run(dim3 grid, dim3 threads, const std::function<void()> &body)
 {
     const unsigned n = threads.x * threads.y * threads.z;
-    if (n == 0 || grid.x * grid.y * grid.z == 0 || n > 1024) {
-        last_error = cudaErrorInvalidConfiguration;
-        return;
-    }
-    __atomic_add_fetch(&launches, 1, __ATOMIC_RELAXED);
+    count_launch();
 #ifdef LAZYADAM_EMULATION_NO_KERNELS
     (void)body;
     return;
@@ -352,10 +382,17 @@ struct Launch {
     Kernel *kernel;
     dim3 grid, threads;
 
+    /* Runs the kernel, or records it with copies of its arguments while capturing. */
     template <class... Args>
     void operator()(Args... args) const
     {
-        run(grid, threads, [&] { kernel(args...); });
+        const unsigned n = threads.x * threads.y * threads.z;
+        if (n == 0 || grid.x * grid.y * grid.z == 0 || n > 1024) {
+            last_error = cudaErrorInvalidConfiguration;
+            return;
+        }
+        const Launch self = *this;
+        enqueue([self, args...] { run(self.grid, self.threads, [&] { self.kernel(args...); }); });
     }
 };
 }  // namespace emu
@@ -409,14 +446,15 @@ inline bool storage(void *temp, size_t &bytes, size_t needed, cudaError_t &statu
         bytes = needed;
         return false;
     }
-    if (bytes < needed)
+    if (bytes < needed) {
         status = emu::record(cudaErrorInvalidValue);
-    else
-        __atomic_add_fetch(&emu::launches, 1, __ATOMIC_RELAXED);
+        return false;
+    }
 #ifdef LAZYADAM_EMULATION_NO_KERNELS
+    emu::count_launch();
     return false;
 #else
-    return status == cudaSuccess;
+    return true;
 #endif
 }
 }  // namespace detail
@@ -433,19 +471,22 @@ struct DeviceRadixSort {
             return status;
         const Key mask = end_bit - begin_bit >= int(8 * sizeof(Key)) ? ~Key(0)
                                                                    : Key((Key(1) << (end_bit - begin_bit)) - 1);
-        std::vector<size_t> order(n);
-        std::iota(order.begin(), order.end(), size_t(0));
-        std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) {
-            return ((keys_in[a] >> begin_bit) & mask) < ((keys_in[b] >> begin_bit) & mask);
+        emu::enqueue([=] {
+            emu::count_launch();
+            std::vector<size_t> order(n);
+            std::iota(order.begin(), order.end(), size_t(0));
+            std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) {
+                return ((keys_in[a] >> begin_bit) & mask) < ((keys_in[b] >> begin_bit) & mask);
+            });
+            std::vector<Key> keys(n);
+            std::vector<Value> values(n);
+            for (size_t i = 0; i < size_t(n); i++) {
+                keys[i] = keys_in[order[i]];
+                values[i] = values_in[order[i]];
+            }
+            std::copy(keys.begin(), keys.end(), keys_out);
+            std::copy(values.begin(), values.end(), values_out);
         });
-        std::vector<Key> keys(n);
-        std::vector<Value> values(n);
-        for (size_t i = 0; i < size_t(n); i++) {
-            keys[i] = keys_in[order[i]];
-            values[i] = values_in[order[i]];
-        }
-        std::copy(keys.begin(), keys.end(), keys_out);
-        std::copy(values.begin(), values.end(), values_out);
         return cudaSuccess;
     }
 };
@@ -459,15 +500,18 @@ struct DeviceRunLengthEncode {
         cudaError_t status;
         if (!detail::storage(temp, bytes, 64, status))
             return status;
-        long long count = 0;
-        for (int i = 0; i < n; i++) {
-            if (i == 0 || !(in[i] == in[i - 1])) {
-                unique[count] = in[i];
-                lengths[count++] = 0;
+        emu::enqueue([=] {
+            emu::count_launch();
+            long long count = 0;
+            for (int i = 0; i < n; i++) {
+                if (i == 0 || !(in[i] == in[i - 1])) {
+                    unique[count] = in[i];
+                    lengths[count++] = 0;
+                }
+                lengths[count - 1] += 1;
             }
-            lengths[count - 1] += 1;
-        }
-        *runs = count;
+            *runs = count;
+        });
         return cudaSuccess;
     }
 };
@@ -479,12 +523,15 @@ struct DeviceScan {
         cudaError_t status;
         if (!detail::storage(temp, bytes, 64, status))
             return status;
-        auto sum = in[0] - in[0];
-        for (Count i = 0; i < n; i++) {
-            const auto item = in[i];
-            out[i] = sum;
-            sum += item;
-        }
+        emu::enqueue([=] {
+            emu::count_launch();
+            auto sum = in[0] - in[0];
+            for (Count i = 0; i < n; i++) {
+                const auto item = in[i];
+                out[i] = sum;
+                sum += item;
+            }
+        });
         return cudaSuccess;
     }
 };
@@ -502,6 +549,34 @@ extern "C" __attribute__((visibility("default"))) void emu_reset_counters(void)
     __atomic_store_n(&emu::launches, 0, __ATOMIC_SEQ_CST);
     __atomic_store_n(&emu::host_waits, 0, __ATOMIC_SEQ_CST);
     __atomic_store_n(&emu::max_adds, 0, __ATOMIC_SEQ_CST);
+}
+
+/* Stream capture (see the top): begin, end (the number of operations recorded), replay (the last
+ * recording; returns the first error it met), and the driver's question whether a stream captures. */
+extern "C" __attribute__((visibility("default"))) void emu_begin_capture(void)
+{
+    for (void *p : emu::graph_memory)
+        free(p);
+    emu::graph_memory.clear();
+    emu::graph.clear();
+    emu::recording = &emu::graph;
+}
+extern "C" __attribute__((visibility("default"))) long long emu_end_capture(void)
+{
+    emu::recording = nullptr;
+    return (long long)emu::graph.size();
+}
+extern "C" __attribute__((visibility("default"))) int emu_replay(void)
+{
+    emu::last_error = cudaSuccess;
+    for (const auto &work : emu::graph)
+        work();
+    return cudaGetLastError();
+}
+extern "C" __attribute__((visibility("default"))) int cuStreamIsCapturing(void *, int *status)
+{
+    *status = emu::recording != nullptr;
+    return 0;
 }
 
 /* Lets a test make the next scratch allocation fail. */
