@@ -13,7 +13,7 @@ alternating, so that noise on a shared machine hits both alike; the figures are 
 per-call times, and their ratio within this one run.
 
 The Python overhead of a lazyadam step is measured inside each step: the step's time minus the time
-of its kernel calls (`lazyadam.runtime.slot.apply`, timed by a wrapper; the microseconds each call
+of its kernel calls (`lazyadam.runtime.slot.Launcher.run`, timed by a wrapper; the microseconds each call
 spends passing its arguments through cffi count as kernel time), so the noise of the
 kernels' time does not enter it; the figure is the median over the rounds, and its share of the
 median step.
@@ -35,6 +35,7 @@ from pathlib import Path
 import torch
 
 import lazyadam.torch
+from lazyadam.runtime.slot import Launcher
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
 from torch_recommender import (Ratings, Recommender, lazyadam_optimizer,  # noqa: E402
@@ -42,14 +43,15 @@ from torch_recommender import (Ratings, Recommender, lazyadam_optimizer,  # noqa
 
 
 def time_kernel_calls(spent: list[float]) -> None:
-    """Makes `lazyadam.torch` append the time of each step's kernel calls to `spent`."""
-    apply = lazyadam.torch.apply
+    """Makes `lazyadam.torch` append the time of each step's kernel calls (its apply phase,
+    `Launcher.run`) to `spent`."""
+    run = Launcher.run
 
-    def timed(work, hparams):
+    def timed(self, *args, **kwargs):
         start = time.perf_counter()
-        apply(work, hparams)
+        run(self, *args, **kwargs)
         spent.append(time.perf_counter() - start)
-    lazyadam.torch.apply = timed
+    Launcher.run = timed
 
 
 def main() -> None:

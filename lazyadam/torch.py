@@ -136,6 +136,8 @@ class LazyAdam(torch.optim.Optimizer):
         self._launcher = Launcher()
         #: The parameters of the captured step: (binding, param group number, parameter, t).
         self._captured: list[tuple] = []
+        #: What the last full check of an all-CUDA dense step found, for `_recheck`.
+        self._memo: _Memo | None = None
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         """Unpickling and `load_state_dict` end here: groups saved without an option get the
@@ -196,10 +198,17 @@ class LazyAdam(torch.optim.Optimizer):
                 loss = closure()
         with self._lock:
             capture = self._capturing()
-            work, hparams, pending, counts, capturable = self._check(capture)
-            for param, binding, created in pending:
-                self.state[param].update(created)
-                self._bindings[param] = binding
+            found = None if capture else self._recheck()
+            if found is None:
+                self._memo = None
+                work, hparams, pending, counts, capturable = self._check(capture)
+                for param, binding, created in pending:
+                    self.state[param].update(created)
+                    self._bindings[param] = binding
+                if not capture:
+                    self._memo = _Memo.of(self, work, counts, capturable)
+            else:
+                work, hparams, counts, capturable = found
             if capture:  # recorded, not run: prepare_replay counts each replay
                 self._launcher.run(work, hparams, True, True)
                 self._captured = counts
@@ -266,6 +275,58 @@ class LazyAdam(torch.optim.Optimizer):
             IndexError: naming the parameter, the first bad position and its value.
         """
         Launcher.check_indices(binding.slot for binding in self._bindings.values())
+
+    def _recheck(self) -> tuple[list, dict, list, bool] | None:
+        """The check phase of a step like the last one, in a microsecond a parameter: the result
+        of `_check` when the memo of the last full check still holds (the same groups, options
+        flags, parameters, state tensors, and dense contiguous gradients of the same dtype, shape
+        and device that share no memory with the state); None where anything differs, and the
+        full check runs (and says what is wrong).
+
+        Raises:
+            TypeError, ValueError: a group's options (as `_check`).
+        """
+        memo = self._memo
+        groups = self.param_groups
+        if memo is None or len(groups) != len(memo.groups):
+            return None
+        states, strided = self.state, torch.strided
+        work, hparams, counts, entries = [], {}, [], {}
+        for number, (group, (known, params, flags, records)) in enumerate(zip(groups, memo.groups)):
+            members = group["params"]
+            if group is not known or members is not params or len(members) != len(records):
+                return None
+            options = _options(group, f"param group {number}")
+            if options.flags != flags or options.capturable != memo.capturable:
+                return None
+            for param, record in zip(members, records):
+                grad = param.grad
+                if record is None:
+                    if grad is not None:
+                        return None
+                    continue
+                (bound, ptr, shape, dtype, device, state, tensors, binding, item, spans,
+                 nbytes) = record
+                if (param is not bound or grad is None or grad.layout is not strided
+                        or grad.dtype is not dtype or grad.shape != shape
+                        or not grad.is_contiguous() or grad.get_device() != device
+                        or param.data_ptr() != ptr or states.get(param) is not state):
+                    return None
+                for key, tensor in tensors:
+                    if state.get(key) is not tensor:
+                        return None
+                start = grad.data_ptr()
+                for first, last in spans:
+                    if start < last and first < start + nbytes:
+                        return None
+                t = int(binding.step) + 1
+                hp = entries.get((number, t))
+                if hp is None:
+                    hp = entries[number, t] = _hparams(options, t)
+                hparams[id(param)] = hp
+                work.append((item[0], item[1], (start, grad), id(param), None))
+                counts.append((binding, number, param, t))
+        return work, hparams, counts, memo.capturable
 
     def _check(self, capture: bool = False) -> tuple[list, dict, list, list, bool]:
         """The check phase: every parameter with a gradient prepared; nothing written (bindings
@@ -542,6 +603,49 @@ def _key(param: torch.Tensor, state: dict[str, Any], flags: _Flags, position: in
     return (param.data_ptr(), param.dtype, param.shape, param.is_cuda,
             state["exp_avg"].data_ptr(), state["exp_avg_sq"].data_ptr(),
             vmax.data_ptr() if vmax is not None else 0, state["step"].data_ptr(), flags, position)
+
+
+class _Memo(NamedTuple):
+    """What a full check of a step found, for `LazyAdam._recheck` to confirm on the next steps.
+
+    Made only for steps whose every gradient went to a dense CUDA kernel bound to PyTorch tensors
+    and was taken as it is (contiguous, not copied). Per group: the group dict, its params list,
+    its options' flags, and per parameter None (no gradient) or `(param, its data_ptr, shape,
+    gradient dtype, device index, state dict, ((key, state tensor), ...), _Binding, the slot's
+    prepared (slot, call), the state's byte spans, the gradient's bytes)`.
+    """
+
+    groups: tuple
+    capturable: bool
+
+    @staticmethod
+    def of(optimizer: LazyAdam, work: list, counts: list, capturable: bool) -> _Memo | None:
+        """The memo of a step that `_check` prepared (`work`, `counts`), or None where it does
+        not qualify."""
+        prepared = {id(param): (item, binding) for item, (binding, _, param, _) in zip(work, counts)}
+        groups = []
+        for group in optimizer.param_groups:
+            options = _options(group, "param group")
+            records = []
+            for param in group["params"]:
+                found = prepared.get(id(param))
+                if found is None:
+                    if param.grad is not None:
+                        return None
+                    records.append(None)
+                    continue
+                (slot, call, grad, _, scratch), binding = found
+                if (slot.target != "cuda" or scratch is not None or not call.torch
+                        or grad[0] != param.grad.data_ptr()):
+                    return None
+                state = optimizer.state[param]
+                tensors = tuple((key, state[key]) for key in
+                                ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "step") if key in state)
+                records.append((param, param.data_ptr(), param.shape, param.grad.dtype,
+                                param.grad.get_device(), state, tensors, binding, (slot, call),
+                                call.spans, param.grad.numel() * param.grad.element_size()))
+            groups.append((group, group["params"], options.flags, tuple(records)))
+        return _Memo(tuple(groups), capturable)
 
 
 class _Binding:

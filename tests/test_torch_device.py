@@ -181,3 +181,73 @@ def test_gpu_follows_a_move_to_the_device(gpu):
         o.load_state_dict(o.state_dict())  # torch's own move of its state
     train_both(ours, opt, theirs, torch_opts, 2, first=2)
     assert all(s["exp_avg"].is_cuda for s in opt.state.values())
+
+
+def test_emulated_later_steps_confirm_the_first_checks_and_notice_changes(emulated, monkeypatch):
+    """Steps after the first of an all-dense CUDA model take the memo of the first's checks (no
+    full check); each change below is noticed: the step binds again and still matches
+    torch.optim.Adam, or raises, naming the problem, and changes nothing."""
+    torch.manual_seed(7)
+    ours = torch.nn.Sequential(torch.nn.Linear(5, 6), torch.nn.Tanh(), torch.nn.Linear(6, 2))
+    theirs = torch.nn.Sequential(torch.nn.Linear(5, 6), torch.nn.Tanh(), torch.nn.Linear(6, 2))
+    theirs.load_state_dict(ours.state_dict())
+    opt = LazyAdam(ours.parameters(), lr=0.01, weight_decay=0.02)
+    reference = torch.optim.Adam(theirs.parameters(), lr=0.01, weight_decay=0.02)
+    full_checks = []
+    check = LazyAdam._check
+
+    def counted(self, *args, **kwargs):
+        full_checks.append(1)
+        return check(self, *args, **kwargs)
+
+    monkeypatch.setattr(LazyAdam, "_check", counted)
+    step = iter(range(100))
+
+    def step_both(edit=lambda model: None):
+        k = next(step)
+        for model in (ours, theirs):
+            generator = torch.Generator().manual_seed(k)
+            for p in model.parameters():
+                p.grad = torch.randn(p.shape, generator=generator)
+            edit(model)
+        opt.step()
+        reference.step()
+        assert_models_close(ours, theirs, torch.float32, f"step {k}")
+
+    def refused(edit, error, match):
+        for p in ours.parameters():
+            p.grad = torch.ones_like(p)
+        edit()
+        before = snapshot(ours, opt)
+        with pytest.raises(error, match=match):
+            opt.step()
+        assert_unchanged(ours, opt, before)
+
+    for _ in range(3):
+        step_both()
+    assert len(full_checks) == 1
+
+    def moved(model):  # new storage, as model.to() or param.data = ... give
+        model[0].weight.data = model[0].weight.data.clone()
+
+    step_both(moved)
+    assert len(full_checks) == 2
+    weight = ours[2].weight
+    opt.state[weight]["exp_avg"] = opt.state[weight]["exp_avg"].clone()
+    step_both()
+    assert len(full_checks) == 3
+    step_both(lambda model: setattr(model[0].weight, "grad", model[0].weight.grad.t()
+                                    .contiguous().t()))  # strided: taken through a copy
+    step_both(lambda model: setattr(model[2].bias, "grad", None))
+    step_both()
+    opt.param_groups[0]["lr"] = reference.param_groups[0]["lr"] = 0.003
+    step_both()
+    checks = len(full_checks)
+    step_both()
+    assert len(full_checks) == checks
+    bias = ours[2].bias
+    refused(lambda: bias.grad.resize_(1), ValueError, r"shape \(1,\)")
+    step_both()
+    refused(lambda: setattr(bias, "grad", opt.state[bias]["exp_avg"]), ValueError,
+            "shares memory with the exp_avg")
+    step_both()
