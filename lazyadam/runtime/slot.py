@@ -139,8 +139,9 @@ class Slot:
         self.seed_offset = seed_offset if spec.rounding == "stochastic" else 0
         #: Device records of the deferred sparse steps, by capturable: (array, address, kernel).
         self.records: dict[bool, tuple] = {}
-        #: PyTorch dtype of a dense device gradient that the full check accepted -> its key in
-        #: `calls`: the next gradients of that dtype take `_fast_dense`.
+        #: PyTorch dtype of a dense device gradient that the full check took as it was (not
+        #: copied) -> (its CudaBinding, device index, bytes): the next gradients of that dtype
+        #: take `_fast_dense`.
         self.fast: dict[Any, tuple] = {}
         self.spec, self.target = spec, target
         self.m, self.v, self.vmax = m, v, vmax
@@ -223,16 +224,16 @@ class Slot:
             TypeError, ValueError, IndexError, MemoryError: as `LazyAdam.__call__`; nothing is
                 written.
         """
+        if self.fast:
+            found = self._fast_dense(grad)
+            if found is not None:
+                return found
         where = f"gradient {position} (parameter {self.param.name!r})"
         if isinstance(grad, RowTensor):
             return self._sparse(where, grad, capturable)
         return self._dense(where, grad)
 
     def _dense(self, where: str, grad: Any) -> tuple[Any, ...]:
-        if self.fast:
-            found = self._fast_dense(grad)
-            if found is not None:
-                return found
         if not (hasattr(grad, "shape") and hasattr(grad, "dtype")):
             raise TypeError(f"{where} must be an array or a RowTensor, got {type(grad).__name__}")
         grad_dtype = self._grad_dtype(where, "", grad)
@@ -243,14 +244,15 @@ class Slot:
         if self.on_device:
             call = self.call(False, grad_dtype=grad_dtype)
             view = DeviceArray(grad, where)
-            if not view.flags.c_contiguous or (self.centralize and view.ndim >= 2):
+            taken = view.flags.c_contiguous and not (self.centralize and view.ndim >= 2)
+            if not taken:
                 grad = contiguous(grad)
                 if self.centralize and view.ndim >= 2:
                     grad = contiguous(centralized(grad))
                 view = DeviceArray(grad, where)
             self._check_disjoint_device(where, "", view, call.spans)
-            if call.torch and torch_kind(type(grad)) and grad is view.obj:
-                self.fast[grad.dtype] = (False, "int64", grad_dtype)
+            if taken and call.torch and torch_kind(type(grad)):
+                self.fast[grad.dtype] = (call, grad.get_device(), view.nbytes)
             return (self, call, (view.ptr, grad), self.group, None)
         grad = contiguous(grad)
         if self.centralize and len(grad.shape) >= 2:
@@ -262,17 +264,15 @@ class Slot:
         """`_dense` of a PyTorch device gradient of a dtype this slot took before, read straight
         from PyTorch's attributes (a microsecond, not several); None where anything differs from
         what the full check accepted (the full check then says what)."""
-        key = self.fast.get(getattr(grad, "dtype", None))
-        found = self.calls.get(key) if key is not None else None
+        found = self.fast.get(getattr(grad, "dtype", None))
         if found is None:
             return None
-        call = found[1]
-        if (grad.shape != self.shape or not grad.is_contiguous() or not call.current()
-                or grad.get_device() != call.home.obj.get_device()
-                or (self.centralize and grad.dim() >= 2)):
+        call, device, nbytes = found
+        if (grad.shape != self.shape or not grad.is_contiguous() or grad.get_device() != device
+                or not call.current()):
             return None
         start = grad.data_ptr()
-        end = start + grad.numel() * grad.element_size()
+        end = start + nbytes
         for first, last in call.spans:
             if start < last and first < end:
                 return None
