@@ -379,7 +379,7 @@ class LazyAdam(torch.optim.Optimizer):
                     pending.append((param, binding, created))
                 t = int(binding.step) + 1
                 work.append(binding.slot.prepare(position, _gradient(grad, name),
-                                                 options.capturable))
+                                                 options.capturable, capture))
                 hparams[id(param)] = _hparams(options, t)
                 counts.append((binding, number, param, t))
                 position += 1

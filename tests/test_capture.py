@@ -223,6 +223,11 @@ def test_capture_refusals_change_nothing(capture, rng):
     assert_unchanged(opt, before)
     with pytest.raises(TypeError, match="capturable=True: parameter 'host' is in host memory"):
         LazyAdam([Parameter(np.zeros(3, np.float32), name="host")], capturable=True)
+    with pytest.raises(RuntimeError, match="first sparse step of parameter 'table' is being "
+                                           "captured; make one eager step first"), capture:
+        opt(static.grads)
+    assert capture.recorded == 0
+    assert_unchanged(opt, before)
 
 
 # -- PyTorch's API: dense parameters in two groups, with a scheduler -------------------------------

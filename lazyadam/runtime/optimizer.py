@@ -403,7 +403,7 @@ class LazyAdam:
                                "was made with capturable=False: its steps wait for their index "
                                "checks and carry their hyperparameters; make it with "
                                "capturable=True")
-        work = self._check(gradients)
+        work = self._check(gradients, capture)
         with self._lock:
             if capture:  # recorded, not run: prepare_replay counts each replay
                 self._launcher.run(work, self._next_hparams()[0], True, True)
@@ -460,7 +460,7 @@ class LazyAdam:
         """
         Launcher.check_indices(self._slots)
 
-    def _check(self, gradients: Sequence[Any]) -> list[tuple[Any, ...]]:
+    def _check(self, gradients: Sequence[Any], capture: bool = False) -> list[tuple[Any, ...]]:
         """Checks every gradient and prepares one kernel call per parameter; writes nothing."""
         if not isinstance(gradients, (tuple, list)):
             raise TypeError(f"gradients must be a tuple or list with one gradient per parameter, "
@@ -469,7 +469,7 @@ class LazyAdam:
         if len(gradients) != len(slots):
             raise ValueError(f"got {len(gradients)} gradients for {len(slots)} parameters")
         capturable = self.capturable
-        return [slot.prepare(i, grad, capturable)
+        return [slot.prepare(i, grad, capturable, capture)
                 for i, (slot, grad) in enumerate(zip(slots, gradients))]
 
     def __repr__(self) -> str:

@@ -205,7 +205,8 @@ class Slot:
                                if len(self.grad_dtypes) > 1 else ""))
         return dtype
 
-    def prepare(self, position: int, grad: Any, capturable: bool = False) -> tuple[Any, ...]:
+    def prepare(self, position: int, grad: Any, capturable: bool = False,
+                capture: bool = False) -> tuple[Any, ...]:
         """The kernel call for gradient number `position`, after checking it against the parameter.
 
         Args:
@@ -213,6 +214,8 @@ class Slot:
             grad: an array (dense) or a `RowTensor`.
             capturable: the step never waits: a device `RowTensor`'s indices are checked by the
                 kernels (see `Launcher.check_indices`), not on the host.
+            capture: the step is being captured into a CUDA graph (nothing may be made that
+                needs a copy from the host).
 
         Returns:
             `(slot, call, grad, group, scratch)`, which `Launcher.run` takes: host slots run
@@ -230,7 +233,7 @@ class Slot:
                 return found
         where = f"gradient {position} (parameter {self.param.name!r})"
         if isinstance(grad, RowTensor):
-            return self._sparse(where, grad, capturable)
+            return self._sparse(where, grad, capturable, capture)
         return self._dense(where, grad)
 
     def _dense(self, where: str, grad: Any) -> tuple[Any, ...]:
@@ -278,7 +281,8 @@ class Slot:
                 return None
         return (self, call, (start, grad), self.group, None)
 
-    def _sparse(self, where: str, grad: RowTensor, capturable: bool) -> tuple[Any, ...]:
+    def _sparse(self, where: str, grad: RowTensor, capturable: bool,
+                capture: bool) -> tuple[Any, ...]:
         param = self.param
         indices, values = grad.indices, grad.values
         if grad.dense_shape != self.shape:
@@ -317,21 +321,29 @@ class Slot:
         for what, view in zip(("indices", "values"), views):
             self._check_disjoint_device(where, what, view, call.spans)
         scratch = DeviceArray(self._scratch(where, kernel, rows, indices.shape[0]), "scratch")
-        return (self, call, views, self.group, (scratch, self._record(where, kernel, capturable)))
+        return (self, call, views, self.group,
+                (scratch, self._record(where, kernel, capturable, capture)))
 
-    def _record(self, where: str, kernel: Any, capturable: bool) -> int:
+    def _record(self, where: str, kernel: Any, capturable: bool, capture: bool) -> int:
         """The address of this slot's zeroed device record for deferred sparse steps, one for
         capturable steps (which leave bad indices there for `Launcher.check_indices`) and one
-        for the others (whose indices were checked on the host, so it stays clear); made once.
+        for the others (whose indices were checked on the host, so it stays clear); made once,
+        outside a capture.
 
         Raises:
             MemoryError: naming the gradient.
+            RuntimeError: it would be made while `capture`.
         """
         found = self.records.get(capturable)
         if found is None:
+            if capture:
+                raise RuntimeError(f"{where}: the first sparse step of parameter "
+                                   f"{self.param.name!r} is being captured; make one eager step "
+                                   "first (it zeroes the device record of bad indices, a copy "
+                                   "that a graph cannot hold)")
             try:
                 array = empty_bytes(self.param.data, kernel.RECORD_WORDS * 8)
-            except Exception as error:  # noqa: BLE001  (each library names running out of memory its way)
+            except Exception as error:  # noqa: BLE001  (libraries name running out of memory their way)
                 if not is_out_of_memory(error):
                     raise
                 raise MemoryError(f"{where}: out of memory for its index record; nothing was "
