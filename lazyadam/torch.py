@@ -152,8 +152,8 @@ class LazyAdam(torch.optim.Optimizer):
         """Adds a group (see `torch.optim.Optimizer.add_param_group`), checked first.
 
         Raises:
-            TypeError, ValueError: a bad option, or a parameter that is not float32 or float64;
-                the group is not added.
+            TypeError, ValueError: a bad option, or a parameter that is not float32, float64,
+                bfloat16 or float16; the group is not added.
         """
         if isinstance(param_group, dict):
             params = param_group.get("params")
@@ -185,7 +185,8 @@ class LazyAdam(torch.optim.Optimizer):
 
         Raises:
             TypeError: a gradient of another dtype than its parameter, or not on its device; a
-                parameter that is not float32/float64; an option of the wrong type.
+                parameter that is not float32, float64, bfloat16 or float16; an option of the
+                wrong type.
             ValueError: a gradient of another shape; a sparse gradient that is not COO, sparse
                 in its first dimension only; an option out of range; a non-contiguous
                 parameter; state of another shape than its parameter.
@@ -305,7 +306,7 @@ class LazyAdam(torch.optim.Optimizer):
                     if grad is not None:
                         return None
                     continue
-                (bound, ptr, shape, dtype, device, state, tensors, binding, item, spans,
+                (bound, ptr, shape, dtype, device, state, tensors, binding, slot, call, spans,
                  nbytes) = record
                 if (param is not bound or grad is None or grad.layout is not strided
                         or grad.dtype is not dtype or grad.shape != shape
@@ -324,7 +325,7 @@ class LazyAdam(torch.optim.Optimizer):
                 if hp is None:
                     hp = entries[number, t] = _hparams(options, t)
                 hparams[id(param)] = hp
-                work.append((item[0], item[1], (start, grad), id(param), None))
+                work.append((slot, call, (start, grad), id(param), None))
                 counts.append((binding, number, param, t))
         return work, hparams, counts, memo.capturable
 
@@ -611,8 +612,8 @@ class _Memo(NamedTuple):
     Made only for steps whose every gradient went to a dense CUDA kernel bound to PyTorch tensors
     and was taken as it is (contiguous, not copied). Per group: the group dict, its params list,
     its options' flags, and per parameter None (no gradient) or `(param, its data_ptr, shape,
-    gradient dtype, device index, state dict, ((key, state tensor), ...), _Binding, the slot's
-    prepared (slot, call), the state's byte spans, the gradient's bytes)`.
+    gradient dtype, device index, state dict, ((key, state tensor), ...), _Binding, the slot and
+    its call, the state's byte spans, the gradient's bytes)`.
     """
 
     groups: tuple
@@ -642,7 +643,7 @@ class _Memo(NamedTuple):
                 tensors = tuple((key, state[key]) for key in
                                 ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "step") if key in state)
                 records.append((param, param.data_ptr(), param.shape, param.grad.dtype,
-                                param.grad.get_device(), state, tensors, binding, (slot, call),
+                                param.grad.get_device(), state, tensors, binding, slot, call,
                                 call.spans, param.grad.numel() * param.grad.element_size()))
             groups.append((group, group["params"], options.flags, tuple(records)))
         return _Memo(tuple(groups), capturable)
