@@ -2,9 +2,10 @@
 
 float32, float64 and float16 are numpy's own. numpy has no bfloat16: `ml_dtypes` (the dtype package
 that JAX uses) adds one, and is an optional dependency (`pip install 'lazyadam[bfloat16]'`),
-imported only when a bfloat16 array has to be made. Checking an array needs no import: a bfloat16 array is
-recognized by its dtype's name, or, through the CUDA array interface (PyTorch, ml_dtypes), by the
-typestr `<V2` that both give bfloat16.
+imported only when a bfloat16 dtype has to be made: for a bfloat16 array, or a bfloat16 torch
+tensor (the `torch` extra installs it). The storage name of an array needs no import: a bfloat16
+array is recognized by its dtype's name, or, through the CUDA array interface (PyTorch,
+ml_dtypes), by the typestr `<V2` that both give bfloat16.
 """
 
 from __future__ import annotations

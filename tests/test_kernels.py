@@ -285,6 +285,11 @@ def test_a_step_whose_row_and_position_pairs_would_not_fit_64_bits_is_refused():
     hp = ffi.new("lazyadam_hparams *", KNOWN_HP.as_tuple())
     assert kernel.fn(buf, buf, buf, 2**62, 1, indices, buf, 5, hp) == lib.LAZYADAM_ESIZE
     assert list(buf) == [0.0] * 5
+    # The runtime asks for the workspace in its check phase, before any kernel of a call runs.
+    with pytest.raises(ValueError, match="5 indices into 4,611,686,018,427,387,904 rows: a sparse "
+                                         "step packs .* into 64 bits, and these need 65"):
+        kernel.workspace_size(2**62, 1, 5)
+    assert kernel.workspace_size(2**61, 1, 5) > 0
 
 
 def test_bound_steps_check_what_could_read_out_of_bounds():

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lazyadam import LazyAdam, Parameter, RowTensor
+from lazyadam import LazyAdam, Parameter, RowTensor, targets
 from lazyadam.runtime import optimizer as optimizer_module
 from lazyadam.runtime.parameter import zeros_like
 from lazyadam.schedules import LearningRateSchedule
@@ -291,12 +291,12 @@ def test_kernels_compile_once_per_parameter_and_layout(rng, monkeypatch):
     """Changing the learning rate every step never recompiles; each (parameter, dense/sparse,
     index dtype) asks the target once."""
     compiled = []
-    real = optimizer_module.targets.compile
+    real = targets.compile
 
     def counting(spec, target="c"):
         compiled.append((spec, target))
         return real(spec, target)
-    monkeypatch.setattr(optimizer_module.targets, "compile", counting)
+    monkeypatch.setattr(targets, "compile", counting)
     params = model(rng)
     opt = LazyAdam(params, learning_rate=[0.1, 0.01, 0.001, 1e-4], weight_decay=0.01,
                    use_nesterov=True)

@@ -22,8 +22,7 @@ import numpy as np
 import pytest
 
 import cuda_emulation as emulation
-from lazyadam import LazyAdam, Parameter, RowTensor
-from lazyadam.runtime import optimizer as optimizer_module
+from lazyadam import LazyAdam, Parameter, RowTensor, targets
 from lazyadam.runtime import parameter
 from runtime_reference import simulate
 from tolerance import assert_close
@@ -179,14 +178,14 @@ def cuda(monkeypatch):
     if emulation.host_compiler() is None:
         pytest.skip("no host C++ compiler (c++ or g++) to build the CUDA emulation")
     asked = []
-    real = optimizer_module.targets.compile
+    real = targets.compile
 
     def compile_emulated(spec, target="c"):
         if target != "cuda":
             return real(spec, target)
         asked.append(spec)
         return emulation.build([spec])[spec]
-    monkeypatch.setattr(optimizer_module.targets, "compile", compile_emulated)
+    monkeypatch.setattr(targets, "compile", compile_emulated)
     return asked
 
 

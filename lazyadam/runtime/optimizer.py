@@ -21,7 +21,6 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .. import targets  # noqa: F401  (tests patch targets.compile through this module)
 from ..codegen.spec import ROUNDINGS, STATE_DTYPES
 from ..dtypes import numpy_dtype
 from .parameter import Parameter, dtype_of, is_device_array, to_host, zeros_like
@@ -30,6 +29,8 @@ from .slot import (SEED_STRIDE, Launcher, Slot, capturing, check_device_state, c
                    spec_for, target_for)
 
 GROUP_KEYS = ("params", "lr", "weight_decay", "grad_centralization", "order_params")
+
+
 def decays_by_default(param: Parameter) -> bool:
     """MindSpore's default weight-decay filter: names without `beta` or `gamma` (norm layers)."""
     return "beta" not in param.name and "gamma" not in param.name

@@ -178,9 +178,13 @@ class CKernel(LoadedKernel):
 
         Raises:
             TypeError: a dense kernel (dense steps need no scratch).
+            ValueError: sizes the kernel refuses (see `pair_error`).
         """
         if not self.spec.sparse:
             raise TypeError(f"{self.source.symbol} is dense; only sparse steps take a workspace")
+        error = pair_error(rows, nnz)
+        if error:
+            raise error
         return int(self._workspace_size(rows, row_size, nnz))
 
     def __call__(self, var: np.ndarray, m: np.ndarray, v: np.ndarray, grad, hp: HParams,
@@ -223,10 +227,10 @@ class CKernel(LoadedKernel):
         def check(status: int, indices: np.ndarray | None = None) -> None:
             if status == self.lib.LAZYADAM_EINDEX and indices is not None:
                 raise index_error(indices, var.shape[0])
-            if status == self.lib.LAZYADAM_ESIZE and indices is not None and not fits(indices):
-                raise ValueError(f"{indices.shape[0]:,} indices into {rows:,} rows: a sparse step "
-                                 "packs (row, position) into 64 bits, and these need "
-                                 f"{(rows - 1).bit_length() + (indices.shape[0] - 1).bit_length()}")
+            if status == self.lib.LAZYADAM_ESIZE and indices is not None:
+                error = pair_error(rows, indices.shape[0])
+                if error:
+                    raise error
             if status == self.lib.LAZYADAM_ENOMEM and indices is not None:
                 raise MemoryError(f"out of memory: {self.source.symbol} could not allocate "
                                   f"{self.workspace_size(rows, row_size, indices.shape[0]):,} "
@@ -247,9 +251,6 @@ class CKernel(LoadedKernel):
         index, index_dtype = self._index, np.dtype(self.spec.index_dtype)
         with_workspace = self._with_workspace
 
-        def fits(indices: np.ndarray) -> bool:
-            return (rows - 1).bit_length() + (indices.shape[0] - 1).bit_length() <= 64
-
         def sparse_step(grad: tuple[np.ndarray, np.ndarray], hp: tuple,
                         workspace: np.ndarray | None = None) -> None:
             indices, values = grad
@@ -263,12 +264,22 @@ class CKernel(LoadedKernel):
                 return
             status = with_workspace(*args, ffi.from_buffer("char[]", workspace,
                                                            require_writable=True), workspace.nbytes)
-            if status == self.lib.LAZYADAM_ESIZE and fits(indices):
+            if status == self.lib.LAZYADAM_ESIZE and not pair_error(rows, indices.shape[0]):
                 raise ValueError(f"a workspace of {workspace.nbytes:,} bytes is too small for "
                                  f"{indices.shape[0]:,} indices: workspace_size() gives "
                                  f"{self.workspace_size(rows, row_size, indices.shape[0]):,}")
             check(status, indices)
         return sparse_step
+
+
+def pair_error(rows: int, nnz: int) -> ValueError | None:
+    """Why a sparse step of `nnz` indices into `rows` rows cannot run, or None: it sorts the
+    occurrences as (row, position) packed into 64 bits, so bits(rows - 1) + bits(nnz - 1) <= 64."""
+    need = (max(rows, 1) - 1).bit_length() + (max(nnz, 1) - 1).bit_length()
+    if need <= 64:
+        return None
+    return ValueError(f"{nnz:,} indices into {rows:,} rows: a sparse step packs (row, position) "
+                      f"into 64 bits, and these need {need}")
 
 
 def load(spec: Spec) -> CKernel:

@@ -528,6 +528,10 @@ class CudaKernel(LoadedKernel):
         """One dense step on many tensors with the same hyperparameters (`hp`, or a device array
         of them, `device_hparams`), in launches of up to `TENSORS_PER_LAUNCH` tensors.
 
+        With stochastic rounding every tensor hashes the same seed at its own element positions,
+        so tensors of one shape get the same random bits; to round each with its own seed (as the
+        optimizers do), give each its own entry: `plan(...).launch(grads, entries, which, ...)`.
+
         Raises:
             TypeError: a sparse kernel, or as `__call__`.
             ValueError: lists of different lengths, or as `__call__`.
