@@ -9,15 +9,17 @@ lazy update: only the rows the gradient touches change. Their COO indices and va
 kernel as torch made them: uncoalesced, duplicates included (the kernel sums a row's occurrences in
 input order), never copied when contiguous. Dense gradients get the dense kernel. CPU tensors are
 updated in place by the C kernels through numpy arrays over their memory; CUDA tensors by the CUDA
-kernels on torch's current stream, the dense parameters of a group that share a kernel in one
-multi-tensor launch.
+kernels on torch's current stream, the dense parameters that share a kernel in multi-tensor
+launches (each tensor with its own hyperparameters). A step like the last one (the same groups,
+flags, parameters and state tensors; dense CUDA gradients of the same dtype, shape and device)
+confirms the last step's checks in a microsecond or two a parameter (`_recheck`).
 
 A step works in the two phases of `lazyadam.runtime.slot`, shared with `lazyadam.LazyAdam`:
 
     check    every group's options, every parameter (dtype, layout), its state and its gradient
              (dtype, shape, device, index range); kernels compiled and bound; nothing written
     apply    state created or converted, each parameter's `step` += 1, one kernel per gradient
-             (CUDA: one launch per group, kernel and step for the dense ones)
+             (CUDA: multi-tensor launches per kernel for the dense ones)
 
 so a step that raises leaves every parameter and all state as they were. Each step reads where
 every parameter and state tensor lives now (data pointer, dtype, shape, device): after
@@ -103,6 +105,11 @@ class LazyAdam(torch.optim.Optimizer):
         seed: the seed of stochastic rounding, an int in [0, 2**64), saved with the group's
             options; parameter number i (in the order of the groups) rounds with
             `seed + i * 0x9E3779B97F4A7C15` (mod 2**64) at its step t.
+        capturable: steps that can be captured in a CUDA graph (every group alike; CUDA tensors
+            only): they read their hyperparameters from device memory and never wait (sparse
+            indices are checked on the device: see `check_indices`). A step made while
+            `torch.cuda.graph` captures records its launches; call `prepare_replay()` before each
+            `graph.replay()`. Capture after one eager step, which makes the state.
 
     Half precision: bfloat16 and float16 parameters (CPU or CUDA) are updated in place, each step
     computed in float32; their gradients come in their own dtype or in float32.
