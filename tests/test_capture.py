@@ -249,7 +249,7 @@ def set_gradients(model, step):
     same memory)."""
     generator = torch.Generator().manual_seed(100 + step)
     for p in model.parameters():
-        g = torch.randn(p.shape, generator=generator)
+        g = torch.randn(p.shape, generator=generator).to(p.device)
         if p.grad is None:
             p.grad = g
         else:
@@ -318,16 +318,6 @@ def test_torch_capture_of_a_group_that_is_not_capturable_is_refused(capture, on_
 # -- on a GPU ------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def gpu():
-    problem = cuda.unavailable()
-    if problem:
-        pytest.skip(f"CUDA target unavailable: {problem}")
-    if not torch.cuda.is_available():
-        pytest.skip("this torch build sees no CUDA GPU")
-    return torch.device("cuda")
-
-
 @pytest.mark.cuda
 def test_gpu_torch_graph_replays_match_eager_steps_bitwise(gpu):
     """A dense model's whole step under torch.cuda.graph, replayed with a scheduler's learning
@@ -338,8 +328,6 @@ def test_gpu_torch_graph_replays_match_eager_steps_bitwise(gpu):
     schedulers = [torch.optim.lr_scheduler.StepLR(o, 1, gamma=0.5) for o in (opt, eager)]
     for model in (ours, theirs):
         set_gradients(model, 0)
-        for p in model.parameters():
-            p.grad = p.grad.to(gpu)
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
@@ -353,9 +341,7 @@ def test_gpu_torch_graph_replays_match_eager_steps_bitwise(gpu):
         for s in schedulers:
             s.step()
         for model in (ours, theirs):
-            generator = torch.Generator().manual_seed(100 + step)
-            for p in model.parameters():
-                p.grad.copy_(torch.randn(p.shape, generator=generator))
+            set_gradients(model, step)
         opt.prepare_replay()
         graph.replay()
         eager.step()

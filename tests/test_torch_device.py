@@ -144,16 +144,6 @@ def test_emulated_bad_input_changes_nothing(emulated):
 # -- on a GPU ------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def gpu():
-    problem = cuda.unavailable()
-    if problem:
-        pytest.skip(f"CUDA target unavailable: {problem}")
-    if not torch.cuda.is_available():
-        pytest.skip("this torch build sees no CUDA GPU")
-    return torch.device("cuda")
-
-
 @pytest.mark.cuda
 def test_gpu_matches_torch_on_a_side_stream(gpu):
     """Kernels run on torch's current stream: a side stream, with no synchronisation of ours."""
