@@ -587,3 +587,28 @@ def test_host_round_trip_helpers(lib):
     host = np.zeros((2, 3), np.int64)
     parameter.copy_into(host, d)
     np.testing.assert_array_equal(host, parameter.to_host(d))
+
+
+def test_a_torch_parameter_given_new_storage_is_bound_again(cuda, rng):
+    """After a few steps (later ones take the slot's quick check), the parameter's tensor gets new
+    storage in place (`tensor.data = ...`, as `model.to()` does): the next step updates the new
+    storage, as the reference does, and leaves the old one alone."""
+    initial, fresh = (rng.standard_normal((4, 5)).astype(np.float32) for _ in range(2))
+    tensor = TorchLibrary.put(initial)
+    opt = LazyAdam([Parameter(tensor, name="w")], learning_rate=0.01)
+    grads = [rng.standard_normal((4, 5)).astype(np.float32) for _ in range(3)]
+    for g in grads[:2]:
+        opt([TorchLibrary.put(g)])
+    old = tensor.detach()
+    before = old.numpy().copy()
+    tensor.data = torch.from_numpy(fresh.copy())
+    opt([TorchLibrary.put(grads[2])])
+    np.testing.assert_array_equal(old.numpy(), before)
+    expected = simulate([initial], [[g] for g in grads], lr_at=lambda k, i: 0.01)
+    m, v = expected[1][0], expected[2][0]
+    # The third step ran on the fresh values with the moments of the first two steps.
+    after_two = simulate([initial], [[g] for g in grads[:2]], lr_at=lambda k, i: 0.01)
+    assert_close(opt.moment1[0].data.detach().numpy(), m, "float32", "moment1")
+    assert_close(opt.moment2[0].data.detach().numpy(), v, "float32", "moment2")
+    step = fresh.astype(np.float64) - (after_two[0][0] - expected[0][0])
+    assert_close(tensor.detach().numpy(), step, "float32", "w")

@@ -266,13 +266,24 @@ class Slot:
     def _fast_dense(self, grad: Any) -> tuple[Any, ...] | None:
         """`_dense` of a PyTorch device gradient of a dtype this slot took before, read straight
         from PyTorch's attributes (a microsecond, not several); None where anything differs from
-        what the full check accepted (the full check then says what)."""
+        what the full check accepted (the full check then says what).
+
+        The binding holds while the parameter's array is the one bound, at its address, of its
+        shape and dtype, and the moments hold the arrays bound (they are the optimizer's own: a
+        new array in one is a new object).
+        """
         found = self.fast.get(getattr(grad, "dtype", None))
         if found is None:
             return None
         call, device, nbytes = found
-        if (grad.shape != self.shape or not grad.is_contiguous() or grad.get_device() != device
-                or not call.current()):
+        arrays = call.arrays
+        var = arrays[0]
+        address, shape, dtype = call.keys[0]
+        if (grad.shape != shape or not grad.is_contiguous() or grad.get_device() != device
+                or self.param.data is not var or var.data_ptr() != address
+                or var.shape != shape or var.dtype is not dtype
+                or self.m.data is not arrays[1] or self.v.data is not arrays[2]
+                or (self.vmax is not None and self.vmax.data is not arrays[3])):
             return None
         start = grad.data_ptr()
         end = start + nbytes
