@@ -141,7 +141,8 @@ class LazyAdam(torch.optim.Optimizer):
         self._lock = threading.Lock()
         self._bindings: dict[torch.Tensor, _Binding] = {}
         self._launcher = Launcher()
-        #: The parameters of the captured step: (binding, param group number, parameter, t).
+        #: The parameters of the captured step: (binding, param group number, parameter, the
+        #: address of the gradient the graph reads).
         self._captured: list[tuple] = []
         #: What the last full check of an all-CUDA dense step found, for `_recheck`.
         self._memo: _Memo | None = None
@@ -210,23 +211,26 @@ class LazyAdam(torch.optim.Optimizer):
             if found is None:
                 self._memo = None
                 work, hparams, pending, counts, capturable = self._check(capture)
-                for param, binding, created in pending:
-                    self.state[param].update(created)
-                    self._bindings[param] = binding
-                if not capture:
-                    self._memo = _Memo.of(self, work, counts, capturable)
             else:
-                work, hparams, counts, capturable = found
+                (work, hparams, counts, capturable), pending = found, ()
+            tables = self._launcher.tables(work) if capturable else None
+            for param, binding, created in pending:
+                self.state[param].update(created)
+                self._bindings[param] = binding
+            if found is None and not capture:
+                self._memo = _Memo.of(self, work, counts, capturable)
             if capture:  # recorded, not run: prepare_replay counts each replay
-                self._launcher.run(work, hparams, True, True)
-                self._captured = counts
+                self._launcher.run(work, hparams, tables, True)
+                self._captured = [(binding, number, param, grad[0])
+                                  for (_, _, grad, _, _), (binding, number, param, _)
+                                  in zip(work, counts)]
                 return loss
             for binding, _, _, t in counts:
                 binding.step.fill(t)
             if any(group["use_locking"] for group in self.param_groups):
-                self._launcher.run(work, hparams, capturable)
+                self._launcher.run(work, hparams, tables)
                 return loss
-        self._launcher.run(work, hparams, capturable)
+        self._launcher.run(work, hparams, tables)
         return loss
 
     def _capturing(self) -> bool:
@@ -256,15 +260,30 @@ class LazyAdam(torch.optim.Optimizer):
         replays (the current one). Nothing waits.
 
         Raises:
-            RuntimeError: no step was captured; a captured tensor moved since; parameters
-                captured in one launch with one step count now have different ones (capture
-                again). Nothing was changed when it is raised.
+            RuntimeError: no step was captured; since the capture, a parameter or its state got
+                new storage, its group's options changed the kernel (weight decay on or off,
+                nesterov, amsgrad, eps_mode, ...), or its gradient is another tensor than the one
+                the graph reads (capture again, or keep the gradients: `zero_grad(set_to_none=
+                False)`). Nothing was changed when it is raised.
+            TypeError, ValueError: a group's options.
         """
         with self._lock:
             hparams = {}
             counts = []
-            for binding, number, param, _ in self._captured:
+            for binding, number, param, grad_address in self._captured:
                 options = _options(self.param_groups[number], f"param group {number}")
+                name = binding.slot.param.name
+                if not binding.matches(param, self.state.get(param), options.flags,
+                                       binding.key[-1]):
+                    raise RuntimeError(f"parameter {name!r} or its state has new storage, or its "
+                                       "group's options change its kernel, since the step was "
+                                       "captured: capture the step again")
+                grad = param.grad
+                if (grad is None or grad.layout != torch.strided
+                        or grad.data_ptr() != grad_address):
+                    raise RuntimeError(f"the gradient of parameter {name!r} is not the tensor the "
+                                       "captured step reads: keep it (zero_grad(set_to_none="
+                                       "False) zeroes it in place) or capture the step again")
                 t = int(binding.step) + 1
                 hparams[id(param)] = _hparams(options, t)
                 counts.append((binding, t))
@@ -320,8 +339,8 @@ class LazyAdam(torch.optim.Optimizer):
                         or not grad.is_contiguous() or grad.get_device() != device
                         or param.data_ptr() != ptr or states.get(param) is not state):
                     return None
-                for key, tensor in tensors:
-                    if state.get(key) is not tensor:
+                for key, tensor, address in tensors:
+                    if state.get(key) is not tensor or tensor.data_ptr() != address:
                         return None
                 start = grad.data_ptr()
                 for first, last in spans:
@@ -377,6 +396,11 @@ class LazyAdam(torch.optim.Optimizer):
                     raise ValueError(f"param group {number} has capturable="
                                      f"{options.capturable}, an earlier group with gradients "
                                      f"{capturable}: a step is capturable or not as a whole")
+                if capture and grad.layout != torch.strided:
+                    raise RuntimeError(f"parameter {name!r} has a sparse gradient, whose tensors "
+                                       "are new every step: a CUDA graph cannot replay it (capture "
+                                       "dense gradients, or step lazyadam.LazyAdam with RowTensors "
+                                       "over buffers of a fixed size)")
                 if binding is None or not binding.matches(param, state, options.flags, position):
                     if capture and not state:
                         raise RuntimeError(f"parameter {name!r} has no state yet: run an eager "
@@ -619,8 +643,8 @@ class _Memo(NamedTuple):
     Made only for steps whose every gradient went to a dense CUDA kernel bound to PyTorch tensors
     and was taken as it is (contiguous, not copied). Per group: the group dict, its params list,
     its options' flags, and per parameter None (no gradient) or `(param, its data_ptr, shape,
-    gradient dtype, device index, state dict, ((key, state tensor), ...), _Binding, the slot and
-    its call, the state's byte spans, the gradient's bytes)`.
+    gradient dtype, device index, state dict, ((key, state tensor, its data_ptr), ...), _Binding,
+    the slot and its call, the state's byte spans, the gradient's bytes)`.
     """
 
     groups: tuple
@@ -647,7 +671,7 @@ class _Memo(NamedTuple):
                         or grad[0] != param.grad.data_ptr()):
                     return None
                 state = optimizer.state[param]
-                tensors = tuple((key, state[key]) for key in
+                tensors = tuple((key, state[key], state[key].data_ptr()) for key in
                                 ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "step") if key in state)
                 records.append((param, param.data_ptr(), param.shape, param.grad.dtype,
                                 param.grad.get_device(), state, tensors, binding, slot, call,

@@ -19,10 +19,8 @@ import pytest
 
 import cuda_emulation as emulation
 from lazyadam import LazyAdam, Parameter, RowTensor, targets
-from lazyadam.targets import cuda
 from runtime_reference import simulate
-from test_runtime_device import (FakeDeviceArray, TorchOnDevice, assert_matches,
-                                 assert_unchanged, snapshot)
+from test_runtime_device import TorchOnDevice, assert_matches, assert_unchanged, snapshot
 from tolerance import assert_close
 
 torch = pytest.importorskip("torch", reason="the PyTorch optimizer is captured too")
@@ -60,8 +58,9 @@ class Capture:
 
 @pytest.fixture
 def capture(monkeypatch):
-    """The emulated CUDA target, with the driver's `cuStreamIsCapturing` (and PyTorch's question)
-    answered by the emulation. Returns a `Capture`."""
+    """The emulated CUDA target, with PyTorch's question whether its current stream is being
+    captured answered by the emulation (as the driver's `cuStreamIsCapturing`). Returns a
+    `Capture`."""
     if emulation.host_compiler() is None:
         pytest.skip("no host C++ compiler (c++ or g++) to build the CUDA emulation")
     real_compile = targets.compile
@@ -72,7 +71,6 @@ def capture(monkeypatch):
     monkeypatch.setattr(targets, "compile", compile_emulated)
     control = emulation.control()
     control.emu_end_capture.restype = ctypes.c_longlong
-    monkeypatch.setattr(cuda, "_driver", lambda: control)
 
     def stream_capturing():
         status = ctypes.c_int(0)
@@ -102,6 +100,12 @@ def batches(rng, steps):
     return out
 
 
+def on_the_device(array: np.ndarray) -> TorchOnDevice:
+    """A stand-in CUDA tensor over `array`'s memory (PyTorch tensors are the arrays whose steps
+    can be captured: their kernels run on PyTorch's current stream)."""
+    return torch.from_numpy(array).as_subclass(TorchOnDevice)
+
+
 class StaticGradients:
     """Device gradients whose memory stays put (a graph replays with the same addresses); `fill`
     writes a batch into them."""
@@ -110,8 +114,8 @@ class StaticGradients:
         self.indices = np.zeros(INDICES, np.int64)
         self.values = np.zeros((INDICES, 2, 3), np.float32)
         self.dense = np.zeros((4, 5), np.float32)
-        self.grads = [RowTensor(FakeDeviceArray(self.indices), FakeDeviceArray(self.values),
-                                (ROWS, 2, 3)), FakeDeviceArray(self.dense)]
+        self.grads = [RowTensor(on_the_device(self.indices), on_the_device(self.values),
+                                (ROWS, 2, 3)), on_the_device(self.dense)]
 
     def fill(self, batch):
         (indices, values), dense = batch
@@ -121,7 +125,7 @@ class StaticGradients:
 def device_model(rng, **flags):
     initial = [rng.standard_normal((ROWS, 2, 3)).astype(np.float32),
                rng.standard_normal((4, 5)).astype(np.float32)]
-    params = [Parameter(FakeDeviceArray(a.copy()), name=n)
+    params = [Parameter(on_the_device(a.copy()), name=n)
               for a, n in zip(initial, ("table", "dense"))]
     return initial, LazyAdam(params, learning_rate=LRS, capturable=True, **flags)
 
@@ -152,7 +156,7 @@ def test_a_captured_step_runs_nothing_waits_for_nothing_and_replays_as_the_refer
         capture.replay()
     expected = simulate(initial, steps, lr_at=lambda k, i: LRS[k], wd_at=lambda k, i: 0.01,
                         amsgrad=True)
-    assert_matches(opt, expected, "float32", lambda d: d.array)
+    assert_matches(opt, expected, "float32", lambda d: d.detach().numpy())
     assert opt.global_step == 5
 
 
@@ -188,7 +192,7 @@ def test_a_bad_index_in_a_replay_skips_the_table_until_it_is_reported(capture, r
     opt(static.grads)
     with capture:
         opt(static.grads)
-    table, dense = (p.data.array for p in opt.parameters)
+    table, dense = (p.data.detach().numpy() for p in opt.parameters)
     for bad in (steps[1], steps[2]):  # the second replay is skipped too: the record is not clear
         bad[0][0][3] = ROWS + 4
         static.fill(bad)
@@ -301,6 +305,92 @@ def test_torch_step_captured_and_replayed_follows_the_scheduler(capture, on_devi
                          f"step {step}: {name}")
     assert all(int(s["step"]) == 4 for s in opt.state.values())
     assert opt.param_groups[0]["lr"] == 0.01 * 0.5**3
+
+
+def test_torch_groups_equal_at_capture_may_part_later(capture, on_device):
+    """Captured, each group has its own hyperparameters in the table, even where they were equal:
+    a scheduler may set them apart later, and the replays follow."""
+    ours, theirs = mlp(), mlp()
+    opt = lazyadam.torch.LazyAdam([{"params": list(ours[0].parameters())},
+                                   {"params": list(ours[2].parameters())}], lr=0.01,
+                                  capturable=True)
+    reference = torch.optim.Adam([{"params": list(theirs[0].parameters())},
+                                  {"params": list(theirs[2].parameters())}], lr=0.01)
+    for step in range(4):
+        set_gradients(ours, step)
+        set_gradients(theirs, step)
+        if step == 0:
+            opt.step()
+            with capture:
+                opt.step()
+        else:
+            opt.param_groups[1]["lr"] = reference.param_groups[1]["lr"] = 0.01 * (step + 1)
+            opt.prepare_replay()
+            capture.replay()
+        reference.step()
+        for (name, a), b in zip(ours.named_parameters(), theirs.parameters()):
+            assert_close(a.detach().numpy(), b.detach().double().numpy(), "float32",
+                         f"step {step}: {name}")
+
+
+@pytest.mark.parametrize("change", ["new storage", "options", "gradient"])
+def test_torch_prepare_replay_refuses_what_the_graph_cannot_follow(capture, on_device, change):
+    """Since the capture: a parameter got new storage, its group's options changed its kernel, or
+    its gradient is another tensor. The graph would write the old memory, run the old math or
+    read the old gradient: prepare_replay says so and counts nothing."""
+    model = mlp()
+    opt = lazyadam.torch.LazyAdam(torch_groups(model), lr=0.01, capturable=True)
+    set_gradients(model, 0)
+    opt.step()
+    with capture:
+        opt.step()
+    weight = model[0].weight
+    if change == "new storage":
+        weight.data = weight.data.clone()
+        match = "has new storage, or its group's options change its kernel"
+    elif change == "options":
+        opt.param_groups[1]["nesterov"] = True
+        weight = model[2].weight
+        match = "has new storage, or its group's options change its kernel"
+    else:
+        weight.grad = weight.grad.clone()
+        match = "is not the tensor the captured step reads: keep it"
+    steps = [int(s["step"]) for s in opt.state.values()]
+    with pytest.raises(RuntimeError, match=match):
+        opt.prepare_replay()
+    assert [int(s["step"]) for s in opt.state.values()] == steps
+
+
+def test_torch_capture_of_sparse_gradients_is_refused(capture, on_device):
+    table = torch.nn.Embedding(10, 4, sparse=True)
+    opt = lazyadam.torch.LazyAdam(table.parameters(), lr=0.01, capturable=True)
+    table(torch.tensor([1, 2, 2])).sum().backward()
+    opt.step()
+    with pytest.raises(RuntimeError, match="has a sparse gradient, whose tensors are new every "
+                                           "step"), capture:
+        opt.step()
+    assert capture.recorded == 0
+
+
+def test_a_capturable_step_that_cannot_have_its_table_changes_nothing(capture, on_device,
+                                                                       monkeypatch):
+    model = mlp()
+    opt = lazyadam.torch.LazyAdam(torch_groups(model), lr=0.01, capturable=True)
+    set_gradients(model, 0)
+    opt.step()
+    before = [p.detach().clone() for p in model.parameters()]
+    steps = [int(s["step"]) for s in opt.state.values()]
+
+    def no_memory(*args, **kwargs):
+        raise MemoryError("out of memory allocating 160 bytes")
+
+    monkeypatch.setattr(TorchOnDevice, "new_empty", no_memory)
+    with pytest.raises(MemoryError, match="a capturable step needs [0-9,]+ bytes for its "
+                                          "hyperparameters; nothing was changed"):
+        opt.step()
+    for a, b in zip(model.parameters(), before):
+        assert torch.equal(a.detach(), b)
+    assert [int(s["step"]) for s in opt.state.values()] == steps
 
 
 def test_torch_capture_of_a_group_that_is_not_capturable_is_refused(capture, on_device):

@@ -226,6 +226,9 @@ def test_emulated_later_steps_confirm_the_first_checks_and_notice_changes(emulat
     opt.state[weight]["exp_avg"] = opt.state[weight]["exp_avg"].clone()
     step_both()
     assert len(full_checks) == 3
+    opt.state[weight]["exp_avg_sq"].data = opt.state[weight]["exp_avg_sq"].clone()  # new storage
+    step_both()
+    assert len(full_checks) == 4
     step_both(lambda model: setattr(model[0].weight, "grad", model[0].weight.grad.t()
                                     .contiguous().t()))  # strided: taken through a copy
     step_both(lambda model: setattr(model[2].bias, "grad", None))
@@ -241,3 +244,20 @@ def test_emulated_later_steps_confirm_the_first_checks_and_notice_changes(emulat
     refused(lambda: setattr(bias, "grad", opt.state[bias]["exp_avg"]), ValueError,
             "shares memory with the exp_avg")
     step_both()
+
+
+def test_emulated_plans_let_go_of_storage_the_parameters_left(emulated):
+    """After `param.data = ...` the parameter is bound again; the multi-tensor plan over its old
+    binding is dropped once a step has gone by without it, with the old storage it held."""
+    model = torch.nn.Linear(16, 8)
+    opt = LazyAdam(model.parameters(), lr=0.1)
+    for p in model.parameters():
+        p.grad = torch.randn(p.shape)
+    opt.step()
+    address = model.weight.data_ptr()
+    model.weight.data = model.weight.data.clone()
+    opt.step()
+    opt.step()
+    bound = [b.arrays[0].data_ptr() for plan in opt._launcher.plans.values()
+             for b in plan.bindings]
+    assert model.weight.data_ptr() in bound and address not in bound

@@ -67,8 +67,10 @@ class LazyAdam:
     `state_dict()` and checkpoints hold host copies; loading copies them back into the device
     arrays in place.
 
-    CUDA graphs: with `capturable=True`, a call made while PyTorch (or the driver) captures the
-    current stream into a graph records the step's launches and counts nothing; before each
+    CUDA graphs: with `capturable=True`, a call on PyTorch CUDA tensors made while PyTorch
+    captures its current stream into a graph records the step's launches and counts nothing (CuPy
+    and pycuda arrays are stepped on the legacy default stream, which cannot be captured); before
+    each
     `graph.replay()`, `prepare_replay()` counts the step and stores its hyperparameters where the
     captured kernels read them. The gradients' arrays are the graph's: replays read the same
     memory. Capturable steps, captured or not, check the indices of sparse gradients on the
@@ -405,17 +407,18 @@ class LazyAdam:
                                "checks and carry their hyperparameters; make it with "
                                "capturable=True")
         work = self._check(gradients, capture)
+        tables = self._launcher.tables(work) if self.capturable else None
         with self._lock:
             if capture:  # recorded, not run: prepare_replay counts each replay
-                self._launcher.run(work, self._next_hparams()[0], True, True)
+                self._launcher.run(work, self._next_hparams()[0], tables, True)
                 return True
             hparams, powers = self._next_hparams()
             self._step += 1
             self._beta1_power, self._beta2_power = powers
             if self.use_locking:
-                self._launcher.run(work, hparams, self.capturable)
+                self._launcher.run(work, hparams, tables)
                 return True
-        self._launcher.run(work, hparams, self.capturable)
+        self._launcher.run(work, hparams, tables)
         return True
 
     def _next_hparams(self) -> tuple[list[tuple], tuple[float, float]]:

@@ -269,8 +269,8 @@ class Slot:
         what the full check accepted (the full check then says what).
 
         The binding holds while the parameter's array is the one bound, at its address, of its
-        shape and dtype, and the moments hold the arrays bound (they are the optimizer's own: a
-        new array in one is a new object).
+        shape and dtype, and the moments hold the arrays bound, at their addresses (they are the
+        optimizer's own, made with the parameter's shape and dtype).
         """
         found = self.fast.get(getattr(grad, "dtype", None))
         if found is None:
@@ -285,6 +285,9 @@ class Slot:
                 or self.m.data is not arrays[1] or self.v.data is not arrays[2]
                 or (self.vmax is not None and self.vmax.data is not arrays[3])):
             return None
+        for array, key in zip(arrays[1:], call.keys[1:]):
+            if array.data_ptr() != key[0]:
+                return None
         start = grad.data_ptr()
         end = start + nbytes
         for first, last in call.spans:
@@ -485,14 +488,44 @@ class Launcher:
     step only records its launches, and `prepare_replay` fills the table before each replay.
     """
 
-    #: Plans kept; past this many, all are dropped (a plan dies with a binding it holds).
-    PLANS = 32
-
     def __init__(self) -> None:
+        #: The multi-tensor plans of the last step with device work, and of the one before: a
+        #: plan unused for a whole step is dropped, with the arrays its bindings hold (a
+        #: parameter bound again after a move must not keep its old storage alive).
         self.plans: dict[tuple, Any] = {}
+        self._previous: dict[tuple, Any] = {}
         self.captured: _Captured | None = None
 
-    def run(self, work: list[tuple], hparams: Any, capturable: bool = False,
+    def tables(self, work: list[tuple]) -> dict[Any, tuple[Any, int]]:
+        """The device tables of a capturable step's hyperparameters, one per device, with room
+        for an entry per device step: allocated in the check phase, so that running out of
+        memory, too, changes nothing.
+
+        Returns:
+            `{device: (table array, its address)}`, for `run`.
+
+        Raises:
+            MemoryError: naming the device and the bytes.
+        """
+        steps: dict[Any, list] = {}
+        for item in work:
+            if item[0].target == "cuda":
+                steps.setdefault(item[1].device, []).append(item[0])
+        out = {}
+        for device, slots in steps.items():
+            nbytes = len(slots) * HPARAMS_BYTES
+            try:
+                table = empty_bytes(slots[0].param.data, nbytes)
+            except Exception as error:  # noqa: BLE001  (libraries name running out of memory their way)
+                if not is_out_of_memory(error):
+                    raise
+                raise MemoryError(f"out of memory on CUDA device {device}: a capturable step needs "
+                                  f"{nbytes:,} bytes for its hyperparameters; nothing was "
+                                  "changed") from error
+            out[device] = (table, DeviceArray(table, "hyperparameters").ptr)
+        return out
+
+    def run(self, work: list[tuple], hparams: Any, tables: dict | None = None,
             capture: bool = False) -> None:
         """Queues (or, for host slots, runs) the prepared steps.
 
@@ -500,9 +533,11 @@ class Launcher:
             work: `Slot.prepare`'s tuples.
             hparams: `hparams[group]` holds the fields of `HParams` in order, for each slot's
                 `group` (a list by group, or a dict).
-            capturable: device slots read their hyperparameters from a table in device memory.
-            capture: the launches are being captured into a CUDA graph: the table is not filled
-                (`prepare_replay` fills it before each replay), and the step is kept.
+            tables: a capturable step's `tables(work)`: device slots read their
+                hyperparameters from them. None: they travel with the launches.
+            capture: the launches are being captured into a CUDA graph: the tables are not
+                filled (`prepare_replay` fills them before each replay), each group (and seed)
+                gets an entry of its own, and the step is kept.
 
         Raises:
             RuntimeError: a captured step with a parameter in host memory.
@@ -526,14 +561,15 @@ class Launcher:
                 call(grad, hp, workspace=scratch)
         if not on_device:
             return
+        self._previous, self.plans = self.plans, {}
         streams: dict[Any, int] = {}
-        if not capturable:
+        if tables is None:
             self._eager(on_device, streams)
             return
-        tables = [self._tabled(items, streams, capture)
-                  for items in _by_device(on_device).values()]
+        filled = [self._tabled(items, streams, tables[device], capture)
+                  for device, items in _by_device(on_device).items()]
         if capture:
-            self.captured = _Captured(tables, work)
+            self.captured = _Captured(filled, work)
 
     def _eager(self, items: list[tuple], streams: dict) -> None:
         """Launches with their hyperparameters copied in: a plan per (kernel, device) for the
@@ -552,33 +588,36 @@ class Launcher:
             self._plan([c for c, _, _ in batch]).launch(
                 [g[0] for _, g, _ in batch], list(entries), which, _stream(streams, batch[0][0]))
 
-    def _tabled(self, items: list[tuple], streams: dict, capture: bool) -> tuple:
-        """The launches of one device's steps with their hyperparameters in a device table,
-        filled first unless the launches are being captured.
+    def _tabled(self, items: list[tuple], streams: dict, table: tuple[Any, int],
+                capture: bool) -> tuple:
+        """The launches of one device's steps with their hyperparameters in its device table,
+        filled first unless the launches are being captured. Entries are shared by steps with
+        equal hyperparameters; captured, by the steps of one group and seed, which stay equal.
 
         Returns:
             `(table, address, kernel, sources, example)`: the table's array and address, a kernel
-            of the device that can fill it, for each entry the `(group, slot)` pairs it serves,
-            and a view of an array on the device (for its stream).
+            of the device that can fill it, for each entry a `(group, slot)` it serves, and a view
+            of an array on the device (for its stream).
         """
         entries: dict[tuple, int] = {}
-        sources: list[list] = []
+        sources: list[tuple] = []
+        values: list[tuple] = []
         which = []
         for slot, _, _, hp, _, group in items:
-            k = entries.get(hp)
+            key = (group, slot.seed_offset) if capture else hp
+            k = entries.get(key)
             if k is None:
-                k = entries[hp] = len(entries)
-                sources.append([])
-            sources[k].append((group, slot))
+                k = entries[key] = len(entries)
+                sources.append((group, slot))
+                values.append(hp)
             which.append(k)
-        first_slot, first_call = items[0][:2]
+        first_call = items[0][1]
         example = first_call.home
         stream = _stream(streams, first_call)
-        table = empty_bytes(first_slot.param.data, len(entries) * HPARAMS_BYTES)
-        address = DeviceArray(table, "hyperparameters").ptr
+        table, address = table
         kernel = first_call.kernel
         if not capture:
-            kernel.store_at(address, list(entries), stream)
+            kernel.store_at(address, values, stream)
         dense: dict[Any, list] = {}
         for (_, call, grad, _, scratch, _), k in zip(items, which):
             if scratch is None:
@@ -599,9 +638,8 @@ class Launcher:
         key = tuple(bindings)
         plan = self.plans.get(key)
         if plan is None:
-            if len(self.plans) >= self.PLANS:
-                self.plans.clear()
-            plan = self.plans[key] = bindings[0].kernel.plan(bindings)
+            plan = self._previous.pop(key, None) or bindings[0].kernel.plan(bindings)
+            self.plans[key] = plan
         return plan
 
     def prepare_replay(self, hparams: Any) -> None:
@@ -609,8 +647,7 @@ class Launcher:
         the current stream of each table's device: what the next replay of the graph reads.
 
         Raises:
-            RuntimeError: no step was captured; a captured array moved since; parameters that
-                were captured sharing an entry now have different hyperparameters.
+            RuntimeError: no step was captured; a captured array moved since.
         """
         captured = self.captured
         if captured is None:
@@ -621,20 +658,9 @@ class Launcher:
                 raise RuntimeError(f"parameter {slot.param.name!r} or its state moved since the "
                                    "step was captured: the graph would write where they were; "
                                    "capture the step again")
-        stores = []
         for table, address, kernel, sources, example in captured.tables:
-            entries = []
-            for members in sources:
-                values = {slot.entry(hparams[group]) for group, slot in members}
-                if len(values) > 1:
-                    names = ", ".join(repr(slot.param.name) for _, slot in members)
-                    raise RuntimeError(f"parameters {names} were captured with the same "
-                                       "hyperparameters and now have different ones (their "
-                                       "steps were counted apart); capture the step again")
-                entries.append(values.pop())
-            stores.append((kernel, address, entries, example))
-        for kernel, address, entries, example in stores:
-            kernel.store_at(address, entries, stream_handle(None, [example]))
+            kernel.store_at(address, [slot.entry(hparams[group]) for group, slot in sources],
+                            stream_handle(None, [example]))
 
     @staticmethod
     def check_indices(slots: Any) -> None:

@@ -376,7 +376,6 @@ class CudaKernel(LoadedKernel):
     def __init__(self, spec: Spec, source: Source, path: Path):
         super().__init__(spec, source, path)
         symbol = source.symbol
-        self.multi_fn = None if spec.sparse else getattr(self.lib, f"{symbol}_multi")
         self._error = getattr(self.lib, f"{symbol}_error")
         self._store = getattr(self.lib, f"{symbol}_store_hparams")
         # The cffi pointer type of each array: float *, double *, or uint16_t * for 16-bit storage.
@@ -537,7 +536,7 @@ class CudaKernel(LoadedKernel):
             ValueError: lists of different lengths, or as `__call__`.
             KernelError: the CUDA runtime reported an error (earlier launches may have run).
         """
-        if self.multi_fn is None:
+        if self.spec.sparse:
             raise TypeError(f"{self.source.symbol} is sparse; multi() updates dense tensors")
         lists = [variables, ms, vs, grads] + ([vmaxes] if self.spec.amsgrad else [])
         if len({len(x) for x in lists}) != 1:
@@ -693,7 +692,8 @@ class CudaBinding:
             raise TypeError("device_hparams= takes a deferred sparse step (record=): a checking "
                             "step waits, and cannot be replayed from a CUDA graph")
         if (hp is None) == (device_hparams is None):
-            raise TypeError("give the step's hyperparameters as hp or as device_hparams, not both")
+            raise TypeError("give the step's hyperparameters as hp or as device_hparams (one "
+                            f"of them), got {'both' if hp is not None else 'neither'}")
         views = self.check_grad(grad)
         handle = stream_handle(stream, [views[0] if isinstance(views, tuple) else views])
         kernel = self.kernel
@@ -749,14 +749,14 @@ class MultiPlan:
     """Multi-tensor launches of one dense kernel over bound calls (`CudaKernel.plan`).
 
     The host tables of the `<symbol>_multi_hparams` launcher (each tensor's state pointers and
-    size) are made once, here; a launch fills in the gradients' addresses and which hyperparameter
-    entry each tensor takes, and the launcher packs `TENSORS_PER_LAUNCH` tensors into each kernel.
+    size) are made once, here; a launch adds tables of the gradients' addresses and of which
+    hyperparameter entry each tensor takes (its own, so that threads may launch one plan at once),
+    and the launcher packs `TENSORS_PER_LAUNCH` tensors into each kernel.
     A plan is valid while its bindings are `current()`: its owner makes a new one when a binding
     is replaced.
     """
 
-    __slots__ = ("kernel", "bindings", "count", "columns", "sizes", "grads", "grad_table",
-                 "which")
+    __slots__ = ("kernel", "bindings", "count", "columns", "sizes")
 
     def __init__(self, kernel: CudaKernel, bindings: Sequence[CudaBinding]):
         if kernel.spec.sparse:
@@ -767,9 +767,6 @@ class MultiPlan:
         self.columns = [ffi.new(f"{kernel._ctypes[name]}[]", [b.ptrs[k] for b in bindings])
                         for k, name in enumerate(names)]
         self.sizes = ffi.new("int64_t[]", [b.size for b in bindings])
-        self.grads = ffi.new("uintptr_t[]", self.count)
-        self.grad_table = ffi.cast(f"{kernel._ctypes['grad']} *", self.grads)
-        self.which = ffi.new("int32_t[]", self.count)
 
     def launch(self, grads: Sequence[int], hparams: Sequence[tuple] | Any,
                which: Sequence[int] | None, stream: int) -> None:
@@ -787,15 +784,13 @@ class MultiPlan:
         """
         kernel = self.kernel
         ffi = kernel.ffi
-        self.grads[0:self.count] = grads
-        if which is not None:
-            self.which[0:self.count] = which
+        addresses = ffi.new("uintptr_t[]", grads)
         on_device = not isinstance(hparams, (list, tuple))
         table = hparams if on_device else ffi.new("lazyadam_hparams[]", hparams)
         kernel._raise_for(kernel._multi_hparams(
-            self.count, *self.columns, self.grad_table, self.sizes, table,
-            self.which if which is not None else ffi.NULL, int(on_device),
-            ffi.cast("cudaStream_t", stream)))
+            self.count, *self.columns, ffi.cast(f"{kernel._ctypes['grad']} *", addresses),
+            self.sizes, table, ffi.NULL if which is None else ffi.new("int32_t[]", which),
+            int(on_device), ffi.cast("cudaStream_t", stream)))
 
 
 def load(spec: Spec) -> CudaKernel:
