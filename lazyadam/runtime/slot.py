@@ -276,18 +276,17 @@ class Slot:
         if found is None:
             return None
         call, device, nbytes = found
-        arrays = call.arrays
-        var = arrays[0]
-        address, shape, dtype = call.keys[0]
+        arrays, keys = call.arrays, call.keys
+        var, m, v = arrays[0], arrays[1], arrays[2]
+        address, shape, dtype = keys[0]
         if (grad.shape != shape or not grad.is_contiguous() or grad.get_device() != device
                 or self.param.data is not var or var.data_ptr() != address
                 or var.shape != shape or var.dtype is not dtype
-                or self.m.data is not arrays[1] or self.v.data is not arrays[2]
-                or (self.vmax is not None and self.vmax.data is not arrays[3])):
+                or self.m.data is not m or m.data_ptr() != keys[1][0]
+                or self.v.data is not v or v.data_ptr() != keys[2][0]
+                or (self.vmax is not None and (self.vmax.data is not arrays[3]
+                                               or arrays[3].data_ptr() != keys[3][0]))):
             return None
-        for array, key in zip(arrays[1:], call.keys[1:]):
-            if array.data_ptr() != key[0]:
-                return None
         start = grad.data_ptr()
         end = start + nbytes
         for first, last in call.spans:
