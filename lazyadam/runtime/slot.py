@@ -109,11 +109,6 @@ def bind(kernel: Any, var: Any, m: Any, v: Any, vmax: Any) -> Callable[..., None
     return step
 
 
-def seeded(hparams: tuple, offset: int) -> tuple:
-    """`hparams` with the seed (field 8) moved on by `offset`, modulo 2**64."""
-    return hparams[:8] + ((hparams[8] + offset) % 2**64, hparams[9])
-
-
 class Slot:
     """One parameter with its moments, kernel spec and bound kernel calls.
 
@@ -187,8 +182,11 @@ class Slot:
         return found
 
     def entry(self, hparams: tuple) -> tuple:
-        """This slot's hyperparameters from its group's: the seed moved on by its offset."""
-        return seeded(hparams, self.seed_offset) if self.seed_offset else hparams
+        """This slot's hyperparameters from its group's: the seed (field 8) moved on by its
+        offset, modulo 2**64."""
+        if not self.seed_offset:
+            return hparams
+        return hparams[:8] + ((hparams[8] + self.seed_offset) % 2**64, hparams[9])
 
     def _grad_dtype(self, where: str, what: str, array: Any) -> str:
         """The storage dtype of a gradient (or its values), if this parameter takes it.
@@ -354,13 +352,8 @@ class Slot:
                                    f"{self.param.name!r} is being captured; make one eager step "
                                    "first (it zeroes the device record of bad indices, a copy "
                                    "that a graph cannot hold)")
-            try:
-                array = empty_bytes(self.param.data, kernel.RECORD_WORDS * 8)
-            except Exception as error:  # noqa: BLE001  (libraries name running out of memory their way)
-                if not is_out_of_memory(error):
-                    raise
-                raise MemoryError(f"{where}: out of memory for its index record; nothing was "
-                                  "changed") from error
+            array = _allocate(self.param.data, kernel.RECORD_WORDS * 8,
+                              f"{where}: out of memory for its index record")
             copy_into(array, np.zeros(kernel.RECORD_WORDS * 8, np.uint8))
             found = self.records[capturable] = (array, DeviceArray(array, "record").ptr, kernel)
         return found[1]
@@ -374,13 +367,8 @@ class Slot:
         """
         row_size = int(np.prod(self.shape[1:], dtype=np.int64))
         nbytes = kernel.workspace_size(rows, row_size, nnz)
-        try:
-            return empty_bytes(self.param.data, nbytes)
-        except Exception as error:  # noqa: BLE001  (each library names running out of memory its way)
-            if not is_out_of_memory(error):
-                raise
-            raise MemoryError(f"{where}: out of memory: its sparse step needs {nbytes:,} bytes of "
-                              f"scratch for {nnz:,} indices; nothing was changed") from error
+        return _allocate(self.param.data, nbytes, f"{where}: out of memory: its sparse step "
+                         f"needs {nbytes:,} bytes of scratch for {nnz:,} indices")
 
     def _check_disjoint(self, where: str, what: str, array: Any) -> None:
         """A gradient may not share memory with what its kernel writes (the parameter, its
@@ -423,6 +411,21 @@ class Slot:
             if device is not None and home is not None and device != home:
                 raise ValueError(f"{_subject(where, what)} is on CUDA device {device}, the "
                                  f"parameter on device {home}")
+
+
+def _allocate(like: Any, nbytes: int, problem: str) -> Any:
+    """`empty_bytes(like, nbytes)`, in the check phase of a step: running out of memory, whatever
+    the array's library calls it, is a `MemoryError` saying `problem` and that nothing changed.
+
+    Raises:
+        MemoryError: out of memory.
+    """
+    try:
+        return empty_bytes(like, nbytes)
+    except Exception as error:  # noqa: BLE001  (libraries name running out of memory their way)
+        if not is_out_of_memory(error):
+            raise
+        raise MemoryError(f"{problem}; nothing was changed") from error
 
 
 def _subject(where: str, what: str) -> str:
@@ -513,14 +516,9 @@ class Launcher:
         out = {}
         for device, slots in steps.items():
             nbytes = len(slots) * HPARAMS_BYTES
-            try:
-                table = empty_bytes(slots[0].param.data, nbytes)
-            except Exception as error:  # noqa: BLE001  (libraries name running out of memory their way)
-                if not is_out_of_memory(error):
-                    raise
-                raise MemoryError(f"out of memory on CUDA device {device}: a capturable step needs "
-                                  f"{nbytes:,} bytes for its hyperparameters; nothing was "
-                                  "changed") from error
+            table = _allocate(slots[0].param.data, nbytes, f"out of memory on CUDA device "
+                              f"{device}: a capturable step needs {nbytes:,} bytes for its "
+                              "hyperparameters")
             out[device] = (table, DeviceArray(table, "hyperparameters").ptr)
         return out
 
@@ -549,9 +547,7 @@ class Launcher:
                                    "captured in a CUDA graph updates device parameters only")
         on_device = []
         for slot, call, grad, group, scratch in work:
-            hp = hparams[group]
-            if slot.seed_offset:
-                hp = seeded(hp, slot.seed_offset)
+            hp = slot.entry(hparams[group])
             if slot.target == "cuda":
                 on_device.append((slot, call, grad, hp, scratch, group))
             elif scratch is None:
