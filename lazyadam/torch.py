@@ -337,7 +337,8 @@ class LazyAdam(torch.optim.Optimizer):
                 if (param is not bound or grad is None or grad.layout is not strided
                         or grad.dtype is not dtype or grad.shape != shape
                         or not grad.is_contiguous() or grad.get_device() != device
-                        or param.data_ptr() != ptr or states.get(param) is not state):
+                        or param.data_ptr() != ptr or param.shape != shape
+                        or states.get(param) is not state):
                     return None
                 for key, tensor, address in tensors:
                     if state.get(key) is not tensor or tensor.data_ptr() != address:
@@ -409,6 +410,9 @@ class LazyAdam(torch.optim.Optimizer):
                                            "graph does not allocate the optimizer's state")
                     binding, created = _bind(param, state, options, name, position)
                     pending.append((param, binding, created))
+                if options.capturable and not binding.slot.on_device:
+                    raise TypeError(f"parameter {name!r} is on {param.device}: capturable steps "
+                                    "update CUDA tensors (CUDA graphs capture device work only)")
                 t = int(binding.step) + 1
                 work.append(binding.slot.prepare(position, _gradient(grad, name),
                                                  options.capturable, capture))
@@ -620,9 +624,6 @@ def _bind(param: torch.Tensor, state: dict[str, Any] | None, options: _Options,
                     nesterov=flags.nesterov, use_locking=flags.use_locking, amsgrad=flags.amsgrad,
                     maximize=flags.maximize, eps_mode=flags.eps_mode,
                     state_dtype=flags.state_dtype, rounding=flags.rounding)
-    if options.capturable and not home.on_device:
-        raise TypeError(f"parameter {name!r} is on {param.device}: capturable steps update CUDA "
-                        "tensors (CUDA graphs capture device work only)")
     slot = Slot(home, id(param), False, spec, target_for(view), *moments,
                 seed_offset=position * SEED_STRIDE % 2**64)
     return _Binding(slot, tensors["step"].numpy(), _key(param, tensors, flags, position)), created

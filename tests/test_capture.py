@@ -275,7 +275,7 @@ def test_torch_step_captured_and_replayed_follows_the_scheduler(capture, on_devi
                  torch.optim.AdamW(ours_group["params"], lr=0.01, weight_decay=0.1)
                  for k, ours_group in enumerate(torch_groups(theirs))]
     schedulers = [torch.optim.lr_scheduler.StepLR(o, 1, gamma=0.5) for o in [opt] + reference]
-    with pytest.raises(RuntimeError, match="parameter without state|has no state"), capture:
+    with pytest.raises(RuntimeError, match="has no state yet: run an eager step"), capture:
         set_gradients(ours, 0)
         opt.step()
 
@@ -391,6 +391,26 @@ def test_a_capturable_step_that_cannot_have_its_table_changes_nothing(capture, o
     for a, b in zip(model.parameters(), before):
         assert torch.equal(a.detach(), b)
     assert [int(s["step"]) for s in opt.state.values()] == steps
+
+
+def test_torch_capturable_refuses_parameters_in_host_memory():
+    """On CPU tensors, capturable=True is refused at the step, named, with nothing changed:
+    whether the group was made so or switched to it after steps that bound the parameters."""
+    model = mlp()
+    fresh = lazyadam.torch.LazyAdam(model.parameters(), lr=0.01, capturable=True)
+    set_gradients(model, 0)
+    with pytest.raises(TypeError, match="is on cpu: capturable steps update CUDA tensors"):
+        fresh.step()
+    opt = lazyadam.torch.LazyAdam(model.parameters(), lr=0.01)
+    opt.step()
+    opt.param_groups[0]["capturable"] = True
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(TypeError, match="is on cpu: capturable steps update CUDA tensors"):
+        opt.step()
+    for a, b in zip(model.parameters(), before):
+        assert torch.equal(a.detach(), b)
+    assert all(int(s["step"]) == 1 for s in opt.state.values())
+    assert not fresh.state
 
 
 def test_torch_capture_of_a_group_that_is_not_capturable_is_refused(capture, on_device):

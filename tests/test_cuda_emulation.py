@@ -472,12 +472,31 @@ def test_store_hparams_copies_entries_in_launches_of_32(library):
     counters(kernel)
     kernel.store_hparams(dev(table)[0], entries)
     assert counters(kernel)[:2] == (2, 0)
-    expected = np.array([hp.as_tuple() for hp in entries],
-                        dtype=[(n, "<f8") for n in HParams.__dataclass_fields__][:8]
-                        + [("seed", "<u8"), ("step", "<u8")])
+    # lazyadam_hparams as the generated header declares it, field by field, read by name.
+    fields = ("lr", "beta1", "beta2", "eps", "weight_decay", "loss_scale", "beta1_power",
+              "beta2_power")
+    layout = [(n, "<f8") for n in fields] + [("seed", "<u8"), ("step", "<u8")]
+    expected = np.array([tuple(getattr(hp, n) for n, _ in layout) for hp in entries], layout)
     np.testing.assert_array_equal(table.view(expected.dtype), expected)
     with pytest.raises(ValueError, match="holds 80 bytes; 2 entries take 160"):
         kernel.store_hparams(dev(np.zeros(80, np.uint8))[0], entries[:2])
+
+
+def test_misaligned_gradients_and_missing_hyperparameters_are_refused(library, rng):
+    """A gradient that does not start on an element boundary would fault on a GPU: the bound call
+    and multi() refuse it, as the kernel call does; multi() also wants hp or device_hparams."""
+    kernel = library[Spec(sparse=False)]
+    state = new_state(rng.standard_normal(6).astype(np.float32), Spec(sparse=False))[0]
+    buffer = np.zeros(6 * 4 + 1, np.uint8)
+    skewed = np.frombuffer(buffer, np.float32, count=6, offset=1)
+    binding = kernel.bind(*dev(*state[:3]))
+    with pytest.raises(ValueError, match="grad is not aligned to its 4-byte elements"):
+        binding(dev(skewed)[0], HParams.at_step(1))
+    with pytest.raises(ValueError, match=r"grads\[0\] is not aligned to its 4-byte elements"):
+        kernel.multi(*([a] for a in dev(*state[:3])), [dev(skewed)[0]], HParams.at_step(1))
+    with pytest.raises(TypeError, match="as hp or as device_hparams .one of them., got neither"):
+        kernel.multi(*([a] for a in dev(*state[:3])), [dev(np.zeros(6, np.float32))[0]], None)
+    np.testing.assert_array_equal(state[1], 0)
 
 
 @pytest.mark.parametrize("spec", BITWISE, ids=lambda s: s.symbol())

@@ -107,7 +107,7 @@ def check_arrays(spec: Spec, var: Any, m: Any, v: Any, vmax: Any, grad: Any) -> 
     """
     state = _check_state(spec, var, m, v, vmax)
     if not spec.sparse:
-        _check("grad", grad, spec.storage("grad"))
+        check_array("grad", grad, spec.storage("grad"))
         if grad.shape != var.shape:
             raise ValueError(f"grad has shape {grad.shape}, var has {var.shape}")
         _check_disjoint(state, {"grad": grad})
@@ -117,10 +117,10 @@ def check_arrays(spec: Spec, var: Any, m: Any, v: Any, vmax: Any, grad: Any) -> 
     indices, values = grad
     if var.ndim < 1:
         raise ValueError("a sparse kernel needs var of rank >= 1 (rows first)")
-    _check("indices", indices, spec.index_dtype)
+    check_array("indices", indices, spec.index_dtype)
     if indices.ndim != 1:
         raise ValueError(f"indices must be 1-d, got shape {indices.shape}")
-    _check("values", values, spec.storage("grad"))
+    check_array("values", values, spec.storage("grad"))
     expected = (indices.shape[0],) + tuple(var.shape[1:])
     if values.shape != expected:
         raise ValueError(f"values has shape {values.shape}, expected {expected} "
@@ -148,13 +148,19 @@ def _check_state(spec: Spec, var: Any, m: Any, v: Any, vmax: Any) -> dict[str, A
         raise TypeError("vmax is required by amsgrad kernels and only by them")
     state = {"var": var, "m": m, "v": v} | ({"vmax": vmax} if spec.amsgrad else {})
     for name, arr in state.items():
-        _check(name, arr, spec.storage(name), writable=True)
+        check_array(name, arr, spec.storage(name), writable=True)
         if arr.shape != var.shape:
             raise ValueError(f"{name} has shape {arr.shape}, var has {var.shape}")
     return state
 
 
-def _check(name: str, arr: Any, dtype: str, writable: bool = False) -> None:
+def check_array(name: str, arr: Any, dtype: str, writable: bool = False) -> None:
+    """An input or state array a kernel can take: `dtype` storage, C-contiguous (and writable),
+    aligned to its elements.
+
+    Raises:
+        TypeError: not an array, or another dtype; ValueError: layout or alignment.
+    """
     if not hasattr(arr, "dtype") or not hasattr(arr, "shape"):
         raise TypeError(f"{name} must be an array, got {type(arr).__name__}")
     if storage_name(arr.dtype) != dtype:

@@ -36,8 +36,7 @@ from ..codegen.render import Source
 from ..codegen.spec import Spec
 from ..errors import CompilationError, CompilerNotFoundError, KernelError, TargetUnavailableError
 from . import cache
-from ..dtypes import storage_name
-from .base import CFFI_TYPES, HParams, LoadedKernel, check_arrays, check_state
+from .base import CFFI_TYPES, HParams, LoadedKernel, check_array, check_arrays, check_state
 
 name = "cuda"
 
@@ -538,6 +537,7 @@ class CudaKernel(LoadedKernel):
         """
         if self.spec.sparse:
             raise TypeError(f"{self.source.symbol} is sparse; multi() updates dense tensors")
+        _one_source(hp, device_hparams)
         lists = [variables, ms, vs, grads] + ([vmaxes] if self.spec.amsgrad else [])
         if len({len(x) for x in lists}) != 1:
             raise ValueError(f"variables, ms, vs, grads{', vmaxes' if self.spec.amsgrad else ''} must "
@@ -662,12 +662,9 @@ class CudaBinding:
         return indices, values
 
     def _check_part(self, name: str, view: DeviceArray, dtype: str, shape: tuple) -> None:
-        if storage_name(view.dtype) != dtype:
-            raise TypeError(f"{name} has dtype {storage_name(view.dtype)}, this kernel takes {dtype}")
+        check_array(name, view, dtype)
         if view.shape != shape:
             raise ValueError(f"{name} has shape {view.shape}, expected {shape}")
-        if not view.flags.c_contiguous:
-            raise ValueError(f"{name} must be C-contiguous")
         if view.device is not None and self.device is not None and view.device != self.device:
             raise ValueError(f"{name} is on CUDA device {view.device}, the state on {self.device}")
         start, end = view.ptr, view.ptr + view.nbytes
@@ -691,9 +688,7 @@ class CudaBinding:
         if self.kernel.spec.sparse and device_hparams is not None and record is None:
             raise TypeError("device_hparams= takes a deferred sparse step (record=): a checking "
                             "step waits, and cannot be replayed from a CUDA graph")
-        if (hp is None) == (device_hparams is None):
-            raise TypeError("give the step's hyperparameters as hp or as device_hparams (one "
-                            f"of them), got {'both' if hp is not None else 'neither'}")
+        _one_source(hp, device_hparams)
         views = self.check_grad(grad)
         handle = stream_handle(stream, [views[0] if isinstance(views, tuple) else views])
         kernel = self.kernel
@@ -791,6 +786,17 @@ class MultiPlan:
             self.count, *self.columns, ffi.cast(f"{kernel._ctypes['grad']} *", addresses),
             self.sizes, table, ffi.NULL if which is None else ffi.new("int32_t[]", which),
             int(on_device), ffi.cast("cudaStream_t", stream)))
+
+
+def _one_source(hp: Any, device_hparams: Any) -> None:
+    """A step takes its hyperparameters from `hp` or from `device_hparams`: exactly one.
+
+    Raises:
+        TypeError: both or neither given.
+    """
+    if (hp is None) == (device_hparams is None):
+        raise TypeError("give the step's hyperparameters as hp or as device_hparams (one of "
+                        f"them), got {'both' if hp is not None else 'neither'}")
 
 
 def load(spec: Spec) -> CudaKernel:
