@@ -14,9 +14,6 @@ from typing import Any
 
 import numpy as np
 
-#: The storage dtypes of 16 bits.
-HALF = ("bfloat16", "float16")
-
 
 def storage_name(dtype: Any) -> str:
     """The name of `dtype` as the kernels name dtypes: "float32", "bfloat16", "int64", ...

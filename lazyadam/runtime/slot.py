@@ -509,14 +509,11 @@ class Launcher:
         Raises:
             MemoryError: naming the device and the bytes.
         """
-        steps: dict[Any, list] = {}
-        for item in work:
-            if item[0].target == "cuda":
-                steps.setdefault(item[1].device, []).append(item[0])
         out = {}
-        for device, slots in steps.items():
-            nbytes = len(slots) * HPARAMS_BYTES
-            table = _allocate(slots[0].param.data, nbytes, f"out of memory on CUDA device "
+        on_device = [item for item in work if item[0].target == "cuda"]
+        for device, items in _by_device(on_device).items():
+            nbytes = len(items) * HPARAMS_BYTES
+            table = _allocate(items[0][0].param.data, nbytes, f"out of memory on CUDA device "
                               f"{device}: a capturable step needs {nbytes:,} bytes for its "
                               "hyperparameters")
             out[device] = (table, DeviceArray(table, "hyperparameters").ptr)
