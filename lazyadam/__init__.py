@@ -4,7 +4,7 @@ __version__ = "0.1.0"
 
 from .codegen import Source, Spec, SpecError, generate, stages  # noqa: E402
 from .errors import (CompilationError, CompilerNotFoundError, KernelError,  # noqa: E402
-                     TargetUnavailableError)
+                     TargetUnavailableError, UntrustedCacheWarning)
 from .targets import compile  # noqa: E402
 from .targets.base import HParams  # noqa: E402
 from .runtime import LazyAdam, Parameter, RowTensor  # noqa: E402
@@ -12,4 +12,4 @@ from .runtime import LazyAdam, Parameter, RowTensor  # noqa: E402
 __all__ = ["LazyAdam", "Parameter", "RowTensor",
            "Spec", "SpecError", "Source", "HParams", "generate", "stages", "compile",
            "CompilationError", "CompilerNotFoundError", "KernelError", "TargetUnavailableError",
-           "__version__"]
+           "UntrustedCacheWarning", "__version__"]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import stat
 import sys
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -258,7 +259,11 @@ def cache() -> None:
 
 @cache.command("ls")
 def cache_ls() -> None:
-    """List the cache entries: key, state (ok, failed, building), size and built files."""
+    """List the cache entries: key, state (ok, failed, building), owner, mode, size and built files.
+
+    An entry the cache would refuse to use (another owner, or writable by others: see
+    docs/security.md) is followed by a line "refused: <path> <reason>".
+    """
     entries = kernel_cache.entries()
     click.echo(f"{kernel_cache.root()}: {len(entries)} entries")
     for entry in entries:
@@ -269,8 +274,13 @@ def cache_ls() -> None:
         sources = [p.name for p in files if p.suffix in (".c", ".cu", ".h")]
         built = [p.name for p in files if p.name not in ("failed", "claim", "build.log")
                  and p.name not in sources]
-        click.echo(f"{entry.name[:16]}  {state:8}  {size / 1024:6.1f} KiB  "
+        info = entry.lstat()
+        click.echo(f"{entry.name[:16]}  {state:8}  {kernel_cache.user(info.st_uid)}  "
+                   f"{stat.filemode(info.st_mode)}  {size / 1024:6.1f} KiB  "
                    f"{' '.join(built or sources)}")
+        refusal = kernel_cache.refusal(entry)
+        if refusal:
+            click.echo(f"    refused: {refusal}")
 
 
 @cache.command("clear")

@@ -39,3 +39,11 @@ class TargetUnavailableError(RuntimeError):
 
 class KernelError(RuntimeError):
     """A kernel returned an error code that argument checks should have prevented."""
+
+
+class UntrustedCacheWarning(UserWarning):
+    """The kernel cache held something another user owns or can write, so it was not used.
+
+    The message names the path and the reason; the kernel was built in a private temporary folder
+    instead (see docs/security.md).
+    """

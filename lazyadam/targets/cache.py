@@ -15,6 +15,16 @@ Faults: a cache that cannot be written (a full disk, no permission) raises an OS
 folder at once, and leaves no claim behind. An artifact that is there but cannot be loaded
 (truncated, corrupted) is removed and built once more.
 
+Trust (docs/security.md): entry names are predictable, so whoever can write into the cache could
+plant a library there. The cache uses an entry only when the root, the entry's shard folder, the
+entry and everything in it (artifact, claim, `failed`) are owned by this user or root and writable
+by nobody else; the root alone may be sticky and writable by all, as /tmp is. Otherwise it loads
+nothing from the entry, waits for no claim and believes no `failed` marker there: it builds the
+kernel in a private temporary folder of this process and warns once with `UntrustedCacheWarning`,
+naming the path and the reason. It creates folders 0700, artifacts 0700 and other files 0600,
+whatever the umask. A cache shared by several accounts is not supported, beyond one that root
+filled and others only read.
+
 Environment:
     LAZYADAM_CACHE_DIR: the cache root (default `$XDG_CACHE_HOME/lazyadam`, else `~/.cache/lazyadam`).
     LAZYADAM_DISABLE_CACHE=1: build every kernel afresh in a temporary folder.
@@ -22,20 +32,24 @@ Environment:
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import errno
 import hashlib
 import json
 import os
+import pwd
 import shutil
+import stat
 import tempfile
 import threading
 import time
+import warnings
 from pathlib import Path
 from typing import Callable, TypeVar
 
 from .. import processes
-from ..errors import CompilationError
+from ..errors import CompilationError, UntrustedCacheWarning
 
 STALE_SECONDS = 600.0
 EMPTY_CLAIM_SECONDS = 5.0
@@ -47,6 +61,10 @@ Kernel = TypeVar("Kernel")
 _loaded: dict[str, object] = {}
 _building: dict[str, threading.Lock] = {}
 _lock = threading.Lock()
+#: The artifacts built in private folders in place of untrusted entries, by key.
+_private: dict[str, Path] = {}
+#: (pid, folder) of each private build, removed when the process that made it exits.
+_private_folders: list[tuple[int, Path]] = []
 
 
 def root() -> Path:
@@ -130,20 +148,35 @@ def fetch(key: str, artifact: str, build: Callable[[Path], Path]) -> Path:
     """The path of the cached `artifact` for `key`, building it with `build(folder)` if needed.
 
     `build` writes whatever it needs into the empty `folder` it is given and returns the path of the
-    artifact it made there (it raises `CompilationError` on failure).
+    artifact it made there (it raises `CompilationError` on failure). Where the entry, or the cache
+    above it, cannot be trusted (see `refusal`), the artifact is built in a private temporary
+    folder instead (kept until this process exits) with an `UntrustedCacheWarning`.
 
     Raises:
         CompilationError: the build failed, here or in another process building the same key.
         OSError: the cache cannot be written (a full disk, no permission); no claim is left.
     """
-    entry = root() / key[:2] / key
+    try:
+        return _fetch(root() / key[:2] / key, artifact, build)
+    except _Refused as refused:
+        return _build_private(key, build, refused)
+
+
+def _fetch(entry: Path, artifact: str, build: Callable[[Path], Path]) -> Path:
+    """`fetch` in a trusted cache. Raises _Refused where an entry or a folder above it is not."""
     target = entry / artifact
     while True:
+        try:
+            _make_folders(entry)
+            _check_entry(entry)
+        except FileNotFoundError:  # the cache was deleted meanwhile
+            continue
+        except OSError as error:
+            raise _unwritable(error) from error
         if target.exists():
             return target
         try:
-            entry.mkdir(parents=True, exist_ok=True)
-            fd = os.open(entry / "claim", os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            fd = os.open(entry / "claim", os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
         except FileExistsError:
             _wait_for_claim(entry, target)
             continue
@@ -182,6 +215,7 @@ def _build_into(entry: Path, target: Path, build: Callable[[Path], Path]) -> Pat
                 _write_atomic(entry / "failed", err.log or str(err))
             raise
         for path in work.iterdir():  # sources and log next to the artifact, for a person to read
+            os.chmod(path, 0o700 if path == product or path.is_dir() else 0o600)
             if path != product:
                 os.replace(path, entry / path.name)
         os.replace(product, target)
@@ -191,16 +225,29 @@ def _build_into(entry: Path, target: Path, build: Callable[[Path], Path]) -> Pat
 
 
 def _wait_for_claim(entry: Path, target: Path) -> None:
-    """Returns when the claim is gone (built, failed or stale); raises if the build failed."""
+    """Returns when the claim is gone (built, failed or stale); raises if the build failed.
+
+    Raises:
+        CompilationError: the claimant left a `failed` marker.
+        _Refused: the entry holds a claim, marker or anything else that is not to be trusted.
+    """
     claim = entry / "claim"
     while True:
+        try:
+            _check_entry(entry)
+        except FileNotFoundError:  # the cache was deleted meanwhile: start again
+            return
         if target.exists():
             return
         try:
             age = time.time() - claim.stat().st_mtime
         except FileNotFoundError:
             failed = entry / "failed"
-            if failed.exists() and not target.exists():
+            try:
+                _check(failed)
+            except FileNotFoundError:
+                return
+            if not target.exists():
                 raise CompilationError(f"another process failed to build {entry.name}",
                                        log=_read(failed), log_path=failed)
             return
@@ -242,10 +289,149 @@ def build_uncached(build: Callable[[Path], Path]) -> tuple[Path, Path]:
     return build(work), work
 
 
+# -- trust: who may have written what the cache is about to use ---------------------------------
+
+class _Refused(Exception):
+    """A path in the cache that is not to be trusted, and why."""
+
+    def __init__(self, path: Path, reason: str):
+        super().__init__(f"{path} {reason}")
+        self.path = path
+        self.reason = reason
+
+
+def refusal(entry: Path) -> str | None:
+    """Why the cache would not use `entry` (a folder `root()/<key[:2]>/<key>`), or None if it would.
+
+    Trusted: the root, the entry's shard folder, the entry and everything in it, each owned by this
+    user or root and writable by nobody else (the root may be sticky and writable by all, as /tmp).
+    Not trusted: another owner, group or other write permission, a symbolic link, a path that
+    cannot be examined.
+
+    Returns:
+        "<path> <reason>" for the first path that fails, e.g. "... is owned by uid 65534 (nobody),
+        not by this user (uid 1000, alice) or root".
+    """
+    try:
+        _check_entry(entry)
+    except _Refused as refused:
+        return str(refused)
+    except FileNotFoundError:  # deleted meanwhile: nothing there to trust or not
+        pass
+    return None
+
+
+def user(uid: int) -> str:
+    """'uid N (name)', or 'uid N' for a uid with no account."""
+    try:
+        return f"uid {uid} ({pwd.getpwuid(uid).pw_name})"
+    except KeyError:
+        return f"uid {uid}"
+
+
+def _check(path: Path, is_root: bool = False) -> None:
+    """Raises _Refused unless `path` is owned by this user or root and writable by no one else.
+
+    The root is followed if a symbolic link (the user may point the cache anywhere) and may be
+    sticky and writable by all; anything below it is examined itself, not followed.
+
+    Raises:
+        FileNotFoundError: `path` is not there.
+    """
+    try:
+        info = os.stat(path) if is_root else os.lstat(path)
+    except FileNotFoundError:
+        raise
+    except OSError as error:
+        raise _Refused(path, f"cannot be examined ({error.strerror or error})") from error
+    if stat.S_ISLNK(info.st_mode):
+        raise _Refused(path, "is a symbolic link")
+    me = os.getuid()
+    if info.st_uid not in (me, 0):
+        raise _Refused(path, f"is owned by {user(info.st_uid)}, not by this user ({user(me)}) "
+                             "or root")
+    shared = info.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+    if shared and not (is_root and info.st_mode & stat.S_ISVTX):
+        whom = "group and others" if shared == stat.S_IWGRP | stat.S_IWOTH else (
+            "its group" if shared == stat.S_IWGRP else "others")
+        raise _Refused(path, f"is writable by {whom} (mode {stat.filemode(info.st_mode)})")
+
+
+def _check_entry(entry: Path) -> None:
+    """`_check` on the root, the entry's shard folder, the entry and everything in it (not below).
+
+    Raises:
+        _Refused: the first that fails. FileNotFoundError: the entry is gone.
+    """
+    _check(root(), is_root=True)
+    _check(entry.parent)
+    _check(entry)
+    try:
+        names = os.listdir(entry)
+    except FileNotFoundError:
+        raise
+    except OSError as error:
+        raise _Refused(entry, f"cannot be listed ({error.strerror or error})") from error
+    for name in names:
+        with contextlib.suppress(FileNotFoundError):  # gone meanwhile (a released claim)
+            _check(entry / name)
+
+
+def _make_folders(entry: Path) -> None:
+    """Creates the root, the entry's shard folder and the entry where missing, each 0700, and
+    checks each before creating anything in it.
+
+    Raises:
+        _Refused: one is not to be trusted. OSError: one cannot be created.
+    """
+    base = root()
+    if not base.is_dir():
+        base.parent.mkdir(parents=True, exist_ok=True)
+        _mkdir_private(base)
+    _check(base, is_root=True)
+    for folder in (entry.parent, entry):
+        _mkdir_private(folder)
+        _check(folder)
+
+
+def _mkdir_private(folder: Path) -> None:
+    """Creates `folder` with mode 0700, whatever the umask; leaves an existing one as it is."""
+    try:
+        os.mkdir(folder, 0o700)
+    except FileExistsError:
+        return
+    os.chmod(folder, 0o700)
+
+
+def _build_private(key: str, build: Callable[[Path], Path], refused: _Refused) -> Path:
+    """The artifact for `key` built in a private temporary folder (once per process), in place of
+    the refused entry; warns the first time."""
+    path = _private.get(key)
+    if path is not None and path.exists():
+        return path
+    if path is None:
+        warnings.warn(UntrustedCacheWarning(
+            f"not using the kernel cache entry for {key[:16]}: {refused}; building the kernel "
+            "in a private temporary folder instead (see docs/security.md)"))
+    path, folder = build_uncached(build)
+    _private_folders.append((os.getpid(), folder))
+    _private[key] = path
+    return path
+
+
+@atexit.register
+def _remove_private_folders() -> None:
+    """Removes the private builds of this process (not those of a parent it was forked from)."""
+    for pid, folder in _private_folders:
+        if pid == os.getpid():
+            shutil.rmtree(folder, ignore_errors=True)
+
+
 def _write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}")
     try:
-        tmp.write_text(text)
+        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as file:
+            file.write(text)
         os.replace(tmp, path)
     finally:
         _unlink(tmp)

@@ -13,11 +13,11 @@ import shlex
 import shutil
 import subprocess
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from lazyadam import Spec, generate
+from lazyadam import Source, Spec, generate
 from lazyadam.errors import CompilationError
 from lazyadam.targets import cache
 from lazyadam.targets.cuda import CudaKernel
@@ -47,26 +47,34 @@ def build(specs: Iterable[Spec], defines: Mapping[str, int] | None = None) -> di
     key = cache.make_key({"target": "cuda-emulation", "emulation": HEADER.read_text(),
                           "sources": [s.text + s.header for s in sources.values()],
                           "compiler": cxx, "version": version, "flags": flags})
-
-    def compile_library(folder: Path) -> Path:
-        for source in sources.values():
-            (folder / source.filename).write_text(source.text)
-            (folder / f"{source.symbol}.h").write_text(source.header)
-        unit = folder / "emulation.cu"
-        unit.write_text("".join(f'#include "{s.filename}"\n' for s in sources.values()))
-        out = folder / "emulation.so"
-        cmd = [cxx, *flags, "-include", str(HEADER), "-x", "c++", str(unit), "-o", str(out)]
-        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=folder)
-        if proc.returncode != 0:
-            raise CompilationError("the CUDA emulation build failed",
-                                   log=f"$ {shlex.join(cmd)}\n{proc.stdout}{proc.stderr}")
-        return out
-
-    path = cache.fetch(key, "emulation.so", compile_library)
+    path = cache.fetch(key, "emulation.so",
+                       lambda folder: compile_library(sources.values(), folder, flags))
     for spec, source in sources.items():  # one kernel object per library and spec, as in the target
         if (key, spec) not in _KERNELS:
             _KERNELS[key, spec] = CudaKernel(spec, source, path)
     return {spec: _KERNELS[key, spec] for spec in sources}
+
+
+def compile_library(sources: Iterable[Source], folder: Path, flags: Sequence[str] = FLAGS) -> Path:
+    """Builds the .cu `sources` for the host into `folder/emulation.so`; returns its path (what
+    the CUDA target's `build` does with nvcc, so a test can stand it in for `cuda.build`).
+
+    Raises:
+        CompilationError: the host compiler failed (the log says why).
+    """
+    sources = list(sources)
+    for source in sources:
+        (folder / source.filename).write_text(source.text)
+        (folder / f"{source.symbol}.h").write_text(source.header)
+    unit = folder / "emulation.cu"
+    unit.write_text("".join(f'#include "{s.filename}"\n' for s in sources))
+    out = folder / "emulation.so"
+    cmd = [host_compiler(), *flags, "-include", str(HEADER), "-x", "c++", str(unit), "-o", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=folder)
+    if proc.returncode != 0:
+        raise CompilationError("the CUDA emulation build failed",
+                               log=f"$ {shlex.join(cmd)}\n{proc.stdout}{proc.stderr}")
+    return out
 
 
 #: The kernels loaded in this process, by library and spec.
