@@ -310,7 +310,7 @@ def refusal(entry: Path) -> str | None:
 
     Returns:
         "<path> <reason>" for the first path that fails, e.g. "... is owned by uid 65534 (nobody),
-        not by this user (uid 1000, alice) or root".
+        not by uid 1000 (alice) or root".
     """
     try:
         _check_entry(entry)
@@ -348,8 +348,7 @@ def _check(path: Path, is_root: bool = False) -> None:
         raise _Refused(path, "is a symbolic link")
     me = os.getuid()
     if info.st_uid not in (me, 0):
-        raise _Refused(path, f"is owned by {user(info.st_uid)}, not by this user ({user(me)}) "
-                             "or root")
+        raise _Refused(path, f"is owned by {user(info.st_uid)}, not by {user(me)} or root")
     shared = info.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
     if shared and not (is_root and info.st_mode & stat.S_ISVTX):
         whom = "group and others" if shared == stat.S_IWGRP | stat.S_IWOTH else (
