@@ -267,7 +267,10 @@ def cache_ls() -> None:
     entries = kernel_cache.entries()
     click.echo(f"{kernel_cache.root()}: {len(entries)} entries")
     for entry in entries:
-        files = sorted(p for p in entry.iterdir() if p.is_file())
+        try:
+            files = sorted(p for p in entry.iterdir() if p.is_file())
+        except PermissionError:  # another user's private entry: its refusal line says whose
+            files = []
         names = {p.name for p in files}
         state = "failed" if "failed" in names else "building" if "claim" in names else "ok"
         size = sum(p.stat().st_size for p in files)

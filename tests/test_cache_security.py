@@ -9,10 +9,13 @@ gives the reference's numbers, and an UntrustedCacheWarning names the path. The 
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import socket
 import stat
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import warnings
@@ -357,3 +360,39 @@ def test_cache_ls_shows_owner_and_mode_and_flags_what_it_would_refuse(counting_c
     assert f"{cache.user(0)}  drwxr-xr-x  " in line
     assert following == (f"    refused: {bad / dense.symbol}.so is owned by {cache.user(OTHER_UID)}"
                          f", not by {cache.user(0)} or root")
+
+
+@needs_root
+def test_cache_ls_lists_an_entry_it_cannot_read(counting_cc, monkeypatch):
+    """Another user's listing of a shared sticky cache: this user's entries are 0700, so it cannot
+    see their files; it says so instead of failing."""
+    shared = Path(tempfile.mkdtemp(dir="/tmp"))  # pytest's tmp_path is closed to other users
+    try:
+        shared.chmod(0o755)
+        monkeypatch.setenv("LAZYADAM_CACHE_DIR", str(shared / "cache"))
+        entry = lazyadam.compile(SPEC).path.parent
+        cache.root().chmod(0o1777)
+        entry.parent.chmod(0o755)
+        os.seteuid(OTHER_UID)
+        try:
+            result = CliRunner().invoke(main, ["cache", "ls"])
+        finally:
+            os.seteuid(0)
+    finally:
+        shutil.rmtree(shared)
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines()[1:] == [
+        f"{entry.name[:16]}  ok        {cache.user(0)}  drwx------     0.0 KiB  ",
+        f"    refused: {entry} cannot be listed (Permission denied)"]
+
+
+def test_a_failed_private_build_leaves_no_folder_behind(counting_cc, monkeypatch, tmp_path):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    cache.root().mkdir(mode=0o777)
+    cache.root().chmod(0o777)
+    monkeypatch.setenv("LAZYADAM_CFLAGS", "--no-such-flag-for-lazyadam")
+    with pytest.warns(UntrustedCacheWarning, match=re.escape(str(cache.root()))):
+        with pytest.raises(CompilationError, match="failed to build"):
+            lazyadam.compile(SPEC)
+    assert list((tmp_path / "tmp").iterdir()) == []

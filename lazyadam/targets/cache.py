@@ -286,7 +286,11 @@ def _identity(path: Path) -> tuple[int, int, int] | None:
 def build_uncached(build: Callable[[Path], Path]) -> tuple[Path, Path]:
     """Builds in a fresh temporary folder; returns (artifact, folder). The caller removes the folder."""
     work = Path(tempfile.mkdtemp(prefix="lazyadam-"))
-    return build(work), work
+    try:
+        return build(work), work
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
 
 
 # -- trust: who may have written what the cache is about to use ---------------------------------
@@ -346,7 +350,7 @@ def _check(path: Path, is_root: bool = False) -> None:
         raise _Refused(path, f"cannot be examined ({error.strerror or error})") from error
     if stat.S_ISLNK(info.st_mode):
         raise _Refused(path, "is a symbolic link")
-    me = os.getuid()
+    me = os.geteuid()
     if info.st_uid not in (me, 0):
         raise _Refused(path, f"is owned by {user(info.st_uid)}, not by {user(me)} or root")
     shared = info.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
