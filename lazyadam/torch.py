@@ -789,8 +789,9 @@ def _bind(param: torch.Tensor, state: dict[str, Any] | None, options: _Options,
                     state_dtype=flags.state_dtype, rounding=flags.rounding)
     slot = Slot(home, id(param), False, spec, target_for(view), *moments,
                 seed_offset=position * SEED_STRIDE % 2**64)
-    return (_Binding(slot, tensors["step"].numpy(), _key(param, tensors, position), flags, copy),
-            created)
+    bound = tuple(tensors.get(key) for key in STATE_KEYS + ("step",))
+    return (_Binding(slot, tensors["step"].numpy(), _key(param, bound, position), flags, copy,
+                     bound), created)
 
 
 def _check_state(state: dict[str, Any], name: str) -> None:
@@ -841,18 +842,15 @@ def _count(step: Any, name: str) -> float:
     return count
 
 
-def _layout(tensor: torch.Tensor) -> tuple:
-    """Where a tensor's elements are: its memory, dtype, shape, strides and negative bit."""
-    return tensor.data_ptr(), tensor.dtype, tensor.shape, tensor.stride(), tensor.is_neg()
-
-
-def _key(param: torch.Tensor, state: dict[str, Any], position: int) -> tuple:
-    """What a binding depends on: where the parameter and its state tensors live, and the
-    parameter's position (which moves its seed)."""
-    vmax = state.get("max_exp_avg_sq")
-    return (_layout(param), param.is_cuda, _layout(state["exp_avg"]),
-            _layout(state["exp_avg_sq"]), _layout(vmax) if vmax is not None else 0,
-            state["step"].data_ptr(), position)
+def _key(param: torch.Tensor, tensors: tuple, position: int) -> tuple:
+    """What a binding depends on besides the identity of the state tensors (`tensors`: exp_avg,
+    exp_avg_sq, max_exp_avg_sq or None, step): where the parameter's elements are (its memory,
+    dtype, shape, strides, negative bit, device type), the state tensors' memory, and, last,
+    the parameter's position (which moves its seed)."""
+    exp_avg, exp_avg_sq, vmax, step = tensors
+    return (param.data_ptr(), param.dtype, param.shape, param.stride(), param.is_neg(),
+            param.is_cuda, exp_avg.data_ptr(), exp_avg_sq.data_ptr(),
+            0 if vmax is None else vmax.data_ptr(), step.data_ptr(), position)
 
 
 class _Memo(NamedTuple):
@@ -905,24 +903,29 @@ class _Binding:
     """A parameter's `Slot`, bound to the memory its tensors had when it was made.
 
     The slot's arrays share the tensors' memory and keep it alive; `step` is a numpy view of the
-    `step` state tensor; `key` is what `matches` compares with the tensors as they are now, with
-    the group's `flags`; `copy` is None, or `(parameter, working copy)` for a parameter that is
-    stepped through a contiguous copy (see `_bind`).
+    `step` state tensor; `tensors` are the state tensors bound (exp_avg, exp_avg_sq,
+    max_exp_avg_sq or None, step), which the state must still hold (the same objects: another
+    view of their memory, a `.t()`, may place its elements elsewhere); `key` is what `matches`
+    compares with the tensors as they are now, with the group's `flags`; `copy` is None, or
+    `(parameter, working copy)` for a parameter that is stepped through a contiguous copy (see
+    `_bind`).
     """
 
-    __slots__ = ("slot", "step", "key", "flags", "copy")
+    __slots__ = ("slot", "step", "key", "flags", "copy", "tensors")
 
     def __init__(self, slot: Slot, step: Any, key: tuple, flags: _Flags,
-                 copy: tuple[torch.Tensor, torch.Tensor] | None):
+                 copy: tuple[torch.Tensor, torch.Tensor] | None, tensors: tuple):
         self.slot, self.step, self.key, self.flags, self.copy = slot, step, key, flags, copy
+        self.tensors = tensors
 
     def matches(self, param: torch.Tensor, state: dict[str, Any] | None, flags: _Flags | None,
                 position: int) -> bool:
         """True while the parameter and its state live where they did when this was made (and,
         `flags` given, the group's flags are the same)."""
-        if flags is not None and flags != self.flags:
+        if (flags is not None and flags != self.flags) or state is None:
             return False
-        try:
-            return self.key == _key(param, state, position)
-        except (KeyError, TypeError, AttributeError, RuntimeError):
-            return False
+        exp_avg, exp_avg_sq, vmax, step = tensors = self.tensors
+        get = state.get
+        return (get("exp_avg") is exp_avg and get("exp_avg_sq") is exp_avg_sq
+                and get("max_exp_avg_sq") is vmax and get("step") is step
+                and self.key == _key(param, tensors, position))
