@@ -190,7 +190,7 @@ class LazyAdam(torch.optim.Optimizer):
         converts any state (see `_bind`).
 
         Raises:
-            ValueError: a `step` that is not a count (None, negative, not an integer, 2**64 or
+            ValueError: a `step` that is not a count (None, negative, not an integer, 2**64 - 1 or
                 more, more than one element), a moment that is not a dense real floating-point
                 tensor; naming the parameter and the field. Nothing is loaded. Otherwise as
                 torch's.
