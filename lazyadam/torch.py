@@ -11,9 +11,9 @@ input order), never copied when contiguous. A COO gradient sparse in more dimens
 (`dense.to_sparse()`) is coalesced and read as rows. Dense gradients get the dense kernel. CPU
 tensors are updated in place by the C kernels through numpy arrays over their memory; CUDA tensors
 by the CUDA kernels on torch's current stream, the dense parameters that share a kernel in
-multi-tensor launches (each tensor with its own hyperparameters). A step like the last one (the same groups,
-flags, parameters and state tensors; dense CUDA gradients of the same dtype, shape and device)
-confirms the last step's checks in a microsecond or two a parameter (`_recheck`).
+multi-tensor launches (each tensor with its own hyperparameters). A step like the last one (the
+same groups, flags, parameters and state tensors; dense CUDA gradients of the same dtype, shape and
+device) confirms the last step's checks in a microsecond or two a parameter (`_recheck`).
 
 A step works in the two phases of `lazyadam.runtime.slot`, shared with `lazyadam.LazyAdam`:
 
