@@ -152,8 +152,9 @@ class LazyAdam(torch.optim.Optimizer):
                         differentiable=differentiable)
         _options(defaults, "LazyAdam")
         #: Held over every step's check phase (and its apply phase, with use_locking) and over
-        #: `load_state_dict`; made once: a load keeps it, so that it goes on excluding.
-        self._lock = threading.Lock()
+        #: `load_state_dict`; made once: a load keeps it, so that it goes on excluding. Reentrant:
+        #: a load hook may step.
+        self._lock = threading.RLock()
         self._reset()
         super().__init__(params, defaults)
 
@@ -176,7 +177,7 @@ class LazyAdam(torch.optim.Optimizer):
             for key, value in self.defaults.items():
                 group.setdefault(key, value)
         if "_lock" not in self.__dict__:  # unpickled; a load keeps the lock it holds
-            self._lock = threading.Lock()
+            self._lock = threading.RLock()
         self._reset()
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:

@@ -481,6 +481,22 @@ def test_the_step_lock_survives_a_load(family, monkeypatch):
     assert second.is_set() and float(opt.state[param]["step"]) == 3
 
 
+def test_a_load_hook_may_step(family):
+    """The lock held over a load is the step's own: a load post-hook that steps (in this
+    thread) does not wait for itself."""
+    cls = family[0]
+    param = nn.Parameter(torch.ones(3))
+    opt = cls([param], use_locking=True)
+    param.grad = torch.ones(3)
+    opt.step()
+    opt.register_load_state_dict_post_hook(lambda optimizer: optimizer.step())
+    loading = threading.Thread(target=opt.load_state_dict, args=(opt.state_dict(),), daemon=True)
+    loading.start()
+    loading.join(10)
+    assert not loading.is_alive(), "the load's hook waits for the lock the load holds"
+    assert float(opt.state[param]["step"]) == 2
+
+
 # -- negative-bit views and ZeroTensors -----------------------------------------------------------
 
 
