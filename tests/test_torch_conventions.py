@@ -193,6 +193,29 @@ def test_parameters_that_are_not_contiguous_step_as_adam_steps_them(family, kind
     assert_close(base.numpy(), theirs_base.numpy(), "float64", "the storage")
 
 
+@pytest.mark.parametrize("sparse", [False, True], ids=["dense", "sparse"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+def test_a_transposed_parameter_steps_as_its_contiguous_twin_bitwise(family, dtype, sparse):
+    """The same values, the same gradients, half precision and row-sparse gradients included:
+    the working copy gives the contiguous parameter's bits."""
+    cls = family[0]
+    base = gradient((4, 6), 90, dtype)
+    ours, twin = nn.Parameter(base.t()), nn.Parameter(base.t().contiguous())
+    opts = [cls([ours], lr=0.05), cls([twin], lr=0.05)]
+    for step in range(3):
+        if sparse:
+            rows = torch.tensor([5, 0, 5, 2])
+            grad = torch.sparse_coo_tensor(rows[None], gradient((4, 4), step, dtype), (6, 4),
+                                           check_invariants=True)
+        else:
+            grad = gradient((6, 4), step, dtype)
+        for p, opt in zip((ours, twin), opts):
+            p.grad = grad
+            opt.step()
+        assert torch.equal(ours, twin), f"step {step}"
+    assert not ours.is_contiguous() and ours.data_ptr() == base.data_ptr()
+
+
 def test_a_change_of_strides_is_followed(family):
     """`p.data = p.data.t()` (same memory, dtype and shape) and a state tensor replaced by its
     own transpose: the next steps land on the elements the tensors now name."""
