@@ -7,12 +7,13 @@
 Sparse gradients (`nn.Embedding(..., sparse=True)`, `nn.EmbeddingBag(..., sparse=True)`) get the
 lazy update: only the rows the gradient touches change. Their COO indices and values go to the
 kernel as torch made them: uncoalesced, duplicates included (the kernel sums a row's occurrences in
-input order), never copied when contiguous. Dense gradients get the dense kernel. CPU tensors are
-updated in place by the C kernels through numpy arrays over their memory; CUDA tensors by the CUDA
-kernels on torch's current stream, the dense parameters that share a kernel in multi-tensor
-launches (each tensor with its own hyperparameters). A step like the last one (the same groups,
-flags, parameters and state tensors; dense CUDA gradients of the same dtype, shape and device)
-confirms the last step's checks in a microsecond or two a parameter (`_recheck`).
+input order), never copied when contiguous. A COO gradient sparse in more dimensions
+(`dense.to_sparse()`) is coalesced and read as rows. Dense gradients get the dense kernel. CPU
+tensors are updated in place by the C kernels through numpy arrays over their memory; CUDA tensors
+by the CUDA kernels on torch's current stream, the dense parameters that share a kernel in
+multi-tensor launches (each tensor with its own hyperparameters). A step like the last one (the
+same groups, flags, parameters and state tensors; dense CUDA gradients of the same dtype, shape and
+device) confirms the last step's checks in a microsecond or two a parameter (`_recheck`).
 
 A step works in the two phases of `lazyadam.runtime.slot`, shared with `lazyadam.LazyAdam`:
 
@@ -22,9 +23,11 @@ A step works in the two phases of `lazyadam.runtime.slot`, shared with `lazyadam
              (CUDA: multi-tensor launches per kernel for the dense ones)
 
 so a step that raises leaves every parameter and all state as they were. Each step reads where
-every parameter and state tensor lives now (data pointer, dtype, shape, device): after
-`model.to(torch.float64)`, `.cuda()` or `load_state_dict` the kernels are bound again, and state
-is moved to the parameter's device and dtype, as `Optimizer.load_state_dict` moves it.
+every parameter and state tensor lives now (data pointer, dtype, shape, strides, negative bit,
+device): after `model.to(torch.float64)`, `.cuda()`, `p.data = p.data.t()` or `load_state_dict`
+the kernels are bound again, and state is moved to the parameter's device and dtype. A parameter
+that is not contiguous, or a negative view, is stepped through a contiguous working copy (`_bind`).
+`load_state_dict` keeps the state's own dtype (torch's would cast it to the parameter's).
 """
 
 from __future__ import annotations
@@ -37,9 +40,10 @@ from typing import Any, Callable, Iterable, NamedTuple
 import torch
 
 from .codegen.spec import ROUNDINGS, STATE_DTYPES
-from .runtime.parameter import Parameter, RowTensor, to_host
+from .runtime.parameter import Parameter, RowTensor, index_bounds, to_host
 from .runtime.slot import (SEED_STRIDE, Launcher, Slot, check_device_state,
                            check_seed, spec_for, target_for)
+from .targets.base import index_error
 
 __all__ = ["LazyAdam", "EPS_MODES"]
 
@@ -111,13 +115,25 @@ class LazyAdam(torch.optim.Optimizer):
             `torch.cuda.graph` captures records its launches; call `prepare_replay()` before each
             `graph.replay()`. Capture after one eager step, which makes the state.
 
+        foreach, fused: torch's keywords, accepted (None or a bool) and saved with the group;
+            the kernels are fused and take many tensors either way.
+        differentiable: torch's keyword; True is refused (the kernels update in place, outside
+            autograd).
+
     Half precision: bfloat16 and float16 parameters (CPU or CUDA) are updated in place, each step
     computed in float32; their gradients come in their own dtype or in float32.
+
+    A parameter that is not contiguous (a transposed or sliced view) or is a negative view
+    (`torch._neg_view`) steps as torch's Adam steps it, through a contiguous working copy: each
+    step copies it in and writes it back (two copies of the parameter a step, and the memory of
+    one). A parameter may be listed once: torch warns and steps a repeated one twice; here it is
+    refused.
 
     Raises:
         TypeError: an option of the wrong type; a parameter that is not a float32, float64,
             bfloat16 or float16 tensor.
-        ValueError: an option out of range; as `torch.optim.Optimizer` for params.
+        ValueError: an option out of range; a complex, sparse or ZeroTensor parameter; a parameter
+            listed twice; as `torch.optim.Optimizer` for params.
     """
 
     def __init__(self, params: Iterable[Any], lr: float = 1e-3,
@@ -126,19 +142,25 @@ class LazyAdam(torch.optim.Optimizer):
                  maximize: bool = False, decoupled_weight_decay: bool = False,
                  eps_mode: str = "pytorch", use_locking: bool = False,
                  state_dtype: str | None = None, rounding: str = "nearest", seed: int = 0,
-                 capturable: bool = False):
+                 capturable: bool = False, foreach: bool | None = None,
+                 fused: bool | None = None, differentiable: bool = False):
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, nesterov=nesterov,
                         amsgrad=amsgrad, maximize=maximize,
                         decoupled_weight_decay=decoupled_weight_decay, eps_mode=eps_mode,
                         use_locking=use_locking, state_dtype=state_dtype, rounding=rounding,
-                        seed=seed, capturable=capturable)
+                        seed=seed, capturable=capturable, foreach=foreach, fused=fused,
+                        differentiable=differentiable)
         _options(defaults, "LazyAdam")
+        #: Held over every step's check phase (and its apply phase, with use_locking) and over
+        #: `load_state_dict`; made once: a load keeps it, so that it goes on excluding. Reentrant:
+        #: a load hook may step.
+        self._lock = threading.RLock()
         self._reset()
         super().__init__(params, defaults)
 
     def _reset(self) -> None:
-        """What a fresh or unpickled optimizer holds besides torch's state: no bindings yet."""
-        self._lock = threading.Lock()
+        """What a fresh, loaded or unpickled optimizer holds besides torch's state and its lock:
+        no bindings yet."""
         self._bindings: dict[torch.Tensor, _Binding] = {}
         self._launcher = Launcher()
         #: The parameters of the captured step: (binding, param group number, parameter, the
@@ -154,14 +176,62 @@ class LazyAdam(torch.optim.Optimizer):
         for group in self.param_groups:
             for key, value in self.defaults.items():
                 group.setdefault(key, value)
+        if "_lock" not in self.__dict__:  # unpickled; a load keeps the lock it holds
+            self._lock = threading.RLock()
         self._reset()
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Loads a state (see `torch.optim.Optimizer.load_state_dict`), under the step lock.
+
+        Two differences from torch's: the state is checked before anything is loaded (after the
+        load pre-hooks), and floating-point state keeps its dtype, moved to the parameter's
+        device. (torch casts it to the parameter's dtype: the float32 moments of a float16
+        parameter would lose their small values and overflow their large ones, those of a
+        bfloat16 parameter their precision.) A step converts state of another dtype, as it
+        converts any state (see `_bind`).
+
+        Raises:
+            ValueError: a `step` that is not a count (None, negative, not an integer, 2**64 - 1 or
+                more, more than one element), a moment that is not a dense real floating-point
+                tensor; naming the parameter and the field. Nothing is loaded. Otherwise as
+                torch's.
+        """
+        loaded = []
+
+        def check(optimizer: LazyAdam, state_dict: dict[str, Any]) -> None:
+            saved_groups = state_dict.get("param_groups", ())
+            saved_state = state_dict.get("state", {})
+            for number, (saved, group) in enumerate(zip(saved_groups, self.param_groups)):
+                names = group.get("param_names")
+                for i, index in enumerate(saved.get("params", ())):
+                    entry = saved_state.get(index)
+                    if isinstance(entry, dict):
+                        _check_state(entry, names[i] if names else f"group {number} param {i}")
+            loaded.append(state_dict)
+
+        with self._lock:
+            handle = self.register_load_state_dict_pre_hook(check)
+            try:
+                super().load_state_dict(state_dict)
+            finally:
+                handle.remove()
+            saved = loaded[0]
+            indices = (index for group in saved["param_groups"] for index in group["params"])
+            params = (param for group in self.param_groups for param in group["params"])
+            for index, param in zip(indices, params):
+                for key, value in saved["state"].get(index, {}).items():
+                    if (key != "step" and isinstance(value, torch.Tensor)
+                            and value.is_floating_point()):
+                        self.state[param][key] = value.to(device=param.device)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Adds a group (see `torch.optim.Optimizer.add_param_group`), checked first.
 
         Raises:
             TypeError, ValueError: a bad option, or a parameter that is not float32, float64,
-                bfloat16 or float16; the group is not added.
+                bfloat16 or float16 (ValueError for a complex or sparse one, as torch's
+                SparseAdam); the group is not added.
+            ValueError: a parameter listed twice, in this group or in another.
         """
         if isinstance(param_group, dict):
             params = param_group.get("params")
@@ -173,17 +243,26 @@ class LazyAdam(torch.optim.Optimizer):
                 param_group["params"] = listed = list(params)
             where = f"param group {len(self.param_groups)}"
             _options({**self.defaults, **param_group}, where)
+            listed_as = {id(p): f"param {i} of param group {number}"
+                         for number, group in enumerate(self.param_groups)
+                         for i, p in enumerate(group["params"])}
             for i, param in enumerate(listed):
                 name, tensor = param if isinstance(param, tuple) and len(param) == 2 else (
                     f"{where} param {i}", param)
                 if isinstance(tensor, torch.Tensor):
                     _check_parameter(tensor, name)
+                    if id(tensor) in listed_as:
+                        raise ValueError(f"parameter {name!r} is {listed_as[id(tensor)]}: list "
+                                         "each parameter once (torch.optim warns and steps it "
+                                         "twice, and says this will become an error)")
+                    listed_as[id(tensor)] = f"param {i} of {where}"
         super().add_param_group(param_group)
 
     @torch.compiler.disable
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """One step for every parameter that has a gradient; parameters with `grad` None are
-        skipped (their `step` does not count).
+        skipped (their `step` does not count), and the options of a group without gradients are
+        not read (as torch's Adam: a scheduler may move them out of range meanwhile).
 
         Args:
             closure: re-evaluates the model and returns the loss; called with grad enabled.
@@ -195,9 +274,10 @@ class LazyAdam(torch.optim.Optimizer):
             TypeError: a gradient of another dtype than its parameter, or not on its device; a
                 parameter that is not float32, float64, bfloat16 or float16; an option of the
                 wrong type.
-            ValueError: a gradient of another shape; a sparse gradient that is not COO, sparse
-                in its first dimension only; an option out of range; a non-contiguous
-                parameter; state of another shape than its parameter.
+            ValueError: a gradient of another shape; a sparse gradient that is not COO, or has
+                no sparse dimension; an option out of range; state of another shape than its
+                parameter, or corrupt (see `load_state_dict`); a parameter listed twice (also
+                by hand, in a group's params).
             IndexError: a sparse gradient's index outside the parameter's rows (the first named).
             Nothing was changed when any of these is raised.
         """
@@ -227,11 +307,21 @@ class LazyAdam(torch.optim.Optimizer):
                 return loss
             for binding, _, _, t in counts:
                 binding.step.fill(t)
+            copies = [binding.copy for binding, _, _, _ in counts if binding.copy is not None]
             if any(group["use_locking"] for group in self.param_groups):
-                self._launcher.run(work, hparams, tables)
+                self._run(work, hparams, tables, copies)
                 return loss
-        self._launcher.run(work, hparams, tables)
+        self._run(work, hparams, tables, copies)
         return loss
+
+    def _run(self, work: list, hparams: dict, tables: Any, copies: list) -> None:
+        """The apply phase's kernels, between the copies of the parameters that are stepped
+        through a working copy (see `_bind`): each copied in before, and written back after."""
+        for param, working in copies:
+            working.copy_(param)
+        self._launcher.run(work, hparams, tables)
+        for param, working in copies:
+            param.copy_(working)
 
     def _capturing(self) -> bool:
         """Whether this step is being captured into a CUDA graph: PyTorch's current stream is
@@ -323,6 +413,10 @@ class LazyAdam(torch.optim.Optimizer):
             members = group["params"]
             if group is not known or members is not params or len(members) != len(records):
                 return None
+            if flags is None:  # no gradients then: none now, and the options are not read
+                if any(param.grad is not None for param in members):
+                    return None
+                continue
             options = _options(group, f"param group {number}")
             if options.flags != flags or options.capturable != memo.capturable:
                 return None
@@ -332,12 +426,13 @@ class LazyAdam(torch.optim.Optimizer):
                     if grad is not None:
                         return None
                     continue
-                (bound, ptr, shape, dtype, device, state, tensors, binding, slot, call, spans,
-                 nbytes) = record
+                (bound, ptr, strides, shape, dtype, device, state, tensors, binding, slot, call,
+                 spans, nbytes) = record
                 if (param is not bound or grad is None or grad.layout is not strided
                         or grad.dtype is not dtype or grad.shape != shape
                         or not grad.is_contiguous() or grad.get_device() != device
-                        or param.data_ptr() != ptr or param.shape != shape
+                        or param.data_ptr() != ptr or param.stride() != strides
+                        or param.shape != shape or param.is_neg()
                         or states.get(param) is not state):
                     return None
                 for key, tensor, address in tensors:
@@ -377,19 +472,27 @@ class LazyAdam(torch.optim.Optimizer):
         bindings, states = self._bindings, self.state
         position = 0
         capturable = None
+        listed_as: dict[int, tuple[int, int]] = {}
         for number, group in enumerate(self.param_groups):
-            options = _options(group, f"param group {number}")
+            options = None  # read at the first gradient: a group without any is not checked
             names = group.get("param_names")
             for i, param in enumerate(group["params"]):
+                first = listed_as.setdefault(id(param), (number, i))
+                if first != (number, i):
+                    label = "group {} param {}".format(*first)
+                    raise ValueError(f"parameter {names[i] if names else label!r} is listed "
+                                     f"twice: as {label} and as group {number} param {i}; list "
+                                     "each parameter once (torch.optim steps it twice)")
                 grad = param.grad
                 binding = bindings.get(param)
                 state = states.get(param)
                 if grad is None:
-                    if binding is not None and not binding.matches(param, state, options.flags,
-                                                                   position):
+                    if binding is not None and not binding.matches(param, state, None, position):
                         del bindings[param]  # it would keep memory the param has left
                     position += 1
                     continue
+                if options is None:
+                    options = _options(group, f"param group {number}")
                 name = names[i] if names else f"group {number} param {i}"
                 if capturable is None:
                     capturable = options.capturable
@@ -413,6 +516,11 @@ class LazyAdam(torch.optim.Optimizer):
                 if options.capturable and not binding.slot.on_device:
                     raise TypeError(f"parameter {name!r} is on {param.device}: capturable steps "
                                     "update CUDA tensors (CUDA graphs capture device work only)")
+                if options.capturable and binding.copy is not None:
+                    raise ValueError(f"parameter {name!r} is not contiguous, or a negative view: "
+                                     "capturable steps update parameters in place, with no "
+                                     "working copy; make it contiguous first (param.data = "
+                                     "param.data.contiguous())")
                 t = int(binding.step) + 1
                 work.append(binding.slot.prepare(position, _gradient(grad, name),
                                                  options.capturable, capture))
@@ -462,13 +570,18 @@ def _options(group: dict[str, Any], where: str) -> _Options:
 
     Raises:
         TypeError: a number that is not a real number (or a one-element tensor), a flag that is
-            not a bool, betas that are not a pair.
+            not a bool (foreach and fused: None or a bool), betas that are not a pair.
         ValueError: lr or weight_decay < 0, eps <= 0, a beta outside [0, 1), a value that is not
-            finite, an unknown eps_mode, state_dtype or rounding; a seed outside [0, 2**64).
+            finite, an unknown eps_mode, state_dtype or rounding; a seed outside [0, 2**64);
+            as torch.optim.Adam: a tensor of more than one element, one beta a tensor and the
+            other not; differentiable=True.
     """
     betas = group["betas"]
     if not (isinstance(betas, (tuple, list)) and len(betas) == 2):
         raise TypeError(f"{where}: betas must be a pair (beta1, beta2), got {betas!r}")
+    if isinstance(betas[0], torch.Tensor) != isinstance(betas[1], torch.Tensor):
+        raise ValueError(f"{where}: betas must be both floats or both tensors (as in "
+                         f"torch.optim.Adam), got {betas!r}")
     lr, beta1, beta2, eps, wd = (_real(group["lr"], where, "lr"), _real(betas[0], where, "beta1"),
                                  _real(betas[1], where, "beta2"), _real(group["eps"], where, "eps"),
                                  _real(group["weight_decay"], where, "weight_decay"))
@@ -480,10 +593,17 @@ def _options(group: dict[str, Any], where: str) -> _Options:
             raise ValueError(f"{where}: {name} must lie in [0, 1), got {value!r}")
     if not (math.isfinite(eps) and eps > 0.0):
         raise ValueError(f"{where}: eps must be finite and > 0, got {eps!r}")
-    for name in FLAGS + ("capturable",):
+    for name in FLAGS + ("capturable", "differentiable"):
         if not isinstance(group[name], bool):
             raise TypeError(f"{where}: {name} must be a bool, got {type(group[name]).__name__}: "
                             f"{group[name]!r}")
+    for name in ("foreach", "fused"):
+        if not (group[name] is None or isinstance(group[name], bool)):
+            raise TypeError(f"{where}: {name} must be None or a bool, got "
+                            f"{type(group[name]).__name__}: {group[name]!r}")
+    if group["differentiable"]:
+        raise ValueError(f"{where}: differentiable=True is not supported: the kernels update "
+                         "parameters in place, outside autograd")
     if group["eps_mode"] not in EPS_MODES:
         raise ValueError(f"{where}: eps_mode must be one of {EPS_MODES}, got "
                          f"{group['eps_mode']!r}")
@@ -503,10 +623,14 @@ def _options(group: dict[str, Any], where: str) -> _Options:
 
 
 def _real(value: Any, where: str, name: str) -> float:
-    """`value` as a float: a real number (not a bool) or a one-element tensor."""
+    """`value` as a float: a real number (not a bool) or a one-element tensor (ValueError for a
+    tensor of another size, as torch.optim.Adam)."""
     if type(value) is float:  # what groups hold, every step: the cheap test first
         return value
-    if isinstance(value, torch.Tensor) and value.numel() == 1:
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            raise ValueError(f"{where}: {name} must be a one-element tensor, got shape "
+                             f"{tuple(value.shape)}")
         return float(value)
     if isinstance(value, numbers.Real) and not isinstance(value, bool):
         return float(value)
@@ -515,26 +639,28 @@ def _real(value: Any, where: str, name: str) -> float:
 
 
 def _check_parameter(param: torch.Tensor, name: str) -> None:
-    """A parameter the kernels can update in place: a float32, float64, bfloat16 or float16 dense
-    tensor, contiguous, in CPU or CUDA memory.
+    """A parameter the kernels can update: a float32, float64, bfloat16 or float16 dense
+    tensor in CPU or CUDA memory (one that is not contiguous, or a negative view, is stepped
+    through a working copy: see `_bind`).
 
     Raises:
+        ValueError: a complex or sparse parameter (as torch's SparseAdam), a ZeroTensor (which
+            torch cannot write either).
         TypeError: another dtype, layout or device type.
-        ValueError: not contiguous.
     """
     if param.dtype not in DTYPES:
-        raise TypeError(f"parameter {name!r} has dtype {param.dtype}; lazyadam.torch.LazyAdam "
-                        "updates float32, float64, bfloat16 and float16 parameters")
+        error = ValueError if param.is_complex() else TypeError
+        raise error(f"parameter {name!r} has dtype {param.dtype}; lazyadam.torch.LazyAdam "
+                    "updates float32, float64, bfloat16 and float16 parameters (not complex ones)")
     if param.layout != torch.strided:
-        raise TypeError(f"parameter {name!r} has layout {param.layout}; the kernels update dense "
-                        "(strided) tensors")
+        raise ValueError(f"parameter {name!r} has layout {param.layout}; the kernels update "
+                         "dense (strided) tensors")
     if param.device.type not in ("cpu", "cuda"):
         raise TypeError(f"parameter {name!r} is on device {param.device}; lazyadam.torch.LazyAdam "
                         "updates CPU and CUDA tensors")
-    if not param.is_contiguous():
-        raise ValueError(f"parameter {name!r} is not contiguous (strides {param.stride()} for "
-                         f"shape {tuple(param.shape)}); the kernels update contiguous tensors in "
-                         "place: make it contiguous first (param.data = param.data.contiguous())")
+    if param._is_zerotensor():
+        raise ValueError(f"parameter {name!r} is a ZeroTensor, which is immutable (torch's Adam "
+                         "cannot step it either); pass a tensor of its own (.clone())")
 
 
 def _view(tensor: torch.Tensor) -> Any:
@@ -549,20 +675,58 @@ def _view(tensor: torch.Tensor) -> Any:
 
 
 def _gradient(grad: torch.Tensor, name: str) -> Any:
-    """A parameter's gradient as the slot takes it: an array (dense), or a `RowTensor` over the
-    row-0 indices and the values of a sparse COO gradient, uncoalesced, as they are.
+    """A parameter's gradient as the slot takes it: an array (dense), or a `RowTensor` of rows.
+
+    A COO gradient sparse in its first dimension only (sparse_dim 1, as `nn.Embedding` and
+    `nn.EmbeddingBag` make them) gives its row indices and values, uncoalesced, as they are; one
+    sparse in more dimensions (`dense.to_sparse()`) is read as rows by `_rows`. A negative view
+    (`torch._neg_view`) is resolved and a ZeroTensor made into zeros (copies: numpy reads neither).
 
     Raises:
-        ValueError: a sparse gradient that is not COO, sparse in its first dimension only.
+        ValueError: a sparse gradient that is not COO, or has no sparse dimension.
+        IndexError: an index outside the parameter, in a sparse dimension after the first.
     """
     if grad.layout == torch.strided:
-        return _view(grad)
-    if grad.layout != torch.sparse_coo or grad.sparse_dim() != 1:
+        if grad._is_zerotensor():
+            grad = torch.zeros_like(grad)
+        return _view(grad.resolve_neg())
+    if grad.layout != torch.sparse_coo or grad.sparse_dim() == 0:
+        sparse_dim = grad.sparse_dim() if grad.layout == torch.sparse_coo else "-"
         raise ValueError(f"the gradient of parameter {name!r} is {grad.layout} with sparse_dim "
-                         f"{grad.sparse_dim()}; lazy updates take sparse COO gradients sparse in "
-                         "their first dimension only (sparse_dim 1, as nn.Embedding and "
-                         "nn.EmbeddingBag make them)")
-    return RowTensor(_view(grad._indices())[0], _view(grad._values()), grad.shape)
+                         f"{sparse_dim}; lazy updates take sparse COO gradients sparse in their "
+                         "first dimension at least (as nn.Embedding, nn.EmbeddingBag and "
+                         "Tensor.to_sparse make them)")
+    if grad.sparse_dim() > 1:
+        indices, values = _rows(grad, name)
+    else:
+        indices, values = grad._indices()[0], grad._values()
+    return RowTensor(_view(indices), _view(values.resolve_neg()), grad.shape)
+
+
+def _rows(grad: torch.Tensor, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The row indices and values of a COO gradient sparse in more than its first dimension:
+    coalesced (duplicates summed), each row it touches whole, the elements of such a row that it
+    leaves out zero. (So the lazy update is by rows, as for every sparse gradient: such an
+    element gets a zero-gradient step with its row, where SparseAdam leaves it alone.)
+
+    Raises:
+        IndexError: an index outside the parameter in a sparse dimension after the first
+            (checked before coalescing, which would fold it into another element; the first
+            dimension is the slot's to check).
+    """
+    raw = grad._indices()
+    for dim in range(1, grad.sparse_dim()):
+        size = grad.shape[dim]
+        low, high = index_bounds(raw[dim]) if raw.shape[1] else (0, 0)
+        if low < 0 or high >= size:
+            raise IndexError(f"the gradient of parameter {name!r}, sparse dimension {dim}: "
+                             f"{index_error(to_host(raw[dim]), size)}")
+    grad = grad.coalesce()
+    indices, values = grad.indices(), grad.values()
+    rows, inverse = torch.unique(indices[0], return_inverse=True)
+    dense = values.new_zeros((rows.shape[0],) + tuple(grad.shape[1:]))
+    dense[(inverse, *indices[1:])] = values
+    return rows, dense
 
 
 def _scalar_dtype() -> torch.dtype:
@@ -574,18 +738,23 @@ def _bind(param: torch.Tensor, state: dict[str, Any] | None, options: _Options,
           name: str, position: int) -> tuple[_Binding, dict[str, Any]]:
     """A parameter's slot over its tensors as they are now, and the state entries to store.
 
-    Missing state is created (zeros in the state's dtype: the parameter's, or for a half-precision
-    parameter float32 or the group's state_dtype; `step` 0); moments of another dtype or device
-    are converted, as `Optimizer.load_state_dict` converts them; a `step` that is not a
-    0-d CPU tensor (SparseAdam keeps an int) becomes one. Nothing is stored here: the caller
-    stores the returned entries once every gradient of the step has been checked.
+    A parameter that is not contiguous (a transposed or sliced view), or a negative view, is
+    stepped through a contiguous working copy of it that the binding keeps (`_Binding.copy`):
+    each step copies the parameter in before the kernels and writes it back after them (two
+    copies of the parameter a step, and the memory of one). Missing state is created (zeros in
+    the state's dtype: the parameter's, or for a half-precision parameter float32 or the group's
+    state_dtype; `step` 0); moments of another dtype or device are converted; a `step` that is not a
+    0-d CPU tensor (SparseAdam keeps an int) becomes one; moments that are not contiguous, or
+    are negative views or ZeroTensors, are copied. Nothing is stored here: the caller stores the
+    returned entries once every gradient of the step has been checked.
 
     Raises:
-        TypeError, ValueError: the parameter as `_check_parameter`; state of another shape, or a
-            step that is not a count.
+        TypeError, ValueError: the parameter as `_check_parameter`.
+        ValueError: state as `_check_state`, or of another shape than the parameter.
     """
     _check_parameter(param, name)
     state = state or {}
+    _check_state(state, name)
     flags = options.flags
     keys = STATE_KEYS[: 3 if flags.amsgrad else 2]
     moments = getattr(torch, flags.state_dtype or "float32") if param.dtype in HALF else param.dtype
@@ -593,29 +762,24 @@ def _bind(param: torch.Tensor, state: dict[str, Any] | None, options: _Options,
     for key in keys:
         tensor = state.get(key)
         if tensor is None:
-            created[key] = torch.zeros_like(param, dtype=moments,
-                                            memory_format=torch.contiguous_format)
+            created[key] = torch.zeros(param.shape, dtype=moments, device=param.device)
             continue
-        if not isinstance(tensor, torch.Tensor) or tensor.shape != param.shape:
-            shape = tuple(tensor.shape) if isinstance(tensor, torch.Tensor) else type(tensor)
-            raise ValueError(f"state {key!r} of parameter {name!r} is {shape}, the parameter has "
-                             f"shape {tuple(param.shape)}")
-        if (tensor.dtype, tensor.device) != (moments, param.device) or (
-                not tensor.is_contiguous()):
+        if tensor.shape != param.shape:
+            raise ValueError(f"state {key!r} of parameter {name!r} is {tuple(tensor.shape)}, the "
+                             f"parameter has shape {tuple(param.shape)}")
+        if ((tensor.dtype, tensor.device) != (moments, param.device) or not tensor.is_contiguous()
+                or tensor.is_neg() or tensor._is_zerotensor()):
             created[key] = tensor.detach().to(device=param.device, dtype=moments,
                                               memory_format=torch.contiguous_format, copy=True)
-    step = state.get("step")
-    if step is None:
-        created["step"] = torch.tensor(0.0, dtype=_scalar_dtype())
-    else:
-        count = float(step)
-        if not (count >= 0 and count.is_integer()):
-            raise ValueError(f"state 'step' of parameter {name!r} is {count!r}, not a count")
-        if not (isinstance(step, torch.Tensor) and step.device.type == "cpu" and step.dim() == 0
-                and step.dtype in STEP_DTYPES):
-            created["step"] = torch.tensor(count, dtype=_scalar_dtype())
+    step = state.get("step", 0)
+    if not (isinstance(step, torch.Tensor) and step.device.type == "cpu" and step.dim() == 0
+            and step.dtype in STEP_DTYPES):
+        created["step"] = torch.tensor(_count(step, name), dtype=_scalar_dtype())
     tensors = {**state, **created}
-    view = _view(param)
+    copy = None
+    if not param.is_contiguous() or param.is_neg():
+        copy = (param.detach(), torch.empty(param.shape, dtype=param.dtype, device=param.device))
+    view = _view(param if copy is None else copy[1])
     home = Parameter(view, name=name)
     moments = [Parameter(_view(tensors[key]), name=f"{key}.{name}") for key in keys]
     if home.on_device:
@@ -626,24 +790,77 @@ def _bind(param: torch.Tensor, state: dict[str, Any] | None, options: _Options,
                     state_dtype=flags.state_dtype, rounding=flags.rounding)
     slot = Slot(home, id(param), False, spec, target_for(view), *moments,
                 seed_offset=position * SEED_STRIDE % 2**64)
-    return _Binding(slot, tensors["step"].numpy(), _key(param, tensors, flags, position)), created
+    bound = tuple(tensors.get(key) for key in STATE_KEYS + ("step",))
+    return (_Binding(slot, tensors["step"].numpy(), _key(param, bound, position), flags, copy,
+                     bound), created)
 
 
-def _key(param: torch.Tensor, state: dict[str, Any], flags: _Flags, position: int) -> tuple:
-    """What a binding depends on: where the parameter and its state tensors live, the flags, and
+def _check_state(state: dict[str, Any], name: str) -> None:
+    """A parameter's state, as a step reads it (its shapes are `_bind`'s to check): moments
+    that are dense real floating-point tensors, a `step` that is a count (`_count`).
+
+    Raises:
+        ValueError: naming the parameter and the field.
+    """
+    for key in STATE_KEYS:
+        tensor = state.get(key)
+        if tensor is None:
+            continue
+        where = f"state {key!r} of parameter {name!r}"
+        if not isinstance(tensor, torch.Tensor):
+            raise ValueError(f"{where} is a {type(tensor).__name__}, not a tensor")
+        if tensor.layout != torch.strided:
+            raise ValueError(f"{where} has layout {tensor.layout}; moments are dense (strided) "
+                             "tensors")
+        if not tensor.is_floating_point():
+            raise ValueError(f"{where} has dtype {tensor.dtype}; moments are real floating-point "
+                             "tensors")
+    if "step" in state:
+        _count(state["step"], name)
+
+
+def _count(step: Any, name: str) -> float:
+    """The count a `step` state holds (a number, or a tensor of one element; SparseAdam keeps an
+    int): an integer in [0, 2**64 - 1), so that the next step's count is one the kernels take.
+
+    Raises:
+        ValueError: anything else, naming the parameter.
+    """
+    where = f"state 'step' of parameter {name!r}"
+    if isinstance(step, torch.Tensor):
+        if step.numel() != 1:
+            raise ValueError(f"{where} has {step.numel()} elements; a step count is one number")
+        if step.is_complex():
+            raise ValueError(f"{where} has dtype {step.dtype}; a step count is a real number")
+        count = float(step)
+    elif isinstance(step, numbers.Real) and not isinstance(step, bool):
+        count = float(step)
+    else:
+        what = "None" if step is None else f"a {type(step).__name__}"
+        raise ValueError(f"{where} is {what}, not a count")
+    if not (0 <= count < 2**64 - 1 and count.is_integer()):
+        raise ValueError(f"{where} is {count!r}, not a count (an integer in [0, 2**64 - 1))")
+    return count
+
+
+def _key(param: torch.Tensor, tensors: tuple, position: int) -> tuple:
+    """What a binding depends on besides the identity of the state tensors (`tensors`: exp_avg,
+    exp_avg_sq, max_exp_avg_sq or None, step): where the parameter's elements are (its memory,
+    dtype, shape, strides, negative bit, device type), the state tensors' memory, and, last,
     the parameter's position (which moves its seed)."""
-    vmax = state.get("max_exp_avg_sq")
-    return (param.data_ptr(), param.dtype, param.shape, param.is_cuda,
-            state["exp_avg"].data_ptr(), state["exp_avg_sq"].data_ptr(),
-            vmax.data_ptr() if vmax is not None else 0, state["step"].data_ptr(), flags, position)
+    exp_avg, exp_avg_sq, vmax, step = tensors
+    return (param.data_ptr(), param.dtype, param.shape, param.stride(), param.is_neg(),
+            param.is_cuda, exp_avg.data_ptr(), exp_avg_sq.data_ptr(),
+            0 if vmax is None else vmax.data_ptr(), step.data_ptr(), position)
 
 
 class _Memo(NamedTuple):
     """What a full check of a step found, for `LazyAdam._recheck` to confirm on the next steps.
 
     Made only for steps whose every gradient went to a dense CUDA kernel bound to PyTorch tensors
-    and was taken as it is (contiguous, not copied). Per group: the group dict, its params list,
-    its options' flags, and per parameter None (no gradient) or `(param, its data_ptr, shape,
+    and was taken as it is (contiguous, not copied), each parameter updated in place (no working
+    copy). Per group: the group dict, its params list, its options' flags (None: no gradients),
+    and per parameter None (no gradient) or `(param, its data_ptr, strides, shape,
     gradient dtype, device index, state dict, ((key, state tensor, its data_ptr), ...), _Binding,
     the slot and its call, the state's byte spans, the gradient's bytes)`.
     """
@@ -658,7 +875,7 @@ class _Memo(NamedTuple):
         prepared = {id(param): (item, binding) for item, (binding, _, param, _) in zip(work, counts)}
         groups = []
         for group in optimizer.param_groups:
-            options = _options(group, "param group")
+            flags = None  # a group without gradients is not checked (as in `_check`)
             records = []
             for param in group["params"]:
                 found = prepared.get(id(param))
@@ -669,15 +886,17 @@ class _Memo(NamedTuple):
                     continue
                 (slot, call, grad, _, scratch), binding = found
                 if (slot.target != "cuda" or scratch is not None or not call.torch
-                        or grad[0] != param.grad.data_ptr()):
+                        or binding.copy is not None or grad[0] != param.grad.data_ptr()):
                     return None
+                flags = binding.flags
                 state = optimizer.state[param]
                 tensors = tuple((key, state[key], state[key].data_ptr()) for key in
                                 ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "step") if key in state)
-                records.append((param, param.data_ptr(), param.shape, param.grad.dtype,
+                records.append((param, param.data_ptr(), param.stride(), param.shape,
+                                param.grad.dtype,
                                 param.grad.get_device(), state, tensors, binding, slot, call,
                                 call.spans, param.grad.numel() * param.grad.element_size()))
-            groups.append((group, group["params"], options.flags, tuple(records)))
+            groups.append((group, group["params"], flags, tuple(records)))
         return _Memo(tuple(groups), capturable)
 
 
@@ -685,18 +904,29 @@ class _Binding:
     """A parameter's `Slot`, bound to the memory its tensors had when it was made.
 
     The slot's arrays share the tensors' memory and keep it alive; `step` is a numpy view of the
-    `step` state tensor; `key` is what `matches` compares with the tensors as they are now.
+    `step` state tensor; `tensors` are the state tensors bound (exp_avg, exp_avg_sq,
+    max_exp_avg_sq or None, step), which the state must still hold (the same objects: another
+    view of their memory, a `.t()`, may place its elements elsewhere); `key` is what `matches`
+    compares with the tensors as they are now, with the group's `flags`; `copy` is None, or
+    `(parameter, working copy)` for a parameter that is stepped through a contiguous copy (see
+    `_bind`).
     """
 
-    __slots__ = ("slot", "step", "key")
+    __slots__ = ("slot", "step", "key", "flags", "copy", "tensors")
 
-    def __init__(self, slot: Slot, step: Any, key: tuple):
-        self.slot, self.step, self.key = slot, step, key
+    def __init__(self, slot: Slot, step: Any, key: tuple, flags: _Flags,
+                 copy: tuple[torch.Tensor, torch.Tensor] | None, tensors: tuple):
+        self.slot, self.step, self.key, self.flags, self.copy = slot, step, key, flags, copy
+        self.tensors = tensors
 
-    def matches(self, param: torch.Tensor, state: dict[str, Any] | None, flags: _Flags,
+    def matches(self, param: torch.Tensor, state: dict[str, Any] | None, flags: _Flags | None,
                 position: int) -> bool:
-        """True while the parameter and its state live where they did when this was made."""
-        try:
-            return self.key == _key(param, state, flags, position)
-        except (KeyError, TypeError, AttributeError):
+        """True while the parameter and its state live where they did when this was made (and,
+        `flags` given, the group's flags are the same)."""
+        if (flags is not None and flags != self.flags) or state is None:
             return False
+        exp_avg, exp_avg_sq, vmax, step = tensors = self.tensors
+        get = state.get
+        return (get("exp_avg") is exp_avg and get("exp_avg_sq") is exp_avg_sq
+                and get("max_exp_avg_sq") is vmax and get("step") is step
+                and self.key == _key(param, tensors, position))

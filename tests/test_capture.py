@@ -393,6 +393,23 @@ def test_a_capturable_step_that_cannot_have_its_table_changes_nothing(capture, o
     assert [int(s["step"]) for s in opt.state.values()] == steps
 
 
+def test_torch_capturable_refuses_a_parameter_that_needs_a_working_copy(capture, on_device):
+    """A parameter that is not contiguous steps through a working copy, which capturable steps
+    do not make: refused, named, with nothing changed."""
+    model = mlp()
+    model[2].weight.data = model[2].weight.data.t().contiguous().t()
+    opt = lazyadam.torch.LazyAdam(torch_groups(model), lr=0.01, capturable=True)
+    set_gradients(model, 0)
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(ValueError, match="parameter 'group 1 param 0' is not contiguous, or a "
+                                         "negative view: capturable steps update parameters in "
+                                         "place"):
+        opt.step()
+    for a, b in zip(model.parameters(), before):
+        assert torch.equal(a.detach(), b)
+    assert not opt.state
+
+
 def test_torch_capturable_refuses_parameters_in_host_memory():
     """On CPU tensors, capturable=True is refused at the step, named, with nothing changed:
     whether the group was made so or switched to it after steps that bound the parameters."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 import pytest
 
 import cuda_emulation as emulation
+from tolerance import assert_close
 
 torch = pytest.importorskip("torch", reason="lazyadam.torch needs torch")
 import lazyadam.torch  # noqa: E402  (after the skip: it imports torch)
@@ -118,6 +119,30 @@ def test_emulated_half_precision_matches_the_host_path_bitwise(emulated, monkeyp
     monkeypatch.undo()
     for a, b in zip(on_device, run("c")):
         assert torch.equal(a, b)
+
+
+def test_emulated_a_change_of_strides_or_negative_bit_is_followed(emulated):
+    """A step like the last one is confirmed by `_recheck`; `p.data = p.data.t()` and a negative
+    view of the same memory (same address, dtype and shape) are not like it: the full check
+    binds again, and such a parameter steps through its working copy."""
+    start = torch.randn(3, 3, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    ours, theirs = torch.nn.Parameter(start.clone()), torch.nn.Parameter(start.clone())
+    opt, adam = LazyAdam([ours], lr=0.05), torch.optim.Adam([theirs], lr=0.05)
+    changes = {2: lambda p: setattr(p, "data", p.data.t()),
+               4: lambda p: setattr(p, "data", p.data.t()),
+               6: lambda p: setattr(p, "data", torch._neg_view(p.data))}
+    for step in range(8):
+        for p, o in ((ours, opt), (theirs, adam)):
+            if step in changes:
+                changes[step](p)
+            p.grad = torch.randn(3, 3, generator=torch.Generator().manual_seed(step),
+                                 dtype=torch.float64)
+            o.step()
+        if step in (1, 5):
+            assert opt._memo is not None  # the next step is confirmed by _recheck
+        assert_close(ours.detach().resolve_neg().numpy(), theirs.detach().resolve_neg().numpy(),
+                     "float64", f"step {step}")
+    assert ours.is_neg()
 
 
 def test_emulated_bad_input_changes_nothing(emulated):
