@@ -97,6 +97,9 @@ CFFI_TYPES = {"float32": "float", "float64": "double", "bfloat16": "uint16_t",
               "float16": "uint16_t"}
 
 
+SCALAR_SPARSE = "a sparse kernel needs var of rank >= 1 (rows first)"
+
+
 def check_arrays(spec: Spec, var: Any, m: Any, v: Any, vmax: Any, grad: Any) -> None:
     """Raises TypeError/ValueError naming the offending argument if a call would be wrong.
 
@@ -116,7 +119,7 @@ def check_arrays(spec: Spec, var: Any, m: Any, v: Any, vmax: Any, grad: Any) -> 
         raise TypeError("a sparse kernel takes its gradient as an (indices, values) pair")
     indices, values = grad
     if var.ndim < 1:
-        raise ValueError("a sparse kernel needs var of rank >= 1 (rows first)")
+        raise ValueError(SCALAR_SPARSE)
     check_array("indices", indices, spec.index_dtype)
     if indices.ndim != 1:
         raise ValueError(f"indices must be 1-d, got shape {indices.shape}")

@@ -39,6 +39,9 @@ from . import cache
 from .base import CFFI_TYPES, HParams, LoadedKernel, check_array, check_arrays, check_state
 
 name = "cuda"
+#: The environment variables that choose nvcc, its flags and archs (`nvcc`, `flags`).
+ENVIRONMENT = ("LAZYADAM_NVCC", "PATH", "CUDA_HOME", "CUDA_PATH", "LAZYADAM_CUDA_ARCH",
+               "LAZYADAM_NVCCFLAGS")
 
 #: -O3 for host and device; no --use_fast_math, so that the kernels keep IEEE division and sqrt, and
 #: --fmad=false, so that a*b + c is rounded twice, as the C kernels round it: the two give bitwise the
