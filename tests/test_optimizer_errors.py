@@ -43,9 +43,9 @@ def test_params_element_neither_parameter_nor_dict(params):
         LazyAdam([params[0], np.zeros(3)])
 
 
-@pytest.mark.parametrize("bad", [None, "0.1", np.float32(0.1), np.float64(0.1), True,
+@pytest.mark.parametrize("bad", [None, "0.1", np.float32(0.1), np.int64(1), True,
                                  {"lr": 0.1}, ["a", "b"], {0.1, 0.2}],
-                         ids=["None", "str", "np.float32", "np.float64", "bool", "dict",
+                         ids=["None", "str", "np.float32", "np.int64", "bool", "dict",
                               "strings", "set (no order)"])
 def test_learning_rate_of_another_type(params, bad):
     with pytest.raises(TypeError, match="learning_rate"):
@@ -283,17 +283,25 @@ def test_np_float64_hyperparameters_are_python_floats(params, rng):
     """np.float64 subclasses float (MindSpore's checks accept it); np.float32 stays refused."""
     grads = good_gradients(params)
     twins = [Parameter(p.asnumpy(), name=p.name) for p in params]
-    numpy_floats = make(params, beta1=np.float64(0.8), beta2=np.float64(0.99),
-                        eps=np.float64(1e-7), weight_decay=np.float64(0.01),
-                        loss_scale=np.float64(2.0))
-    python_floats = make(twins, beta1=0.8, beta2=0.99, eps=1e-7, weight_decay=0.01,
-                         loss_scale=2.0)
+    numpy_floats = make(params, learning_rate=np.float64(0.05), beta1=np.float64(0.8),
+                        beta2=np.float64(0.99), eps=np.float64(1e-7),
+                        weight_decay=np.float64(0.01), loss_scale=np.float64(2.0))
+    python_floats = make(twins, learning_rate=0.05, beta1=0.8, beta2=0.99, eps=1e-7,
+                         weight_decay=0.01, loss_scale=2.0)
     for _ in range(3):
         numpy_floats(grads)
         python_floats(grads)
     for a, b in zip(params, twins):
         np.testing.assert_array_equal(a.data, b.data)
     assert type(numpy_floats.beta1) is float and numpy_floats.beta1_power == 0.8 ** 3
+    assert numpy_floats.get_lr() == 0.05 and type(numpy_floats.learning_rate) is float
+
+
+def test_np_float64_group_learning_rate(params):
+    """A group's lr takes np.float64 as the optimizer's learning_rate does."""
+    opt = make([{"params": [params[0]], "lr": np.float64(0.5)}, {"params": [params[1]]}],
+               learning_rate=np.float64(0.25))
+    assert opt.get_lr() == (0.5, 0.25)
 
 
 class Overflowing(ExponentialDecayLR):

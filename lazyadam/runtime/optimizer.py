@@ -90,7 +90,8 @@ class LazyAdam:
         params: a list of `Parameter`s, or of group dicts with keys `params` (required), `lr`,
             `weight_decay`, `grad_centralization`; one more dict holding only `order_params` fixes
             the order of parameters (and of gradients) to exactly the grouped parameters.
-        learning_rate: float or int (fixed); 0-d array (fixed); 1-d array or sequence, read
+        learning_rate: float or int (fixed; np.float64, a subclass of float, is one, other numpy
+            scalars are not); 0-d array (fixed); 1-d array or sequence, read
             once here, or an iterator (a generator, `itertools.repeat`), read as the steps need
             it (step k uses `lr[k]`); or a `LearningRateSchedule` (step k uses `schedule(k)`).
         beta1, beta2: moment decay rates, Python floats in (0, 1) (np.float64, a subclass of
@@ -608,7 +609,7 @@ def _rate(value: Any, what: str) -> _Rate:
     """
     if isinstance(value, LearningRateSchedule):
         return _Rate(what, schedule=value)
-    if _is_number(value) and not isinstance(value, np.generic):
+    if _is_number(value):  # np.float64 too (a float); other numpy scalars are refused below
         return _Rate(what, _non_negative(float(value), what))
     if isinstance(value, (str, bytes, Mapping, Set, np.generic, bool)) or not (
             isinstance(value, (Iterable, np.ndarray)) or hasattr(value, "__array__")):
