@@ -460,3 +460,26 @@ def test_a_step_over_a_memory_limit_fails_before_writing_anything():
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "out of memory: its sparse step needs" in proc.stdout
     assert proc.stdout.rstrip().endswith("unchanged")
+
+
+@pytest.mark.parametrize("step", [2**64 - 1, 2**64, 2**70], ids=["2**64-1", "2**64", "2**70"])
+def test_a_step_count_past_64_bits_is_refused_when_loaded(params, step):
+    """The next step, global_step + 1, goes to the kernels as a 64-bit unsigned count: a state whose
+    count leaves no next step is refused by load_state_dict, which changes nothing (a call after
+    it raised OverflowError, with step and beta powers already moved on)."""
+    opt = make(params)
+    opt(good_gradients(params))
+    state = opt.state_dict()
+    before = snapshot(opt)
+    with pytest.raises(ValueError, match=r"global_step.*2\*\*64"):
+        opt.load_state_dict({**state, "global_step": step})
+    assert_unchanged(opt, before)
+
+
+def test_the_last_step_a_64_bit_count_holds(params):
+    """global_step = 2**64 - 2 loads, and its call runs step 2**64 - 1."""
+    opt = make(params)
+    state = opt.state_dict()
+    opt.load_state_dict({**state, "global_step": 2**64 - 2})
+    assert opt(good_gradients(params)) and opt.global_step == 2**64 - 1
+    assert opt.beta1_power == 0.9

@@ -318,8 +318,9 @@ class LazyAdam:
         Raises:
             ValueError: a missing entry, other parameter names, shapes or dtypes (moments of
                 another dtype than this optimizer's state), other betas, amsgrad state present or
-                absent where this optimizer differs, a seed that is not an int in [0, 2**64); the
-                message says what differs.
+                absent where this optimizer differs, a seed that is not an int in [0, 2**64), a
+                global_step that is not an int in [0, 2**64 - 1) (the next step must fit the
+                kernels' 64-bit count); the message says what differs.
         """
         missing = [k for k in ("global_step", "beta1_power", "beta2_power") if k not in state]
         if missing:
@@ -329,8 +330,10 @@ class LazyAdam:
                 raise ValueError(f"state was saved with {name}={state[name]!r}, this optimizer "
                                  f"has {name}={getattr(self, name)!r}")
         step = state["global_step"]
-        if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 0:
-            raise ValueError(f"global_step must be an int >= 0, got {step!r}")
+        if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or not (
+                0 <= step < 2**64 - 1):
+            raise ValueError(f"global_step must be an int in [0, 2**64 - 1): the next step, "
+                             f"global_step + 1, is counted in 64 bits; got {step!r}")
         try:
             seed = check_seed(state["seed"]) if "seed" in state else self.seed
         except (TypeError, ValueError) as error:
