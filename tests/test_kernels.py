@@ -378,3 +378,48 @@ def test_pytorch_eps_mode_matches_torch_adam(dtype, sparse, rng):
         kernel(*ours, (idx, vals) if sparse else dense, HParams.at_step(t, lr=0.01, weight_decay=0.1),
                vmax=vmax)
     assert_close(ours[0], weight.detach().double().numpy(), dtype, "Adam")
+
+
+def _swapped(array: np.ndarray) -> np.ndarray:
+    """`array`'s values in the other byte order (as `np.load` of a file written on a machine of the
+    other endianness gives them)."""
+    return array.astype(array.dtype.newbyteorder("S"))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("which", ["var", "m", "grad", "values", "indices"])
+def test_arrays_in_the_other_byte_order_are_refused(dtype, which):
+    """Their bytes were read as this machine's floats: one step of lr 0.1 moved a weight by
+    -1.5e-35 instead of -0.1. The TypeError says how to convert."""
+    sparse = which in ("values", "indices")
+    kernel = lazyadam.compile(Spec(sparse=sparse, dtype=dtype))
+    var, m, v = _state(dtype=dtype)
+    grad = (np.array([0, 2]), np.ones((2, 3), dtype)) if sparse else np.ones((4, 3), dtype)
+    arrays = {"var": var, "m": m, "grad": grad}
+    if sparse:
+        arrays["grad"] = (_swapped(grad[0]), grad[1]) if which == "indices" else (
+            grad[0], _swapped(grad[1]))
+    else:
+        arrays[which] = _swapped(arrays[which])
+    bad = arrays["grad"][0 if which == "indices" else 1] if sparse else arrays[which]
+    code = {"float32": "f4", "float64": "f8", "int64": "i8"}[np.dtype(bad.dtype).name]
+    with pytest.raises(TypeError, match=rf"{which}: dtype '.{code}' is (big|little)-endian.*"
+                                        rf"\.astype\('={code}'\)"):
+        kernel(arrays["var"], arrays["m"], v, arrays["grad"], KNOWN_HP)
+    np.testing.assert_array_equal(np.asarray(arrays["var"], np.float64),
+                                  _state(dtype=dtype)[0].astype(np.float64))
+
+
+def test_bound_steps_refuse_gradients_in_the_other_byte_order():
+    var, m, v = _state()
+    step = lazyadam.compile(Spec(sparse=False)).bind(var, m, v)
+    with pytest.raises(TypeError, match=r"astype\('=f4'\)"):
+        step(_swapped(np.ones((4, 3), np.float32)), KNOWN_HP.as_tuple())
+    with pytest.raises(TypeError, match=r"astype\('=f4'\)"):
+        lazyadam.compile(Spec(sparse=False)).bind(_swapped(var), m, v)
+    sparse = lazyadam.compile(Spec(sparse=True)).bind(var, m, v)
+    with pytest.raises(TypeError, match=r"astype\('=f4'\)"):
+        sparse((np.array([0]), _swapped(np.ones(3, np.float32))), KNOWN_HP.as_tuple())
+    with pytest.raises(TypeError, match=r"astype\('=i8'\)"):
+        sparse((_swapped(np.array([0])), np.ones(3, np.float32)), KNOWN_HP.as_tuple())
+    np.testing.assert_array_equal(var, _state()[0])

@@ -225,6 +225,12 @@ BAD_CALLS = {
     "negative index": (lambda t, d: [RowTensor(np.array([2, -1], np.int32),
                                                np.ones((2, 3), np.float32), (6, 3)), d],
                        IndexError, r"indices\[1\] = -1"),
+    "dense byte order": (lambda t, d: [t, d.astype(">f4")], TypeError,
+                         r"gradient 1 \(parameter 'dense'\): dtype '>f4'.*astype\('=f4'\)"),
+    "values byte order": (lambda t, d: [RowTensor(t.indices, t.values.astype(">f4"), (6, 3)), d],
+                          TypeError, r"gradient 0 .*: values: dtype '>f4'.*astype\('=f4'\)"),
+    "indices byte order": (lambda t, d: [RowTensor(t.indices.astype(">i8"), t.values, (6, 3)), d],
+                           TypeError, r"gradient 0 .*: indices: dtype '>i8'.*astype\('=i8'\)"),
 }
 
 
@@ -483,3 +489,26 @@ def test_the_last_step_a_64_bit_count_holds(params):
     opt.load_state_dict({**state, "global_step": 2**64 - 2})
     assert opt(good_gradients(params)) and opt.global_step == 2**64 - 1
     assert opt.beta1_power == 0.9
+
+
+@pytest.mark.parametrize("dtype", [">f4", ">f8"])
+def test_a_parameter_in_the_other_byte_order_is_refused(dtype):
+    """The name of the dtype hides the byte order ('>f4' is "float32"): its bytes were read as this
+    machine's floats. Refused when the optimizer is made, saying how to convert."""
+    param = Parameter(np.ones((2, 2), dtype), name="loaded")
+    with pytest.raises(TypeError, match=rf"parameter 'loaded': dtype '{dtype}' is big-endian.*"
+                                        rf"astype\('={dtype[1:]}'\)"):
+        LazyAdam([param])
+
+
+def test_a_gradient_in_the_other_byte_order_converted_as_told_steps_right():
+    """The issue's case: one step of lr 0.1 moves a weight by -0.1 (Adam's first step moves every
+    weight by lr), once the big-endian gradient is converted with .astype('=f4')."""
+    param = Parameter(np.zeros(3, np.float32), name="w")
+    opt = LazyAdam([param], learning_rate=0.1)
+    grad = np.array([1.0, 2.0, 3.0], ">f4")
+    with pytest.raises(TypeError, match=r"astype\('=f4'\)"):
+        opt((grad,))
+    np.testing.assert_array_equal(param.data, 0.0)
+    opt((grad.astype("=f4"),))
+    np.testing.assert_allclose(param.data, -0.1, rtol=1e-5)

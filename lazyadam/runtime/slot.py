@@ -33,7 +33,7 @@ import numpy as np
 
 from .. import targets
 from ..codegen.spec import GRAD_DTYPES, HALF_DTYPES, Spec
-from ..dtypes import storage_name
+from ..dtypes import native, storage_name
 from ..targets import cuda
 from ..targets.base import HParams, index_error
 from ..targets.cuda import HPARAMS_BYTES, CudaBinding, DeviceArray, stream_handle, torch_kind
@@ -67,9 +67,13 @@ def spec_for(param: Parameter, *, decayed: bool, decoupled: bool, nesterov: bool
             (float32 and float64 parameters keep their state in their own dtype, round nothing).
 
     Raises:
-        TypeError: a parameter that is not float32, float64, bfloat16 or float16.
+        TypeError: a parameter that is not float32, float64, bfloat16 or float16, or not in this
+            machine's byte order.
     """
-    dtype = storage_name(param.dtype)
+    try:
+        dtype = storage_name(param.dtype)
+    except TypeError as error:  # the other byte order
+        raise TypeError(f"parameter {param.name!r}: {error}") from None
     if dtype not in FLOAT_DTYPES:
         raise TypeError(f"parameter {param.name!r} has dtype {param.dtype}; LazyAdam updates "
                         "float32, float64, bfloat16 or float16 parameters")
@@ -453,9 +457,10 @@ def _subject(where: str, what: str) -> str:
 
 
 def _dtype(where: str, what: str, array: Any) -> np.dtype:
-    """`dtype_of(array)`, with the gradient named in the error."""
+    """`dtype_of(array)`, in this machine's byte order (`dtypes.native`), with the gradient named
+    in the error."""
     try:
-        return dtype_of(array)
+        return native(dtype_of(array))
     except TypeError as error:
         raise TypeError(f"{_subject(where, what)}: {error}") from None
 

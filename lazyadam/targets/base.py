@@ -162,12 +162,17 @@ def check_array(name: str, arr: Any, dtype: str, writable: bool = False) -> None
     aligned to its elements.
 
     Raises:
-        TypeError: not an array, or another dtype; ValueError: layout or alignment.
+        TypeError: not an array, another dtype, or the other byte order; ValueError: layout or
+            alignment.
     """
     if not hasattr(arr, "dtype") or not hasattr(arr, "shape"):
         raise TypeError(f"{name} must be an array, got {type(arr).__name__}")
-    if storage_name(arr.dtype) != dtype:
-        raise TypeError(f"{name} has dtype {storage_name(arr.dtype)}, this kernel takes {dtype}")
+    try:
+        found = storage_name(arr.dtype)
+    except TypeError as error:  # the other byte order
+        raise TypeError(f"{name}: {error}") from None
+    if found != dtype:
+        raise TypeError(f"{name} has dtype {found}, this kernel takes {dtype}")
     flags = getattr(arr, "flags", None)
     if flags is not None:
         if not flags.c_contiguous:
