@@ -200,6 +200,17 @@ def _check_disjoint(state: dict[str, Any], inputs: dict[str, Any]) -> None:
                 raise ValueError(f"{a} and {b} share memory; each must be an array of its own")
 
 
+def check_sizes(rows: int, row_size: int, nnz: int) -> None:
+    """The sizes of a sparse step: ints >= 0.
+
+    Raises:
+        ValueError: naming the first that is not (as the kernel call refuses it).
+    """
+    for name, value in (("rows", rows), ("row_size", row_size), ("nnz", nnz)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+            raise ValueError(f"{name} = {value!r} must be an int >= 0")
+
+
 def first_bad_index(indices: np.ndarray, rows: int) -> tuple[int, int] | None:
     """(position, value) of the first index outside [0, rows), or None."""
     bad = np.flatnonzero((indices < 0) | (indices >= rows))

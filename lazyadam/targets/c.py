@@ -33,7 +33,7 @@ from ..dtypes import storage_name
 from ..errors import CompilationError, CompilerNotFoundError, KernelError
 from . import cache
 from .base import (CFFI_TYPES, SCALAR_SPARSE, HParams, LoadedKernel, check_arrays,
-                   check_state, index_error)
+                   check_sizes, check_state, index_error)
 
 #: -fno-math-errno lets sqrt vectorize (an Adam loop ran 5x slower without it); no -ffast-math: the
 #: kernels keep IEEE semantics so that they match the reference and are reproducible; no fused
@@ -173,12 +173,17 @@ class CKernel(LoadedKernel):
     def workspace_size(self, rows: int, row_size: int, nnz: int) -> int:
         """Bytes of scratch a sparse step of these sizes needs, on the threads OpenMP would use now.
 
+        Returns:
+            The bytes; 2**64 - 1 (SIZE_MAX: no such block can be allocated) where they do not fit
+            a size_t.
+
         Raises:
             TypeError: a dense kernel (dense steps need no scratch).
-            ValueError: sizes the kernel refuses (see `pair_error`).
+            ValueError: sizes the kernel refuses: negative (`check_sizes`), or see `pair_error`.
         """
         if not self.spec.sparse:
             raise TypeError(f"{self.source.symbol} is dense; only sparse steps take a workspace")
+        check_sizes(rows, row_size, nnz)
         error = pair_error(rows, nnz)
         if error:
             raise error
@@ -233,8 +238,9 @@ class CKernel(LoadedKernel):
         """Raises what a kernel's status says went wrong (nothing was written), if anything.
 
         Raises:
-            IndexError, ValueError, MemoryError: a bad index, sizes the kernel refuses, no memory
-                for its scratch. KernelError: any other status.
+            IndexError, ValueError, MemoryError: a bad index, sizes the kernel refuses or a
+                workspace that overlaps an array, no memory for its scratch. KernelError: any
+                other status.
         """
         lib = self.lib
         if status == lib.LAZYADAM_OK:
@@ -245,6 +251,10 @@ class CKernel(LoadedKernel):
             error = pair_error(rows, indices.shape[0])
             if error:
                 raise error
+        if status == lib.LAZYADAM_EOVERLAP:
+            raise ValueError(f"the workspace of {self.source.symbol} shares memory with an array "
+                             "of the step (var, m, v, vmax, indices or values); give it scratch "
+                             "of its own")
         if status == lib.LAZYADAM_ENOMEM and indices is not None:
             raise MemoryError(f"out of memory: {self.source.symbol} could not allocate "
                               f"{self.workspace_size(rows, row_size, indices.shape[0]):,} "

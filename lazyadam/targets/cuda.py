@@ -36,7 +36,8 @@ from ..codegen.render import Source
 from ..codegen.spec import Spec
 from ..errors import CompilationError, CompilerNotFoundError, KernelError, TargetUnavailableError
 from . import cache
-from .base import CFFI_TYPES, HParams, LoadedKernel, check_array, check_arrays, check_state
+from .base import (CFFI_TYPES, HParams, LoadedKernel, check_array, check_arrays,
+                   check_sizes, check_state)
 
 name = "cuda"
 #: The environment variables that choose nvcc, its flags and archs (`nvcc`, `flags`).
@@ -490,6 +491,7 @@ class CudaKernel(LoadedKernel):
         """
         if not self.spec.sparse:
             raise TypeError(f"{self.source.symbol} is dense; only sparse steps take a workspace")
+        check_sizes(rows, row_size, nnz)
         size = self._workspace_size(rows, row_size, nnz)
         if size == 0 and nnz > 0:
             raise ValueError(f"{self.source.symbol} refuses rows={rows}, row_size={row_size}, "
