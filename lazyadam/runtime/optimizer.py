@@ -14,6 +14,7 @@ ever recompiles.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import threading
 from collections import Counter
@@ -84,7 +85,9 @@ class LazyAdam:
     also take striped row locks, which exclude concurrent calls of the same compiled kernel, e.g.
     from C code sharing the arrays). With `use_locking=False`
     the bookkeeping (step, beta powers) is still taken under the lock, but kernels of different
-    calls may interleave on the same rows (Hogwild); memory is never corrupted.
+    calls may interleave on the same rows (Hogwild); memory is never corrupted. Either way,
+    `state_dict()`/`save()` and `load_state_dict()`/`load()` wait for the calls applying their
+    kernels (and calls that begin meanwhile wait for them): a checkpoint is a consistent snapshot.
 
     Args:
         params: a list of `Parameter`s, or of group dicts with keys `params` (required), `lr`,
@@ -211,6 +214,11 @@ class LazyAdam:
         self.dynamic_lr = any(g.lr.dynamic for g in self._groups)
 
         self._lock = threading.Lock()
+        #: Notified when the last step applying its kernels outside the lock (use_locking=False)
+        #: ends, and when a snapshot ends: `_quiescent` waits for the first, steps for the second.
+        self._idle = threading.Condition(self._lock)
+        self._running = 0  # steps applying their kernels outside the lock
+        self._snapshots = 0  # state_dict/load_state_dict calls waiting for them to end
         self._step = 0
         self._beta1_power = 1.0
         self._beta2_power = 1.0
@@ -291,13 +299,16 @@ class LazyAdam:
     def state_dict(self) -> dict[str, Any]:
         """A copy of the whole training state: parameters, moments, beta powers, step, seed.
 
+        A consistent snapshot whatever `use_locking`: it waits for the steps applying their
+        kernels, and steps that begin meanwhile wait for it.
+
         Returns:
             `{"global_step", "beta1_power", "beta2_power", "beta1", "beta2", "amsgrad", "seed",
             "parameters": {name: array}, "moment1": {...}, "moment2": {...}[, "vmax": {...}]}`,
             arrays as numpy copies in host memory (device arrays are copied to the host), keyed
             by parameter name, in parameter order.
         """
-        with self._lock:
+        with self._quiescent():
             state: dict[str, Any] = {
                 "global_step": self._step, "beta1_power": self._beta1_power,
                 "beta2_power": self._beta2_power, "beta1": self.beta1, "beta2": self.beta2,
@@ -366,7 +377,7 @@ class LazyAdam:
                                      f"and dtype {value_dtype}, the optimizer has {target.shape} "
                                      f"and {target.dtype}")
                 arrays.append((target, value))
-        with self._lock:
+        with self._quiescent():
             for target, value in arrays:
                 target.set_data(value)
             self._step = int(step)
@@ -417,14 +428,40 @@ class LazyAdam:
             if capture:  # recorded, not run: prepare_replay counts each replay
                 self._launcher.run(work, self._next_hparams()[0], tables, True)
                 return True
+            while self._snapshots:  # a waiting snapshot goes first (it would never find a gap)
+                self._idle.wait()
             hparams, powers = self._next_hparams()
             self._step += 1
             self._beta1_power, self._beta2_power = powers
             if self.use_locking:
                 self._launcher.run(work, hparams, tables)
                 return True
-        self._launcher.run(work, hparams, tables)
+            self._running += 1
+        try:
+            self._launcher.run(work, hparams, tables)
+        finally:
+            with self._lock:
+                self._running -= 1
+                if not self._running:
+                    self._idle.notify_all()
         return True
+
+    @contextlib.contextmanager
+    def _quiescent(self) -> Iterator[None]:
+        """Holds the lock once no step is applying its kernels: a step counted under the lock
+        with use_locking=False runs them after releasing it, and a snapshot taken meanwhile
+        would record its step with the arrays of the step before, or a mix."""
+        with self._lock:
+            self._snapshots += 1
+            try:
+                while self._running:
+                    self._idle.wait()
+            finally:
+                self._snapshots -= 1
+            try:
+                yield
+            finally:
+                self._idle.notify_all()
 
     def _next_hparams(self) -> tuple[list[tuple], tuple[float, float]]:
         """The `HParams` fields of each group for the next step, and its beta powers.
