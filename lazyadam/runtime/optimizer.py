@@ -28,7 +28,7 @@ from ..dtypes import numpy_dtype
 from .parameter import Parameter, dtype_of, is_device_array, to_host, zeros_like
 from .schedules import LearningRateSchedule
 from .slot import (SEED_STRIDE, Launcher, Slot, capturing, check_device_state, check_seed,
-                   spec_for, target_for)
+                   collection_paused, spec_for, target_for)
 
 GROUP_KEYS = ("params", "lr", "weight_decay", "grad_centralization", "order_params")
 
@@ -185,22 +185,8 @@ class LazyAdam:
         self._groups: list[_Group] = []
         slots: dict[int, Slot] = {}
         positions = {id(p): i for i, p in enumerate(order)}
-        for number, group in enumerate(groups):
-            where = f"group {number}" if self.is_group else "params"
-            lr = _rate(group["lr"], f"{where} lr") if "lr" in group else default_lr
-            wd = (_weight_decay(group["weight_decay"], f"{where} weight_decay")
-                  if "weight_decay" in group else default_wd)
-            centralize = group.get("grad_centralization", False)
-            if not isinstance(centralize, bool):
-                raise TypeError(f"{where} grad_centralization must be a bool, got "
-                                f"{type(centralize).__name__}: {centralize!r}")
-            self._groups.append(_Group(lr, wd))
-            for param in group["params"]:
-                decayed = wd.dynamic or wd.value > 0.0
-                if not self.is_group:
-                    decayed = decayed and decays_by_default(param)
-                slots[id(param)] = self._slot(param, number, decayed, centralize,
-                                              positions[id(param)])
+        with collection_paused():
+            self._make_slots(groups, slots, positions, default_lr, default_wd)
         self._slots: tuple[Slot, ...] = tuple(slots[id(p)] for p in order)
         self._on_device = any(slot.on_device for slot in self._slots)
         if capturable:
@@ -222,6 +208,26 @@ class LazyAdam:
         self._step = 0
         self._beta1_power = 1.0
         self._beta2_power = 1.0
+
+    def _make_slots(self, groups: list[dict], slots: dict[int, Slot], positions: dict[int, int],
+                    default_lr: _Rate, default_wd: _Rate) -> None:
+        """Parses each group's options into `self._groups` and makes its parameters' slots."""
+        for number, group in enumerate(groups):
+            where = f"group {number}" if self.is_group else "params"
+            lr = _rate(group["lr"], f"{where} lr") if "lr" in group else default_lr
+            wd = (_weight_decay(group["weight_decay"], f"{where} weight_decay")
+                  if "weight_decay" in group else default_wd)
+            centralize = group.get("grad_centralization", False)
+            if not isinstance(centralize, bool):
+                raise TypeError(f"{where} grad_centralization must be a bool, got "
+                                f"{type(centralize).__name__}: {centralize!r}")
+            self._groups.append(_Group(lr, wd))
+            for param in group["params"]:
+                decayed = wd.dynamic or wd.value > 0.0
+                if not self.is_group:
+                    decayed = decayed and decays_by_default(param)
+                slots[id(param)] = self._slot(param, number, decayed, centralize,
+                                              positions[id(param)])
 
     def _slot(self, param: Parameter, group: int, decayed: bool, centralize: bool,
               position: int) -> Slot:
@@ -422,7 +428,8 @@ class LazyAdam:
                                "was made with capturable=False: its steps wait for their index "
                                "checks and carry their hyperparameters; make it with "
                                "capturable=True")
-        work = self._check(gradients, capture)
+        with collection_paused():
+            work = self._check(gradients, capture)
         tables = self._launcher.tables(work) if self.capturable else None
         with self._lock:
             if capture:  # recorded, not run: prepare_replay counts each replay
