@@ -106,7 +106,8 @@ def collection_paused() -> Iterator[None]:
 
     Binding 100,000 parameters makes millions of objects that live as long as the optimizer, and
     the collector's repeated full passes over them took a third of the first step (40 of 120 us a
-    parameter). What is made here holds no reference cycle; the collector runs again after.
+    parameter). It runs again when the phase ends (a cycle made meanwhile, by any thread, waits
+    for it then); where it was already off, it stays off.
     """
     if not gc.isenabled():
         yield
