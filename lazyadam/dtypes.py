@@ -19,10 +19,13 @@ def storage_name(dtype: Any) -> str:
     """The name of `dtype` as the kernels name dtypes: "float32", "bfloat16", "int64", ...
 
     A 2-byte void dtype (`<V2`, how the CUDA array interface spells bfloat16) reads as bfloat16.
+
+    Raises:
+        TypeError: a dtype in the other byte order than this machine's (see `native`).
     """
     found = _NAMES.get(dtype)
     if found is None:
-        found = np.dtype(dtype)
+        found = native(np.dtype(dtype))
         if found.name == "bfloat16" or (found.kind == "V" and found.itemsize == 2
                                         and not found.fields):
             found = "bfloat16"
@@ -30,6 +33,25 @@ def storage_name(dtype: Any) -> str:
             found = found.name
         _NAMES[dtype] = found
     return found
+
+
+def native(dtype: np.dtype) -> np.dtype:
+    """`dtype`, if its bytes are in this machine's order.
+
+    Every array a kernel reads or writes is checked here (through `storage_name`), since its name
+    alone hides the byte order: `np.dtype('>f4').name` is "float32", and a kernel would read a
+    big-endian array's bytes as wrong numbers (a weight moved by -1.5e-35 instead of -0.1).
+
+    Raises:
+        TypeError: the other byte order, saying how to convert the array.
+    """
+    if dtype.isnative:
+        return dtype
+    order = "big" if dtype.byteorder == ">" else "little"
+    convert = (f".astype('={dtype.kind}{dtype.itemsize}')" if dtype.kind in "fiuc"
+               else ".astype(array.dtype.newbyteorder('='))")
+    raise TypeError(f"dtype {dtype.str!r} is {order}-endian, not this machine's byte order: the "
+                    f"kernels would read its bytes as other numbers; convert it with {convert}")
 
 
 #: The name of each dtype read so far (numpy's `dtype.name` takes microseconds to make).

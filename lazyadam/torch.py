@@ -42,7 +42,7 @@ import torch
 from .codegen.spec import ROUNDINGS, STATE_DTYPES
 from .runtime.parameter import Parameter, RowTensor, index_bounds, to_host
 from .runtime.slot import (SEED_STRIDE, Launcher, Slot, check_device_state,
-                           check_seed, spec_for, target_for)
+                           check_seed, collection_paused, spec_for, target_for)
 from .targets.base import index_error
 
 __all__ = ["LazyAdam", "EPS_MODES"]
@@ -285,7 +285,7 @@ class LazyAdam(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        with self._lock:
+        with self._lock, collection_paused():
             capture = self._capturing()
             found = None if capture else self._recheck()
             if found is None:

@@ -8,7 +8,9 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import zipfile
+import zlib
 
 import numpy as np
 import pytest
@@ -379,3 +381,56 @@ def test_a_long_run_with_a_small_beta1_resumes_from_its_checkpoint(tmp_path):
     opt(grads)
     resumed(grads)
     assert_same_state(opt, resumed)
+
+
+def _digests(state: dict) -> tuple:
+    """The step of a state dict, its beta powers and a digest of each of its arrays."""
+    return (state["global_step"], state["beta1_power"], state["beta2_power"],
+            *(zlib.crc32(state[key]["w"]) for key in ("parameters", "moment1", "moment2")))
+
+
+@pytest.mark.parametrize("use_locking", [False, True])
+def test_a_checkpoint_taken_during_steps_is_a_consistent_snapshot(tmp_path, use_locking):
+    """While one thread steps, another takes state_dict()s, and saves: each holds the parameters
+    and moments of the step it records, bitwise those of a sequential twin after that many steps
+    (with use_locking=False, a quarter recorded step k with the arrays of step k-1, or a mix)."""
+    steps, size = 120, 500_000
+    rng = np.random.default_rng(5)
+    initial = rng.standard_normal(size).astype(np.float32)
+    grads = [rng.standard_normal(size).astype(np.float32) for _ in range(3)]
+    twin = LazyAdam([Parameter(initial.copy(), name="w")], learning_rate=0.01,
+                    use_locking=use_locking)
+    expected = [_digests(twin.state_dict())]
+    for k in range(steps):
+        twin((grads[k % 3],))
+        expected.append(_digests(twin.state_dict()))
+    opt = LazyAdam([Parameter(initial.copy(), name="w")], learning_rate=0.01,
+                   use_locking=use_locking)
+    done = threading.Event()
+    failures: list[BaseException] = []
+
+    def step() -> None:
+        try:
+            for k in range(steps):
+                opt((grads[k % 3],))
+        except BaseException as error:  # noqa: BLE001 (reported by the main thread)
+            failures.append(error)
+        finally:
+            done.set()
+
+    stepper = threading.Thread(target=step)
+    snapshots = []
+    stepper.start()
+    while not done.is_set():
+        snapshots.append(_digests(opt.state_dict()))
+        if len(snapshots) % 8 == 0:
+            opt.save(tmp_path / "during.ckpt")
+            restored = LazyAdam([Parameter(np.zeros(size, np.float32), name="w")])
+            restored.load(tmp_path / "during.ckpt")
+            snapshots.append(_digests(restored.state_dict()))
+    stepper.join()
+    assert not failures, failures
+    assert len(snapshots) > 3
+    inconsistent = [s[0] for s in snapshots if s != expected[s[0]]]
+    assert not inconsistent, (f"{len(inconsistent)} of {len(snapshots)} snapshots hold other "
+                              f"arrays than their steps': steps {inconsistent}")

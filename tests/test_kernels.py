@@ -378,3 +378,116 @@ def test_pytorch_eps_mode_matches_torch_adam(dtype, sparse, rng):
         kernel(*ours, (idx, vals) if sparse else dense, HParams.at_step(t, lr=0.01, weight_decay=0.1),
                vmax=vmax)
     assert_close(ours[0], weight.detach().double().numpy(), dtype, "Adam")
+
+
+def _swapped(array: np.ndarray) -> np.ndarray:
+    """`array`'s values in the other byte order (as `np.load` of a file written on a machine of the
+    other endianness gives them)."""
+    return array.astype(array.dtype.newbyteorder("S"))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("which", ["var", "m", "grad", "values", "indices"])
+def test_arrays_in_the_other_byte_order_are_refused(dtype, which):
+    """Their bytes were read as this machine's floats: one step of lr 0.1 moved a weight by
+    -1.5e-35 instead of -0.1. The TypeError says how to convert."""
+    sparse = which in ("values", "indices")
+    kernel = lazyadam.compile(Spec(sparse=sparse, dtype=dtype))
+    var, m, v = _state(dtype=dtype)
+    grad = (np.array([0, 2]), np.ones((2, 3), dtype)) if sparse else np.ones((4, 3), dtype)
+    arrays = {"var": var, "m": m, "grad": grad}
+    if sparse:
+        arrays["grad"] = (_swapped(grad[0]), grad[1]) if which == "indices" else (
+            grad[0], _swapped(grad[1]))
+    else:
+        arrays[which] = _swapped(arrays[which])
+    bad = arrays["grad"][0 if which == "indices" else 1] if sparse else arrays[which]
+    code = {"float32": "f4", "float64": "f8", "int64": "i8"}[np.dtype(bad.dtype).name]
+    with pytest.raises(TypeError, match=rf"{which}: dtype '.{code}' is (big|little)-endian.*"
+                                        rf"\.astype\('={code}'\)"):
+        kernel(arrays["var"], arrays["m"], v, arrays["grad"], KNOWN_HP)
+    np.testing.assert_array_equal(np.asarray(arrays["var"], np.float64),
+                                  _state(dtype=dtype)[0].astype(np.float64))
+
+
+def test_bound_steps_refuse_gradients_in_the_other_byte_order():
+    var, m, v = _state()
+    step = lazyadam.compile(Spec(sparse=False)).bind(var, m, v)
+    with pytest.raises(TypeError, match=r"astype\('=f4'\)"):
+        step(_swapped(np.ones((4, 3), np.float32)), KNOWN_HP.as_tuple())
+    with pytest.raises(TypeError, match=r"astype\('=f4'\)"):
+        lazyadam.compile(Spec(sparse=False)).bind(_swapped(var), m, v)
+    sparse = lazyadam.compile(Spec(sparse=True)).bind(var, m, v)
+    with pytest.raises(TypeError, match=r"astype\('=f4'\)"):
+        sparse((np.array([0]), _swapped(np.ones(3, np.float32))), KNOWN_HP.as_tuple())
+    with pytest.raises(TypeError, match=r"astype\('=i8'\)"):
+        sparse((_swapped(np.array([0])), np.ones(3, np.float32)), KNOWN_HP.as_tuple())
+    np.testing.assert_array_equal(var, _state()[0])
+
+
+@pytest.mark.parametrize("sizes", [dict(rows=-1, row_size=3, nnz=2), dict(rows=4, row_size=-3, nnz=2),
+                                   dict(rows=4, row_size=3, nnz=-2)],
+                         ids=["rows", "row_size", "nnz"])
+def test_workspace_size_refuses_negative_sizes(sizes):
+    """As the kernel call does (rows was ignored: workspace_size(rows=-1, ...) gave a size)."""
+    kernel = lazyadam.compile(Spec(sparse=True))
+    name = next(k for k, value in sizes.items() if value < 0)
+    with pytest.raises(ValueError, match=f"{name} = -"):
+        kernel.workspace_size(**sizes)
+
+
+@pytest.mark.parametrize("spec", [Spec(sparse=True), Spec(sparse=True, use_locking=True,
+                                                          decay="l2", dtype="float64")],
+                         ids=["split", "unsplit"])
+def test_workspace_size_saturates_for_impossible_sizes(spec):
+    """Sizes whose scratch does not fit 64 bits give SIZE_MAX, as the C comment promises (the
+    partial sums' size overflowed int64 and gave 1.7e13), and the call then cannot allocate it."""
+    kernel = lazyadam.compile(spec)
+    assert kernel.workspace_size(300, 2**62, 2**40) == 2**64 - 1
+    assert kernel.workspace_size(1, 2**61, 1) == 2**64 - 1
+    assert kernel.workspace_size(2**40, 2**20, 2**20) < 2**64 - 1
+
+
+def test_a_workspace_that_overlaps_an_array_of_the_step_is_refused():
+    """The C kernel checks the overlap and returns LAZYADAM_EOVERLAP having written nothing (it
+    crashed: the sort wrote into var); the bound step raises ValueError. A workspace that only
+    borders an array is taken."""
+    spec = Spec(sparse=True, amsgrad=True)
+    kernel = lazyadam.compile(spec)
+    ffi, lib = kernel.ffi, kernel.lib
+    rows, row_size = 64, 4
+    size = kernel.workspace_size(rows, row_size, 4)
+    # The gradient's arrays, each at the start of a buffer with room for a workspace after it.
+    room = [np.zeros(size + 128, np.uint8) for _ in range(2)]
+    indices = room[0][:32].view(np.int64)
+    indices[...] = [3, 1, 3, 60]
+    values = room[1][:64].view(np.float32).reshape(4, row_size)
+    values[...] = 1.0
+    # Each array the step touches lies inside one large buffer, followed by a workspace's room.
+    slab = np.zeros(4 * rows * row_size + size // 4 + 64, np.float32)
+    state = [slab[k * rows * row_size:(k + 1) * rows * row_size].reshape(rows, row_size)
+             for k in range(4)]
+    state[0][...] = 1.0
+    hp = ffi.new("lazyadam_hparams *", KNOWN_HP.as_tuple())
+
+    def call(workspace: np.ndarray) -> int:
+        return getattr(lib, f"{kernel.source.symbol}_with_workspace")(
+            *(ffi.cast("float *", a.ctypes.data) for a in state), rows, row_size,
+            ffi.cast("int64_t *", indices.ctypes.data), ffi.cast("float *", values.ctypes.data),
+            len(indices), hp, ffi.cast("void *", workspace.ctypes.data), workspace.nbytes)
+
+    before = [a.copy() for a in state]
+    for k, name in enumerate(("var", "m", "v", "vmax")):
+        inside = slab[k * rows * row_size + 6:].view(np.uint8)[:size]  # 8-byte aligned
+        assert call(inside) == lib.LAZYADAM_EOVERLAP, name
+    for buffer in room:
+        assert call(buffer[8:8 + size]) == lib.LAZYADAM_EOVERLAP
+    for a, b in zip(state, before):
+        np.testing.assert_array_equal(a, b)
+    step = kernel.bind(*state[:3], vmax=state[3])
+    with pytest.raises(ValueError, match="workspace .* shares memory with an array of the step"):
+        step((indices, values.reshape(-1)), KNOWN_HP.as_tuple(),
+             workspace=slab[rows * row_size + 6:].view(np.uint8)[:size])
+    after_all = slab[4 * rows * row_size:].view(np.uint8)[:size]
+    assert call(after_all) == lib.LAZYADAM_OK
+    assert state[0][3, 0] < 1.0 and state[0][0, 0] == 1.0

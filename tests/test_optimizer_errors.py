@@ -43,9 +43,9 @@ def test_params_element_neither_parameter_nor_dict(params):
         LazyAdam([params[0], np.zeros(3)])
 
 
-@pytest.mark.parametrize("bad", [None, "0.1", np.float32(0.1), np.float64(0.1), True,
+@pytest.mark.parametrize("bad", [None, "0.1", np.float32(0.1), np.int64(1), True,
                                  {"lr": 0.1}, ["a", "b"], {0.1, 0.2}],
-                         ids=["None", "str", "np.float32", "np.float64", "bool", "dict",
+                         ids=["None", "str", "np.float32", "np.int64", "bool", "dict",
                               "strings", "set (no order)"])
 def test_learning_rate_of_another_type(params, bad):
     with pytest.raises(TypeError, match="learning_rate"):
@@ -225,6 +225,12 @@ BAD_CALLS = {
     "negative index": (lambda t, d: [RowTensor(np.array([2, -1], np.int32),
                                                np.ones((2, 3), np.float32), (6, 3)), d],
                        IndexError, r"indices\[1\] = -1"),
+    "dense byte order": (lambda t, d: [t, d.astype(">f4")], TypeError,
+                         r"gradient 1 \(parameter 'dense'\): dtype '>f4'.*astype\('=f4'\)"),
+    "values byte order": (lambda t, d: [RowTensor(t.indices, t.values.astype(">f4"), (6, 3)), d],
+                          TypeError, r"gradient 0 .*: values: dtype '>f4'.*astype\('=f4'\)"),
+    "indices byte order": (lambda t, d: [RowTensor(t.indices.astype(">i8"), t.values, (6, 3)), d],
+                           TypeError, r"gradient 0 .*: indices: dtype '>i8'.*astype\('=i8'\)"),
 }
 
 
@@ -283,17 +289,25 @@ def test_np_float64_hyperparameters_are_python_floats(params, rng):
     """np.float64 subclasses float (MindSpore's checks accept it); np.float32 stays refused."""
     grads = good_gradients(params)
     twins = [Parameter(p.asnumpy(), name=p.name) for p in params]
-    numpy_floats = make(params, beta1=np.float64(0.8), beta2=np.float64(0.99),
-                        eps=np.float64(1e-7), weight_decay=np.float64(0.01),
-                        loss_scale=np.float64(2.0))
-    python_floats = make(twins, beta1=0.8, beta2=0.99, eps=1e-7, weight_decay=0.01,
-                         loss_scale=2.0)
+    numpy_floats = make(params, learning_rate=np.float64(0.05), beta1=np.float64(0.8),
+                        beta2=np.float64(0.99), eps=np.float64(1e-7),
+                        weight_decay=np.float64(0.01), loss_scale=np.float64(2.0))
+    python_floats = make(twins, learning_rate=0.05, beta1=0.8, beta2=0.99, eps=1e-7,
+                         weight_decay=0.01, loss_scale=2.0)
     for _ in range(3):
         numpy_floats(grads)
         python_floats(grads)
     for a, b in zip(params, twins):
         np.testing.assert_array_equal(a.data, b.data)
     assert type(numpy_floats.beta1) is float and numpy_floats.beta1_power == 0.8 ** 3
+    assert numpy_floats.get_lr() == 0.05 and type(numpy_floats.learning_rate) is float
+
+
+def test_np_float64_group_learning_rate(params):
+    """A group's lr takes np.float64 as the optimizer's learning_rate does."""
+    opt = make([{"params": [params[0]], "lr": np.float64(0.5)}, {"params": [params[1]]}],
+               learning_rate=np.float64(0.25))
+    assert opt.get_lr() == (0.5, 0.25)
 
 
 class Overflowing(ExponentialDecayLR):
@@ -452,3 +466,49 @@ def test_a_step_over_a_memory_limit_fails_before_writing_anything():
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "out of memory: its sparse step needs" in proc.stdout
     assert proc.stdout.rstrip().endswith("unchanged")
+
+
+@pytest.mark.parametrize("step", [2**64 - 1, 2**64, 2**70], ids=["2**64-1", "2**64", "2**70"])
+def test_a_step_count_past_64_bits_is_refused_when_loaded(params, step):
+    """The next step, global_step + 1, goes to the kernels as a 64-bit unsigned count: a state whose
+    count leaves no next step is refused by load_state_dict, which changes nothing (a call after
+    it raised OverflowError, with step and beta powers already moved on)."""
+    opt = make(params)
+    opt(good_gradients(params))
+    state = opt.state_dict()
+    before = snapshot(opt)
+    with pytest.raises(ValueError, match=r"global_step.*2\*\*64"):
+        opt.load_state_dict({**state, "global_step": step})
+    assert_unchanged(opt, before)
+
+
+def test_the_last_step_a_64_bit_count_holds(params):
+    """global_step = 2**64 - 2 loads, and its call runs step 2**64 - 1."""
+    opt = make(params)
+    state = opt.state_dict()
+    opt.load_state_dict({**state, "global_step": 2**64 - 2})
+    assert opt(good_gradients(params)) and opt.global_step == 2**64 - 1
+    assert opt.beta1_power == 0.9
+
+
+@pytest.mark.parametrize("dtype", [">f4", ">f8"])
+def test_a_parameter_in_the_other_byte_order_is_refused(dtype):
+    """The name of the dtype hides the byte order ('>f4' is "float32"): its bytes were read as this
+    machine's floats. Refused when the optimizer is made, saying how to convert."""
+    param = Parameter(np.ones((2, 2), dtype), name="loaded")
+    with pytest.raises(TypeError, match=rf"parameter 'loaded': dtype '{dtype}' is big-endian.*"
+                                        rf"astype\('={dtype[1:]}'\)"):
+        LazyAdam([param])
+
+
+def test_a_gradient_in_the_other_byte_order_converted_as_told_steps_right():
+    """The issue's case: one step of lr 0.1 moves a weight by -0.1 (Adam's first step moves every
+    weight by lr), once the big-endian gradient is converted with .astype('=f4')."""
+    param = Parameter(np.zeros(3, np.float32), name="w")
+    opt = LazyAdam([param], learning_rate=0.1)
+    grad = np.array([1.0, 2.0, 3.0], ">f4")
+    with pytest.raises(TypeError, match=r"astype\('=f4'\)"):
+        opt((grad,))
+    np.testing.assert_array_equal(param.data, 0.0)
+    opt((grad.astype("=f4"),))
+    np.testing.assert_allclose(param.data, -0.1, rtol=1e-5)

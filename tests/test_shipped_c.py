@@ -1,9 +1,10 @@
 """Generated C sources as another project builds them: by the system compiler, without lazyadam.
 
 The sources are written by `lazyadam.sources.write_sources`, compiled into shared libraries with
-and without OpenMP under `-std=c99 -Wall -Wextra -Werror -pedantic`, called through cffi and
-compared with the numpy reference; the C ABI's error codes are checked, and a C++ program includes
-two headers.
+and without OpenMP under `-std=c99 -Werror` and the usual strict warnings (`STRICT`: `-Wall -Wextra
+-pedantic -Wshadow -Wconversion -Wstrict-prototypes -Wmissing-prototypes -Wcast-qual`), called
+through cffi and compared with the numpy reference; the C ABI's error codes are checked, and a C++
+program includes two headers.
 """
 
 from __future__ import annotations
@@ -29,7 +30,9 @@ from lazyadam.targets import c, toolchain
 from reference import lazyadam_step
 from tolerance import assert_close
 
-STRICT = ["-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic"]
+#: The strict warnings that projects which check the sources into their trees build them under.
+STRICT = ["-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic", "-Wshadow", "-Wconversion",
+          "-Wstrict-prototypes", "-Wmissing-prototypes", "-Wcast-qual"]
 OK, ENULL, ESIZE, EINDEX = 0, -1, -2, -3
 STATIC = {"beta1": 0.85, "beta2": 0.995, "eps": 1e-7, "loss_scale": 8.0, "weight_decay": 0.01}
 HYPER = dict(lr=0.01, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.05, loss_scale=4.0)
@@ -379,3 +382,42 @@ def test_ship_c_example_checks_its_numbers(tmp_path):
                            *serial_only, "check"], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.count("all checks passed") == 2
+
+
+UBSAN_MAIN = r"""
+#include <stdint.h>
+#include <stdio.h>
+#include "SYMBOL.h"
+
+int main(void)
+{
+    /* Sizes whose scratch does not fit 64 bits: each must saturate to SIZE_MAX. */
+    const int64_t sizes[][3] = {{300, (int64_t)1 << 62, (int64_t)1 << 40},
+                                {1, INT64_MAX, INT64_MAX}, {INT64_MAX, INT64_MAX, 1},
+                                {1, (int64_t)1 << 61, 1}};
+    int bad = 0;
+    for (int k = 0; k < 4; k++)
+        bad += SYMBOL_workspace_size(sizes[k][0], sizes[k][1], sizes[k][2]) != SIZE_MAX;
+    printf("%d\n", bad);
+    return bad;
+}
+"""
+
+
+@pytest.mark.parametrize("spec", [SPECS[0], SPECS[2], SPECS[9]], ids=["split", "locking", "half"])
+def test_workspace_size_saturates_without_undefined_behaviour(tmp_path, spec):
+    """Built with UBSan (any undefined behaviour aborts): impossible sizes give SIZE_MAX, where the
+    partial sums' and accumulators' sizes overflowed int64 (1.7e13 came back)."""
+    source = write_sources(spec, "c", tmp_path)[0]
+    symbol = source.stem
+    main = tmp_path / "main.c"
+    main.write_text(UBSAN_MAIN.replace("SYMBOL", symbol))
+    out = tmp_path / "ubsan"
+    build = subprocess.run([*cc(), "-std=c99", "-fsanitize=undefined", "-fno-sanitize-recover=all",
+                            str(main), str(source), "-o", str(out), "-lm"],
+                           capture_output=True, text=True)
+    if build.returncode != 0 and "sanitize" in build.stderr + build.stdout:
+        pytest.skip(f"this compiler cannot build with -fsanitize=undefined: {build.stderr[-300:]}")
+    assert build.returncode == 0, build.stderr
+    run = subprocess.run([str(out)], capture_output=True, text=True)
+    assert run.returncode == 0 and run.stdout.strip() == "0", run.stdout + run.stderr

@@ -17,7 +17,7 @@ from typing import Mapping
 import numpy as np
 
 #: Bumped whenever lowering, passes, printers or templates change what a spec generates.
-CODEGEN_VERSION = "3"
+CODEGEN_VERSION = "4"
 
 DTYPES = {"float32": "f32", "float64": "f64", "bfloat16": "bf16", "float16": "f16"}
 #: Parameter dtypes stored in 16 bits: their steps compute in float32 and round every write.

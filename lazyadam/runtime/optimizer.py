@@ -14,8 +14,10 @@ ever recompiles.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import threading
+from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Set, Sized
 from typing import Any, Sequence
 
@@ -26,7 +28,7 @@ from ..dtypes import numpy_dtype
 from .parameter import Parameter, dtype_of, is_device_array, to_host, zeros_like
 from .schedules import LearningRateSchedule
 from .slot import (SEED_STRIDE, Launcher, Slot, capturing, check_device_state, check_seed,
-                   spec_for, target_for)
+                   collection_paused, spec_for, target_for)
 
 GROUP_KEYS = ("params", "lr", "weight_decay", "grad_centralization", "order_params")
 
@@ -83,13 +85,16 @@ class LazyAdam:
     also take striped row locks, which exclude concurrent calls of the same compiled kernel, e.g.
     from C code sharing the arrays). With `use_locking=False`
     the bookkeeping (step, beta powers) is still taken under the lock, but kernels of different
-    calls may interleave on the same rows (Hogwild); memory is never corrupted.
+    calls may interleave on the same rows (Hogwild); memory is never corrupted. Either way,
+    `state_dict()`/`save()` and `load_state_dict()`/`load()` wait for the calls applying their
+    kernels (and calls that begin meanwhile wait for them): a checkpoint is a consistent snapshot.
 
     Args:
         params: a list of `Parameter`s, or of group dicts with keys `params` (required), `lr`,
             `weight_decay`, `grad_centralization`; one more dict holding only `order_params` fixes
             the order of parameters (and of gradients) to exactly the grouped parameters.
-        learning_rate: float or int (fixed); 0-d array (fixed); 1-d array or sequence, read
+        learning_rate: float or int (fixed; np.float64, a subclass of float, is one, other numpy
+            scalars are not); 0-d array (fixed); 1-d array or sequence, read
             once here, or an iterator (a generator, `itertools.repeat`), read as the steps need
             it (step k uses `lr[k]`); or a `LearningRateSchedule` (step k uses `schedule(k)`).
         beta1, beta2: moment decay rates, Python floats in (0, 1) (np.float64, a subclass of
@@ -180,6 +185,33 @@ class LazyAdam:
         self._groups: list[_Group] = []
         slots: dict[int, Slot] = {}
         positions = {id(p): i for i, p in enumerate(order)}
+        with collection_paused():
+            self._make_slots(groups, slots, positions, default_lr, default_wd)
+        self._slots: tuple[Slot, ...] = tuple(slots[id(p)] for p in order)
+        self._on_device = any(slot.on_device for slot in self._slots)
+        if capturable:
+            host = next((s.param for s in self._slots if not s.on_device), None)
+            if host is not None:
+                raise TypeError(f"capturable=True: parameter {host.name!r} is in host memory; "
+                                "capturable steps update device arrays (CUDA graphs capture "
+                                "device work only)")
+        self._launcher = Launcher()
+        self.is_group_lr = len({id(g.lr) for g in self._groups}) > 1
+        self.dynamic_lr = any(g.lr.dynamic for g in self._groups)
+
+        self._lock = threading.Lock()
+        #: Notified when the last step applying its kernels outside the lock (use_locking=False)
+        #: ends, and when a snapshot ends: `_quiescent` waits for the first, steps for the second.
+        self._idle = threading.Condition(self._lock)
+        self._running = 0  # steps applying their kernels outside the lock
+        self._snapshots = 0  # state_dict/load_state_dict calls waiting for them to end
+        self._step = 0
+        self._beta1_power = 1.0
+        self._beta2_power = 1.0
+
+    def _make_slots(self, groups: list[dict], slots: dict[int, Slot], positions: dict[int, int],
+                    default_lr: _Rate, default_wd: _Rate) -> None:
+        """Parses each group's options into `self._groups` and makes its parameters' slots."""
         for number, group in enumerate(groups):
             where = f"group {number}" if self.is_group else "params"
             lr = _rate(group["lr"], f"{where} lr") if "lr" in group else default_lr
@@ -196,22 +228,6 @@ class LazyAdam:
                     decayed = decayed and decays_by_default(param)
                 slots[id(param)] = self._slot(param, number, decayed, centralize,
                                               positions[id(param)])
-        self._slots: tuple[Slot, ...] = tuple(slots[id(p)] for p in order)
-        self._on_device = any(slot.on_device for slot in self._slots)
-        if capturable:
-            host = next((s.param for s in self._slots if not s.on_device), None)
-            if host is not None:
-                raise TypeError(f"capturable=True: parameter {host.name!r} is in host memory; "
-                                "capturable steps update device arrays (CUDA graphs capture "
-                                "device work only)")
-        self._launcher = Launcher()
-        self.is_group_lr = len({id(g.lr) for g in self._groups}) > 1
-        self.dynamic_lr = any(g.lr.dynamic for g in self._groups)
-
-        self._lock = threading.Lock()
-        self._step = 0
-        self._beta1_power = 1.0
-        self._beta2_power = 1.0
 
     def _slot(self, param: Parameter, group: int, decayed: bool, centralize: bool,
               position: int) -> Slot:
@@ -289,13 +305,16 @@ class LazyAdam:
     def state_dict(self) -> dict[str, Any]:
         """A copy of the whole training state: parameters, moments, beta powers, step, seed.
 
+        A consistent snapshot whatever `use_locking`: it waits for the steps applying their
+        kernels, and steps that begin meanwhile wait for it.
+
         Returns:
             `{"global_step", "beta1_power", "beta2_power", "beta1", "beta2", "amsgrad", "seed",
             "parameters": {name: array}, "moment1": {...}, "moment2": {...}[, "vmax": {...}]}`,
             arrays as numpy copies in host memory (device arrays are copied to the host), keyed
             by parameter name, in parameter order.
         """
-        with self._lock:
+        with self._quiescent():
             state: dict[str, Any] = {
                 "global_step": self._step, "beta1_power": self._beta1_power,
                 "beta2_power": self._beta2_power, "beta1": self.beta1, "beta2": self.beta2,
@@ -316,8 +335,9 @@ class LazyAdam:
         Raises:
             ValueError: a missing entry, other parameter names, shapes or dtypes (moments of
                 another dtype than this optimizer's state), other betas, amsgrad state present or
-                absent where this optimizer differs, a seed that is not an int in [0, 2**64); the
-                message says what differs.
+                absent where this optimizer differs, a seed that is not an int in [0, 2**64), a
+                global_step that is not an int in [0, 2**64 - 1) (the next step must fit the
+                kernels' 64-bit count); the message says what differs.
         """
         missing = [k for k in ("global_step", "beta1_power", "beta2_power") if k not in state]
         if missing:
@@ -327,8 +347,10 @@ class LazyAdam:
                 raise ValueError(f"state was saved with {name}={state[name]!r}, this optimizer "
                                  f"has {name}={getattr(self, name)!r}")
         step = state["global_step"]
-        if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 0:
-            raise ValueError(f"global_step must be an int >= 0, got {step!r}")
+        if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or not (
+                0 <= step < 2**64 - 1):
+            raise ValueError(f"global_step must be an int in [0, 2**64 - 1): the next step, "
+                             f"global_step + 1, is counted in 64 bits; got {step!r}")
         try:
             seed = check_seed(state["seed"]) if "seed" in state else self.seed
         except (TypeError, ValueError) as error:
@@ -361,7 +383,7 @@ class LazyAdam:
                                      f"and dtype {value_dtype}, the optimizer has {target.shape} "
                                      f"and {target.dtype}")
                 arrays.append((target, value))
-        with self._lock:
+        with self._quiescent():
             for target, value in arrays:
                 target.set_data(value)
             self._step = int(step)
@@ -406,20 +428,47 @@ class LazyAdam:
                                "was made with capturable=False: its steps wait for their index "
                                "checks and carry their hyperparameters; make it with "
                                "capturable=True")
-        work = self._check(gradients, capture)
+        with collection_paused():
+            work = self._check(gradients, capture)
         tables = self._launcher.tables(work) if self.capturable else None
         with self._lock:
             if capture:  # recorded, not run: prepare_replay counts each replay
                 self._launcher.run(work, self._next_hparams()[0], tables, True)
                 return True
+            while self._snapshots:  # a waiting snapshot goes first (it would never find a gap)
+                self._idle.wait()
             hparams, powers = self._next_hparams()
             self._step += 1
             self._beta1_power, self._beta2_power = powers
             if self.use_locking:
                 self._launcher.run(work, hparams, tables)
                 return True
-        self._launcher.run(work, hparams, tables)
+            self._running += 1
+        try:
+            self._launcher.run(work, hparams, tables)
+        finally:
+            with self._lock:
+                self._running -= 1
+                if not self._running:
+                    self._idle.notify_all()
         return True
+
+    @contextlib.contextmanager
+    def _quiescent(self) -> Iterator[None]:
+        """Holds the lock once no step is applying its kernels: a step counted under the lock
+        with use_locking=False runs them after releasing it, and a snapshot taken meanwhile
+        would record its step with the arrays of the step before, or a mix."""
+        with self._lock:
+            self._snapshots += 1
+            try:
+                while self._running:
+                    self._idle.wait()
+            finally:
+                self._snapshots -= 1
+            try:
+                yield
+            finally:
+                self._idle.notify_all()
 
     def _next_hparams(self) -> tuple[list[tuple], tuple[float, float]]:
         """The `HParams` fields of each group for the next step, and its beta powers.
@@ -607,7 +656,7 @@ def _rate(value: Any, what: str) -> _Rate:
     """
     if isinstance(value, LearningRateSchedule):
         return _Rate(what, schedule=value)
-    if _is_number(value) and not isinstance(value, np.generic):
+    if _is_number(value):  # np.float64 too (a float); other numpy scalars are refused below
         return _Rate(what, _non_negative(float(value), what))
     if isinstance(value, (str, bytes, Mapping, Set, np.generic, bool)) or not (
             isinstance(value, (Iterable, np.ndarray)) or hasattr(value, "__array__")):
@@ -728,9 +777,10 @@ def _group_params(params: Any, where: str) -> list[Parameter]:
 def _unique(params: list[Parameter], error: type[Exception]) -> None:
     """Raises `error` naming the first parameter (or name) that appears twice."""
     seen: dict[str, Parameter] = {}
+    counts = Counter(map(id, params))  # not params.count: quadratic, minutes for 100,000
     for param in params:
         other = seen.setdefault(param.name, param)
-        if other is param and params.count(param) > 1:
+        if other is param and counts[id(param)] > 1:
             raise error(f"parameter {param.name!r} appears more than once")
         if other is not param:
             raise error(f"two parameters are named {param.name!r}; names must be unique")

@@ -52,7 +52,16 @@ def is_device_array(data: Any) -> bool:
 
 def is_torch(data: Any) -> bool:
     """True for PyTorch tensors, subclasses included (they take PyTorch's spelling of arguments)."""
-    return any(cls.__module__.partition(".")[0] == "torch" for cls in type(data).__mro__)
+    kind = type(data)
+    found = _TORCH_TYPES.get(kind)
+    if found is None:
+        found = _TORCH_TYPES[kind] = any(cls.__module__.partition(".")[0] == "torch"
+                                         for cls in kind.__mro__)
+    return found
+
+
+#: Whether each type met so far is PyTorch's (asked for every array of every parameter).
+_TORCH_TYPES: dict[type, bool] = {}
 
 
 def library_function(data: Any, name: str) -> Callable[..., Any] | None:

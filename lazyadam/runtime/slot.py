@@ -25,14 +25,17 @@ parameter the gradient dtype: its own or float32).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-from typing import Any, Callable
+import functools
+import gc
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
 from .. import targets
 from ..codegen.spec import GRAD_DTYPES, HALF_DTYPES, Spec
-from ..dtypes import storage_name
+from ..dtypes import native, storage_name
 from ..targets import cuda
 from ..targets.base import HParams, index_error
 from ..targets.cuda import HPARAMS_BYTES, CudaBinding, DeviceArray, stream_handle, torch_kind
@@ -66,18 +69,54 @@ def spec_for(param: Parameter, *, decayed: bool, decoupled: bool, nesterov: bool
             (float32 and float64 parameters keep their state in their own dtype, round nothing).
 
     Raises:
-        TypeError: a parameter that is not float32, float64, bfloat16 or float16.
+        TypeError: a parameter that is not float32, float64, bfloat16 or float16, or not in this
+            machine's byte order.
     """
-    dtype = storage_name(param.dtype)
+    try:
+        dtype = storage_name(param.dtype)
+    except TypeError as error:  # the other byte order
+        raise TypeError(f"parameter {param.name!r}: {error}") from None
     if dtype not in FLOAT_DTYPES:
         raise TypeError(f"parameter {param.name!r} has dtype {param.dtype}; LazyAdam updates "
                         "float32, float64, bfloat16 or float16 parameters")
     decay = ("decoupled" if decoupled else "l2") if decayed else "none"
     half = dtype in HALF_DTYPES
-    return Spec(nesterov=nesterov, use_locking=use_locking, decay=decay, amsgrad=amsgrad,
+    spec = Spec(nesterov=nesterov, use_locking=use_locking, decay=decay, amsgrad=amsgrad,
                 maximize=maximize, eps_mode=eps_mode, dtype=dtype,
                 state_dtype=state_dtype if half else None,
                 rounding=rounding if half else "nearest")
+    return _SPECS.setdefault(spec, spec)
+
+
+#: One object for each spec made so far: 100,000 parameters of one kind share their spec.
+_SPECS: dict[Spec, Spec] = {}
+
+
+@functools.lru_cache(maxsize=None)
+def _variant(spec: Spec, sparse: bool, index_dtype: str, grad_dtype: str) -> Spec:
+    """`spec` for a dense or sparse gradient of `grad_dtype` with `index_dtype` indices, made
+    once for each (a dataclass replace takes microseconds, per parameter)."""
+    return dataclasses.replace(spec, sparse=sparse, index_dtype=index_dtype, grad_dtype=grad_dtype)
+
+
+@contextlib.contextmanager
+def collection_paused() -> Iterator[None]:
+    """Python's cyclic garbage collector paused (if it runs), for the check phase of a step and
+    the making of an optimizer.
+
+    Binding 100,000 parameters makes millions of objects that live as long as the optimizer, and
+    the collector's repeated full passes over them took a third of the first step (40 of 120 us a
+    parameter). It runs again when the phase ends (a cycle made meanwhile, by any thread, waits
+    for it then); where it was already off, it stays off.
+    """
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
 
 
 def check_seed(value: Any) -> int:
@@ -118,7 +157,7 @@ class Slot:
     """
 
     __slots__ = ("param", "dtype", "on_device", "shape", "device", "group", "centralize", "spec",
-                 "target", "m", "v", "vmax", "written", "calls", "grad_dtypes", "seed_offset",
+                 "target", "m", "v", "vmax", "calls", "grad_dtypes", "seed_offset",
                  "records", "fast")
 
     def __init__(self, param: Parameter, group: Any, centralize: bool, spec: Spec, target: str,
@@ -132,16 +171,15 @@ class Slot:
         #: Added to the seed in the hparams (field 8) of a stochastic step (see `SEED_STRIDE`); 0
         #: for a parameter that rounds to nearest, whose steps then share hyperparameter entries.
         self.seed_offset = seed_offset if spec.rounding == "stochastic" else 0
-        #: Device records of the deferred sparse steps, by capturable: (array, address, kernel).
-        self.records: dict[bool, tuple] = {}
+        #: Device records of the deferred sparse steps, by capturable: (array, address, kernel);
+        #: None (as `fast`) until the first is made, as most slots never need one.
+        self.records: dict[bool, tuple] | None = None
         #: PyTorch dtype of a dense device gradient that the full check took as it was (not
         #: copied) -> (its CudaBinding, device index, bytes): the next gradients of that dtype
         #: take `_fast_dense`.
-        self.fast: dict[Any, tuple] = {}
+        self.fast: dict[Any, tuple] | None = None
         self.spec, self.target = spec, target
         self.m, self.v, self.vmax = m, v, vmax
-        #: (Parameter, array) of each array a step writes, for the gradients' overlap check.
-        self.written = tuple((a, a.data) for a in (param, m, v, vmax) if a is not None)
         self.calls: dict[tuple[bool, str, str], tuple[Any, Callable[..., None]]] = {}
 
     def call(self, sparse: bool, index_dtype: str = "int64",
@@ -165,8 +203,7 @@ class Slot:
         found = self.calls.get(key)
         if found is not None and (self.target != "cuda" or found[1].current()):
             return found
-        spec = dataclasses.replace(self.spec, sparse=sparse, index_dtype=index_dtype,
-                                   grad_dtype=key[2])
+        spec = _variant(self.spec, sparse, index_dtype, key[2])
         kernel = targets.compile(spec, self.target)
         vmax = self.vmax.data if self.vmax is not None else None
         try:
@@ -253,6 +290,7 @@ class Slot:
                 view = DeviceArray(grad, where)
             self._check_disjoint_device(where, "", view, call.spans)
             if taken and call.torch and torch_kind(type(grad)):
+                self.fast = self.fast or {}
                 self.fast[grad.dtype] = (call, grad.get_device(), view.nbytes)
             return (self, call, (view.ptr, grad), self.group, None)
         grad = contiguous(grad)
@@ -345,6 +383,7 @@ class Slot:
             MemoryError: naming the gradient.
             RuntimeError: it would be made while `capture`.
         """
+        self.records = self.records or {}
         found = self.records.get(capturable)
         if found is None:
             if capture:
@@ -369,6 +408,12 @@ class Slot:
         nbytes = kernel.workspace_size(rows, row_size, nnz)
         return _allocate(self.param.data, nbytes, f"{where}: out of memory: its sparse step "
                          f"needs {nbytes:,} bytes of scratch for {nnz:,} indices")
+
+    @property
+    def written(self) -> tuple[tuple[Parameter, Any], ...]:
+        """(Parameter, array) of each array a step writes, for the gradients' overlap check."""
+        return tuple((a, a.data) for a in (self.param, self.m, self.v, self.vmax)
+                     if a is not None)
 
     def _check_disjoint(self, where: str, what: str, array: Any) -> None:
         """A gradient may not share memory with what its kernel writes (the parameter, its
@@ -434,9 +479,10 @@ def _subject(where: str, what: str) -> str:
 
 
 def _dtype(where: str, what: str, array: Any) -> np.dtype:
-    """`dtype_of(array)`, with the gradient named in the error."""
+    """`dtype_of(array)`, in this machine's byte order (`dtypes.native`), with the gradient named
+    in the error."""
     try:
-        return dtype_of(array)
+        return native(dtype_of(array))
     except TypeError as error:
         raise TypeError(f"{_subject(where, what)}: {error}") from None
 
@@ -664,7 +710,7 @@ class Launcher:
             IndexError: naming the parameter, the position and the value.
         """
         for slot in slots:
-            found = slot.records.get(True)
+            found = slot.records and slot.records.get(True)
             if found is None:
                 continue
             array, address, kernel = found

@@ -97,6 +97,9 @@ CFFI_TYPES = {"float32": "float", "float64": "double", "bfloat16": "uint16_t",
               "float16": "uint16_t"}
 
 
+SCALAR_SPARSE = "a sparse kernel needs var of rank >= 1 (rows first)"
+
+
 def check_arrays(spec: Spec, var: Any, m: Any, v: Any, vmax: Any, grad: Any) -> None:
     """Raises TypeError/ValueError naming the offending argument if a call would be wrong.
 
@@ -116,7 +119,7 @@ def check_arrays(spec: Spec, var: Any, m: Any, v: Any, vmax: Any, grad: Any) -> 
         raise TypeError("a sparse kernel takes its gradient as an (indices, values) pair")
     indices, values = grad
     if var.ndim < 1:
-        raise ValueError("a sparse kernel needs var of rank >= 1 (rows first)")
+        raise ValueError(SCALAR_SPARSE)
     check_array("indices", indices, spec.index_dtype)
     if indices.ndim != 1:
         raise ValueError(f"indices must be 1-d, got shape {indices.shape}")
@@ -159,12 +162,17 @@ def check_array(name: str, arr: Any, dtype: str, writable: bool = False) -> None
     aligned to its elements.
 
     Raises:
-        TypeError: not an array, or another dtype; ValueError: layout or alignment.
+        TypeError: not an array, another dtype, or the other byte order; ValueError: layout or
+            alignment.
     """
     if not hasattr(arr, "dtype") or not hasattr(arr, "shape"):
         raise TypeError(f"{name} must be an array, got {type(arr).__name__}")
-    if storage_name(arr.dtype) != dtype:
-        raise TypeError(f"{name} has dtype {storage_name(arr.dtype)}, this kernel takes {dtype}")
+    try:
+        found = storage_name(arr.dtype)
+    except TypeError as error:  # the other byte order
+        raise TypeError(f"{name}: {error}") from None
+    if found != dtype:
+        raise TypeError(f"{name} has dtype {found}, this kernel takes {dtype}")
     flags = getattr(arr, "flags", None)
     if flags is not None:
         if not flags.c_contiguous:
@@ -190,6 +198,17 @@ def _check_disjoint(state: dict[str, Any], inputs: dict[str, Any]) -> None:
         for b, (b0, b1) in spans[i + 1:]:
             if a0 < b1 and b0 < a1:
                 raise ValueError(f"{a} and {b} share memory; each must be an array of its own")
+
+
+def check_sizes(rows: int, row_size: int, nnz: int) -> None:
+    """The sizes of a sparse step: ints >= 0.
+
+    Raises:
+        ValueError: naming the first that is not (as the kernel call refuses it).
+    """
+    for name, value in (("rows", rows), ("row_size", row_size), ("nnz", nnz)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+            raise ValueError(f"{name} = {value!r} must be an int >= 0")
 
 
 def first_bad_index(indices: np.ndarray, rows: int) -> tuple[int, int] | None:

@@ -29,10 +29,11 @@ import numpy as np
 from ..codegen.pipeline import generate
 from ..codegen.render import Source
 from ..codegen.spec import Spec
-from ..dtypes import numpy_dtype, storage_name
+from ..dtypes import storage_name
 from ..errors import CompilationError, CompilerNotFoundError, KernelError
 from . import cache
-from .base import CFFI_TYPES, HParams, LoadedKernel, check_arrays, index_error
+from .base import (CFFI_TYPES, SCALAR_SPARSE, HParams, LoadedKernel, check_arrays,
+                   check_sizes, check_state, index_error)
 
 #: -fno-math-errno lets sqrt vectorize (an Adam loop ran 5x slower without it); no -ffast-math: the
 #: kernels keep IEEE semantics so that they match the reference and are reproducible; no fused
@@ -42,6 +43,8 @@ BASE_FLAGS = ("-std=c99", "-O3", "-march=native", "-fno-math-errno", "-fno-trapp
               "-ffp-contract=off", "-fPIC", "-shared", "-fopenmp")
 
 name = "c"
+#: The environment variables that choose the compiler and its flags (`compiler`, `flags`).
+ENVIRONMENT = ("LAZYADAM_CC", "CC", "PATH", "LAZYADAM_CFLAGS")
 
 
 def compiler() -> list[str]:
@@ -146,14 +149,6 @@ def _one_thread_after_fork() -> None:
 os.register_at_fork(after_in_child=_one_thread_after_fork)
 
 
-def _placeholder_grad(spec: Spec, var: np.ndarray):
-    """A gradient that passes `check_arrays`, to check the state arrays alone."""
-    dtype = numpy_dtype(spec.storage("grad"))
-    if not spec.sparse:
-        return np.empty(var.shape, dtype)
-    return np.empty(0, spec.index_dtype), np.empty((0,) + var.shape[1:], dtype)
-
-
 class CKernel(LoadedKernel):
     """A compiled C kernel, called on numpy arrays in place (no copies).
 
@@ -167,7 +162,9 @@ class CKernel(LoadedKernel):
         # The cffi type of each array's buffer: float[], double[], or uint16_t[] for 16-bit storage.
         self._buffers = {a: f"{CFFI_TYPES[spec.storage(a)]}[]"
                          for a in ("var", "m", "v", "vmax", "grad")}
+        self._pointers = {a: f"{CFFI_TYPES[spec.storage(a)]} *" for a in ("var", "m", "v", "vmax")}
         self._index = f"{spec.index_dtype}_t[]"
+        self._grad_dtype = spec.storage("grad")
         self._hparams = self.ffi.typeof("lazyadam_hparams *")
         if spec.sparse:
             self._with_workspace = getattr(self.lib, f"{source.symbol}_with_workspace")
@@ -176,12 +173,17 @@ class CKernel(LoadedKernel):
     def workspace_size(self, rows: int, row_size: int, nnz: int) -> int:
         """Bytes of scratch a sparse step of these sizes needs, on the threads OpenMP would use now.
 
+        Returns:
+            The bytes; 2**64 - 1 (SIZE_MAX: no such block can be allocated) where they do not fit
+            a size_t.
+
         Raises:
             TypeError: a dense kernel (dense steps need no scratch).
-            ValueError: sizes the kernel refuses (see `pair_error`).
+            ValueError: sizes the kernel refuses: negative (`check_sizes`), or see `pair_error`.
         """
         if not self.spec.sparse:
             raise TypeError(f"{self.source.symbol} is dense; only sparse steps take a workspace")
+        check_sizes(rows, row_size, nnz)
         error = pair_error(rows, nnz)
         if error:
             raise error
@@ -199,7 +201,7 @@ class CKernel(LoadedKernel):
         self.bind(var, m, v, vmax)(grad, hp.as_tuple())
 
     def bind(self, var: np.ndarray, m: np.ndarray, v: np.ndarray,
-             vmax: np.ndarray | None = None) -> Callable[[Any, tuple], None]:
+             vmax: np.ndarray | None = None) -> Step:
         """`step(grad, hparams)` on these state arrays, for callers that check the gradients.
 
         The state arrays are checked and their pointers made once, here. A step then checks only
@@ -208,68 +210,117 @@ class CKernel(LoadedKernel):
         (contiguity, no overlap with the state, finite hyperparameters in `HParams.as_tuple()`
         order). The kernel itself rejects out-of-range indices (IndexError, nothing written).
 
+        Returns:
+            A `Step`: a small object, not a closure, since an optimizer holds one per parameter.
+
         Raises:
             TypeError, ValueError: as `__call__`, for the state arrays here and for a gradient of
                 the wrong dtype or size at each step.
         """
-        check_arrays(self.spec, var, m, v, vmax, _placeholder_grad(self.spec, var))
-        ffi, fn, ok = self.ffi, self.fn, self.lib.LAZYADAM_OK
-        hparams, buffers = self._hparams, self._buffers
-        dtype, grad_buffer = self.spec.storage("grad"), buffers["grad"]
-        state = [ffi.from_buffer(buffers[name], a, require_writable=True)
-                 for name, a in zip(("var", "m", "v", "vmax"), (var, m, v, vmax)) if a is not None]
+        check_state(self.spec, var, m, v, vmax)
+        if self.spec.sparse and var.ndim < 1:
+            raise ValueError(SCALAR_SPARSE)
+        return (SparseStep if self.spec.sparse else Step)(self, (var, m, v, vmax))
 
-        def check_values(name: str, values: np.ndarray, size: int) -> None:
-            if storage_name(values.dtype) != dtype or values.size != size:
-                raise ValueError(f"{name} must hold {size} {dtype} elements, got {values.size} "
-                                 f"{storage_name(values.dtype)}")
+    def check_values(self, name: str, values: np.ndarray, size: int) -> None:
+        """A gradient (or sparse values) of the kernel's gradient dtype with `size` elements.
 
-        def check(status: int, indices: np.ndarray | None = None) -> None:
-            if status == self.lib.LAZYADAM_EINDEX and indices is not None:
-                raise index_error(indices, var.shape[0])
-            if status == self.lib.LAZYADAM_ESIZE and indices is not None:
-                error = pair_error(rows, indices.shape[0])
-                if error:
-                    raise error
-            if status == self.lib.LAZYADAM_ENOMEM and indices is not None:
-                raise MemoryError(f"out of memory: {self.source.symbol} could not allocate "
-                                  f"{self.workspace_size(rows, row_size, indices.shape[0]):,} "
-                                  f"bytes of scratch for {indices.shape[0]:,} indices")
-            if status != ok:
-                raise KernelError(f"{self.source.symbol} returned {status}")
+        Raises:
+            TypeError: non-native byte order. ValueError: another dtype or size.
+        """
+        dtype = self._grad_dtype
+        if storage_name(values.dtype) != dtype or values.size != size:
+            raise ValueError(f"{name} must hold {size} {dtype} elements, got {values.size} "
+                             f"{storage_name(values.dtype)}")
 
-        if not self.spec.sparse:
-            size = var.size
+    def check_status(self, status: int, rows: int, row_size: int,
+                     indices: np.ndarray | None = None) -> None:
+        """Raises what a kernel's status says went wrong (nothing was written), if anything.
 
-            def dense_step(grad: np.ndarray, hp: tuple) -> None:
-                check_values("grad", grad, size)
-                check(fn(*state, ffi.from_buffer(grad_buffer, grad), size, ffi.new(hparams, hp)))
-            return dense_step
+        Raises:
+            IndexError, ValueError, MemoryError: a bad index, sizes the kernel refuses or a
+                workspace that overlaps an array, no memory for its scratch. KernelError: any
+                other status.
+        """
+        lib = self.lib
+        if status == lib.LAZYADAM_OK:
+            return
+        if status == lib.LAZYADAM_EINDEX and indices is not None:
+            raise index_error(indices, rows)
+        if status == lib.LAZYADAM_ESIZE and indices is not None:
+            error = pair_error(rows, indices.shape[0])
+            if error:
+                raise error
+        if status == lib.LAZYADAM_EOVERLAP:
+            raise ValueError(f"the workspace of {self.source.symbol} shares memory with an array "
+                             "of the step (var, m, v, vmax, indices or values); give it scratch "
+                             "of its own")
+        if status == lib.LAZYADAM_ENOMEM and indices is not None:
+            raise MemoryError(f"out of memory: {self.source.symbol} could not allocate "
+                              f"{self.workspace_size(rows, row_size, indices.shape[0]):,} "
+                              f"bytes of scratch for {indices.shape[0]:,} indices")
+        raise KernelError(f"{self.source.symbol} returned {status}")
 
-        rows = var.shape[0]
-        row_size = var.size // rows if rows else int(np.prod(var.shape[1:]))
-        index, index_dtype = self._index, np.dtype(self.spec.index_dtype)
-        with_workspace = self._with_workspace
 
-        def sparse_step(grad: tuple[np.ndarray, np.ndarray], hp: tuple,
-                        workspace: np.ndarray | None = None) -> None:
-            indices, values = grad
-            if indices.dtype != index_dtype or indices.ndim != 1:
-                raise ValueError(f"indices must be a 1-d {index_dtype} array")
-            check_values("values", values, indices.shape[0] * row_size)
-            args = (*state, rows, row_size, ffi.from_buffer(index, indices),
-                    ffi.from_buffer(grad_buffer, values), indices.shape[0], ffi.new(hparams, hp))
-            if workspace is None:
-                check(fn(*args), indices)
-                return
-            status = with_workspace(*args, ffi.from_buffer("char[]", workspace,
-                                                           require_writable=True), workspace.nbytes)
-            if status == self.lib.LAZYADAM_ESIZE and not pair_error(rows, indices.shape[0]):
-                raise ValueError(f"a workspace of {workspace.nbytes:,} bytes is too small for "
-                                 f"{indices.shape[0]:,} indices: workspace_size() gives "
-                                 f"{self.workspace_size(rows, row_size, indices.shape[0]):,}")
-            check(status, indices)
-        return sparse_step
+class Step:
+    """A kernel bound to one parameter's state arrays (`CKernel.bind`): `step(grad, hparams)`.
+
+    It holds the arrays (so that their memory outlives the pointers made from it) and the pointers.
+    """
+
+    __slots__ = ("kernel", "arrays", "state", "rows", "row_size")
+
+    def __init__(self, kernel: CKernel, arrays: tuple):
+        self.kernel, self.arrays = kernel, arrays
+        # Bare pointers (a third of the memory of `from_buffer`'s, which an optimizer holds for
+        # each of its parameters): `arrays` keeps the memory they point to.
+        cast, pointers = kernel.ffi.cast, kernel._pointers
+        self.state = tuple(cast(pointers[name], a.__array_interface__["data"][0])
+                           for name, a in zip(("var", "m", "v", "vmax"), arrays)
+                           if a is not None)
+        var = arrays[0]
+        self.rows = var.shape[0] if var.ndim else 1
+        self.row_size = var.size // self.rows if self.rows else int(np.prod(var.shape[1:]))
+
+    def __call__(self, grad: np.ndarray, hp: tuple) -> None:
+        kernel = self.kernel
+        size = self.arrays[0].size
+        kernel.check_values("grad", grad, size)
+        status = kernel.fn(*self.state, kernel.ffi.from_buffer(kernel._buffers["grad"], grad),
+                           size, kernel.ffi.new(kernel._hparams, hp))
+        if status != kernel.lib.LAZYADAM_OK:
+            kernel.check_status(status, self.rows, self.row_size)
+
+
+class SparseStep(Step):
+    """`step((indices, values), hparams, workspace=None)`: a lazy sparse kernel, bound; the
+    workspace (see `CKernel.workspace_size`) is its scratch, else the kernel allocates it."""
+
+    __slots__ = ()
+
+    def __call__(self, grad: tuple[np.ndarray, np.ndarray], hp: tuple,
+                 workspace: np.ndarray | None = None) -> None:
+        kernel, rows, row_size = self.kernel, self.rows, self.row_size
+        indices, values = grad
+        index_dtype = kernel.spec.index_dtype
+        if storage_name(indices.dtype) != index_dtype or indices.ndim != 1:
+            raise ValueError(f"indices must be a 1-d {index_dtype} array")
+        kernel.check_values("values", values, indices.shape[0] * row_size)
+        ffi = kernel.ffi
+        args = (*self.state, rows, row_size, ffi.from_buffer(kernel._index, indices),
+                ffi.from_buffer(kernel._buffers["grad"], values), indices.shape[0],
+                ffi.new(kernel._hparams, hp))
+        if workspace is None:
+            kernel.check_status(kernel.fn(*args), rows, row_size, indices)
+            return
+        status = kernel._with_workspace(*args, ffi.from_buffer("char[]", workspace,
+                                                               require_writable=True),
+                                        workspace.nbytes)
+        if status == kernel.lib.LAZYADAM_ESIZE and not pair_error(rows, indices.shape[0]):
+            raise ValueError(f"a workspace of {workspace.nbytes:,} bytes is too small for "
+                             f"{indices.shape[0]:,} indices: workspace_size() gives "
+                             f"{kernel.workspace_size(rows, row_size, indices.shape[0]):,}")
+        kernel.check_status(status, rows, row_size, indices)
 
 
 def pair_error(rows: int, nnz: int) -> ValueError | None:

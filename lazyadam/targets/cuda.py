@@ -36,9 +36,13 @@ from ..codegen.render import Source
 from ..codegen.spec import Spec
 from ..errors import CompilationError, CompilerNotFoundError, KernelError, TargetUnavailableError
 from . import cache
-from .base import CFFI_TYPES, HParams, LoadedKernel, check_array, check_arrays, check_state
+from .base import (CFFI_TYPES, HParams, LoadedKernel, check_array, check_arrays,
+                   check_sizes, check_state)
 
 name = "cuda"
+#: The environment variables that choose nvcc, its flags and archs (`nvcc`, `flags`).
+ENVIRONMENT = ("LAZYADAM_NVCC", "PATH", "CUDA_HOME", "CUDA_PATH", "LAZYADAM_CUDA_ARCH",
+               "LAZYADAM_NVCCFLAGS")
 
 #: -O3 for host and device; no --use_fast_math, so that the kernels keep IEEE division and sqrt, and
 #: --fmad=false, so that a*b + c is rounded twice, as the C kernels round it: the two give bitwise the
@@ -487,6 +491,7 @@ class CudaKernel(LoadedKernel):
         """
         if not self.spec.sparse:
             raise TypeError(f"{self.source.symbol} is dense; only sparse steps take a workspace")
+        check_sizes(rows, row_size, nnz)
         size = self._workspace_size(rows, row_size, nnz)
         if size == 0 and nnz > 0:
             raise ValueError(f"{self.source.symbol} refuses rows={rows}, row_size={row_size}, "
