@@ -160,7 +160,7 @@ THREADS_SCRIPT = textwrap.dedent("""
 
     rng = np.random.default_rng(7)
     out = []
-    for spec in (Spec(sparse=True, decay="l2"), Spec(sparse=False)):
+    for spec in (Spec(sparse=True, decay="l2", parallel_min=0), Spec(sparse=False, parallel_min=0)):
         var = rng.standard_normal((5000, 33)).astype(np.float32)
         m, v = np.zeros_like(var), np.zeros_like(var)
         kernel = lazyadam.compile(spec)
