@@ -13,7 +13,8 @@ step then waits for the scheduler (docs/performance.md has the measurements).
 
 Environment:
     LAZYADAM_CC (else CC): the compiler command (default `cc`).
-    LAZYADAM_CFLAGS: extra flags, appended after the defaults.
+    LAZYADAM_CFLAGS: extra flags, appended after the defaults (`-DLAZYADAM_ADAPT=0`: steps at or
+        above the threshold always on every thread, docs/performance.md).
     LAZYADAM_PARALLEL_MIN: steps of fewer elements run on one thread, for kernels whose spec has no
         `parallel_min` (default `PARALLEL_MIN` in lazyadam.codegen.spec); read when a kernel is
         built or loaded, part of its cache key.
