@@ -15,8 +15,8 @@ Workloads:
     dense        16M float32 elements, vs torch.optim.Adam(fused=True)
     torch loop   examples/torch_recommender.py's model in a training loop (forward and backward
                  on torch's threads, then the step); the step is timed, vs SparseAdam + Adam
-The contenders run in rounds, one call each per round in a rotating order (bench_cpu.medians);
-figures are medians. Ratios: lazyadam / lazyadam 1 thread (target <= 1.25 at every load), and each
+The contenders run in rounds, one call each per round in a rotating order (bench_cpu.medians),
+10 ms apart (threads that spin after one call would otherwise slow the next); figures are medians. Ratios: lazyadam / lazyadam 1 thread (target <= 1.25 at every load), and each
 contender's slowdown against its quiet median (lazyadam's target: no more than torch's).
 
 The first kernel is loaded before torch is imported, so that lazyadam starts OpenMP's runtime with
@@ -56,6 +56,9 @@ ROOT = Path(__file__).resolve().parent.parent
 #: LAZYADAM_PARALLEL_MIN for the one-thread contender: more elements than any step has.
 ONE_THREAD = str(2 ** 62 - 1)
 BUSY = "while True: pass"
+#: Seconds between timed calls: OpenMP threads that spin after a contender's call (libgomp's default
+#: waits, as torch starts it) would otherwise land on the next contender's call.
+PAUSE = 0.01
 
 
 def start_openmp_first() -> None:
@@ -208,7 +211,7 @@ def run(name: str, loads: list[int], rounds: int, warmup: int) -> None:
     table: dict[int, dict[str, float]] = {}
     for load in loads:
         with busy(load):
-            t = medians(contenders, rounds, warmup)
+            t = medians(contenders, rounds, warmup, lambda: time.sleep(PAUSE))
         for label, fn in contenders.items():
             if isinstance(fn, TrainingStep):  # the step's own time, not the iteration's
                 t[label] = statistics.median(fn.times[-rounds:])
