@@ -158,3 +158,13 @@ def test_openmp_waits_asleep_when_lazyadam_starts_it(first, given, spins):
     assert proc.stdout.split() == [str(given), "1"]
     if spins is not None:
         assert f"GOMP_SPINCOUNT = '{spins}'" in proc.stderr, proc.stderr
+
+
+def test_a_threshold_set_after_a_compile_reaches_the_next_one(monkeypatch):
+    """`compile` keeps a kernel per spec and environment: a new LAZYADAM_PARALLEL_MIN is a new
+    kernel, not the one compiled before it was set."""
+    monkeypatch.delenv("LAZYADAM_PARALLEL_MIN", raising=False)
+    before = lazyadam.compile(Spec(sparse=False))
+    monkeypatch.setenv("LAZYADAM_PARALLEL_MIN", "7")
+    after = lazyadam.compile(Spec(sparse=False))
+    assert after.path != before.path  # another cache entry: the flag is part of the build

@@ -54,7 +54,7 @@ BASE_FLAGS = ("-std=c99", "-O3", "-march=native", "-fno-math-errno", "-fno-trapp
 
 name = "c"
 #: The environment variables that choose the compiler and its flags (`compiler`, `flags`).
-ENVIRONMENT = ("LAZYADAM_CC", "CC", "PATH", "LAZYADAM_CFLAGS")
+ENVIRONMENT = ("LAZYADAM_CC", "CC", "PATH", "LAZYADAM_CFLAGS", "LAZYADAM_PARALLEL_MIN")
 
 
 def compiler() -> list[str]:
