@@ -309,7 +309,9 @@ def test_a_kernel_using_them_compiles_under_strict_warnings(tmp_path, spec):
 
 def test_nvcc_compiles_them(tmp_path):
     """A small kernel of every operation in float and double, and a rendered bfloat16 kernel using
-    them, in one translation unit: `nvcc -c`, no GPU needed."""
+    them, in one translation unit: `nvcc -c`, no GPU needed. In the PTX of the small kernel, min,
+    max and sign are comparisons and selects (setp, selp) as in C, never PTX's min/max, which
+    drop a NaN operand."""
     nvcc = cuda.nvcc()
     if nvcc is None:
         pytest.skip("nvcc not found on PATH, $CUDA_HOME/bin or /usr/local/cuda/bin")
@@ -323,15 +325,21 @@ def test_nvcc_compiles_them(tmp_path):
                   f"    const {ctype} a_i = a[i], b_i = b[i], c_i = c[i];"]
         lines += [f"    out[{k} * n + i] = {printer.expr(e)};" for k, e in enumerate(OPS.values())]
         lines.append("}")
+    ops = tmp_path / "ops.cu"
+    ops.write_text("\n".join(lines) + "\n")
     source = render_cuda(with_new_ops(HALF_SPECS[0]))
     (tmp_path / source.filename).write_text(source.text)
     (tmp_path / f"{source.symbol}.h").write_text(source.header)
     unit = tmp_path / "unit.cu"
-    unit.write_text(f'#include "{source.filename}"\n' + "\n".join(lines) + "\n")
-    proc = subprocess.run([nvcc, "-c", "-std=c++17", "-arch=sm_80", "-Werror=all-warnings",
-                           str(unit), "-o", str(tmp_path / "unit.o")],
-                          capture_output=True, text=True, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    unit.write_text(f'#include "{source.filename}"\n#include "ops.cu"\n')
+    common = ["-std=c++17", "-arch=sm_80", "-O3", "--fmad=false", "-Werror=all-warnings"]
+    for args in (["-c", str(unit), "-o", "unit.o"], ["--ptx", str(ops), "-o", "ops.ptx"]):
+        proc = subprocess.run([nvcc, *common, *args], capture_output=True, text=True,
+                              cwd=tmp_path)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    ptx = (tmp_path / "ops.ptx").read_text()
+    assert re.search(r"\bselp\.f32\b", ptx) and re.search(r"\bselp\.f64\b", ptx)
+    assert not re.search(r"\b(min|max)(\.\w+)*\.f(32|64)\b", ptx)
 
 
 def test_grid_covers_the_special_values():
