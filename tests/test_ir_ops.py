@@ -50,14 +50,14 @@ def grid(dtype: str) -> np.ndarray:
     """Special values of `dtype`: zeros and NaNs of both signs (one NaN with a payload), infinities,
     the smallest and largest subnormals, the smallest normal, the largest finite, and a few
     ordinary numbers."""
-    real, bits = DTYPES[dtype]
+    real, word = DTYPES[dtype]
     info = np.finfo(real)
     width = 8 * np.dtype(real).itemsize
-    quiet = bits(1) << bits(info.nmant - 1)
-    exponent = ((bits(1) << bits(width - 1 - info.nmant)) - bits(1)) << bits(info.nmant)
-    sign = bits(1) << bits(width - 1)
-    nans = np.array([exponent | quiet, sign | exponent | quiet, exponent | quiet | bits(5)],
-                    dtype=bits).view(real)
+    quiet = word(1) << word(info.nmant - 1)
+    exponent = ((word(1) << word(width - 1 - info.nmant)) - word(1)) << word(info.nmant)
+    sign = word(1) << word(width - 1)
+    nans = np.array([exponent | quiet, sign | exponent | quiet, exponent | quiet | word(5)],
+                    dtype=word).view(real)
     smallest = info.smallest_subnormal
     largest_subnormal = np.nextafter(info.tiny, real(0))
     values = np.array([0.0, -0.0, 1.0, -1.0, 0.5, -3.0, np.inf, -np.inf, smallest, -smallest,
@@ -69,9 +69,8 @@ def grid(dtype: str) -> np.ndarray:
 def operands(dtype: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """a, b and c over every combination of the grid."""
     values = grid(dtype)
-    a, b, c = (np.ascontiguousarray(x.ravel()) for x in np.meshgrid(values, values, values,
-                                                                     indexing="ij"))
-    return a, b, c
+    return tuple(np.ascontiguousarray(x.ravel())
+                 for x in np.meshgrid(values, values, values, indexing="ij"))
 
 
 def reference(name: str, a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
