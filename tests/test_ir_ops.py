@@ -41,6 +41,8 @@ OPS = {
     "select": Select(C, A, B),
     "select_of_compare": Select(Compare("<", A, B), A, B),
     "compare_times": ir.Binary("*", Compare(">=", A, B), A),
+    "max_minus_inf": Call("max", (A, Const(-np.inf))),
+    "min_inf": Call("min", (A, Const(np.inf))),
 }
 DTYPES = {"float32": (np.float32, np.uint32), "float64": (np.float64, np.uint64)}
 CTYPES = {"float32": "float", "float64": "double"}
@@ -97,6 +99,10 @@ def reference(name: str, a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndar
         return np.where(c != 0, a, b)
     if name == "select_of_compare":
         return np.where(np.less(a, b), a, b)
+    if name == "max_minus_inf":
+        return reference("max", a, np.full_like(a, -np.inf), c)
+    if name == "min_inf":
+        return reference("min", a, np.full_like(a, np.inf), c)
     raise AssertionError(name)
 
 
@@ -208,6 +214,8 @@ GOLDEN = {
     "select": ("(c_i ? a_i : b_i)",) * 2,
     "select_of_compare": ("((a_i < b_i) ? a_i : b_i)",) * 2,
     "compare_times": ("(a_i >= b_i) * a_i",) * 2,
+    "max_minus_inf": ("(a_i > -INFINITY ? a_i : -INFINITY)",) * 2,
+    "min_inf": ("(a_i < INFINITY ? a_i : INFINITY)",) * 2,
 }
 
 
@@ -223,6 +231,17 @@ def test_printed_text(printer_class, name):
     assert printer_class("float32").expr(OPS[name]) == single
     assert printer_class("float64").expr(OPS[name]) == double
     assert printer_class("float32").expr(OPS[name], scalar=True) == double
+
+
+def test_constants_beyond_the_range_print_as_infinity_and_a_nan_is_refused():
+    """Clamps meet infinite bounds: C99's INFINITY spells them, also for a double constant that
+    float element code rounds to infinity; a NaN constant has no exact literal."""
+    assert CPrinter("float32").expr(Const(1e300)) == "INFINITY"
+    assert CPrinter("float32").expr(Const(-1e300)) == "-INFINITY"
+    assert CPrinter("float64").expr(Const(1e300)) == "1e+300"
+    assert CPrinter("float32").expr(Const(1e300), scalar=True) == "1e+300"
+    with pytest.raises(ValueError, match="C has no exact literal for a NaN"):
+        CudaPrinter("float64").expr(Call("max", (A, Const(float("nan")))))
 
 
 def test_the_ir_listing_names_the_operations():
@@ -306,38 +325,43 @@ def test_a_kernel_using_them_compiles_under_strict_warnings(tmp_path, spec):
     assert proc.returncode == 0, proc.stderr
 
 
+def cuda_kernel(name: str, ops: dict, dtype: str) -> list[str]:
+    """A CUDA kernel `name` that writes each of `ops`, as CudaPrinter prints it, to `out`."""
+    ctype, printer = CTYPES[dtype], CudaPrinter(dtype)
+    return [f"__global__ void {name}(const {ctype} *a, const {ctype} *b, const {ctype} *c, "
+            f"{ctype} *out, int n) {{",
+            "    int i = blockIdx.x * blockDim.x + threadIdx.x;",
+            "    if (i >= n) return;",
+            f"    const {ctype} a_i = a[i], b_i = b[i], c_i = c[i];",
+            "    (void)a_i; (void)b_i; (void)c_i;",
+            *(f"    out[{k} * n + i] = {printer.expr(e)};" for k, e in enumerate(ops.values())),
+            "}"]
+
+
 def test_nvcc_compiles_them(tmp_path):
     """A small kernel of every operation in float and double, and a rendered bfloat16 kernel using
-    them, in one translation unit: `nvcc -c`, no GPU needed. In the PTX of the small kernel, min,
-    max and sign are comparisons and selects (setp, selp) as in C, never PTX's min/max, which
-    drop a NaN operand."""
+    them, in one translation unit: `nvcc -c`, no GPU needed. In the PTX, min and max of two
+    variables are a comparison and a select (setp, selp) as in C, never PTX's min/max, which
+    drop a NaN operand. (With a constant -inf or inf operand nvcc may use them: then they agree.)"""
     nvcc = cuda.nvcc()
     if nvcc is None:
         pytest.skip("nvcc not found on PATH, $CUDA_HOME/bin or /usr/local/cuda/bin")
-    lines = []
-    for dtype, ctype in CTYPES.items():
-        printer = CudaPrinter(dtype)
-        lines += [f"__global__ void ops_{dtype}(const {ctype} *a, const {ctype} *b, "
-                  f"const {ctype} *c, {ctype} *out, int n) {{",
-                  "    int i = blockIdx.x * blockDim.x + threadIdx.x;",
-                  "    if (i >= n) return;",
-                  f"    const {ctype} a_i = a[i], b_i = b[i], c_i = c[i];"]
-        lines += [f"    out[{k} * n + i] = {printer.expr(e)};" for k, e in enumerate(OPS.values())]
-        lines.append("}")
-    ops = tmp_path / "ops.cu"
-    ops.write_text("\n".join(lines) + "\n")
+    minmax = {name: OPS[name] for name in ("min", "max")}
+    lines = [line for dtype in CTYPES for line in cuda_kernel(f"ops_{dtype}", OPS, dtype)]
+    (tmp_path / "ops.cu").write_text("\n".join(lines) + "\n")
+    lines = [line for dtype in CTYPES for line in cuda_kernel(f"minmax_{dtype}", minmax, dtype)]
+    (tmp_path / "minmax.cu").write_text("\n".join(lines) + "\n")
     source = render_cuda(with_new_ops(HALF_SPECS[0]))
     (tmp_path / source.filename).write_text(source.text)
     (tmp_path / f"{source.symbol}.h").write_text(source.header)
-    unit = tmp_path / "unit.cu"
-    unit.write_text(f'#include "{source.filename}"\n#include "ops.cu"\n')
+    (tmp_path / "unit.cu").write_text(f'#include "{source.filename}"\n#include "ops.cu"\n')
     common = ["-std=c++17", "-arch=sm_80", "-O3", "--fmad=false", "-Werror=all-warnings"]
-    for args in (["-c", str(unit), "-o", "unit.o"], ["--ptx", str(ops), "-o", "ops.ptx"]):
+    for args in (["-c", "unit.cu", "-o", "unit.o"], ["--ptx", "minmax.cu", "-o", "minmax.ptx"]):
         proc = subprocess.run([nvcc, *common, *args], capture_output=True, text=True,
                               cwd=tmp_path)
         assert proc.returncode == 0, proc.stdout + proc.stderr
-    ptx = (tmp_path / "ops.ptx").read_text()
-    assert re.search(r"\bselp\.f32\b", ptx) and re.search(r"\bselp\.f64\b", ptx)
+    ptx = (tmp_path / "minmax.ptx").read_text()
+    assert len(re.findall(r"\bselp\.f32\b", ptx)) == len(re.findall(r"\bselp\.f64\b", ptx)) == 2
     assert not re.search(r"\b(min|max)(\.\w+)*\.f(32|64)\b", ptx)
 
 

@@ -11,6 +11,7 @@ and by the toolkit's intrinsics in CUDA.
 from __future__ import annotations
 
 import copy
+import math
 
 import numpy as np
 
@@ -188,13 +189,27 @@ class CPrinter:
         return name if scalar or self.dtype == "float64" else f"{name}f"
 
     def literal(self, value: float, scalar: bool) -> str:
-        """An exact literal: double in scalar code; in float element code the float32 value."""
+        """An exact literal: double in scalar code; in float element code the float32 value.
+        Infinities, and in float code the values that round to one, are C99's `INFINITY`.
+
+        Raises:
+            ValueError: a NaN, which no C literal spells with its sign and payload, so that the
+                printed code could differ from what `fold_constants` computed.
+        """
+        if math.isnan(value):
+            raise ValueError(f"cannot print the constant {value!r}: C has no exact literal for "
+                             "a NaN")
         if scalar or self.dtype == "float64":
             text = repr(float(value))
-            return text if any(c in text for c in ".en") else f"{text}.0"
-        # The shortest text that reads back as this float32 (C rounds `0.9f` straight to float).
-        text = str(np.float32(value))
-        return f"{text if any(c in text for c in '.en') else text + '.0'}f"
+            suffix = ""
+        else:
+            # The shortest text that reads back as this float32 (C rounds `0.9f` straight to float).
+            with np.errstate(over="ignore"):
+                text = str(np.float32(value))
+            suffix = "f"
+        if text in ("inf", "-inf"):
+            return text.replace("inf", "INFINITY")
+        return f"{text if any(c in text for c in '.en') else text + '.0'}{suffix}"
 
 
 class CudaPrinter(CPrinter):
