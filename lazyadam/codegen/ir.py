@@ -21,6 +21,27 @@ Expressions refer to hyperparameters (`Param`, fields of `lazyadam_hparams`), to
 and to hoisted scalars (`Scalar`). `Switch` nodes are feature gates resolved by
 `passes.drop_dead_terms`; `Named` marks a subexpression that hoisting should keep under a readable
 name.
+
+Operations (`Unary`, `Binary`, `Call` of one of `FUNCTIONS`, `Compare`, `Select`) follow IEEE 754
+in the dtype they run in (the arithmetic dtype in the loop, double for per-step scalars and for
+`passes.fold_constants`), each result rounded once, as C computes them without contraction; every
+expression is pure, so a printer may repeat an operand's text (`max` and `sign` print as ternaries).
+Where IEEE leaves a choice, the IR makes it here, and the printed C and CUDA and
+`passes.fold_constants` all follow it bit for bit:
+
+- `sign(x)` is 1 where x > 0, -1 where x < 0, and x itself otherwise: sign(+0) = +0,
+  sign(-0) = -0 and sign(NaN) is that NaN. (np.sign gives +0 for -0; torch.sign gives 0 for NaN,
+  which would hide a NaN in Lion's update instead of propagating it.)
+- `abs(x)` clears the sign bit (C's fabs), of a NaN too.
+- `max(a, b)` is `a > b ? a : b` and `min(a, b)` is `a < b ? a : b`: the second operand on a tie
+  (max(+0, -0) = -0) and whenever either operand is NaN. So a NaN in `b` propagates and one in `a`
+  does not: x86's maxss/minss, not C's fmax/fmin (which drop a NaN in either operand) nor
+  np.maximum (which keeps one from either). Adam's amsgrad writes `max(vmax, v)`, so that a NaN
+  in `v` reaches `vmax`.
+- A comparison (`Compare`) is false when either operand is NaN, except `!=`, which is true; -0 and
+  +0 compare equal. Its value is 1 when true and 0 when false, as in C.
+- `Select(c, a, b)` is `a` where `c` is nonzero (a NaN `c` counts as nonzero, as in C) and `b`
+  where `c` is zero (either sign).
 """
 
 from __future__ import annotations
@@ -79,10 +100,53 @@ class Binary:
     b: Expr
 
 
+#: The functions a `Call` may name, by their number of arguments (semantics: the module's docstring).
+FUNCTIONS = {"sqrt": 1, "abs": 1, "sign": 1, "min": 2, "max": 2}
+#: The operators of a `Compare`.
+COMPARISONS = ("<", "<=", ">", ">=", "==", "!=")
+
+
 @dataclass(frozen=True)
 class Call:
-    fn: str  # "sqrt", "max"
+    """`fn(*args)`, `fn` one of `FUNCTIONS`.
+
+    Raises:
+        ValueError: an unknown function, or the wrong number of arguments.
+    """
+    fn: str
     args: tuple[Expr, ...]
+
+    def __post_init__(self):
+        if self.fn not in FUNCTIONS:
+            raise ValueError(f"unknown function {self.fn!r}; choose from {', '.join(FUNCTIONS)}")
+        if len(self.args) != FUNCTIONS[self.fn]:
+            raise ValueError(f"{self.fn} takes {FUNCTIONS[self.fn]} argument(s), "
+                             f"not {len(self.args)}")
+
+
+@dataclass(frozen=True)
+class Compare:
+    """`a op b`: 1 when true, 0 when false (NaN compares false, except with `!=`).
+
+    Raises:
+        ValueError: an `op` that is not one of `COMPARISONS`.
+    """
+    op: str
+    a: Expr
+    b: Expr
+
+    def __post_init__(self):
+        if self.op not in COMPARISONS:
+            raise ValueError(f"unknown comparison {self.op!r}; choose from "
+                             f"{', '.join(COMPARISONS)}")
+
+
+@dataclass(frozen=True)
+class Select:
+    """`c ? a : b`: `a` where the condition `c` is nonzero (NaN included), else `b`."""
+    c: Expr
+    a: Expr
+    b: Expr
 
 
 @dataclass(frozen=True)
@@ -136,8 +200,8 @@ class Bits:
     half: int = 0
 
 
-Expr = Union[Const, Param, Elem, Scalar, Unary, Binary, Call, Switch, Named, Load, Round, StepKey,
-             Bits]
+Expr = Union[Const, Param, Elem, Scalar, Unary, Binary, Call, Compare, Select, Switch, Named, Load,
+             Round, StepKey, Bits]
 
 
 @dataclass(frozen=True)
@@ -203,8 +267,10 @@ def children(e: Expr) -> tuple[Expr, ...]:
         return (e.key, e.position)
     if isinstance(e, Unary):
         return (e.x,)
-    if isinstance(e, Binary):
+    if isinstance(e, (Binary, Compare)):
         return (e.a, e.b)
+    if isinstance(e, Select):
+        return (e.c, e.a, e.b)
     if isinstance(e, Call):
         return e.args
     if isinstance(e, Switch):
@@ -224,6 +290,10 @@ def rebuild(e: Expr, kids: tuple[Expr, ...]) -> Expr:
         return Unary(e.op, kids[0])
     if isinstance(e, Binary):
         return Binary(e.op, kids[0], kids[1])
+    if isinstance(e, Compare):
+        return Compare(e.op, kids[0], kids[1])
+    if isinstance(e, Select):
+        return Select(kids[0], kids[1], kids[2])
     if isinstance(e, Call):
         return Call(e.fn, tuple(kids))
     if isinstance(e, Switch):

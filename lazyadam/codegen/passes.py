@@ -6,10 +6,11 @@
 from __future__ import annotations
 
 import math
+import operator
 from dataclasses import replace
 
-from .ir import (Assign, Binary, Call, Const, Elem, Expr, Kernel, Let, Load, Named, Param, Scalar,
-                 Switch, Unary, children, rebuild, transform, walk)
+from .ir import (Assign, Binary, Call, Compare, Const, Elem, Expr, Kernel, Let, Load, Named, Param,
+                 Scalar, Select, Switch, Unary, children, rebuild, transform, walk)
 
 
 # [ir.Kernel] -> [ir.Kernel]
@@ -19,7 +20,9 @@ def fold_constants(kernel: Kernel) -> Kernel:
     Constant arithmetic is evaluated in double precision, the precision in which per-step scalars are
     computed at run time, so a static and a runtime hyperparameter give bitwise the same kernel output.
     Identities are only those exact in IEEE arithmetic (`x*1`, `1*x`, `x/1`, `-(-x)`); `x*0` is kept
-    because it is NaN for an infinite `x`.
+    because it is NaN for an infinite `x`. `abs`, `sign`, `min`, `max`, comparisons and a `Select`
+    on a constant condition fold with the semantics of `ir`'s docstring, which are those of the
+    printed C: the same bits, ±0 and NaN included.
     """
     statics = kernel.spec.statics
 
@@ -39,8 +42,12 @@ def fold_constants(kernel: Kernel) -> Kernel:
                 return a
             if e.op == "*" and a == Const(1.0):
                 return b
-        if isinstance(e, Call) and e.fn == "sqrt" and isinstance(e.args[0], Const):
-            return Const(math.sqrt(e.args[0].value))
+        if isinstance(e, Call) and all(isinstance(a, Const) for a in e.args):
+            return Const(_FUNCTIONS[e.fn](*(a.value for a in e.args)))
+        if isinstance(e, Compare) and isinstance(e.a, Const) and isinstance(e.b, Const):
+            return Const(1.0 if _COMPARE[e.op](e.a.value, e.b.value) else 0.0)
+        if isinstance(e, Select) and isinstance(e.c, Const):
+            return e.a if e.c.value != 0 else e.b
         return e
 
     return kernel.with_statements(lambda s: replace(s, expr=transform(s.expr, fold)))
@@ -48,6 +55,13 @@ def fold_constants(kernel: Kernel) -> Kernel:
 
 _ARITH = {"+": lambda a, b: a + b, "-": lambda a, b: a - b,
           "*": lambda a, b: a * b, "/": lambda a, b: a / b}
+# Python's float comparisons and conditional expressions are C's on doubles, NaN and ±0 included;
+# abs() is C's fabs.
+_FUNCTIONS = {"sqrt": math.sqrt, "abs": abs,
+              "sign": lambda x: 1.0 if x > 0 else (-1.0 if x < 0 else x),
+              "max": lambda a, b: a if a > b else b, "min": lambda a, b: a if a < b else b}
+_COMPARE = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge,
+            "==": operator.eq, "!=": operator.ne}
 
 
 # [ir.Kernel] -> [ir.Kernel]

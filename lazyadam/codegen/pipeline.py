@@ -130,7 +130,7 @@ def format_kernel(kernel: ir.Kernel) -> str:
 
 class _IRPrinter(CPrinter):
     """Prints IR in the middle of the pipeline: element names bare, switches visible, conversions
-    by name."""
+    and functions by name (`max(vmax, v)`, `select(c, a, b)`; comparisons as C writes them)."""
 
     def __init__(self, dtype: str):
         super().__init__(dtype, hparams="{}")
@@ -157,4 +157,10 @@ class _IRPrinter(CPrinter):
             return f"bits({self.expr(e.key, scalar)}, {self.expr(e.position, scalar)}{half})", 4
         if isinstance(e, ir.StepKey):
             return f"key(seed, step, {e.stream})", 4
+        if isinstance(e, ir.Select):
+            c, a, b = (self.expr(k, scalar) for k in (e.c, e.a, e.b))
+            return f"select({c}, {a}, {b})", 4
         return super()._print(e, scalar)
+
+    def call(self, fn: str, args: list[str], scalar: bool) -> str:
+        return f"{fn}({', '.join(args)})"

@@ -11,11 +11,12 @@ and by the toolkit's intrinsics in CUDA.
 from __future__ import annotations
 
 import copy
+import math
 
 import numpy as np
 
-from .ir import (Assign, Binary, Bits, Call, Const, Elem, Expr, Let, Load, Named, Param, Round,
-                 Scalar, StepKey, Unary)
+from .ir import (Assign, Binary, Bits, Call, Compare, Const, Elem, Expr, Let, Load, Named, Param,
+                 Round, Scalar, Select, StepKey, Unary)
 
 _PRECEDENCE = {"+": 1, "-": 1, "*": 2, "/": 2}
 _UNARY = 3
@@ -148,6 +149,11 @@ class CPrinter:
         if isinstance(e, Call):
             args = [self._print(a, scalar)[0] for a in e.args]
             return self.call(e.fn, args, scalar), _ATOM
+        if isinstance(e, Compare):
+            return f"({self.expr(e.a, scalar)} {e.op} {self.expr(e.b, scalar)})", _ATOM
+        if isinstance(e, Select):
+            c, a, b = (self.expr(k, scalar) for k in (e.c, e.a, e.b))
+            return f"({c} ? {a} : {b})", _ATOM
         if isinstance(e, Round):
             value = self._print(e.x, scalar)[0]
             if e.bits is None:
@@ -163,25 +169,47 @@ class CPrinter:
         raise TypeError(f"cannot print {e!r}")
 
     def call(self, fn: str, args: list[str], scalar: bool) -> str:
+        """`fn` of `ir.FUNCTIONS` applied to the printed `args`, with the semantics that
+        `ir`'s docstring gives: min and max are ternaries (a NaN in the second operand
+        propagates, one in the first does not), not fmin/fmax, and sign passes ±0 and NaN through."""
         if fn == "sqrt":
             return f"{self.math_fn('sqrt', scalar)}({args[0]})"
-        if fn == "max":
+        if fn == "abs":
+            return f"{self.math_fn('fabs', scalar)}({args[0]})"
+        if fn == "sign":
+            x = args[0]
+            zero, one, minus_one = (self.literal(value, scalar) for value in (0.0, 1.0, -1.0))
+            return f"({x} > {zero} ? {one} : ({x} < {zero} ? {minus_one} : {x}))"
+        if fn in ("max", "min"):
             a, b = args
-            # maxps semantics: NaN in v propagates, as np.maximum and torch.maximum do.
-            return f"({a} > {b} ? {a} : {b})"
+            return f"({a} {'>' if fn == 'max' else '<'} {b} ? {a} : {b})"
         raise ValueError(f"unknown function {fn}")
 
     def math_fn(self, name: str, scalar: bool) -> str:
         return name if scalar or self.dtype == "float64" else f"{name}f"
 
     def literal(self, value: float, scalar: bool) -> str:
-        """An exact literal: double in scalar code; in float element code the float32 value."""
+        """An exact literal: double in scalar code; in float element code the float32 value.
+        Infinities, and in float code the values that round to one, are C99's `INFINITY`.
+
+        Raises:
+            ValueError: a NaN, which no C literal spells with its sign and payload, so that the
+                printed code could differ from what `fold_constants` computed.
+        """
+        if math.isnan(value):
+            raise ValueError(f"cannot print the constant {value!r}: C has no exact literal for "
+                             "a NaN")
         if scalar or self.dtype == "float64":
             text = repr(float(value))
-            return text if any(c in text for c in ".en") else f"{text}.0"
-        # The shortest text that reads back as this float32 (C rounds `0.9f` straight to float).
-        text = str(np.float32(value))
-        return f"{text if any(c in text for c in '.en') else text + '.0'}f"
+            suffix = ""
+        else:
+            # The shortest text that reads back as this float32 (C rounds `0.9f` straight to float).
+            with np.errstate(over="ignore"):
+                text = str(np.float32(value))
+            suffix = "f"
+        if text in ("inf", "-inf"):
+            return text.replace("inf", "INFINITY")
+        return f"{text if any(c in text for c in '.en') else text + '.0'}{suffix}"
 
 
 class CudaPrinter(CPrinter):
