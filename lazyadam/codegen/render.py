@@ -14,6 +14,7 @@ from .. import __version__
 from .ir import SUM_CHUNK, Elem, Kernel, walk
 from .passes import invert_loss_scale
 from .printer import C_INDEX_TYPES, CPrinter
+from .rule import hparams_struct
 from .spec import HALF_DTYPES
 
 ENV = jinja2.Environment(
@@ -91,6 +92,9 @@ def template_context(kernel: Kernel, printer: CPrinter, symbol: str, indent: int
         TG=types["grad"],
         types=types,
         I=C_INDEX_TYPES[spec.index_dtype],
+        # The rule's hyperparameter struct: its C name, and its declaration (`rule.hparams_struct`).
+        hparams_type=kernel.rule.hparams_type,
+        hparams_struct=hparams_struct(kernel.rule),
         scalars="\n".join("    " + printer.let(s) for s in kernel.scalars),
         grad=printer.block(kernel.grad, indent),
         update=printer.block(kernel.update, indent),

@@ -20,10 +20,11 @@ from typing import Any
 import cffi
 import numpy as np
 
-from ..codegen.ir import HPARAMS
+from ..codegen.rule import ROUNDING_FIELDS
 from ..codegen.render import Source
 from ..codegen.spec import Spec
 from ..dtypes import storage_name
+from ..rules.adam import ADAM
 
 
 @dataclass(frozen=True)
@@ -52,19 +53,14 @@ class HParams:
         Raises:
             ValueError: naming the field and its value.
         """
-        ranges = {"lr": (0.0, math.inf), "weight_decay": (0.0, math.inf),
-                  "beta1": (0.0, 1.0), "beta2": (0.0, 1.0),
-                  "beta1_power": (0.0, 1.0), "beta2_power": (0.0, 1.0)}
-        for name, (low, high) in ranges.items():
-            value = getattr(self, name)
-            if not (math.isfinite(value) and low <= value < high):
-                raise ValueError(f"HParams.{name} = {value!r} must be finite and in "
-                                 f"[{low}, {high})")
-        for name in ("eps", "loss_scale"):
-            value = getattr(self, name)
-            if not (0.0 < value < math.inf):
-                raise ValueError(f"HParams.{name} = {value!r} must be finite and > 0")
-        for name in ("seed", "step"):
+        for hparam in ADAM.hparams:
+            value = getattr(self, hparam.name)
+            if value not in hparam.domain:
+                domain = hparam.domain
+                where = (f"> {domain.low:g}" if domain.closed == "()" and domain.high == math.inf
+                         else f"in {domain}")
+                raise ValueError(f"HParams.{hparam.name} = {value!r} must be finite and {where}")
+        for name in ROUNDING_FIELDS:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not (
                     0 <= value < 2 ** 64):
@@ -86,11 +82,10 @@ class HParams:
 
     def as_tuple(self) -> tuple[float | int, ...]:
         """The fields in ABI order (what a kernel's `bind` step takes)."""
-        return (self.lr, self.beta1, self.beta2, self.eps, self.weight_decay, self.loss_scale,
-                self.beta1_power, self.beta2_power, int(self.seed), int(self.step))
+        return tuple(getattr(self, h.name) for h in ADAM.hparams) + (int(self.seed), int(self.step))
 
 
-assert tuple(HParams.__dataclass_fields__) == HPARAMS, "HParams must follow the C struct"
+assert tuple(HParams.__dataclass_fields__) == ADAM.fields, "HParams must follow the C struct"
 
 #: The C type of each storage dtype, as cffi names it (16-bit storage travels as its bits).
 CFFI_TYPES = {"float32": "float", "float64": "double", "bfloat16": "uint16_t",

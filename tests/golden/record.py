@@ -10,9 +10,9 @@ Two kinds of digest, each a sha256 of the arrays' bytes (and dtypes and shapes):
 - `frontends`: the `state_dict()` of each front end after 3 steps, for a few configurations
   (`FRONTENDS`).
 
-Only outputs are digested, never generated sources: a change of the templates that keeps the numbers
-keeps the goldens. Record again only for a change that is meant to change LazyAdam's numbers, and say
-so in its commit.
+Only outputs are digested, never generated sources: a change of the templates that keeps the
+numbers keeps the goldens. Record again only for a change that is meant to change LazyAdam's
+numbers, and say so in its commit.
 """
 
 from __future__ import annotations
