@@ -4,6 +4,7 @@ made from the rule agrees with what the generated code, the targets and the fron
 from __future__ import annotations
 
 import dataclasses
+import pickle
 
 import cffi
 import numpy as np
@@ -50,6 +51,18 @@ def test_hyperparameters_out_of_the_rules_domains_are_refused_by_name():
         values[ADAM.fields.index(field)] = value
         with pytest.raises(ValueError, match=message):
             HParams(*values)
+
+
+def test_hparams_is_made_from_the_rule():
+    """Fields, defaults and derived fields of `HParams` are the rule's; names it lacks are refused."""
+    hp = HParams.at_step(2, lr=0.5, seed=7)
+    assert hp == HParams(0.5, 0.9, 0.999, 1e-8, 0.0, 1.0, 0.9 ** 2, 0.999 ** 2, 7, 2)
+    assert hp.as_tuple() == (0.5, 0.9, 0.999, 1e-8, 0.0, 1.0, 0.9 ** 2, 0.999 ** 2, 7, 2)
+    assert pickle.loads(pickle.dumps(hp)) == hp
+    with pytest.raises(TypeError, match="unexpected keyword argument 'beta1_power'"):
+        HParams.at_step(1, beta1_power=0.5)
+    with pytest.raises(TypeError):
+        HParams.at_step(1, 0.01)  # lr is a keyword
 
 
 def test_derived_and_static_hyperparameters():

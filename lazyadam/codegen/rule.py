@@ -57,7 +57,8 @@ class HParam:
 
     Attributes:
         name: the field's name (in C and Python).
-        default: the value a front end uses when none is given.
+        default: the value a front end uses when none is given (for a derived field, its value
+            on the first step).
         domain: the values a call may pass.
         static: whether a spec may bake it in as a literal (`Spec.static`).
         static_domain: the values it may be baked in as, where narrower than `domain`.
