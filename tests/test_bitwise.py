@@ -8,6 +8,7 @@ import json
 
 import pytest
 
+import cuda_emulation as emulation
 import product
 from golden import record
 
@@ -41,6 +42,18 @@ def test_every_c_kernel_gives_its_golden_bits():
 
 def test_c_kernels_on_two_threads_give_their_golden_bits():
     assert_golden(TWO_THREADS, threads=2)
+
+
+def test_emulated_cuda_kernels_give_the_c_kernels_golden_bits():
+    """The CUDA kernels of `record.EMULATED`, built for the host (tests/cuda_emulation), against
+    the C goldens: the same inputs give the same bits on both targets."""
+    if emulation.host_compiler() is None:
+        pytest.skip("no host C++ compiler (c++ or g++) to build the CUDA emulation")
+    library = emulation.build(record.EMULATED)
+    changed = [spec.symbol() for spec in record.EMULATED
+               if record.digest(record.kernel_state(spec, library[spec], emulation.Emulated))
+               != GOLDEN["kernels"][spec.to_json()]]
+    assert not changed, f"emulated CUDA kernels differ from the C goldens: {changed}"
 
 
 def test_the_golden_inputs_tell_the_variants_apart():

@@ -7,6 +7,8 @@ Two kinds of digest, each a sha256 of the arrays' bytes (and dtypes and shapes):
   m, v and vmax. Sparse steps have duplicate indices, and one row seen 300 times, so its sum crosses
   `SUM_CHUNK`; dense steps divide by a loss scale of 4 (a power of two: the loop that multiplies by
   the inverse) and of 3 (the division).
+  The CUDA kernels give the same bits: `tests/test_bitwise.py` runs `EMULATED` through the host
+  emulation of the CUDA target (tests/cuda_emulation) against the same digests.
 - `frontends`: the `state_dict()` of each front end after 3 steps, for a few configurations
   (`FRONTENDS`).
 
@@ -87,9 +89,11 @@ def _indices(rng: np.random.Generator) -> list[np.ndarray]:
     return [np.array([5, 1, 5, 0, 6, 1, 5]), rng.permutation(hot), np.array([3])]
 
 
-def kernel_state(spec: Spec) -> tuple[np.ndarray, ...]:
-    """var, m, v (and vmax with amsgrad) of `spec`'s C kernel after STEPS steps from SEED."""
-    kernel = lazyadam.compile(spec)
+def kernel_state(spec: Spec, kernel: Callable | None = None,
+                 device: Callable = lambda array: array) -> tuple[np.ndarray, ...]:
+    """var, m, v (and vmax with amsgrad) after STEPS steps from SEED of `kernel` (by default
+    `spec`'s C kernel), which takes each array as `device(array)`."""
+    kernel = kernel or lazyadam.compile(spec)
     rng = np.random.default_rng(SEED)
     shape = SPARSE_SHAPE if spec.sparse else DENSE_SHAPE
     var = rng.standard_normal(shape).astype(product.dtype(spec, "var"))
@@ -100,12 +104,20 @@ def kernel_state(spec: Spec) -> tuple[np.ndarray, ...]:
         if spec.sparse:
             indices = rows[t - 1].astype(spec.index_dtype)
             values = rng.standard_normal((indices.size,) + shape[1:])
-            grad = (indices, values.astype(product.dtype(spec, "grad")))
+            grad = (device(indices), device(values.astype(product.dtype(spec, "grad"))))
         else:
-            grad = rng.standard_normal(shape).astype(product.dtype(spec, "grad"))
-        kernel(var, m, v, grad, HParams.at_step(t, loss_scale=loss_scale, seed=SEED, **HYPER),
-               vmax=vmax)
+            grad = device(rng.standard_normal(shape).astype(product.dtype(spec, "grad")))
+        kernel(device(var), device(m), device(v), grad,
+               HParams.at_step(t, loss_scale=loss_scale, seed=SEED, **HYPER),
+               vmax=None if vmax is None else device(vmax))
     return (var, m, v) if vmax is None else (var, m, v, vmax)
+
+
+#: The variants whose emulated CUDA kernels are checked against the C goldens: sparse and dense,
+#: locked or not, in every parameter dtype, with stochastic rounding, amsgrad, L2 decay and nesterov.
+EMULATED = [spec for spec in product.ALL
+            if spec.amsgrad and spec.nesterov and spec.decay == "l2" and not spec.maximize
+            and spec.index_dtype == "int64" and spec.eps_mode == "mindspore"]
 
 
 def kernel_digests(specs=None, threads: int | None = None) -> dict[str, str]:
