@@ -112,7 +112,8 @@ def format_kernel(kernel: ir.Kernel) -> str:
     printer = _IRPrinter(spec.compute_dtype)
     kind = "sparse" if spec.sparse else "dense"
     if kernel.converts:
-        lines = [f"kernel {spec.symbol()}  ({kind}, {spec.dtype}; state {spec.storage('m')}, "
+        lines = [f"kernel {spec.symbol()}  ({kind}, {spec.dtype}; state "
+                 f"{spec.storage(kernel.arrays[1])}, "
                  f"gradient {spec.storage('grad')}; arithmetic in {spec.compute_dtype}, "
                  f"{spec.rounding} rounding)"]
     else:
