@@ -13,6 +13,7 @@ from lazyadam import Spec, SpecError, generate, stages
 from lazyadam.codegen import ir, names, pipeline
 from lazyadam.codegen.passes import drop_dead_terms, fold_constants, hoist_invariants
 from lazyadam.codegen.printer import CPrinter
+from lazyadam.rules.adam import ADAM
 
 
 # --- spec ---------------------------------------------------------------------------------------
@@ -97,7 +98,7 @@ def nodes(kernel: ir.Kernel, stmts="all"):
 
 
 def test_lowering_keeps_every_option_behind_a_switch():
-    kernel = ir.lower(Spec())
+    kernel = pipeline.lower(Spec())
     flags = {n.flag for n in nodes(kernel) if isinstance(n, ir.Switch)}
     gates = {s.when for s in kernel.grad + kernel.update if s.when}
     assert flags | gates == {"amsgrad", "nesterov", "eps_mode=pytorch", "maximize", "decay=l2",
@@ -105,7 +106,7 @@ def test_lowering_keeps_every_option_behind_a_switch():
 
 
 def test_fold_constants_bakes_statics_and_folds_arithmetic():
-    kernel = fold_constants(ir.lower(Spec(static={"beta1": 0.9, "loss_scale": 1.0})))
+    kernel = fold_constants(pipeline.lower(Spec(static={"beta1": 0.9, "loss_scale": 1.0})))
     params = {n.name for n in nodes(kernel) if isinstance(n, ir.Param)}
     assert "beta1" not in params and "loss_scale" not in params and "beta2" in params
     # 1 - beta1 is now a constant computed in double, and g / 1 is gone.
@@ -116,22 +117,23 @@ def test_fold_constants_bakes_statics_and_folds_arithmetic():
 def test_fold_constants_keeps_ieee_non_identities():
     x = ir.Elem("var")
     spec = Spec()
-    kernel = ir.Kernel(spec, grad=(ir.Assign("g", ir.Binary("*", x, ir.Const(0.0))),), update=())
+    kernel = ir.Kernel(spec, ADAM, grad=(ir.Assign("g", ir.Binary("*", x, ir.Const(0.0))),),
+                       update=())
     assert fold_constants(kernel).grad == kernel.grad  # x*0 is NaN for infinite x: kept
 
 
 def test_drop_dead_terms_resolves_switches_by_the_spec():
-    plain = drop_dead_terms(ir.lower(Spec()))
+    plain = drop_dead_terms(pipeline.lower(Spec()))
     assert not any(isinstance(n, ir.Switch) for n in nodes(plain))
     assert [s.target for s in plain.grad] == ["g"]
     assert [s.target for s in plain.update] == ["m", "v", "var"]
-    full = drop_dead_terms(ir.lower(Spec(amsgrad=True, maximize=True, decay="decoupled")))
+    full = drop_dead_terms(pipeline.lower(Spec(amsgrad=True, maximize=True, decay="decoupled")))
     assert [s.target for s in full.grad] == ["g", "g"]
     assert [s.target for s in full.update] == ["m", "v", "vmax", "var", "var"]
 
 
 def test_hoist_invariants_leaves_only_elements_and_literals_in_the_loop():
-    kernel = hoist_invariants(drop_dead_terms(ir.lower(Spec(nesterov=True, decay="decoupled"))))
+    kernel = hoist_invariants(drop_dead_terms(pipeline.lower(Spec(nesterov=True, decay="decoupled"))))
     assert not any(isinstance(n, ir.Param) for n in nodes(kernel))
     names = [s.name for s in kernel.scalars]
     assert len(names) == len(set(names))
@@ -143,9 +145,9 @@ def test_hoist_invariants_leaves_only_elements_and_literals_in_the_loop():
 
 def test_conversions_are_in_the_ir_and_the_rule_is_not_repeated():
     """Loads widen and stores round; the update statements are those of a float32 kernel."""
-    half = hoist_invariants(drop_dead_terms(ir.lower(Spec(dtype="float16", state_dtype="bfloat16",
+    half = hoist_invariants(drop_dead_terms(pipeline.lower(Spec(dtype="float16", state_dtype="bfloat16",
                                                           rounding="stochastic", amsgrad=True))))
-    plain = hoist_invariants(drop_dead_terms(ir.lower(Spec(amsgrad=True))))
+    plain = hoist_invariants(drop_dead_terms(pipeline.lower(Spec(amsgrad=True))))
     assert half.grad == plain.grad and half.update == plain.update
     assert half.load("var").expr == ir.Load("var", "float16")
     assert half.load("grad").expr == ir.Load("grad", "float16")
@@ -159,7 +161,7 @@ def test_conversions_are_in_the_ir_and_the_rule_is_not_repeated():
     keys = {s.name: s.expr for s in half.scalars if isinstance(s.expr, ir.StepKey)}
     assert keys == {"rounding_key0": ir.StepKey(0), "rounding_key1": ir.StepKey(1)}
     assert not plain.converts and all(isinstance(s.expr, ir.Elem) for s in plain.stores)
-    nearest = ir.lower(Spec(dtype="bfloat16"))
+    nearest = pipeline.lower(Spec(dtype="bfloat16"))
     assert {s.target: s.expr for s in nearest.stores}["var"] == ir.Round(ir.Elem("var"), "bfloat16")
     assert {s.target: s.expr for s in nearest.stores}["m"] == ir.Elem("m")  # float32 state
 
@@ -334,16 +336,33 @@ def test_identifiers_skip_comments_literals_numbers_and_includes():
     assert names.identifiers(text) == {"static", "const", "char", "s", "float", "x", "c", "ROWS"}
 
 
-def test_codegen_imports_neither_targets_nor_runtime():
-    """codegen is the lowest floor: pure code generation, both renderers registered in it."""
+def imported_lazyadam_modules(path: Path) -> set[str]:
+    """The modules of lazyadam that the module at `path` imports (relative imports resolved)."""
+    package = ["lazyadam", *path.parent.relative_to(Path(pipeline.__file__).parents[1]).parts]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.startswith("lazyadam")}
+        elif isinstance(node, ast.ImportFrom):
+            base = package[:len(package) + 1 - node.level] if node.level else []
+            module = ".".join(base + ([node.module] if node.module else []))
+            if module.startswith("lazyadam"):
+                found |= {f"{module}.{a.name}" for a in node.names}
+    return found
+
+
+def test_codegen_imports_neither_targets_nor_runtime_nor_rules():
+    """codegen is the lowest floor: pure code generation, both renderers registered in it; it
+    knows rules only through `rule.get`."""
     for path in sorted(Path(pipeline.__file__).parent.glob("*.py")):
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom) and node.level >= 2:
-                assert node.module is None and [a.name for a in node.names] == ["__version__"], \
-                    f"{path.name} imports from lazyadam.{node.module}"
-            if isinstance(node, (ast.Import, ast.ImportFrom)):
-                modules = [a.name for a in node.names] if isinstance(node, ast.Import) else \
-                    [node.module or ""]
-                assert not any(m.startswith("lazyadam.") and not m.startswith("lazyadam.codegen")
-                               for m in modules), f"{path.name} imports {modules}"
+        for module in imported_lazyadam_modules(path):
+            assert module.startswith("lazyadam.codegen.") or module == "lazyadam.__version__", \
+                f"{path.name} imports {module}"
     assert set(pipeline.RENDERERS) == {"c", "cuda"}
+
+
+def test_rules_import_codegen_only():
+    for path in sorted(Path(ADAM.lower.__code__.co_filename).parent.glob("*.py")):
+        for module in imported_lazyadam_modules(path):
+            assert module.startswith(("lazyadam.codegen.", "lazyadam.rules.")), \
+                f"rules/{path.name} imports {module}"

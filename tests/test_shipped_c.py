@@ -22,7 +22,7 @@ import pytest
 
 import product
 from lazyadam import HParams, Spec, generate
-from lazyadam.codegen.ir import HPARAMS
+from lazyadam.rules.adam import ADAM
 from lazyadam.codegen.names import LIBRARY
 from lazyadam.codegen.pipeline import optimize, renderer
 from lazyadam.sources import write_sources
@@ -135,7 +135,7 @@ def kernel_hparams(spec: Spec, t: int) -> tuple[tuple, dict]:
     hyper = {**HYPER, **spec.statics}
     passed = HParams.at_step(t, **hyper)
     return tuple(float("nan") if name in spec.statics else getattr(passed, name)
-                 for name in HPARAMS), hyper
+                 for name in ADAM.fields), hyper
 
 
 def run_steps(kernel: Shipped, spec: Spec, seed: int = 3):

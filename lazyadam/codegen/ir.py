@@ -1,4 +1,4 @@
-"""The IR: the update rule as a small expression tree, and its lowering from a spec.
+"""The IR: an update rule as a small expression tree, and a kernel assembled from a rule's lowering.
 
 A kernel has five parts:
 
@@ -8,17 +8,18 @@ A kernel has five parts:
 - `loads`: each stored element (the state arrays, and the gradient) widened to the arithmetic dtype.
 - `grad`: the effective gradient of one occurrence (one element of a dense gradient, or one element of
   one row of a sparse gradient, before duplicates are summed).
-- `update`: the Adam update of one element, given the (summed) effective gradient `g`.
+- `update`: the update of one element, given the (summed) effective gradient `g`.
 - `stores`: each updated state element rounded to its storage dtype.
 
 The arithmetic dtype is the parameter's for float32 and float64 kernels and float32 for
-half-precision ones (`Spec.compute_dtype`), whatever the storage: the rule below is written once, and
-only `loads` (`Load`: widen, exact) and `stores` (`Round`: to nearest even, or stochastically with
-`Bits`) depend on how the arrays are stored.
+half-precision ones (`Spec.compute_dtype`), whatever the storage: a rule (`rule.Rule`, e.g.
+`lazyadam/rules/adam.py`) writes `grad` and `update` once, and `assemble` adds `loads` (`Load`:
+widen, exact) and `stores` (`Round`: to nearest even, or stochastically with `Bits`), the only
+parts that depend on how the arrays are stored.
 
-Expressions refer to hyperparameters (`Param`, fields of `lazyadam_hparams`), to per-element values
-(`Elem`: the arrays `var`, `m`, `v`, `vmax`, the raw gradient `grad` and the effective gradient `g`),
-and to hoisted scalars (`Scalar`). `Switch` nodes are feature gates resolved by
+Expressions refer to hyperparameters (`Param`, fields of the rule's hparams struct), to per-element
+values (`Elem`: `var` and the rule's state arrays, the raw gradient `grad` and the effective
+gradient `g`), and to hoisted scalars (`Scalar`). `Switch` nodes are feature gates resolved by
 `passes.drop_dead_terms`; `Named` marks a subexpression that hoisting should keep under a readable
 name.
 
@@ -49,6 +50,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Callable, Union
 
+from .rule import Rule
 from .spec import HALF_DTYPES, Spec
 
 #: The summation order of duplicate indices (docs/semantics.md): a row's occurrences, in input order,
@@ -57,12 +59,6 @@ from .spec import HALF_DTYPES, Spec
 #: that every kernel gives bitwise the same sums; chunks are what a GPU sums in parallel, and a row
 #: seen n times is at most max(SUM_CHUNK, n / SUM_CHUNK) additions deep.
 SUM_CHUNK = 256
-
-#: Fields of `lazyadam_hparams`, in ABI order: doubles, then the two uint64 fields that stochastic
-#: rounding hashes (the optimizer's seed and the step t).
-HPARAMS = ("lr", "beta1", "beta2", "eps", "weight_decay", "loss_scale", "beta1_power",
-           "beta2_power", "seed", "step")
-
 
 @dataclass(frozen=True)
 class Const:
@@ -222,6 +218,7 @@ class Let:
 @dataclass(frozen=True)
 class Kernel:
     spec: Spec
+    rule: Rule
     grad: tuple[Assign, ...]
     update: tuple[Assign, ...]
     scalars: tuple[Let, ...] = field(default=())
@@ -230,8 +227,8 @@ class Kernel:
 
     @property
     def arrays(self) -> tuple[str, ...]:
-        """The state arrays the kernel reads and writes, in ABI order."""
-        return ("var", "m", "v", "vmax") if self.spec.amsgrad else ("var", "m", "v")
+        """The arrays the kernel reads and writes, in ABI order (`Rule.arrays`)."""
+        return self.rule.arrays(self.spec)
 
     @property
     def converts(self) -> bool:
@@ -318,79 +315,16 @@ def walk(e: Expr):
         yield from walk(k)
 
 
-# Small constructors so that the rule below reads like the math.
-def _p(name: str) -> Param:
-    return Param(name)
-
-
-def _e(name: str) -> Elem:
-    return Elem(name)
-
-
-def _add(a, b):
-    return Binary("+", a, b)
-
-
-def _sub(a, b):
-    return Binary("-", a, b)
-
-
-def _mul(a, b):
-    return Binary("*", a, b)
-
-
-def _div(a, b):
-    return Binary("/", a, b)
-
-
-def _sqrt(x):
-    return Call("sqrt", (x,))
-
-
-ONE = Const(1.0)
-
-
-# [Spec] -> [ir.Kernel]
-def lower(spec: Spec) -> Kernel:
-    """Writes the LazyAdam rule of docs/semantics.md, every option included behind a `Switch`."""
+# [Spec], [rule.Rule] -> [ir.Kernel]
+def assemble(spec: Spec, rule: Rule) -> Kernel:
+    """`rule` lowered for `spec`, with the loads and stores of the arrays it reads and writes."""
     spec.validate()
-    beta1, beta2, eps, lr, wd = _p("beta1"), _p("beta2"), _p("eps"), _p("lr"), _p("weight_decay")
-    w, m, v, vmax, g = _e("var"), _e("m"), _e("v"), _e("vmax"), _e("g")
-    one_minus_beta1 = Named("one_minus_beta1", _sub(ONE, beta1))
-    one_minus_beta2 = Named("one_minus_beta2", _sub(ONE, beta2))
-
-    # Effective gradient of one occurrence: g = grad/loss_scale; maximize negates it (PyTorch's order:
-    # before the decay); coupled L2 decay adds wd*w.
-    grad = (
-        Assign("g", _div(_e("grad"), _p("loss_scale"))),
-        Assign("g", Unary("-", g), when="maximize"),
-        Assign("g", _add(g, _mul(wd, w)), when="decay=l2"),
-    )
-
-    vhat = Switch("amsgrad", vmax, v)
-    numerator = Switch("nesterov", _add(_mul(beta1, m), _mul(one_minus_beta1, g)), m)
-    # MindSpore: lr_t = lr*sqrt(1 - beta2^t)/(1 - beta1^t);  w -= lr_t*num/(sqrt(v) + eps)
-    lr_t = Named("lr_t", _div(_mul(lr, _sqrt(_sub(ONE, _p("beta2_power")))),
-                              _sub(ONE, _p("beta1_power"))))
-    mindspore = _sub(w, _div(_mul(lr_t, numerator), _add(_sqrt(vhat), eps)))
-    # PyTorch: w -= lr/(1 - beta1^t) * num/(sqrt(v)/sqrt(1 - beta2^t) + eps)
-    step_size = Named("step_size", _div(lr, _sub(ONE, _p("beta1_power"))))
-    bias2_sqrt = Named("bias_correction2_sqrt", _sqrt(_sub(ONE, _p("beta2_power"))))
-    pytorch = _sub(w, _div(_mul(step_size, numerator), _add(_div(_sqrt(vhat), bias2_sqrt), eps)))
-
-    update = (
-        Assign("m", _add(_mul(beta1, m), _mul(one_minus_beta1, g))),
-        Assign("v", _add(_mul(beta2, v), _mul(_mul(one_minus_beta2, g), g))),
-        Assign("vmax", Call("max", (vmax, v)), when="amsgrad"),
-        # AdamW: w *= 1 - lr*wd before the Adam step, on the updated elements only.
-        Assign("var", _mul(w, Named("decay_factor", _sub(ONE, _mul(lr, wd)))),
-               when="decay=decoupled"),
-        Assign("var", Switch("eps_mode=pytorch", pytorch, mindspore)),
-    )
-    arrays = ("var", "m", "v", "vmax") if spec.amsgrad else ("var", "m", "v")
+    lowering = rule.lower(spec)
+    arrays = rule.arrays(spec)
     loads = tuple(Assign(a, Load(a, spec.storage(a))) for a in arrays + ("grad",))
     stores = tuple(Assign(a, _store(spec, a, number)) for number, a in enumerate(arrays))
-    return Kernel(spec=spec, grad=grad, update=update, loads=loads, stores=stores)
+    return Kernel(spec=spec, rule=rule, grad=lowering.grad, update=lowering.update, loads=loads,
+                  stores=stores)
 
 
 def _store(spec: Spec, array: str, number: int) -> Expr:

@@ -1,6 +1,6 @@
 """The pipeline, stage by stage:
 
-    Spec --lower--> ir.Kernel --fold_constants, drop_dead_terms, hoist_invariants--> ir.Kernel
+    Spec --rule.lower, ir.assemble--> ir.Kernel --fold_constants, drop_dead_terms, hoist_invariants--> ir.Kernel
          --print+render--> Source
 
 Set `LAZYADAM_DUMP=DIR` to write every stage of every kernel generated into `DIR/<symbol>/`.
@@ -18,6 +18,8 @@ from .passes import PIPELINE
 from .printer import CPrinter
 from .render import Source, render_c
 from .render_cuda import render_cuda
+from .rule import DEFAULT_RULE, Rule
+from .rule import get as rule_named
 from .spec import Spec
 
 #: Renderers by target name: [ir.Kernel], symbol -> [Source].
@@ -25,9 +27,15 @@ RENDERERS: dict[str, Callable[[ir.Kernel, str | None], Source]] = {"c": render_c
                                                                     "cuda": render_cuda}
 
 
+def lower(spec: Spec, rule: Rule | None = None) -> ir.Kernel:
+    """[Spec] -> [ir.Kernel]: `rule` (by default the registered `DEFAULT_RULE`) lowered for
+    `spec` and assembled (`ir.assemble`), before any pass."""
+    return ir.assemble(spec, rule or rule_named(DEFAULT_RULE))
+
+
 def optimize(spec: Spec) -> ir.Kernel:
     """[Spec] -> [ir.Kernel]: lowered and with every pass applied."""
-    kernel = ir.lower(spec)
+    kernel = lower(spec)
     for _, run in PIPELINE:
         kernel = run(kernel)
     return kernel
@@ -63,7 +71,7 @@ def generate(spec: Spec, target: str = "c", symbol: str | None = None) -> Source
 def stages(spec: Spec, target: str = "c", symbol: str | None = None) -> dict[str, str]:
     """Every stage of the pipeline as text, in order: spec, lower, each pass, header and source."""
     render = renderer(target)
-    kernel = ir.lower(spec)
+    kernel = lower(spec)
     out = {"spec": spec.to_json(), "lower": format_kernel(kernel)}
     for name, run in PIPELINE:
         kernel = run(kernel)
@@ -104,7 +112,8 @@ def format_kernel(kernel: ir.Kernel) -> str:
     printer = _IRPrinter(spec.compute_dtype)
     kind = "sparse" if spec.sparse else "dense"
     if kernel.converts:
-        lines = [f"kernel {spec.symbol()}  ({kind}, {spec.dtype}; state {spec.storage('m')}, "
+        lines = [f"kernel {spec.symbol()}  ({kind}, {spec.dtype}; state "
+                 f"{spec.storage(kernel.arrays[1])}, "
                  f"gradient {spec.storage('grad')}; arithmetic in {spec.compute_dtype}, "
                  f"{spec.rounding} rounding)"]
     else:

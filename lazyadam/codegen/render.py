@@ -14,6 +14,7 @@ from .. import __version__
 from .ir import SUM_CHUNK, Elem, Kernel, walk
 from .passes import invert_loss_scale
 from .printer import C_INDEX_TYPES, CPrinter
+from .rule import hparams_struct
 from .spec import HALF_DTYPES, PARALLEL_MIN
 
 ENV = jinja2.Environment(
@@ -52,7 +53,7 @@ def template_context(kernel: Kernel, printer: CPrinter, symbol: str, indent: int
     """The variables every template sees: types, flags and the printed rule.
 
     `T` is the arithmetic type (of locals, scratch and per-step scalars); `TV`, `TS` and `TG` are
-    the storage types of var, of the state (m, v, vmax) and of the gradient, and `types` maps each
+    the storage types of var, of the rule's state arrays and of the gradient, and `types` maps each
     array to its storage type. `load`, `widen` and `store` print the conversions between the two.
     """
     spec = kernel.spec
@@ -91,10 +92,13 @@ def template_context(kernel: Kernel, printer: CPrinter, symbol: str, indent: int
         widen=lambda array, access: printer.widen(spec.storage(array), access),
         T=printer.ctype,
         TV=types["var"],
-        TS=types["m"],
+        TS=types[kernel.arrays[1]],
         TG=types["grad"],
         types=types,
         I=C_INDEX_TYPES[spec.index_dtype],
+        # The rule's hyperparameter struct: its C name, and its declaration (`rule.hparams_struct`).
+        hparams_type=kernel.rule.hparams_type,
+        hparams_struct=hparams_struct(kernel.rule),
         scalars="\n".join("    " + printer.let(s) for s in kernel.scalars),
         grad=printer.block(kernel.grad, indent),
         update=printer.block(kernel.update, indent),
@@ -106,12 +110,12 @@ def storage_notes(kernel: Kernel) -> list[str]:
     spec = kernel.spec
     if not kernel.converts:
         return []
-    state = "m, v, vmax" if spec.amsgrad else "m, v"
+    state = ", ".join(kernel.arrays[1:])
     rounding = ("to nearest even" if spec.rounding == "nearest" else
                 "stochastically, from random bits that hash hp->seed, hp->step and the "
                 "element's index (the same on any thread count, in C and CUDA)")
     return textwrap.wrap(
-        f"storage: var {spec.storage('var')}, {state} {spec.storage('m')}, gradient "
+        f"storage: var {spec.storage('var')}, {state} {spec.storage(kernel.arrays[1])}, gradient "
         f"{spec.storage('grad')}. Every step computes in {spec.compute_dtype} (loads widen "
         f"exactly); each write to 16-bit storage rounds {rounding}.", 96)
 

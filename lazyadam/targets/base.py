@@ -12,39 +12,26 @@ and checks every argument before the kernel runs: on an error nothing is written
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import cffi
 import numpy as np
 
-from ..codegen.ir import HPARAMS
+from ..codegen.rule import ROUNDING_FIELDS, Rule
 from ..codegen.render import Source
 from ..codegen.spec import Spec
 from ..dtypes import storage_name
+from ..rules.adam import ADAM
 
 
-@dataclass(frozen=True)
-class HParams:
-    """The fields of `lazyadam_hparams` for one call. `beta*_power` are beta^t of this step.
+class RuleHParams:
+    """What the hyperparameters of every rule's calls have besides their fields (`hparams_class`):
+    checks of the rule's domains, `at_step` and `as_tuple`."""
 
-    `seed` and `step` (unsigned 64-bit integers) are read only by stochastic rounding, whose random
-    bits hash them with each element's position: give every step its own `step` (`at_step` passes
-    t), and keep `seed` to reproduce a run bit for bit.
-    """
-
-    lr: float
-    beta1: float
-    beta2: float
-    eps: float
-    weight_decay: float
-    loss_scale: float
-    beta1_power: float
-    beta2_power: float
-    seed: int = 0
-    step: int = 0
+    RULE: ClassVar[Rule]
 
     def __post_init__(self) -> None:
         """Rejects values that would make a kernel write NaN (e.g. beta powers of step 0).
@@ -52,45 +39,78 @@ class HParams:
         Raises:
             ValueError: naming the field and its value.
         """
-        ranges = {"lr": (0.0, math.inf), "weight_decay": (0.0, math.inf),
-                  "beta1": (0.0, 1.0), "beta2": (0.0, 1.0),
-                  "beta1_power": (0.0, 1.0), "beta2_power": (0.0, 1.0)}
-        for name, (low, high) in ranges.items():
-            value = getattr(self, name)
-            if not (math.isfinite(value) and low <= value < high):
-                raise ValueError(f"HParams.{name} = {value!r} must be finite and in "
-                                 f"[{low}, {high})")
-        for name in ("eps", "loss_scale"):
-            value = getattr(self, name)
-            if not (0.0 < value < math.inf):
-                raise ValueError(f"HParams.{name} = {value!r} must be finite and > 0")
-        for name in ("seed", "step"):
+        for hparam in self.RULE.hparams:
+            value = getattr(self, hparam.name)
+            if value not in hparam.domain:
+                domain = hparam.domain
+                where = (f"> {domain.low:g}" if domain.closed == "()" and domain.high == math.inf
+                         else f"in {domain}")
+                raise ValueError(f"{type(self).__name__}.{hparam.name} = {value!r} must be finite "
+                                 f"and {where}")
+        for name in ROUNDING_FIELDS:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not (
                     0 <= value < 2 ** 64):
-                raise ValueError(f"HParams.{name} = {value!r} must be an int in [0, 2**64)")
+                raise ValueError(f"{type(self).__name__}.{name} = {value!r} must be an int in "
+                                 "[0, 2**64)")
 
     @classmethod
-    def at_step(cls, t: int, lr: float = 1e-3, beta1: float = 0.9, beta2: float = 0.999,
-                eps: float = 1e-8, weight_decay: float = 0.0, loss_scale: float = 1.0,
-                seed: int = 0) -> HParams:
-        """Hyperparameters for step `t` (1 on the first step), with beta^t computed here and
-        `step = t`.
+    def at_step(cls, t: int, *, seed: int = 0, **values: float) -> Any:
+        """Hyperparameters for step `t` (1 on the first step): `values` by name, the rule's
+        defaults for the others, the derived fields computed here (beta^t for Adam's beta powers)
+        and `step = t`.
 
         Raises:
             ValueError: t < 1 (step 0 has no bias correction: 1 - beta^0 = 0), or a bad value.
+            TypeError: a name that is no hyperparameter the caller sets.
         """
         if isinstance(t, bool) or not isinstance(t, int) or t < 1:
             raise ValueError(f"step t = {t!r} must be an int >= 1 (the first step is 1)")
-        return cls(lr, beta1, beta2, eps, weight_decay, loss_scale, beta1 ** t, beta2 ** t, seed, t)
+        plain = [h for h in cls.RULE.hparams if h.derived is None]
+        unknown = sorted(set(values) - {h.name for h in plain})
+        if unknown:
+            raise TypeError(f"at_step() got an unexpected keyword argument {unknown[0]!r}")
+        fields = {h.name: values.get(h.name, h.default) for h in plain}
+        for h in cls.RULE.hparams:
+            if h.derived is not None:
+                fields[h.name] = fields[h.derived.partition(":")[2]] ** t
+        return cls(**fields, seed=seed, step=t)
 
     def as_tuple(self) -> tuple[float | int, ...]:
         """The fields in ABI order (what a kernel's `bind` step takes)."""
-        return (self.lr, self.beta1, self.beta2, self.eps, self.weight_decay, self.loss_scale,
-                self.beta1_power, self.beta2_power, int(self.seed), int(self.step))
+        return tuple(getattr(self, h.name) for h in self.RULE.hparams) + tuple(
+            int(getattr(self, name)) for name in ROUNDING_FIELDS)
 
 
-assert tuple(HParams.__dataclass_fields__) == HPARAMS, "HParams must follow the C struct"
+def hparams_class(rule: Rule, doc: str) -> type:
+    """The frozen dataclass of the hyperparameters of one call of `rule`'s kernels: its fields
+    are the struct's (`Rule.fields`), in ABI order, with the methods of `RuleHParams`.
+
+    Raises:
+        ValueError: a derived field of another kind than "power:<field>".
+    """
+    for h in rule.hparams:
+        kind, _, base = (h.derived or "power:").partition(":")
+        if kind != "power" or (h.derived and base not in rule.fields):
+            raise ValueError(f"{rule.name}: cannot derive {h.name} from {h.derived!r}")
+    fields = [(h.name, float) for h in rule.hparams]
+    fields += [(name, int, dataclasses.field(default=0)) for name in ROUNDING_FIELDS]
+    return dataclasses.make_dataclass(
+        "HParams", fields, bases=(RuleHParams,), frozen=True,
+        namespace={"RULE": rule, "__doc__": doc, "__module__": __name__})
+
+
+#: LazyAdam's, made from its rule.
+HParams = hparams_class(ADAM, doc="""The fields of `lazyadam_hparams` for one call.
+
+    lr, beta1, beta2, eps, weight_decay, loss_scale, beta1_power and beta2_power (beta^t of this
+    step), seed and step (`ADAM.fields`). `at_step(t, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8,
+    weight_decay=0.0, loss_scale=1.0, seed=0)` fills in the beta powers and the step.
+
+    `seed` and `step` (unsigned 64-bit integers) are read only by stochastic rounding, whose random
+    bits hash them with each element's position: give every step its own `step` (`at_step` passes
+    t), and keep `seed` to reproduce a run bit for bit.
+    """)
 
 #: The C type of each storage dtype, as cffi names it (16-bit storage travels as its bits).
 CFFI_TYPES = {"float32": "float", "float64": "double", "bfloat16": "uint16_t",
