@@ -41,7 +41,8 @@ from ..interop.arrays import (astype, centralized, contiguous, copy_into, device
                               to_host)
 from ..interop.device import DeviceArray, capturing as stream_capturing, stream_handle, torch_kind
 from ..targets.base import HParams, index_error
-from ..targets.cuda import HPARAMS_BYTES, CudaBinding
+from ..targets.cuda import HPARAMS_BYTES
+from ..targets.cuda_binding import CudaBinding
 from .parameter import Parameter, RowTensor
 
 FLOAT_DTYPES = ("float32", "float64", "bfloat16", "float16")
