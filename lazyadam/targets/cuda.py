@@ -9,167 +9,26 @@ Arrays are accepted from any library through `__cuda_array_interface__` (`lazyad
 The launch sequence lives in the launchers, in C++, so that the host-emulation build of the tests
 (tests/cuda_emulation) runs exactly the code a GPU runs: kernels and launchers alike.
 
-Environment:
-    LAZYADAM_NVCC: the nvcc command (default: `nvcc` on PATH, then $CUDA_HOME/bin, /usr/local/cuda/bin).
-    LAZYADAM_CUDA_ARCH: compute capabilities to build for, e.g. "80,90" (default: those of the GPUs
-        present).
-    LAZYADAM_NVCCFLAGS: extra flags, appended after the defaults.
+The toolchain (nvcc, its flags and archs, and the environment variables that choose them) is in
+`nvcc`; a kernel bound to one parameter's arrays, and multi-tensor launches over bound kernels, in
+`cuda_binding`; the cached build flow that `CudaTarget` shares with the C target in `target.Target`.
 """
 
 from __future__ import annotations
 
-import ctypes
-import functools
-import os
-import shlex
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-import cffi
 import numpy as np
 
-from ..codegen.pipeline import generate
 from ..codegen.render import Source
 from ..codegen.spec import Spec
-from ..errors import CompilationError, CompilerNotFoundError, KernelError, TargetUnavailableError
-from ..interop.device import CUDA_SUCCESS, DeviceArray, driver, stream_handle
-from . import cache
+from ..errors import CompilerNotFoundError, KernelError, TargetUnavailableError
+from ..interop.device import DeviceArray, stream_handle
+from . import nvcc
 from .base import CFFI_TYPES, HParams, LoadedKernel, check_arrays, check_sizes
 from .cuda_binding import CudaBinding, MultiPlan, one_source
-
-name = "cuda"
-#: The environment variables that choose nvcc, its flags and archs (`nvcc`, `flags`).
-ENVIRONMENT = ("LAZYADAM_NVCC", "PATH", "CUDA_HOME", "CUDA_PATH", "LAZYADAM_CUDA_ARCH",
-               "LAZYADAM_NVCCFLAGS")
-
-#: -O3 for host and device; no --use_fast_math, so that the kernels keep IEEE division and sqrt, and
-#: --fmad=false, so that a*b + c is rounded twice, as the C kernels round it: the two give bitwise the
-#: same numbers.
-BASE_FLAGS = ("-O3", "-std=c++17", "--fmad=false", "-shared", "-Xcompiler", "-fPIC", "--cudart",
-              "static")
-
-# CUDA driver API device attributes read below.
-_CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR = 75
-_CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR = 76
-
-
-def nvcc() -> str | None:
-    """The nvcc executable, or None when there is none."""
-    if os.environ.get("LAZYADAM_NVCC"):
-        return shutil.which(os.environ["LAZYADAM_NVCC"])
-    found = shutil.which("nvcc")
-    if found:
-        return found
-    homes = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"]
-    for home in filter(None, homes):
-        candidate = Path(home) / "bin" / "nvcc"
-        if candidate.is_file() and os.access(candidate, os.X_OK):
-            return str(candidate)
-    return None
-
-
-def device_count() -> int:
-    """The number of CUDA GPUs visible to this process (0 without a driver)."""
-    lib = driver()
-    if isinstance(lib, str):
-        return 0
-    count = ctypes.c_int(0)
-    return count.value if lib.cuDeviceGetCount(ctypes.byref(count)) == CUDA_SUCCESS else 0
-
-
-def unavailable() -> str | None:
-    """None when CUDA kernels can build and run here; otherwise what is missing."""
-    if nvcc() is None:
-        return ("nvcc not found: tried LAZYADAM_NVCC, PATH, $CUDA_HOME/bin and /usr/local/cuda/bin; "
-                "install the CUDA toolkit or set LAZYADAM_NVCC to the nvcc command")
-    lib = driver()
-    if isinstance(lib, str):
-        return lib
-    if device_count() == 0:
-        return "no CUDA GPU found: the CUDA driver sees no device"
-    return None
-
-
-def archs() -> tuple[str, ...]:
-    """The compute capabilities to build for, e.g. ("80", "90"): LAZYADAM_CUDA_ARCH, else the GPUs'.
-
-    Raises:
-        TargetUnavailableError: no LAZYADAM_CUDA_ARCH and no GPU to ask.
-    """
-    given = os.environ.get("LAZYADAM_CUDA_ARCH", "").replace(";", ",")
-    if given.strip():
-        return tuple(sorted({a.strip().removeprefix("sm_") for a in given.split(",") if a.strip()}))
-    lib = driver()
-    if isinstance(lib, str) or device_count() == 0:
-        raise TargetUnavailableError(lib if isinstance(lib, str) else "no CUDA GPU found")
-    found = set()
-    for ordinal in range(device_count()):
-        major, minor, device = ctypes.c_int(), ctypes.c_int(), ctypes.c_int()
-        lib.cuDeviceGet(ctypes.byref(device), ordinal)
-        lib.cuDeviceGetAttribute(ctypes.byref(major), _CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR,
-                                 device)
-        lib.cuDeviceGetAttribute(ctypes.byref(minor), _CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR,
-                                 device)
-        found.add(f"{major.value}{minor.value}")
-    return tuple(sorted(found))
-
-
-def gencode(arch_list: Sequence[str]) -> list[str]:
-    """nvcc flags for native code on each arch, plus PTX of the newest for later GPUs."""
-    flags = [f"-gencode=arch=compute_{a},code=sm_{a}" for a in arch_list]
-    newest = max(arch_list, key=int)
-    return flags + [f"-gencode=arch=compute_{newest},code=compute_{newest}"]
-
-
-def flags() -> list[str]:
-    return [*BASE_FLAGS, *gencode(archs()), *shlex.split(os.environ.get("LAZYADAM_NVCCFLAGS", ""))]
-
-
-@functools.lru_cache(maxsize=None)
-def _nvcc_version(path: str) -> str:
-    return subprocess.run([path, "--version"], capture_output=True, text=True).stdout.strip()
-
-
-def identity() -> dict:
-    """Everything about the toolchain that can change a binary: nvcc, its version, flags and archs."""
-    path = nvcc()
-    if path is None:
-        raise CompilerNotFoundError(unavailable() or "nvcc not found")
-    return {"compiler": path, "version": _nvcc_version(path), "flags": flags(),
-            "python": sys.implementation.cache_tag, "cffi": cffi.__version__}
-
-
-def cache_key(source: Source) -> str:
-    return cache.make_key({"target": name, "source": source.text, "header": source.header,
-                           **identity()})
-
-
-def build(source: Source, folder: Path) -> Path:
-    """Compiles `source` into `folder/<symbol>.so` with nvcc; returns that path.
-
-    Raises:
-        CompilerNotFoundError: no nvcc.
-        CompilationError: nvcc failed; carries its log and the source path.
-    """
-    path = nvcc()
-    if path is None:
-        raise CompilerNotFoundError(unavailable() or "nvcc not found")
-    src = folder / source.filename
-    src.write_text(source.text)
-    (folder / f"{source.symbol}.h").write_text(source.header)
-    out = folder / f"{source.symbol}.so"
-    cmd = [path, *flags(), str(src), "-o", str(out)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=folder)
-    log = f"$ {shlex.join(cmd)}\n{proc.stdout}{proc.stderr}"
-    (folder / "build.log").write_text(log)
-    if proc.returncode != 0 or not out.exists():
-        raise CompilationError(f"nvcc failed to build {source.symbol} (exit {proc.returncode})",
-                               log=log, log_path=folder / "build.log", source_path=src)
-    return out
-
+from .target import Target
 
 #: Bytes of one `lazyadam_hparams` (eight doubles, then seed and step as uint64), as device memory
 #: that the `_hparams` launchers read holds it.
@@ -398,17 +257,28 @@ class CudaKernel(LoadedKernel):
                           + (f": {detail}" if status == self.lib.LAZYADAM_ECUDA else ""))
 
 
-def load(spec: Spec) -> CudaKernel:
-    """The compiled kernel for `spec`: from this process, the disk cache, or a fresh nvcc build.
+class CudaTarget(Target):
+    """The CUDA target: nvcc with `nvcc.flags()`, `CudaKernel`s (see `Target`)."""
 
-    Raises:
-        TargetUnavailableError: no nvcc, driver or GPU (the message says which).
-        CompilationError: nvcc failed.
-    """
-    problem = unavailable()
-    if problem:
-        raise TargetUnavailableError(problem)
-    source = generate(spec.validate(), "cuda")
-    return cache.load(cache_key(source), f"{source.symbol}.so",
-                      lambda folder: build(source, folder),
-                      lambda path: CudaKernel(spec, source, path))
+    name = "cuda"
+    environment = nvcc.ENVIRONMENT
+    unavailable_error = TargetUnavailableError
+    unavailable = staticmethod(nvcc.unavailable)
+
+    def key_parts(self) -> dict:
+        return nvcc.identity()
+
+    def command(self, src: Path, out: Path) -> list[str]:
+        path = nvcc.nvcc()
+        if path is None:
+            raise CompilerNotFoundError(nvcc.unavailable() or "nvcc not found")
+        return [path, *nvcc.flags(), str(src), "-o", str(out)]
+
+    def compiler_name(self) -> str:
+        return "nvcc"
+
+    def kernel(self, spec: Spec, source: Source, path: Path) -> CudaKernel:
+        return CudaKernel(spec, source, path)
+
+
+TARGET = CudaTarget()
