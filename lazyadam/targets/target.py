@@ -6,6 +6,7 @@ A target (`c.CTarget`, `cuda.CudaTarget`) says what is its own:
     environment        the variables that choose its compiler and flags (`targets.compile` keys
                        its memo on their values)
     unavailable()      None when it can run here, else what is missing
+    unavailable_error  what `load` raises when `unavailable()` names something missing
     key_parts()        everything about its toolchain (and machine) that can change a binary
     command(src, out)  the compiler command that builds `src` into the library `out`
     compiler_name()    how build errors name the compiler
@@ -14,9 +15,6 @@ A target (`c.CTarget`, `cuda.CudaTarget`) says what is its own:
 and inherits the rest, the same for every target:
 
     [Spec] --generate--> [Source] --cache_key--> key --build (on a miss)--> .so --kernel--> kernel
-
-Attributes:
-    unavailable_error: what `load` raises where `unavailable()` says the target cannot run.
 """
 
 from __future__ import annotations
