@@ -40,7 +40,8 @@ from typing import Any, Callable, Iterable, NamedTuple
 import torch
 
 from .codegen.spec import ROUNDINGS, STATE_DTYPES
-from .runtime.parameter import Parameter, RowTensor, index_bounds, to_host
+from .interop.arrays import index_bounds, to_host
+from .runtime.parameter import Parameter, RowTensor
 from .runtime.slot import (SEED_STRIDE, Launcher, Slot, check_device_state,
                            check_seed, collection_paused, spec_for, target_for)
 from .targets.base import index_error

@@ -23,8 +23,8 @@ def rng():
 def gpu():
     """PyTorch's CUDA device, where the CUDA target and torch both have a GPU; else a skip that
     says what is missing."""
-    from lazyadam.targets import cuda
-    problem = cuda.unavailable()
+    from lazyadam.targets import nvcc
+    problem = nvcc.unavailable()
     if problem:
         pytest.skip(f"CUDA target unavailable: {problem}")
     torch = pytest.importorskip("torch", reason="PyTorch is not installed")

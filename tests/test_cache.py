@@ -19,7 +19,7 @@ import pytest
 
 import lazyadam
 from lazyadam import CompilationError, CompilerNotFoundError, HParams, Spec
-from lazyadam.targets import c, cache
+from lazyadam.targets import c, cache, cuda, nvcc
 
 # A spec no other test builds, with a static value unique to this file so that its key is fresh.
 FRESH = Spec(sparse=True, nesterov=True, static={"eps": 3.25e-7})
@@ -84,13 +84,29 @@ def test_concurrent_threads_share_one_kernel(counting_cc):
 
 
 def test_source_flags_and_compiler_are_part_of_the_key(counting_cc, monkeypatch):
-    key = c.cache_key(lazyadam.generate(FRESH))
-    assert c.cache_key(lazyadam.generate(Spec(sparse=True, nesterov=True))) != key
+    key = c.TARGET.cache_key(lazyadam.generate(FRESH))
+    assert c.TARGET.cache_key(lazyadam.generate(Spec(sparse=True, nesterov=True))) != key
     monkeypatch.setenv("LAZYADAM_CFLAGS", "-DSOMETHING")
-    assert c.cache_key(lazyadam.generate(FRESH)) != key
+    assert c.TARGET.cache_key(lazyadam.generate(FRESH)) != key
     monkeypatch.delenv("LAZYADAM_CFLAGS")
     monkeypatch.setenv("LAZYADAM_CC", "cc")  # the same compiler under another command
-    assert c.cache_key(lazyadam.generate(FRESH)) != key
+    assert c.TARGET.cache_key(lazyadam.generate(FRESH)) != key
+
+
+def test_keys_are_made_of_the_parts_existing_entries_were_made_with(monkeypatch):
+    """The key's parts, spelled out: a change to them would orphan every kernel already cached
+    (C: source, header, flags and the compiler's identity; CUDA: the same but for the flags,
+    which nvcc's identity holds)."""
+    source = lazyadam.generate(FRESH)
+    assert c.TARGET.cache_key(source) == cache.make_key(
+        {"target": "c", "source": source.text, "header": source.header, "flags": c.flags(),
+         **c.identity()})
+    if nvcc.nvcc() is None:
+        pytest.skip("nvcc not found: the CUDA key needs its identity")
+    monkeypatch.setenv("LAZYADAM_CUDA_ARCH", "80")
+    source = lazyadam.generate(FRESH, "cuda")
+    assert cuda.TARGET.cache_key(source) == cache.make_key(
+        {"target": "cuda", "source": source.text, "header": source.header, **nvcc.identity()})
 
 
 def test_disabled_cache_builds_in_a_temporary_folder(counting_cc, monkeypatch, tmp_path):
@@ -126,7 +142,7 @@ def test_cache_deleted_after_the_build_but_before_loading(counting_cc, monkeypat
 
 
 def claimed_entry(owner: str) -> Path:
-    key = c.cache_key(lazyadam.generate(FRESH))
+    key = c.TARGET.cache_key(lazyadam.generate(FRESH))
     entry = cache.root() / key[:2] / key
     entry.mkdir(parents=True)
     (entry / "claim").write_text(owner)

@@ -97,7 +97,7 @@ def plant(library: Path, key: str, artifact: str) -> Path:
 
 def c_entry(library: Path) -> Path:
     source = lazyadam.generate(SPEC)
-    return plant(library, c.cache_key(source), f"{source.symbol}.so")
+    return plant(library, c.TARGET.cache_key(source), f"{source.symbol}.so")
 
 
 def give_away(*paths: Path) -> None:
@@ -275,7 +275,7 @@ def test_an_untrusted_claim_does_not_hold_up_a_build(counting_cc, monkeypatch, h
         pytest.skip("os.chown to another uid needs root")
     monkeypatch.setattr(cache, "STALE_SECONDS", 30.0)
     monkeypatch.setattr(cache, "EMPTY_CLAIM_SECONDS", 30.0)
-    key = c.cache_key(lazyadam.generate(SPEC))
+    key = c.TARGET.cache_key(lazyadam.generate(SPEC))
     entry = cache.root() / key[:2] / key
     entry.mkdir(parents=True)
     claim = claim_of_a_live_process(entry)
@@ -299,7 +299,7 @@ def test_an_untrusted_claim_does_not_hold_up_a_build(counting_cc, monkeypatch, h
 def test_another_users_failure_marker_does_not_fail_the_build(counting_cc):
     """A claim that goes away next to a `failed` marker: ours would fail the waiters (see
     test_cache.py); another user's is refused, and the kernel is built."""
-    key = c.cache_key(lazyadam.generate(SPEC))
+    key = c.TARGET.cache_key(lazyadam.generate(SPEC))
     entry = cache.root() / key[:2] / key
     entry.mkdir(parents=True)
     claim = claim_of_a_live_process(entry)
@@ -319,17 +319,17 @@ def test_another_users_failure_marker_does_not_fail_the_build(counting_cc):
 
 @needs_root
 def test_the_cuda_target_refuses_a_planted_entry(counting_cc, planted, monkeypatch):
-    """cuda.load goes through the same checks: its nvcc build is stood in for by the host
-    emulation (tests/cuda_emulation), and its numbers checked on emulated device arrays."""
+    """The CUDA target's load goes through the same checks: its nvcc build is stood in for by the
+    host emulation (tests/cuda_emulation), and its numbers checked on emulated device arrays."""
     if emulation.host_compiler() is None:
         pytest.skip("no host C++ compiler (c++ or g++) to build the CUDA emulation")
-    monkeypatch.setattr(cuda, "unavailable", lambda: None)
-    monkeypatch.setattr(cuda, "identity", lambda: {"compiler": "host emulation"})
-    monkeypatch.setattr(cuda, "build",
+    monkeypatch.setattr(cuda.TARGET, "unavailable", lambda: None)
+    monkeypatch.setattr(cuda.TARGET, "key_parts", lambda: {"compiler": "host emulation"})
+    monkeypatch.setattr(cuda.TARGET, "build",
                         lambda source, folder: emulation.compile_library([source], folder))
     library, marker = planted
     source = lazyadam.generate(SPEC, "cuda")
-    entry = plant(library, cuda.cache_key(source), f"{source.symbol}.so")
+    entry = plant(library, cuda.TARGET.cache_key(source), f"{source.symbol}.so")
     entry.parent.parent.chmod(0o1777)
     give_away(entry.parent, entry, *entry.iterdir())
     kernel = compile_refusing(SPEC, entry.parent, f"is owned by {cache.user(OTHER_UID)}", "cuda")
@@ -347,7 +347,7 @@ def test_the_cuda_target_refuses_a_planted_entry(counting_cc, planted, monkeypat
 def test_cache_ls_shows_owner_and_mode_and_flags_what_it_would_refuse(counting_cc, planted):
     good = lazyadam.compile(SPEC).path.parent
     dense = lazyadam.generate(Spec(sparse=False))
-    bad = plant(planted[0], c.cache_key(dense), f"{dense.symbol}.so")
+    bad = plant(planted[0], c.TARGET.cache_key(dense), f"{dense.symbol}.so")
     give_away(bad / f"{dense.symbol}.so")
     result = CliRunner().invoke(main, ["cache", "ls"])
     assert result.exit_code == 0, result.output

@@ -23,7 +23,7 @@ import product
 from lazyadam import Spec, generate
 from lazyadam.codegen import SUM_CHUNK
 from lazyadam.errors import CompilationError
-from lazyadam.targets import cache, cuda
+from lazyadam.targets import cache, cuda, nvcc
 
 ALL_SPECS = product.ALL  # the float32 and float64 product (576) and a half sample (288)
 ARCHS = ("80", "90")
@@ -31,7 +31,7 @@ UNITS = 2  # translation units per arch, one per CI core
 
 
 def nvcc_or_skip() -> str:
-    path = cuda.nvcc()
+    path = nvcc.nvcc()
     if path is None:
         pytest.skip("nvcc not found on PATH, $CUDA_HOME/bin or /usr/local/cuda/bin (LAZYADAM_NVCC "
                     "names another)")
@@ -83,7 +83,7 @@ def test_target_build_makes_a_loadable_library(spec, tmp_path, monkeypatch):
     nvcc_or_skip()
     monkeypatch.setenv("LAZYADAM_CUDA_ARCH", ",".join(ARCHS))
     source = generate(spec, "cuda")
-    path = cuda.build(source, tmp_path)
+    path = cuda.TARGET.build(source, tmp_path)
     ffi = cffi.FFI()
     ffi.cdef(source.cdef)
     lib = ffi.dlopen(str(path))
@@ -98,7 +98,7 @@ def test_build_failure_carries_the_nvcc_log(tmp_path, monkeypatch):
     broken = type(source)(source.symbol, "cuda", source.text + "\nsyntax error here\n",
                           source.header, source.cdef)
     with pytest.raises(CompilationError, match="nvcc failed") as err:
-        cuda.build(broken, tmp_path)
+        cuda.TARGET.build(broken, tmp_path)
     assert "syntax" in err.value.log and err.value.log_path.exists()
 
 
@@ -163,16 +163,16 @@ def test_launchers_take_a_stream_and_locks_appear_only_when_asked():
 
 def test_unavailable_names_what_is_missing(monkeypatch):
     monkeypatch.setenv("LAZYADAM_NVCC", "/nonexistent/nvcc")
-    assert cuda.unavailable().startswith("nvcc not found")
+    assert nvcc.unavailable().startswith("nvcc not found")
     monkeypatch.delenv("LAZYADAM_NVCC")
-    if cuda.nvcc() is not None and cuda.device_count() == 0:
-        assert "no CUDA" in cuda.unavailable()
+    if nvcc.nvcc() is not None and nvcc.device_count() == 0:
+        assert "no CUDA" in nvcc.unavailable()
 
 
 def test_arch_list_comes_from_the_environment(monkeypatch):
     monkeypatch.setenv("LAZYADAM_CUDA_ARCH", "sm_90;80")
-    assert cuda.archs() == ("80", "90")
-    assert cuda.gencode(["80", "90"])[-1] == "-gencode=arch=compute_90,code=compute_90"
+    assert nvcc.archs() == ("80", "90")
+    assert nvcc.gencode(["80", "90"])[-1] == "-gencode=arch=compute_90,code=compute_90"
 
 
 def test_generated_sources_are_dumpable(tmp_path, monkeypatch):

@@ -15,7 +15,7 @@ import pytest
 
 import lazyadam
 from lazyadam import HParams, LazyAdam, Parameter, RowTensor, Spec
-from lazyadam.targets import cuda
+from lazyadam.targets import nvcc
 from reference import lazyadam_step
 from runtime_reference import simulate
 
@@ -80,7 +80,7 @@ class PyCuda:
 
 @pytest.fixture(scope="module")
 def device():
-    problem = cuda.unavailable()
+    problem = nvcc.unavailable()
     if problem:
         pytest.skip(f"CUDA target unavailable: {problem}")
     tried = []

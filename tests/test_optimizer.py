@@ -8,7 +8,7 @@ import pytest
 
 from lazyadam import LazyAdam, Parameter, RowTensor, targets
 from lazyadam.runtime import optimizer as optimizer_module
-from lazyadam.runtime.parameter import zeros_like
+from lazyadam.interop.arrays import zeros_like
 from lazyadam.schedules import LearningRateSchedule
 from runtime_reference import centralized, simulate
 from tolerance import assert_close

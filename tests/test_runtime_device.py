@@ -23,7 +23,7 @@ import pytest
 
 import cuda_emulation as emulation
 from lazyadam import LazyAdam, Parameter, RowTensor, targets
-from lazyadam.runtime import parameter
+from lazyadam.interop import arrays as interop
 from runtime_reference import simulate
 from tolerance import assert_close
 
@@ -215,7 +215,7 @@ def gradients(steps, put, shapes):
 
 def snapshot(opt):
     """Everything a call may change, in host memory."""
-    arrays = [parameter.to_host(p.data).copy()
+    arrays = [interop.to_host(p.data).copy()
               for p in opt.parameters + opt.moment1 + opt.moment2 + opt.vmax]
     return arrays, (opt.global_step, opt.beta1_power, opt.beta2_power)
 
@@ -310,7 +310,7 @@ def test_bfloat16_device_tensors_match_the_host_bitwise(cuda, rng, state_dtype):
         host(host_grads)
     for ours, theirs in zip(device.parameters + device.moment1 + device.moment2,
                             host.parameters + host.moment1 + host.moment2):
-        assert parameter.dtype_of(ours.data) == theirs.dtype
+        assert interop.dtype_of(ours.data) == theirs.dtype
         np.testing.assert_array_equal(ours.asnumpy().view(np.uint8), theirs.asnumpy().view(np.uint8))
     assert {(s.dtype, s.storage("m"), s.storage("grad")) for s in cuda} == {
         ("bfloat16", state_dtype or "float32", "float32"),
@@ -379,7 +379,7 @@ def test_moments_are_allocated_on_the_parameters_device(cuda):
     device current for it."""
     param = Parameter(FakeLibrary.put(np.ones((3, 2), np.float32), device=1), name="w")
     opt = LazyAdam([param], amsgrad=True)
-    assert [parameter.device_of(p.data) for p in opt.moment1 + opt.moment2 + opt.vmax] == [1, 1, 1]
+    assert [interop.device_of(p.data) for p in opt.moment1 + opt.moment2 + opt.vmax] == [1, 1, 1]
     assert _current_device == [0]
     other = FakeLibrary.put(np.ones((3, 2), np.float32), device=0)
     with pytest.raises(ValueError, match="'w'.*CUDA device 0, the parameter on device 1"):
@@ -551,14 +551,14 @@ def test_device_gradient_for_a_host_parameter_is_refused(cuda, lib):
 
 
 def test_dtype_of_reads_every_library():
-    assert parameter.dtype_of(np.zeros(2, np.float32)) == np.float32
-    assert parameter.dtype_of(FakeLibrary.put(np.zeros(2, np.int32))) == np.int32
-    assert parameter.dtype_of(torch.zeros(2, dtype=torch.float64)) == np.float64
-    assert parameter.dtype_of(TorchLibrary.put(np.zeros(2, np.uint8))) == np.uint8
+    assert interop.dtype_of(np.zeros(2, np.float32)) == np.float32
+    assert interop.dtype_of(FakeLibrary.put(np.zeros(2, np.int32))) == np.int32
+    assert interop.dtype_of(torch.zeros(2, dtype=torch.float64)) == np.float64
+    assert interop.dtype_of(TorchLibrary.put(np.zeros(2, np.uint8))) == np.uint8
     with pytest.raises(TypeError, match="dtype torch.bits16 of a torch.Tensor has no numpy"):
-        parameter.dtype_of(torch.empty(2, dtype=torch.bits16))
+        interop.dtype_of(torch.empty(2, dtype=torch.bits16))
     with pytest.raises(TypeError, match="builtins.list has no dtype"):
-        parameter.dtype_of([1.0])
+        interop.dtype_of([1.0])
 
 
 def test_a_parameter_that_requires_grad_is_trained_in_place():
@@ -570,23 +570,23 @@ def test_a_parameter_that_requires_grad_is_trained_in_place():
     LazyAdam([param], learning_rate=0.1)((np.ones(4),))
     assert (weight.detach().numpy() < 1.0).all()
     on_device = TorchLibrary.put(np.ones(2, np.float32)).requires_grad_()
-    assert parameter.is_device_array(on_device)
+    assert interop.is_device_array(on_device)
     assert not Parameter(on_device, name="v").data.requires_grad
 
 
 def test_host_round_trip_helpers(lib):
     d = lib.put(np.arange(6, dtype=np.int64).reshape(2, 3))
-    host = parameter.to_host(d)
+    host = interop.to_host(d)
     assert type(host) is np.ndarray and host.tolist() == [[0, 1, 2], [3, 4, 5]]
-    assert parameter.index_bounds(lib.put(np.array([4, -1, 9]))) == (-1, 9)
-    zeros = parameter.zeros_like(d)
-    assert type(zeros) is type(d) and parameter.dtype_of(zeros) == np.int64
-    assert not parameter.to_host(zeros).any()
-    parameter.copy_into(zeros, np.full((2, 3), 7.0))
-    np.testing.assert_array_equal(parameter.to_host(zeros), 7)
+    assert interop.index_bounds(lib.put(np.array([4, -1, 9]))) == (-1, 9)
+    zeros = interop.zeros_like(d)
+    assert type(zeros) is type(d) and interop.dtype_of(zeros) == np.int64
+    assert not interop.to_host(zeros).any()
+    interop.copy_into(zeros, np.full((2, 3), 7.0))
+    np.testing.assert_array_equal(interop.to_host(zeros), 7)
     host = np.zeros((2, 3), np.int64)
-    parameter.copy_into(host, d)
-    np.testing.assert_array_equal(host, parameter.to_host(d))
+    interop.copy_into(host, d)
+    np.testing.assert_array_equal(host, interop.to_host(d))
 
 
 def test_a_torch_parameter_given_new_storage_is_bound_again(cuda, rng):

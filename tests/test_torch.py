@@ -15,7 +15,7 @@ import io
 import numpy as np
 import pytest
 
-from lazyadam.runtime.parameter import to_host
+from lazyadam.interop.arrays import to_host
 from reference import lazyadam_step
 from runtime_reference import simulate
 from tolerance import assert_close

@@ -20,7 +20,7 @@ from tolerance import assert_close
 torch = pytest.importorskip("torch", reason="lazyadam.torch needs torch")
 import lazyadam.torch  # noqa: E402  (after the skip: it imports torch)
 from lazyadam import targets  # noqa: E402
-from lazyadam.targets import cuda  # noqa: E402
+from lazyadam.targets import cuda_binding  # noqa: E402
 from lazyadam.torch import LazyAdam  # noqa: E402
 from test_runtime_device import TorchOnDevice  # noqa: E402
 from test_torch import (Recommender, assert_models_close, assert_unchanged,  # noqa: E402
@@ -33,7 +33,7 @@ def emulated(monkeypatch):
     plan launches, and a set of tensor ids that `_view` leaves in host memory."""
     if emulation.host_compiler() is None:
         pytest.skip("no host C++ compiler (c++ or g++) to build the CUDA emulation")
-    real_compile, real_launch = targets.compile, cuda.MultiPlan.launch
+    real_compile, real_launch = targets.compile, cuda_binding.MultiPlan.launch
     launches, host = [], set()
 
     def compile_emulated(spec, target="c"):
@@ -49,7 +49,7 @@ def emulated(monkeypatch):
         return tensor.detach().as_subclass(TorchOnDevice)
 
     monkeypatch.setattr(targets, "compile", compile_emulated)
-    monkeypatch.setattr(cuda.MultiPlan, "launch", launch)
+    monkeypatch.setattr(cuda_binding.MultiPlan, "launch", launch)
     monkeypatch.setattr(lazyadam.torch, "_view", view)
     return launches, host
 

@@ -41,7 +41,7 @@ import numpy as np
 
 from .. import processes
 from ..dtypes import bfloat16
-from .parameter import to_host
+from ..interop.arrays import to_host
 
 if TYPE_CHECKING:
     from .optimizer import LazyAdam

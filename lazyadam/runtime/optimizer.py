@@ -25,7 +25,8 @@ import numpy as np
 
 from ..codegen.spec import ROUNDINGS, STATE_DTYPES
 from ..dtypes import numpy_dtype
-from .parameter import Parameter, dtype_of, is_device_array, to_host, zeros_like
+from ..interop.arrays import dtype_of, is_device_array, to_host, zeros_like
+from .parameter import Parameter
 from .schedules import LearningRateSchedule
 from .slot import (SEED_STRIDE, Launcher, Slot, capturing, check_device_state, check_seed,
                    collection_paused, spec_for, target_for)

@@ -36,12 +36,14 @@ import numpy as np
 from .. import targets
 from ..codegen.spec import GRAD_DTYPES, HALF_DTYPES, Spec
 from ..dtypes import native, storage_name
-from ..targets import cuda
+from ..interop.arrays import (astype, centralized, contiguous, copy_into, device_of, dtype_of,
+                              empty_bytes, index_bounds, is_device_array, is_out_of_memory,
+                              to_host)
+from ..interop.device import DeviceArray, capturing as stream_capturing, stream_handle, torch_kind
 from ..targets.base import HParams, index_error
-from ..targets.cuda import HPARAMS_BYTES, CudaBinding, DeviceArray, stream_handle, torch_kind
-from .parameter import (Parameter, RowTensor, astype, centralized, contiguous, copy_into,
-                        device_of, dtype_of, empty_bytes, index_bounds, is_device_array,
-                        is_out_of_memory, to_host)
+from ..targets.cuda import HPARAMS_BYTES
+from ..targets.cuda_binding import CudaBinding
+from .parameter import Parameter, RowTensor
 
 FLOAT_DTYPES = ("float32", "float64", "bfloat16", "float16")
 #: Stochastic rounding of parameter number i (in the order of gradients) hashes the optimizer's seed
@@ -520,7 +522,7 @@ def capturing(slots: Any) -> bool:
     for slot in slots:
         if slot.on_device:
             data = slot.param.data
-            return cuda.capturing(stream_handle(None, [DeviceArray(data, "parameter")]), data)
+            return stream_capturing(stream_handle(None, [DeviceArray(data, "parameter")]), data)
     return False
 
 

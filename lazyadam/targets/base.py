@@ -1,7 +1,7 @@
 """What every target shares: the per-call hyperparameters and the checks a kernel call makes.
 
-A target (`c.py`, `cuda.py`) says whether it can run here, names its compiler (for the cache key),
-renders, builds and loads. A loaded kernel is called as
+A target (`c.py`, `cuda.py`, each a `target.Target`) says whether it can run here, names its
+compiler (for the cache key), renders, builds and loads. A loaded kernel is called as
 
     kernel(var, m, v, grad, hp)                      # dense
     kernel(var, m, v, (indices, values), hp)         # lazy sparse

@@ -36,14 +36,13 @@ from typing import Any, Callable
 import cffi
 import numpy as np
 
-from ..codegen.pipeline import generate
 from ..codegen.render import Source
 from ..codegen.spec import Spec
 from ..dtypes import storage_name
-from ..errors import CompilationError, CompilerNotFoundError, KernelError
-from . import cache
+from ..errors import CompilerNotFoundError, KernelError
 from .base import (CFFI_TYPES, SCALAR_SPARSE, HParams, LoadedKernel, check_arrays,
                    check_sizes, check_state, index_error)
+from .target import Target
 
 #: -fno-math-errno lets sqrt vectorize (an Adam loop ran 5x slower without it); no -ffast-math: the
 #: kernels keep IEEE semantics so that they match the reference and are reproducible; no fused
@@ -52,7 +51,6 @@ from .base import (CFFI_TYPES, SCALAR_SPARSE, HParams, LoadedKernel, check_array
 BASE_FLAGS = ("-std=c99", "-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math",
               "-ffp-contract=off", "-fPIC", "-shared", "-fopenmp")
 
-name = "c"
 #: The environment variables that choose the compiler and its flags (`compiler`, `flags`).
 ENVIRONMENT = ("LAZYADAM_CC", "CC", "PATH", "LAZYADAM_CFLAGS", "LAZYADAM_PARALLEL_MIN")
 
@@ -120,36 +118,6 @@ def _isa() -> str:
     except OSError:
         pass
     return f"{platform.machine()} {' '.join(sorted(flags_line.split(':')[-1].split()))}".strip()
-
-
-def cache_key(source: Source) -> str:
-    return cache.make_key({"target": name, "source": source.text, "header": source.header,
-                           "flags": flags(), **identity()})
-
-
-def build(source: Source, folder: Path) -> Path:
-    """Compiles `source` into `folder/<symbol>.so`; returns that path.
-
-    Raises:
-        CompilerNotFoundError: no compiler.
-        CompilationError: the compiler failed; carries its log and the source path.
-    """
-    problem = unavailable()
-    if problem:
-        raise CompilerNotFoundError(problem)
-    src = folder / source.filename
-    src.write_text(source.text)
-    (folder / f"{source.symbol}.h").write_text(source.header)
-    out = folder / f"{source.symbol}.so"
-    cmd = [*compiler(), *flags(), str(src), "-o", str(out), "-lm"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=folder)
-    log = f"$ {shlex.join(cmd)}\n{proc.stdout}{proc.stderr}"
-    (folder / "build.log").write_text(log)
-    if proc.returncode != 0 or not out.exists():
-        raise CompilationError(f"{compiler()[0]} failed to build {source.symbol} "
-                               f"(exit {proc.returncode})", log=log,
-                               log_path=folder / "build.log", source_path=src)
-    return out
 
 
 @functools.lru_cache(maxsize=None)
@@ -379,9 +347,28 @@ def pair_error(rows: int, nnz: int) -> ValueError | None:
                       f"into 64 bits, and these need {need}")
 
 
-def load(spec: Spec) -> CKernel:
-    """The compiled kernel for `spec`: from this process, the disk cache, or a fresh build."""
-    source = generate(spec.validate(), "c")
-    return cache.load(cache_key(source), f"{source.symbol}.so",
-                      lambda folder: build(source, folder),
-                      lambda path: CKernel(spec, source, path))
+class CTarget(Target):
+    """The C target: the system C compiler with `flags()`, `CKernel`s (see `Target`)."""
+
+    name = "c"
+    environment = ENVIRONMENT
+    unavailable_error = CompilerNotFoundError
+    unavailable = staticmethod(unavailable)
+
+    def key_parts(self) -> dict:
+        return {"flags": flags(), **identity()}
+
+    def command(self, src: Path, out: Path) -> list[str]:
+        problem = unavailable()
+        if problem:
+            raise CompilerNotFoundError(problem)
+        return [*compiler(), *flags(), str(src), "-o", str(out), "-lm"]
+
+    def compiler_name(self) -> str:
+        return compiler()[0]
+
+    def kernel(self, spec: Spec, source: Source, path: Path) -> CKernel:
+        return CKernel(spec, source, path)
+
+
+TARGET = CTarget()

@@ -4,355 +4,35 @@ Each kernel source (`render_cuda`) holds the `__global__` kernels and `extern "C
 the C ABI plus a trailing `cudaStream_t`. nvcc builds it into a shared library with the CUDA runtime
 linked statically; the runtime API works in the device's primary context (or in the context the
 calling thread has made current), so device pointers from PyTorch, CuPy or pycuda work side by side.
-Arrays are accepted from any library through `__cuda_array_interface__`.
+Arrays are accepted from any library through `__cuda_array_interface__` (`lazyadam.interop.device`).
 
 The launch sequence lives in the launchers, in C++, so that the host-emulation build of the tests
 (tests/cuda_emulation) runs exactly the code a GPU runs: kernels and launchers alike.
 
-Environment:
-    LAZYADAM_NVCC: the nvcc command (default: `nvcc` on PATH, then $CUDA_HOME/bin, /usr/local/cuda/bin).
-    LAZYADAM_CUDA_ARCH: compute capabilities to build for, e.g. "80,90" (default: those of the GPUs
-        present).
-    LAZYADAM_NVCCFLAGS: extra flags, appended after the defaults.
+The toolchain (nvcc, its flags and archs, and the environment variables that choose them) is in
+`nvcc`; a kernel bound to one parameter's arrays, and multi-tensor launches over bound kernels, in
+`cuda_binding`; the cached build flow that `CudaTarget` shares with the C target in `target.Target`.
 """
 
 from __future__ import annotations
 
-import ctypes
-import functools
-import os
-import shlex
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-import cffi
 import numpy as np
 
-from ..codegen.pipeline import generate
 from ..codegen.render import Source
 from ..codegen.spec import Spec
-from ..errors import CompilationError, CompilerNotFoundError, KernelError, TargetUnavailableError
-from . import cache
-from .base import (CFFI_TYPES, HParams, LoadedKernel, check_array, check_arrays,
-                   check_sizes, check_state)
-
-name = "cuda"
-#: The environment variables that choose nvcc, its flags and archs (`nvcc`, `flags`).
-ENVIRONMENT = ("LAZYADAM_NVCC", "PATH", "CUDA_HOME", "CUDA_PATH", "LAZYADAM_CUDA_ARCH",
-               "LAZYADAM_NVCCFLAGS")
-
-#: -O3 for host and device; no --use_fast_math, so that the kernels keep IEEE division and sqrt, and
-#: --fmad=false, so that a*b + c is rounded twice, as the C kernels round it: the two give bitwise the
-#: same numbers.
-BASE_FLAGS = ("-O3", "-std=c++17", "--fmad=false", "-shared", "-Xcompiler", "-fPIC", "--cudart",
-              "static")
-
-# CUDA driver API status codes used below.
-_CUDA_SUCCESS = 0
-_CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR = 75
-_CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR = 76
-
-
-def nvcc() -> str | None:
-    """The nvcc executable, or None when there is none."""
-    if os.environ.get("LAZYADAM_NVCC"):
-        return shutil.which(os.environ["LAZYADAM_NVCC"])
-    found = shutil.which("nvcc")
-    if found:
-        return found
-    homes = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"]
-    for home in filter(None, homes):
-        candidate = Path(home) / "bin" / "nvcc"
-        if candidate.is_file() and os.access(candidate, os.X_OK):
-            return str(candidate)
-    return None
-
-
-@functools.lru_cache(maxsize=None)
-def _driver() -> ctypes.CDLL | str:
-    """The initialised CUDA driver library, or why it cannot be had."""
-    try:
-        lib = ctypes.CDLL("libcuda.so.1")
-    except OSError as err:
-        return f"no CUDA driver: libcuda.so.1 could not be loaded ({err})"
-    status = lib.cuInit(0)
-    if status != _CUDA_SUCCESS:
-        return f"no CUDA GPU found: cuInit failed with CUDA driver error {status}"
-    return lib
-
-
-def device_count() -> int:
-    """The number of CUDA GPUs visible to this process (0 without a driver)."""
-    lib = _driver()
-    if isinstance(lib, str):
-        return 0
-    count = ctypes.c_int(0)
-    return count.value if lib.cuDeviceGetCount(ctypes.byref(count)) == _CUDA_SUCCESS else 0
-
-
-def unavailable() -> str | None:
-    """None when CUDA kernels can build and run here; otherwise what is missing."""
-    if nvcc() is None:
-        return ("nvcc not found: tried LAZYADAM_NVCC, PATH, $CUDA_HOME/bin and /usr/local/cuda/bin; "
-                "install the CUDA toolkit or set LAZYADAM_NVCC to the nvcc command")
-    lib = _driver()
-    if isinstance(lib, str):
-        return lib
-    if device_count() == 0:
-        return "no CUDA GPU found: the CUDA driver sees no device"
-    return None
-
-
-def archs() -> tuple[str, ...]:
-    """The compute capabilities to build for, e.g. ("80", "90"): LAZYADAM_CUDA_ARCH, else the GPUs'.
-
-    Raises:
-        TargetUnavailableError: no LAZYADAM_CUDA_ARCH and no GPU to ask.
-    """
-    given = os.environ.get("LAZYADAM_CUDA_ARCH", "").replace(";", ",")
-    if given.strip():
-        return tuple(sorted({a.strip().removeprefix("sm_") for a in given.split(",") if a.strip()}))
-    lib = _driver()
-    if isinstance(lib, str) or device_count() == 0:
-        raise TargetUnavailableError(lib if isinstance(lib, str) else "no CUDA GPU found")
-    found = set()
-    for ordinal in range(device_count()):
-        major, minor, device = ctypes.c_int(), ctypes.c_int(), ctypes.c_int()
-        lib.cuDeviceGet(ctypes.byref(device), ordinal)
-        lib.cuDeviceGetAttribute(ctypes.byref(major), _CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR,
-                                 device)
-        lib.cuDeviceGetAttribute(ctypes.byref(minor), _CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR,
-                                 device)
-        found.add(f"{major.value}{minor.value}")
-    return tuple(sorted(found))
-
-
-def gencode(arch_list: Sequence[str]) -> list[str]:
-    """nvcc flags for native code on each arch, plus PTX of the newest for later GPUs."""
-    flags = [f"-gencode=arch=compute_{a},code=sm_{a}" for a in arch_list]
-    newest = max(arch_list, key=int)
-    return flags + [f"-gencode=arch=compute_{newest},code=compute_{newest}"]
-
-
-def flags() -> list[str]:
-    return [*BASE_FLAGS, *gencode(archs()), *shlex.split(os.environ.get("LAZYADAM_NVCCFLAGS", ""))]
-
-
-@functools.lru_cache(maxsize=None)
-def _nvcc_version(path: str) -> str:
-    return subprocess.run([path, "--version"], capture_output=True, text=True).stdout.strip()
-
-
-def identity() -> dict:
-    """Everything about the toolchain that can change a binary: nvcc, its version, flags and archs."""
-    path = nvcc()
-    if path is None:
-        raise CompilerNotFoundError(unavailable() or "nvcc not found")
-    return {"compiler": path, "version": _nvcc_version(path), "flags": flags(),
-            "python": sys.implementation.cache_tag, "cffi": cffi.__version__}
-
-
-def cache_key(source: Source) -> str:
-    return cache.make_key({"target": name, "source": source.text, "header": source.header,
-                           **identity()})
-
-
-def build(source: Source, folder: Path) -> Path:
-    """Compiles `source` into `folder/<symbol>.so` with nvcc; returns that path.
-
-    Raises:
-        CompilerNotFoundError: no nvcc.
-        CompilationError: nvcc failed; carries its log and the source path.
-    """
-    path = nvcc()
-    if path is None:
-        raise CompilerNotFoundError(unavailable() or "nvcc not found")
-    src = folder / source.filename
-    src.write_text(source.text)
-    (folder / f"{source.symbol}.h").write_text(source.header)
-    out = folder / f"{source.symbol}.so"
-    cmd = [path, *flags(), str(src), "-o", str(out)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=folder)
-    log = f"$ {shlex.join(cmd)}\n{proc.stdout}{proc.stderr}"
-    (folder / "build.log").write_text(log)
-    if proc.returncode != 0 or not out.exists():
-        raise CompilationError(f"nvcc failed to build {source.symbol} (exit {proc.returncode})",
-                               log=log, log_path=folder / "build.log", source_path=src)
-    return out
-
+from ..errors import CompilerNotFoundError, KernelError, TargetUnavailableError
+from ..interop.device import DeviceArray, stream_handle
+from . import nvcc
+from .base import CFFI_TYPES, HParams, LoadedKernel, check_arrays, check_sizes
+from .cuda_binding import CudaBinding, MultiPlan, one_source
+from .target import Target
 
 #: Bytes of one `lazyadam_hparams` (eight doubles, then seed and step as uint64), as device memory
 #: that the `_hparams` launchers read holds it.
 HPARAMS_BYTES = 80
-
-#: Per array type: 0 not a PyTorch tensor; 1 a PyTorch tensor whose `__cuda_array_interface__` is
-#: PyTorch's (a device array when `is_cuda`); 2 a subclass that presents one of its own.
-_TORCH_KINDS: dict[type, int] = {}
-#: PyTorch dtype -> numpy dtype (bfloat16 as `<V2`, as PyTorch's array interface spells it).
-_TORCH_DTYPES: dict[Any, np.dtype] = {}
-
-
-def torch_kind(cls: type) -> int:
-    """How an array of type `cls` is read: see `_TORCH_KINDS` (computed once per type)."""
-    kind = _TORCH_KINDS.get(cls)
-    if kind is None:
-        tensor = next((c for c in cls.__mro__ if c.__name__ == "Tensor"
-                       and c.__module__.partition(".")[0] == "torch"), None)
-        if tensor is None:
-            kind = 0
-        else:
-            kind = 1 if cls.__cuda_array_interface__ is tensor.__cuda_array_interface__ else 2
-        _TORCH_KINDS[cls] = kind
-    return kind
-
-
-def _torch_dtype(dtype: Any) -> np.dtype:
-    """The numpy dtype of a PyTorch dtype (bfloat16: `<V2`).
-
-    Raises:
-        TypeError: a dtype that numpy has no equivalent for.
-    """
-    found = _TORCH_DTYPES.get(dtype)
-    if found is None:
-        name = str(dtype).rpartition(".")[2]
-        found = _TORCH_DTYPES[dtype] = np.dtype("V2" if name == "bfloat16" else name)
-    return found
-
-
-def is_torch_device_tensor(obj: Any) -> bool:
-    """True for a PyTorch tensor that is a device array (a CUDA tensor, or a subclass presenting
-    `__cuda_array_interface__`): read through PyTorch's own attributes, which cost a fraction of
-    building its array interface."""
-    kind = torch_kind(type(obj))
-    return kind == 2 or (kind == 1 and obj.is_cuda)
-
-
-def locate(obj: Any) -> tuple:
-    """What a bound call compares on each step: a device array's address, shape and dtype, read
-    the cheap way (PyTorch's attributes, else the array interface)."""
-    if torch_kind(type(obj)):
-        return obj.data_ptr(), tuple(obj.shape), obj.dtype
-    interface = obj.__cuda_array_interface__
-    return interface["data"][0], tuple(interface["shape"]), interface["typestr"]
-
-
-class DeviceArray:
-    """A view of a device array: what the checks and the launchers need.
-
-    Read from `__cuda_array_interface__`, or for PyTorch tensors from their own attributes (the
-    same facts, without building the interface's dictionary).
-
-    Attributes:
-        obj: the array it describes (kept alive while the view is).
-        shape, dtype, ndim, size, ptr: as their names say; `ptr` is the device address.
-        flags: `c_contiguous` and `writeable`, as numpy names them.
-        device: the GPU ordinal where the array's library says (PyTorch, CuPy), else None.
-    """
-
-    __slots__ = ("obj", "shape", "dtype", "ndim", "size", "ptr", "flags", "device")
-
-    class _Flags:
-        __slots__ = ("c_contiguous", "writeable")
-
-        def __init__(self, c_contiguous: bool, writeable: bool):
-            self.c_contiguous = c_contiguous
-            self.writeable = writeable
-
-    def __init__(self, obj: Any, what: str):
-        self.obj = obj
-        if is_torch_device_tensor(obj):
-            self.shape = tuple(obj.shape)
-            self.dtype = _torch_dtype(obj.dtype)
-            self.ndim = len(self.shape)
-            self.size = obj.numel()
-            self.ptr = obj.data_ptr()
-            self.flags = _CONTIGUOUS if obj.is_contiguous() else _STRIDED
-            index = obj.get_device()
-            self.device = index if index >= 0 else None
-            return
-        interface = getattr(obj, "__cuda_array_interface__", None)
-        if interface is None:
-            raise TypeError(f"{what} must be a CUDA device array (an object with "
-                            f"__cuda_array_interface__, e.g. a torch CUDA tensor, a CuPy array or a "
-                            f"pycuda GPUArray), got {type(obj).__module__}.{type(obj).__name__}")
-        self.shape = tuple(int(n) for n in interface["shape"])
-        self.dtype = np.dtype(interface["typestr"])
-        self.ndim = len(self.shape)
-        self.size = int(np.prod(self.shape, dtype=np.int64))
-        self.ptr, readonly = interface["data"]
-        strides = interface.get("strides")
-        contiguous = strides is None or self.size <= 1 or tuple(strides) == _c_strides(
-            self.shape, self.dtype.itemsize)
-        self.flags = self._Flags(contiguous, not readonly)
-        self.device = None
-        device = getattr(obj, "device", None)
-        for attr in ("index", "id"):
-            ordinal = getattr(device, attr, None)
-            if isinstance(ordinal, int) and not isinstance(ordinal, bool):
-                self.device = ordinal
-                break
-
-    @property
-    def nbytes(self) -> int:
-        return self.size * self.dtype.itemsize
-
-
-#: The flags of PyTorch tensors (always writable), made once.
-_CONTIGUOUS, _STRIDED = DeviceArray._Flags(True, True), DeviceArray._Flags(False, True)
-
-
-def _c_strides(shape: tuple[int, ...], itemsize: int) -> tuple[int, ...]:
-    strides, step = [], itemsize
-    for n in reversed(shape):
-        strides.append(step)
-        step *= max(n, 1)
-    return tuple(reversed(strides))
-
-
-def stream_handle(stream: Any, arrays: Sequence[DeviceArray]) -> int:
-    """The raw `cudaStream_t` to launch on.
-
-    `stream` may be None, an int handle, or a stream object of PyTorch (`.cuda_stream`), CuPy (`.ptr`)
-    or pycuda (`.handle`). None means PyTorch's current stream for torch tensors, and otherwise the
-    legacy default stream (0), which orders the launch after work on every blocking stream.
-
-    Raises:
-        TypeError: an object that is none of these.
-    """
-    if stream is None:
-        first = arrays[0].obj
-        if type(first).__module__.startswith("torch"):
-            import torch  # only reached with torch tensors in hand
-            return int(torch.cuda.current_stream(first.device).cuda_stream)
-        return 0
-    if isinstance(stream, (int, np.integer)) and not isinstance(stream, bool):
-        return int(stream)
-    for attr in ("cuda_stream", "ptr", "handle"):
-        if hasattr(stream, attr):
-            return int(getattr(stream, attr))
-    raise TypeError(f"stream must be None, an int handle or a CUDA stream object, "
-                    f"got {type(stream).__name__}")
-
-
-def capturing(stream: int, example: Any) -> bool:
-    """Whether work queued on `stream` is being captured into a CUDA graph rather than run.
-
-    PyTorch's own test for its tensors (whose stream is PyTorch's current one), else the driver's
-    `cuStreamIsCapturing`; False without a driver.
-    """
-    if torch_kind(type(example)):
-        import torch  # only reached with a torch tensor in hand
-        return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
-    lib = _driver()
-    if isinstance(lib, str):
-        return False
-    status = ctypes.c_int(0)
-    if lib.cuStreamIsCapturing(ctypes.c_void_p(stream), ctypes.byref(status)) != _CUDA_SUCCESS:
-        return False
-    return status.value != 0
 
 
 class CudaKernel(LoadedKernel):
@@ -542,7 +222,7 @@ class CudaKernel(LoadedKernel):
         """
         if self.spec.sparse:
             raise TypeError(f"{self.source.symbol} is sparse; multi() updates dense tensors")
-        _one_source(hp, device_hparams)
+        one_source(hp, device_hparams)
         lists = [variables, ms, vs, grads] + ([vmaxes] if self.spec.amsgrad else [])
         if len({len(x) for x in lists}) != 1:
             raise ValueError(f"variables, ms, vs, grads{', vmaxes' if self.spec.amsgrad else ''} must "
@@ -577,244 +257,28 @@ class CudaKernel(LoadedKernel):
                           + (f": {detail}" if status == self.lib.LAZYADAM_ECUDA else ""))
 
 
-class CudaBinding:
-    """A CUDA kernel bound to one parameter's state arrays (`CudaKernel.bind`).
+class CudaTarget(Target):
+    """The CUDA target: nvcc with `nvcc.flags()`, `CudaKernel`s (see `Target`)."""
 
-    The state arrays (var, m, v and for amsgrad vmax) are checked once, here: dtypes, shapes,
-    layout, no overlap, one device; their pointers are made once. A step then checks only the
-    gradient (its dtype, shape, layout, device, and that it shares no memory with the state), and
-    `current()` tells in a few hundred nanoseconds an array whether the state arrays are still
-    where they were (the same objects, at the same address, with the same shape and dtype): a
-    PyTorch tensor given new storage (`param.data = ...`, `resize_`) is not, and its owner binds
-    again rather than launch on a stale pointer. Calling a binding that is no longer current
-    raises.
+    name = "cuda"
+    environment = nvcc.ENVIRONMENT
+    unavailable_error = TargetUnavailableError
+    unavailable = staticmethod(nvcc.unavailable)
 
-    Attributes:
-        kernel: the `CudaKernel`.
-        shape, size, device: the parameter's shape, element count and GPU ordinal (None unknown).
-        spans: `(first byte, past the last byte)` of each state array.
-    """
+    def key_parts(self) -> dict:
+        return nvcc.identity()
 
-    __slots__ = ("kernel", "arrays", "keys", "torch", "ptrs", "spans", "shape", "size", "rows",
-                 "row_size", "device", "grad_dtype", "index_dtype", "home")
+    def command(self, src: Path, out: Path) -> list[str]:
+        path = nvcc.nvcc()
+        if path is None:
+            raise CompilerNotFoundError(nvcc.unavailable() or "nvcc not found")
+        return [path, *nvcc.flags(), str(src), "-o", str(out)]
 
-    def __init__(self, kernel: CudaKernel, var: Any, m: Any, v: Any, vmax: Any = None):
-        spec = kernel.spec
-        names = ("var", "m", "v", "vmax")
-        arrays = (var, m, v) + ((vmax,) if vmax is not None else ())
-        views = [DeviceArray(a, n) for a, n in zip(arrays, names)]
-        check_state(spec, *views[:3], views[3] if vmax is not None else None)
-        devices = {view.device for view in views} - {None}
-        if len(devices) > 1:
-            raise ValueError(f"the state arrays are on CUDA devices {sorted(devices)}; a kernel "
-                             "updates arrays on one device")
-        self.kernel = kernel
-        self.arrays = arrays
-        self.keys = tuple(locate(a) for a in arrays)
-        #: Every state array is a PyTorch tensor: `current()` reads their attributes inline.
-        self.torch = all(torch_kind(type(a)) for a in arrays)
-        #: A view of var, for the stream that its library makes current.
-        self.home = views[0]
-        ffi = kernel.ffi
-        self.ptrs = tuple(ffi.cast(kernel._ctypes[n], view.ptr) for n, view in zip(names, views))
-        self.spans = tuple((view.ptr, view.ptr + view.nbytes) for view in views)
-        self.shape, self.size = views[0].shape, views[0].size
-        self.device = devices.pop() if devices else None
-        self.rows = self.shape[0] if self.shape else 1
-        self.row_size = int(np.prod(self.shape[1:], dtype=np.int64))
-        self.grad_dtype = spec.storage("grad")
-        self.index_dtype = spec.index_dtype
+    def compiler_name(self) -> str:
+        return "nvcc"
 
-    def current(self) -> bool:
-        """True while every state array is the object, at the address, of the shape and dtype
-        it was bound with."""
-        if self.torch:
-            for array, (ptr, shape, dtype) in zip(self.arrays, self.keys):
-                if array.data_ptr() != ptr or array.dtype is not dtype or array.shape != shape:
-                    return False
-            return True
-        for array, key in zip(self.arrays, self.keys):
-            if locate(array) != key:
-                return False
-        return True
-
-    def stream(self, stream: Any = None) -> int:
-        """The stream handle to launch on (see `stream_handle`; None: the current one of the
-        state's library)."""
-        return stream_handle(stream, [self.home])
-
-    def check_grad(self, grad: Any, what: str = "grad") -> Any:
-        """Views of a gradient this binding's kernel can take: a `DeviceArray` (dense), or a pair
-        of them (sparse `(indices, values)`).
-
-        Raises:
-            TypeError: not a device array, or of the wrong dtype; ValueError: of the wrong shape,
-                not C-contiguous, on another device, or sharing memory with the state.
-        """
-        if not self.kernel.spec.sparse:
-            view = DeviceArray(grad, what)
-            self._check_part(what, view, self.grad_dtype, self.shape)
-            return view
-        if not (isinstance(grad, tuple) and len(grad) == 2):
-            raise TypeError("a sparse kernel takes its gradient as an (indices, values) pair")
-        if not self.shape:
-            raise ValueError("a sparse kernel needs var of rank >= 1 (rows first)")
-        indices, values = DeviceArray(grad[0], "indices"), DeviceArray(grad[1], "values")
-        if indices.ndim != 1:
-            raise ValueError(f"indices must be 1-d, got shape {indices.shape}")
-        self._check_part("indices", indices, self.index_dtype, indices.shape)
-        self._check_part("values", values, self.grad_dtype, indices.shape + self.shape[1:])
-        return indices, values
-
-    def _check_part(self, name: str, view: DeviceArray, dtype: str, shape: tuple) -> None:
-        check_array(name, view, dtype)
-        if view.shape != shape:
-            raise ValueError(f"{name} has shape {view.shape}, expected {shape}")
-        if view.device is not None and self.device is not None and view.device != self.device:
-            raise ValueError(f"{name} is on CUDA device {view.device}, the state on {self.device}")
-        start, end = view.ptr, view.ptr + view.nbytes
-        if view.size and any(start < b1 and b0 < end for b0, b1 in self.spans):
-            raise ValueError(f"{name} shares memory with the state arrays; each must be an array "
-                             "of its own")
-
-    def __call__(self, grad: Any, hp: HParams | tuple | None, stream: Any = None,
-                 record: Any = None, workspace: Any = None, device_hparams: Any = None) -> None:
-        """One step: the gradient checked (`check_grad`), then the launches.
-
-        Args: as `CudaKernel.__call__` (`hp` may be an `HParams.as_tuple()` tuple).
-
-        Raises:
-            RuntimeError: the state arrays are no longer where they were bound.
-            TypeError, ValueError, IndexError, MemoryError, KernelError: as `CudaKernel.__call__`.
-        """
-        if not self.current():
-            raise RuntimeError(f"{self.kernel.source.symbol}: a state array moved or changed "
-                               "since it was bound (new storage, shape or dtype); bind again")
-        if self.kernel.spec.sparse and device_hparams is not None and record is None:
-            raise TypeError("device_hparams= takes a deferred sparse step (record=): a checking "
-                            "step waits, and cannot be replayed from a CUDA graph")
-        _one_source(hp, device_hparams)
-        views = self.check_grad(grad)
-        handle = stream_handle(stream, [views[0] if isinstance(views, tuple) else views])
-        kernel = self.kernel
-        if isinstance(hp, HParams):
-            hp = hp.as_tuple()
-        table = None if device_hparams is None else kernel.device_hparams_pointer(device_hparams)
-        if not kernel.spec.sparse:
-            kernel.plan([self]).launch([views.ptr], [hp] if table is None else table, None, handle)
-            return
-        space = None
-        if workspace is not None:
-            space = DeviceArray(workspace, "workspace")
-        if record is None:
-            self.checked(views, hp, handle, space)
-        else:
-            self.deferred(views, hp if table is None else table, handle, space, kernel._record(record))
-
-    def deferred(self, grad: tuple[DeviceArray, DeviceArray], hp: tuple | Any, stream: int,
-                 workspace: DeviceArray | None, record: Any) -> None:
-        """The sparse step that waits for nothing, on checked views (`check_grad`): `hp` is a
-        tuple of hyperparameters, or a `lazyadam_hparams *` in device memory; `record` a
-        `lazyadam_index_record *`."""
-        kernel = self.kernel
-        ffi = kernel.ffi
-        on_device = not isinstance(hp, tuple)
-        params = hp if on_device else ffi.new("lazyadam_hparams *", hp)
-        space, size = ((ffi.NULL, 0) if workspace is None else
-                       (ffi.cast("void *", workspace.ptr), workspace.nbytes))
-        indices, values = grad
-        kernel._raise_for(kernel._deferred(
-            *self.ptrs, self.rows, self.row_size, ffi.cast(kernel._itype, indices.ptr),
-            ffi.cast(kernel._ctypes["grad"], values.ptr), indices.size, params, int(on_device),
-            space, size, record, ffi.cast("cudaStream_t", stream)))
-
-    def checked(self, grad: tuple[DeviceArray, DeviceArray], hp: tuple, stream: int,
-                workspace: DeviceArray | None) -> None:
-        """The checking sparse step (it waits for its index check alone), on checked views."""
-        kernel = self.kernel
-        ffi = kernel.ffi
-        indices, values = grad
-        args = (*self.ptrs, self.rows, self.row_size, ffi.cast(kernel._itype, indices.ptr),
-                ffi.cast(kernel._ctypes["grad"], values.ptr), indices.size,
-                ffi.new("lazyadam_hparams *", hp))
-        handle = ffi.cast("cudaStream_t", stream)
-        if workspace is None:
-            kernel._raise_for(kernel.fn(*args, handle))
-        else:
-            kernel._raise_for(kernel._with_workspace(*args, ffi.cast("void *", workspace.ptr),
-                                                     workspace.nbytes, handle))
+    def kernel(self, spec: Spec, source: Source, path: Path) -> CudaKernel:
+        return CudaKernel(spec, source, path)
 
 
-class MultiPlan:
-    """Multi-tensor launches of one dense kernel over bound calls (`CudaKernel.plan`).
-
-    The host tables of the `<symbol>_multi_hparams` launcher (each tensor's state pointers and
-    size) are made once, here; a launch adds tables of the gradients' addresses and of which
-    hyperparameter entry each tensor takes (its own, so that threads may launch one plan at once),
-    and the launcher packs `TENSORS_PER_LAUNCH` tensors into each kernel.
-    A plan is valid while its bindings are `current()`: its owner makes a new one when a binding
-    is replaced.
-    """
-
-    __slots__ = ("kernel", "bindings", "count", "columns", "sizes")
-
-    def __init__(self, kernel: CudaKernel, bindings: Sequence[CudaBinding]):
-        if kernel.spec.sparse:
-            raise TypeError(f"{kernel.source.symbol} is sparse; multi-tensor launches are dense")
-        ffi = kernel.ffi
-        self.kernel, self.bindings, self.count = kernel, tuple(bindings), len(bindings)
-        names = ("var", "m", "v", "vmax")[:4 if kernel.spec.amsgrad else 3]
-        self.columns = [ffi.new(f"{kernel._ctypes[name]}[]", [b.ptrs[k] for b in bindings])
-                        for k, name in enumerate(names)]
-        self.sizes = ffi.new("int64_t[]", [b.size for b in bindings])
-
-    def launch(self, grads: Sequence[int], hparams: Sequence[tuple] | Any,
-               which: Sequence[int] | None, stream: int) -> None:
-        """Queues the step of every tensor of the plan.
-
-        Args:
-            grads: each tensor's gradient address (checked by the caller: dtype, size, layout).
-            hparams: hyperparameter entries in host memory (tuples in `HParams` order), or a
-                `lazyadam_hparams *` to device memory, read when the kernels run.
-            which: each tensor's entry of `hparams` (None: entry 0 for all).
-            stream: the `cudaStream_t` handle.
-
-        Raises:
-            KernelError: the launcher failed (earlier launches of the plan may have run).
-        """
-        kernel = self.kernel
-        ffi = kernel.ffi
-        addresses = ffi.new("uintptr_t[]", grads)
-        on_device = not isinstance(hparams, (list, tuple))
-        table = hparams if on_device else ffi.new("lazyadam_hparams[]", hparams)
-        kernel._raise_for(kernel._multi_hparams(
-            self.count, *self.columns, ffi.cast(f"{kernel._ctypes['grad']} *", addresses),
-            self.sizes, table, ffi.NULL if which is None else ffi.new("int32_t[]", which),
-            int(on_device), ffi.cast("cudaStream_t", stream)))
-
-
-def _one_source(hp: Any, device_hparams: Any) -> None:
-    """A step takes its hyperparameters from `hp` or from `device_hparams`: exactly one.
-
-    Raises:
-        TypeError: both or neither given.
-    """
-    if (hp is None) == (device_hparams is None):
-        raise TypeError("give the step's hyperparameters as hp or as device_hparams (one of "
-                        f"them), got {'both' if hp is not None else 'neither'}")
-
-
-def load(spec: Spec) -> CudaKernel:
-    """The compiled kernel for `spec`: from this process, the disk cache, or a fresh nvcc build.
-
-    Raises:
-        TargetUnavailableError: no nvcc, driver or GPU (the message says which).
-        CompilationError: nvcc failed.
-    """
-    problem = unavailable()
-    if problem:
-        raise TargetUnavailableError(problem)
-    source = generate(spec.validate(), "cuda")
-    return cache.load(cache_key(source), f"{source.symbol}.so",
-                      lambda folder: build(source, folder),
-                      lambda path: CudaKernel(spec, source, path))
+TARGET = CudaTarget()

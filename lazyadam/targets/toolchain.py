@@ -12,7 +12,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from . import c, cache, cuda
+from . import c, cache, nvcc as cuda_toolchain
 
 TIMEOUT_SECONDS = 30.0
 
@@ -65,7 +65,7 @@ def openmp() -> str:
 
 def nvcc() -> str:
     """nvcc's path and release."""
-    path = cuda.nvcc()
+    path = cuda_toolchain.nvcc()
     if path is None:
         return "not found (tried LAZYADAM_NVCC, PATH, $CUDA_HOME/bin, /usr/local/cuda/bin)"
     proc = _run([path, "--version"])
@@ -87,7 +87,7 @@ def pycuda() -> str:
 
 def gpu() -> str:
     """The CUDA GPUs the driver sees, named by `nvidia-smi -L` when it is there."""
-    count = cuda.device_count()
+    count = cuda_toolchain.device_count()
     smi = shutil.which("nvidia-smi")
     names: list[str] = []
     if smi:

@@ -57,7 +57,7 @@ def build(specs: Iterable[Spec], defines: Mapping[str, int] | None = None) -> di
 
 def compile_library(sources: Iterable[Source], folder: Path, flags: Sequence[str] = FLAGS) -> Path:
     """Builds the .cu `sources` for the host into `folder/emulation.so`; returns its path (what
-    the CUDA target's `build` does with nvcc, so a test can stand it in for `cuda.build`).
+    the CUDA target's `build` does with nvcc, so a test can stand it in for `cuda.TARGET.build`).
 
     Raises:
         CompilationError: the host compiler failed (the log says why).
