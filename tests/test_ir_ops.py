@@ -23,11 +23,12 @@ from lazyadam import Spec
 from lazyadam.codegen import ir
 from lazyadam.codegen.ir import Assign, Call, Compare, Const, Elem, Param, Select, Switch
 from lazyadam.codegen.passes import PIPELINE, drop_dead_terms, fold_constants, hoist_invariants
-from lazyadam.codegen.pipeline import format_kernel
+from lazyadam.codegen.pipeline import format_kernel, lower
 from lazyadam.codegen.printer import CPrinter, CudaPrinter
 from lazyadam.codegen.render import render_c
 from lazyadam.codegen.render_cuda import render_cuda
-from lazyadam.targets import c, cuda
+from lazyadam.rules.adam import ADAM
+from lazyadam.targets import c, nvcc as toolchain
 
 A, B, C = Elem("a"), Elem("b"), Elem("c")
 
@@ -172,7 +173,7 @@ def test_printed_c_follows_the_documented_semantics(compiled, name, dtype):
 
 def fold(expressions: list[ir.Expr]) -> list[ir.Expr]:
     """Each expression after `fold_constants`, as one statement of a kernel."""
-    kernel = ir.Kernel(spec=Spec(), grad=(),
+    kernel = ir.Kernel(spec=Spec(), rule=ADAM, grad=(),
                        update=tuple(Assign("var", e) for e in expressions))
     return [s.expr for s in fold_constants(kernel).update]
 
@@ -248,7 +249,7 @@ def test_the_ir_listing_names_the_operations():
     spec = Spec()
     rule = Select(Compare("!=", Elem("m"), Const(0.0)),
                   Call("sign", (Elem("m"),)), Call("min", (Call("abs", (Elem("v"),)), Elem("g"))))
-    kernel = ir.Kernel(spec=spec, grad=(), update=(Assign("m", rule),))
+    kernel = ir.Kernel(spec=spec, rule=ADAM, grad=(), update=(Assign("m", rule),))
     assert format_kernel(kernel).splitlines()[-1] == (
         "    m = select((m != 0.0), sign(m), min(abs(v), g))")
 
@@ -270,7 +271,7 @@ def test_the_passes_see_through_the_new_nodes():
     expr = Select(Compare("<", Elem("m"), Switch("nesterov", lr, Const(0.0))),
                   Call("sign", (Call("max", (lr, Param("eps"))),)),
                   Call("abs", (Switch("amsgrad", Elem("vmax"), Elem("v")),)))
-    kernel = ir.Kernel(spec=spec, grad=(), update=(Assign("m", expr),))
+    kernel = ir.Kernel(spec=spec, rule=ADAM, grad=(), update=(Assign("m", expr),))
     resolved = drop_dead_terms(kernel).update[0].expr
     assert resolved == Select(Compare("<", Elem("m"), lr),
                               Call("sign", (Call("max", (lr, Param("eps"))),)),
@@ -293,7 +294,7 @@ def with_new_ops(spec: Spec) -> ir.Kernel:
     step = ir.Binary("*", Param("lr"), Call("sign", (m,)))
     clipped = Call("min", (Call("max", (ir.Binary("-", w, step), Const(-4.0))), Const(4.0)))
     update = Assign("var", Select(Compare(">=", Call("abs", (g,)), Param("eps")), clipped, w))
-    kernel = ir.lower(spec)
+    kernel = lower(spec)
     kernel = replace(kernel, update=kernel.update[:-1] + (update,))
     for _, run in PIPELINE:
         kernel = run(kernel)
@@ -343,7 +344,7 @@ def test_nvcc_compiles_them(tmp_path):
     them, in one translation unit: `nvcc -c`, no GPU needed. In the PTX, min and max of two
     variables are a comparison and a select (setp, selp) as in C, never PTX's min/max, which
     drop a NaN operand. (With a constant -inf or inf operand nvcc may use them: then they agree.)"""
-    nvcc = cuda.nvcc()
+    nvcc = toolchain.nvcc()
     if nvcc is None:
         pytest.skip("nvcc not found on PATH, $CUDA_HOME/bin or /usr/local/cuda/bin")
     minmax = {name: OPS[name] for name in ("min", "max")}
