@@ -11,6 +11,7 @@ import torch
 import lazyadam
 import lazyadam.torch
 from lazyadam import LazyAdam, Parameter, Spec
+from lazyadam.runtime.slot import Launcher
 from lazyadam.targets import c
 from reference import lazyadam_step
 from tolerance import assert_close
@@ -88,3 +89,37 @@ def test_a_parameter_twice_among_many_is_refused_at_once():
     params = [Parameter(np.zeros(1), name=f"p{i}") for i in range(20_000)]
     with pytest.raises(ValueError, match="'p7' appears more than once"):
         LazyAdam(params + [params[7]])
+
+
+def stepped_torch_optimizer(rng, count=COUNT):
+    """`lazyadam.torch.LazyAdam` after one step over `count` parameters of one shape, checked
+    against the reference; with its parameters."""
+    initial = [rng.standard_normal(3).astype(np.float32) for _ in range(count)]
+    params = [torch.nn.Parameter(torch.from_numpy(a.copy())) for a in initial]
+    grads = [rng.standard_normal(3).astype(np.float32) for _ in range(count)]
+    for p, g in zip(params, grads):
+        p.grad = torch.from_numpy(g)
+    opt = lazyadam.torch.LazyAdam(params, lr=0.01)
+    opt.step()
+    for p, a, g in zip(params, initial, grads):
+        assert_close(p.detach().numpy(), expected_after_one_step(a, g, 0.01), "float32")
+    return opt, params
+
+
+def test_parameters_of_one_shape_share_what_their_bindings_hold(rng, monkeypatch):
+    """One object for all 60 parameters' shapes, strides, gradient dtypes, kernel keys and, in a
+    step, hyperparameter entries (one each made about 300 bytes a parameter)."""
+    entries = []
+    real = Launcher.run
+
+    def run(self, work, hparams, *args, **kwargs):
+        entries.append(hparams)
+        return real(self, work, hparams, *args, **kwargs)
+    monkeypatch.setattr(Launcher, "run", run)
+    opt, params = stepped_torch_optimizer(rng)
+    bindings = [opt._bindings[p] for p in params]
+    for shared in ([b.key[2] for b in bindings], [b.key[3] for b in bindings],
+                   [b.slot.shape for b in bindings], [b.slot.grad_dtypes for b in bindings],
+                   [next(iter(b.slot.calls)) for b in bindings], list(entries[0].values())):
+        assert len(shared) == COUNT and len({id(x) for x in shared}) == 1
+    assert bindings[0].slot.shape == (3,) and type(bindings[0].slot.shape) is tuple
