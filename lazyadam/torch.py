@@ -37,6 +37,7 @@ import numbers
 import threading
 from typing import Any, Callable, Iterable, NamedTuple
 
+import numpy as np
 import torch
 
 from .codegen.spec import ROUNDINGS, STATE_DTYPES
@@ -671,10 +672,47 @@ def _check_parameter(param: torch.Tensor, name: str) -> None:
                          "cannot step it either); pass a tensor of its own (.clone())")
 
 
-def _view(tensor: torch.Tensor) -> Any:
+#: numpy's type string of each dtype whose CPU tensors `_Memory.view` takes (numpy has no bfloat16).
+_TYPESTRS = {dtype: np.dtype(str(dtype).rpartition(".")[2]).str
+             for dtype in (torch.float32, torch.float64, torch.float16)}
+
+
+class _Memory:
+    """What a binding's numpy views keep alive, as their `base` (one object for all of them).
+
+    A view made by `Tensor.numpy()` costs about 390 bytes (RSS, 100,000 parameters): the array
+    and, as its base, a tensor object of its own (for a parameter that requires grad, the
+    `detach()` it needs first). These are made from the tensors' addresses, about 100 bytes each
+    and one `_Memory`; `kept` holds the parameter's storage (which outlives a `param.data = ...`,
+    as a detached alias would) or its working copy, and the state tensors.
+    """
+
+    __slots__ = ("kept", "__array_interface__")
+
+    def __init__(self, kept: tuple):
+        self.kept = kept
+
+    def view(self, tensor: torch.Tensor) -> np.ndarray:
+        """A numpy array over a contiguous CPU tensor of a dtype in `_TYPESTRS`."""
+        self.__array_interface__ = {"data": (tensor.data_ptr(), False),
+                                    "shape": tuple(tensor.shape),
+                                    "typestr": _TYPESTRS[tensor.dtype], "version": 3}
+        try:
+            return np.asarray(self)
+        finally:
+            del self.__array_interface__
+
+
+def _view(tensor: torch.Tensor, memory: _Memory | None = None) -> Any:
     """The array a kernel takes for `tensor`, sharing its memory: a numpy array over a CPU tensor,
     the (detached) tensor itself for a CUDA tensor, which the CUDA target reads through
-    `__cuda_array_interface__`. (The only place that decides how kernels see a tensor.)"""
+    `__cuda_array_interface__`. (The only place that decides how kernels see a tensor.)
+
+    `memory`, for the tensors a binding keeps (contiguous): a CPU tensor's array is `memory`'s
+    view of it, the smaller kind (a gradient's, made every step, is `Tensor.numpy()`'s, which
+    takes less time)."""
+    if memory is not None and not tensor.is_cuda and tensor.dtype in _TYPESTRS:
+        return memory.view(tensor)
     if tensor.requires_grad:
         tensor = tensor.detach()
     if tensor.is_cuda:
@@ -787,9 +825,13 @@ def _bind(param: torch.Tensor, state: dict[str, Any] | None, options: _Options,
     copy = None
     if not param.is_contiguous() or param.is_neg():
         copy = (param.detach(), torch.empty(param.shape, dtype=param.dtype, device=param.device))
-    view = _view(param if copy is None else copy[1])
+    arrays = [param if copy is None else copy[1], *(tensors[key] for key in keys)]
+    memory = _Memory((param.untyped_storage() if copy is None else copy[1], *arrays[1:],
+                      tensors["step"]))
+    views = [_view(tensor, memory) for tensor in arrays]
+    view = views[0]
     home = Parameter(view, name=name)
-    moments = [Parameter(_view(tensors[key]), name=f"{key}.{name}") for key in keys]
+    moments = [Parameter(array, name=f"{key}.{name}") for key, array in zip(keys, views[1:])]
     if home.on_device:
         check_device_state(home, moments)
     spec = spec_for(home, decayed=flags.decayed, decoupled=flags.decoupled_weight_decay,
@@ -801,7 +843,7 @@ def _bind(param: torch.Tensor, state: dict[str, Any] | None, options: _Options,
     bound = tuple(tensors.get(key) for key in STATE_KEYS + ("step",))
     key = _key(param, bound, position)
     key = key[:2] + (shared(key[2]), shared(key[3])) + key[4:]  # shape, strides
-    return _Binding(slot, tensors["step"].numpy(), key, flags, copy, bound), created
+    return _Binding(slot, memory.view(tensors["step"]), key, flags, copy, bound), created
 
 
 def _check_state(state: dict[str, Any], name: str) -> None:
