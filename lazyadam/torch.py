@@ -444,7 +444,10 @@ class LazyAdam(torch.optim.Optimizer):
                     if start < last and first < start + nbytes:
                         return None
                 t = int(binding.step) + 1
-                hparams[id(param)] = _shared_hparams(entries, number, options, t)
+                hp = entries.get((number, t))
+                if hp is None:  # `_shared_hparams`, inline: this loop's microsecond a parameter
+                    hp = entries[number, t] = _hparams(options, t)
+                hparams[id(param)] = hp
                 work.append((slot, call, (start, grad), id(param), None))
                 counts.append((binding, number, param, t))
         return work, hparams, counts, memo.capturable
