@@ -40,7 +40,7 @@ from typing import Any, Callable, Iterable, NamedTuple
 import numpy as np
 import torch
 
-from .codegen.spec import ROUNDINGS, STATE_DTYPES
+from .codegen.spec import ROUNDINGS, STATE_DTYPES, Spec
 from .runtime.parameter import Parameter, RowTensor, index_bounds, to_host
 from .runtime.slot import (SEED_STRIDE, Launcher, Slot, check_device_state,
                            check_seed, collection_paused, shared, spec_for, target_for)
@@ -853,15 +853,29 @@ def _bind(param: torch.Tensor, state: dict[str, Any] | None, options: _Options,
     moments = [_Moment(array, key, home) for key, array in zip(keys, views[1:])]
     if home.on_device:
         check_device_state(home, moments)
-    spec = spec_for(home, decayed=flags.decayed, decoupled=flags.decoupled_weight_decay,
-                    nesterov=flags.nesterov, use_locking=flags.use_locking, amsgrad=flags.amsgrad,
-                    maximize=flags.maximize, eps_mode=flags.eps_mode,
-                    state_dtype=flags.state_dtype, rounding=flags.rounding)
+    spec = _spec(home, param.dtype, flags)
     slot = Slot(home, id(param), False, spec, target_for(view), *moments,
                 seed_offset=position * SEED_STRIDE % 2**64)
     key = _key(param, bound, position)
     key = key[:2] + (shared(key[2]), shared(key[3])) + key[4:]  # shape, strides
     return _Binding(slot, memory.view(tensors["step"]), key, flags, copy, bound), created
+
+
+def _spec(home: Parameter, dtype: torch.dtype, flags: _Flags) -> Spec:
+    """`spec_for` a parameter of `dtype` (`home`, its array) in a group of `flags`, made once
+    for each (3 us a parameter otherwise, a tenth of binding one)."""
+    found = _SPECS.get((dtype, flags))
+    if found is None:
+        found = _SPECS[dtype, flags] = spec_for(
+            home, decayed=flags.decayed, decoupled=flags.decoupled_weight_decay,
+            nesterov=flags.nesterov, use_locking=flags.use_locking, amsgrad=flags.amsgrad,
+            maximize=flags.maximize, eps_mode=flags.eps_mode, state_dtype=flags.state_dtype,
+            rounding=flags.rounding)
+    return found
+
+
+#: The spec of each parameter dtype and group flags bound so far.
+_SPECS: dict[tuple[torch.dtype, _Flags], Spec] = {}
 
 
 def _check_state(state: dict[str, Any], name: str) -> None:
