@@ -37,13 +37,14 @@ import numbers
 import threading
 from typing import Any, Callable, Iterable, NamedTuple
 
+import numpy as np
 import torch
 
-from .codegen.spec import ROUNDINGS, STATE_DTYPES
+from .codegen.spec import ROUNDINGS, STATE_DTYPES, Spec
 from .interop.arrays import index_bounds, to_host
 from .runtime.parameter import Parameter, RowTensor
 from .runtime.slot import (SEED_STRIDE, Launcher, Slot, check_device_state,
-                           check_seed, collection_paused, spec_for, target_for)
+                           check_seed, collection_paused, shared, spec_for, target_for)
 from .targets.base import index_error
 
 __all__ = ["LazyAdam", "EPS_MODES"]
@@ -445,7 +446,7 @@ class LazyAdam(torch.optim.Optimizer):
                         return None
                 t = int(binding.step) + 1
                 hp = entries.get((number, t))
-                if hp is None:
+                if hp is None:  # `_shared_hparams`, inline: this loop's microsecond a parameter
                     hp = entries[number, t] = _hparams(options, t)
                 hparams[id(param)] = hp
                 work.append((slot, call, (start, grad), id(param), None))
@@ -469,7 +470,7 @@ class LazyAdam(torch.optim.Optimizer):
             ValueError: groups with a gradient disagree on capturable.
             RuntimeError: captured, with a parameter that has no state yet.
         """
-        work, hparams, pending, counts = [], {}, [], []
+        work, hparams, pending, counts, entries = [], {}, [], [], {}
         bindings, states = self._bindings, self.state
         position = 0
         capturable = None
@@ -525,7 +526,7 @@ class LazyAdam(torch.optim.Optimizer):
                 t = int(binding.step) + 1
                 work.append(binding.slot.prepare(position, _gradient(grad, name),
                                                  options.capturable, capture))
-                hparams[id(param)] = _hparams(options, t)
+                hparams[id(param)] = _shared_hparams(entries, number, options, t)
                 counts.append((binding, number, param, t))
                 position += 1
         return work, hparams, pending, counts, bool(capturable)
@@ -564,6 +565,17 @@ def _hparams(options: _Options, t: int) -> tuple:
     stochastically rounding slot moves on by its own offset)."""
     return (options.lr, options.beta1, options.beta2, options.eps, options.weight_decay, 1.0,
             options.beta1 ** t, options.beta2 ** t, options.seed, t)
+
+
+def _shared_hparams(entries: dict[tuple[int, int], tuple], number: int, options: _Options,
+                    t: int) -> tuple:
+    """`_hparams(options, t)` for group `number`, made once a step for each (group, t) in
+    `entries`: 100,000 parameters at their first step share one tuple, not one each (about 170
+    bytes a parameter while the step runs, which its memory keeps)."""
+    found = entries.get((number, t))
+    if found is None:
+        found = entries[number, t] = _hparams(options, t)
+    return found
 
 
 def _options(group: dict[str, Any], where: str) -> _Options:
@@ -664,10 +676,63 @@ def _check_parameter(param: torch.Tensor, name: str) -> None:
                          "cannot step it either); pass a tensor of its own (.clone())")
 
 
-def _view(tensor: torch.Tensor) -> Any:
+#: numpy's type string of each dtype whose CPU tensors `_Memory.view` takes (numpy has no bfloat16).
+_TYPESTRS = {dtype: np.dtype(str(dtype).rpartition(".")[2]).str
+             for dtype in (torch.float32, torch.float64, torch.float16)}
+
+
+class _Memory:
+    """What a binding's numpy views keep alive, as their `base` (one object for all of them).
+
+    A view made by `Tensor.numpy()` costs about 390 bytes (RSS, 100,000 parameters): the array
+    and, as its base, a tensor object of its own (for a parameter that requires grad, the
+    `detach()` it needs first). These are made from the tensors' addresses, about 100 bytes each
+    and one `_Memory`; `kept` holds the parameter's storage (which outlives a `param.data = ...`,
+    as a detached alias would) or its working copy, and the binding's state tensors.
+    """
+
+    __slots__ = ("kept", "__array_interface__")
+
+    def __init__(self, kept: tuple):
+        self.kept = kept
+
+    def view(self, tensor: torch.Tensor) -> np.ndarray:
+        """A numpy array over a contiguous CPU tensor of a dtype in `_TYPESTRS`."""
+        self.__array_interface__ = {"data": (tensor.data_ptr(), False),
+                                    "shape": tuple(tensor.shape),
+                                    "typestr": _TYPESTRS[tensor.dtype], "version": 3}
+        try:
+            return np.asarray(self)
+        finally:
+            del self.__array_interface__
+
+
+class _Moment(Parameter):
+    """A moment of a parameter (`key` one of `STATE_KEYS`), named `<key>.<the parameter's name>`
+    when its name is asked for, in an error: made for each binding, such names took about 90
+    bytes each."""
+
+    __slots__ = ("_of",)
+
+    def __init__(self, data: Any, key: str, of: Parameter):
+        super().__init__(data, name=key)
+        self._of = of
+
+    @property
+    def name(self) -> str:
+        return f"{self._name}.{self._of.name}"
+
+
+def _view(tensor: torch.Tensor, memory: _Memory | None = None) -> Any:
     """The array a kernel takes for `tensor`, sharing its memory: a numpy array over a CPU tensor,
     the (detached) tensor itself for a CUDA tensor, which the CUDA target reads through
-    `__cuda_array_interface__`. (The only place that decides how kernels see a tensor.)"""
+    `__cuda_array_interface__`. (The only place that decides how kernels see a tensor.)
+
+    `memory`, for the tensors a binding keeps (contiguous): a CPU tensor's array is `memory`'s
+    view of it, the smaller kind (a gradient's, made every step, is `Tensor.numpy()`'s, which
+    takes less time)."""
+    if memory is not None and not tensor.is_cuda and tensor.dtype in _TYPESTRS:
+        return memory.view(tensor)
     if tensor.requires_grad:
         tensor = tensor.detach()
     if tensor.is_cuda:
@@ -780,20 +845,38 @@ def _bind(param: torch.Tensor, state: dict[str, Any] | None, options: _Options,
     copy = None
     if not param.is_contiguous() or param.is_neg():
         copy = (param.detach(), torch.empty(param.shape, dtype=param.dtype, device=param.device))
-    view = _view(param if copy is None else copy[1])
+    bound = tuple(tensors.get(key) for key in STATE_KEYS + ("step",))
+    arrays = [param if copy is None else copy[1], *(tensors[key] for key in keys)]
+    memory = _Memory((param.untyped_storage() if copy is None else copy[1], bound))
+    views = [_view(tensor, memory) for tensor in arrays]
+    view = views[0]
     home = Parameter(view, name=name)
-    moments = [Parameter(_view(tensors[key]), name=f"{key}.{name}") for key in keys]
+    moments = [_Moment(array, key, home) for key, array in zip(keys, views[1:])]
     if home.on_device:
         check_device_state(home, moments)
-    spec = spec_for(home, decayed=flags.decayed, decoupled=flags.decoupled_weight_decay,
-                    nesterov=flags.nesterov, use_locking=flags.use_locking, amsgrad=flags.amsgrad,
-                    maximize=flags.maximize, eps_mode=flags.eps_mode,
-                    state_dtype=flags.state_dtype, rounding=flags.rounding)
+    spec = _spec(home, param.dtype, flags)
     slot = Slot(home, id(param), False, spec, target_for(view), *moments,
                 seed_offset=position * SEED_STRIDE % 2**64)
-    bound = tuple(tensors.get(key) for key in STATE_KEYS + ("step",))
-    return (_Binding(slot, tensors["step"].numpy(), _key(param, bound, position), flags, copy,
-                     bound), created)
+    key = _key(param, bound, position)
+    key = key[:2] + (shared(key[2]), shared(key[3])) + key[4:]  # shape, strides
+    return _Binding(slot, memory.view(tensors["step"]), key, flags, copy, bound), created
+
+
+def _spec(home: Parameter, dtype: torch.dtype, flags: _Flags) -> Spec:
+    """`spec_for` a parameter of `dtype` (`home`, its array) in a group of `flags`, made once
+    for each (3 us a parameter otherwise, a tenth of binding one)."""
+    found = _SPECS.get((dtype, flags))
+    if found is None:
+        found = _SPECS[dtype, flags] = spec_for(
+            home, decayed=flags.decayed, decoupled=flags.decoupled_weight_decay,
+            nesterov=flags.nesterov, use_locking=flags.use_locking, amsgrad=flags.amsgrad,
+            maximize=flags.maximize, eps_mode=flags.eps_mode, state_dtype=flags.state_dtype,
+            rounding=flags.rounding)
+    return found
+
+
+#: The spec of each parameter dtype and group flags bound so far.
+_SPECS: dict[tuple[torch.dtype, _Flags], Spec] = {}
 
 
 def _check_state(state: dict[str, Any], name: str) -> None:

@@ -264,7 +264,7 @@ def set_gradients(model, step):
 def on_device(monkeypatch):
     """`lazyadam.torch` sees every tensor as a device array (see tests/test_torch_device.py)."""
     monkeypatch.setattr(lazyadam.torch, "_view",
-                        lambda tensor: tensor.detach().as_subclass(TorchOnDevice))
+                        lambda tensor, memory=None: tensor.detach().as_subclass(TorchOnDevice))
 
 
 def test_torch_step_captured_and_replayed_follows_the_scheduler(capture, on_device):

@@ -87,11 +87,19 @@ def spec_for(param: Parameter, *, decayed: bool, decoupled: bool, nesterov: bool
                 maximize=maximize, eps_mode=eps_mode, dtype=dtype,
                 state_dtype=state_dtype if half else None,
                 rounding=rounding if half else "nearest")
-    return _SPECS.setdefault(spec, spec)
+    return shared(spec)
 
 
-#: One object for each spec made so far: 100,000 parameters of one kind share their spec.
-_SPECS: dict[Spec, Spec] = {}
+def shared(value: Any) -> Any:
+    """One object for each value made so far (of its type): the specs, shapes, strides and dtype
+    lists of 100,000 parameters of one kind are one object each, not 100,000 (about 50 bytes
+    each a tuple, a spec more)."""
+    return _SHARED.setdefault((type(value), value), value)
+
+
+#: Every value `shared` has seen, by its type and itself (a `torch.Size` equals the tuple of its
+#: elements, and must not stand for it: it prints otherwise).
+_SHARED: dict[tuple[type, Any], Any] = {}
 
 
 @functools.lru_cache(maxsize=None)
@@ -166,10 +174,11 @@ class Slot:
                  m: Parameter, v: Parameter, vmax: Parameter | None = None, seed_offset: int = 0):
         self.param, self.group, self.centralize = param, group, centralize
         self.dtype, self.on_device = param.dtype, param.on_device  # fixed with the array object
-        self.shape = param.shape
+        self.shape = shared(param.shape)
         self.device = device_of(param.data) if self.on_device else None
         # Gradients come in the parameter's dtype, or in float32 for a half-precision parameter.
-        self.grad_dtypes = (spec.dtype,) + (GRAD_DTYPES if spec.dtype in HALF_DTYPES else ())
+        self.grad_dtypes = shared((spec.dtype,)
+                                  + (GRAD_DTYPES if spec.dtype in HALF_DTYPES else ()))
         #: Added to the seed in the hparams (field 8) of a stochastic step (see `SEED_STRIDE`); 0
         #: for a parameter that rounds to nearest, whose steps then share hyperparameter entries.
         self.seed_offset = seed_offset if spec.rounding == "stochastic" else 0
@@ -217,7 +226,7 @@ class Slot:
                               f"were bound, and no longer fit together: {error}") from None
         if isinstance(call, CudaBinding):
             self.shape = call.shape
-        found = self.calls[key] = (kernel, call)
+        found = self.calls[shared(key)] = (kernel, call)
         return found
 
     def entry(self, hparams: tuple) -> tuple:
