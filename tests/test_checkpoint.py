@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 import zipfile
 import zlib
 
@@ -413,6 +414,7 @@ def test_a_checkpoint_taken_during_steps_is_a_consistent_snapshot(tmp_path, use_
         try:
             for k in range(steps):
                 opt((grads[k % 3],))
+                time.sleep(0.001)  # a lock is not fair: let the snapshots in between steps too
         except BaseException as error:  # noqa: BLE001 (reported by the main thread)
             failures.append(error)
         finally:
