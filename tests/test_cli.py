@@ -83,8 +83,8 @@ def test_bad_spec_file_is_one_line(run, tmp_path):
     assert result.exit_code == 2
     assert result.stderr.strip() == (
         "Error: spec 0 has unknown field(s) adamw; choose from amsgrad, decay, dtype, eps_mode, "
-        "grad_dtype, index_dtype, maximize, nesterov, parallel_min, rounding, sparse, state_dtype, "
-        "static, use_locking (see 'main build --help')")
+        "grad_dtype, index_dtype, maximize, nesterov, rounding, sparse, state_dtype, static, "
+        "use_locking (see 'main build --help')")
 
 
 def test_the_installed_script_prints_one_line(tmp_path):
@@ -124,17 +124,6 @@ def test_static_hyperparameters_and_name(run, tmp_path):
             in header)
     assert "int my_adamw(float *var" in header
     assert "- static beta1 = 0.8: baked into the code" in (tmp_path / "README.md").read_text()
-
-
-def test_parallel_min_reaches_the_source(run, tmp_path):
-    """--parallel-min is the spec's: the source fixes it; without it, the build may set it."""
-    assert run("generate", "--dense", "--parallel-min", "0", "--name", "given", "--out",
-               tmp_path / "given").exit_code == 0
-    assert run("generate", "--dense", "--name", "unset", "--out",
-               tmp_path / "unset").exit_code == 0
-    given, default = ((tmp_path / n / f"{n}.c").read_text() for n in ("given", "unset"))
-    assert "#undef LAZYADAM_PARALLEL_MIN\n#define LAZYADAM_PARALLEL_MIN 0 " in given
-    assert "#ifndef LAZYADAM_PARALLEL_MIN\n#define LAZYADAM_PARALLEL_MIN 262144\n" in default
 
 
 def _generate_all(run, out: Path, order: list[list[str]]) -> dict[str, bytes]:

@@ -1,12 +1,33 @@
-"""The examples run as a new user runs them."""
+"""The examples run as a new user runs them, and the main one keeps numpy's BLAS to one thread."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
+import pytest
+
 EXAMPLES = Path(__file__).parents[1] / "examples"
+
+# Loads the main example without running it, then asks numpy's OpenBLAS how many threads it runs.
+BLAS_THREADS = textwrap.dedent("""
+    import ctypes, runpy, sys
+    runpy.run_path({example!r}, run_name="example")
+    import numpy as np
+    np.ones((64, 64)) @ np.ones((64, 64))
+    paths = {{line.split()[-1] for line in open("/proc/self/maps") if "openblas" in line}}
+    for path in paths:
+        lib = ctypes.CDLL(path)
+        for name in ("scipy_openblas_get_num_threads64_", "openblas_get_num_threads64_",
+                     "openblas_get_num_threads"):
+            if hasattr(lib, name):
+                print(getattr(lib, name)())
+                sys.exit(0)
+    print("no OpenBLAS")
+""")
 
 
 def test_the_main_example_trains(tmp_path):
@@ -21,3 +42,22 @@ def test_the_quickstart_runs():
     proc = subprocess.run([sys.executable, str(EXAMPLES / "quickstart.py")], capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.parametrize("given, expected", [(None, 1), ("2", 2)],
+                         ids=["default", "set by the user"])
+def test_the_main_example_runs_blas_on_one_thread_unless_told_otherwise(given, expected):
+    """numpy's BLAS threads spin on the cores the kernels need: the example runs BLAS on one."""
+    if not Path("/proc/self/maps").exists() or (os.cpu_count() or 1) < 2:
+        pytest.skip("needs Linux's /proc/self/maps and two cores, where BLAS would start threads")
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "OMP_NUM_THREADS")}
+    if given:
+        env["OPENBLAS_NUM_THREADS"] = given
+    script = BLAS_THREADS.format(example=str(EXAMPLES / "matrix_factorization.py"))
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    if proc.stdout.strip() == "no OpenBLAS":
+        pytest.skip("numpy here is not built on OpenBLAS")
+    assert int(proc.stdout) == expected

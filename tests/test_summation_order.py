@@ -6,14 +6,12 @@ predicts `m` exactly after one step from zero moments (`m = 0*beta1 + (1 - beta1
 of `(1 - beta1)*g`), for rows seen 1, C - 1, C, C + 1 and 10,000 times; the gradients span six decades,
 so that another order gives other bits (checked, so that the test can fail).
 
-The C kernels run on 1 and 2 threads (small as these steps are, in parallel); the CUDA kernels in the host-emulation build (and on a GPU
+The C kernels run on 1 and 2 threads; the CUDA kernels in the host-emulation build (and on a GPU
 where there is one: tests/test_cuda_gpu.py). Both the parallel chunk sums and the single-thread path
 that locked rows with L2 decay take are covered.
 """
 
 from __future__ import annotations
-
-import dataclasses
 
 import numpy as np
 import pytest
@@ -76,7 +74,7 @@ def state(rows: int):
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.symbol())
 def test_c_kernel_sums_in_the_documented_order(spec, threads, rng):
-    kernel = lazyadam.compile(dataclasses.replace(spec, parallel_min=0))  # every step in parallel
+    kernel = lazyadam.compile(spec)
     indices, values, rows = gradient(rng)
     var, m, v = state(len(COUNTS))
     with openmp.threads(threads):

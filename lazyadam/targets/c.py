@@ -5,19 +5,9 @@ parallel regions before the fork would wait for them forever (libgomp). Results 
 number of threads, so in a forked child the forking thread runs its kernels on one thread (as
 PyTorch does after a fork); threads started in the child get a team of their own.
 
-OpenMP's threads wait for work asleep: the first kernel loaded starts gcc's OpenMP runtime (libgomp)
-with OMP_WAIT_POLICY=passive, unless the environment sets OMP_WAIT_POLICY or GOMP_SPINCOUNT, or the
-runtime was already started (PyTorch ships and starts the same libgomp: its policy then stands).
-Threads that spin while they wait take the cores that a late thread needs; on a busy machine a
-step then waits for the scheduler (docs/performance.md has the measurements).
-
 Environment:
     LAZYADAM_CC (else CC): the compiler command (default `cc`).
-    LAZYADAM_CFLAGS: extra flags, appended after the defaults (`-DLAZYADAM_ADAPT=0`: steps at or
-        above the threshold always on every thread, docs/performance.md).
-    LAZYADAM_PARALLEL_MIN: steps of fewer elements run on one thread, for kernels whose spec has no
-        `parallel_min` (default `PARALLEL_MIN` in lazyadam.codegen.spec); read when a kernel is
-        built or loaded, part of its cache key.
+    LAZYADAM_CFLAGS: extra flags, appended after the defaults.
 """
 
 from __future__ import annotations
@@ -52,7 +42,7 @@ BASE_FLAGS = ("-std=c99", "-O3", "-march=native", "-fno-math-errno", "-fno-trapp
               "-ffp-contract=off", "-fPIC", "-shared", "-fopenmp")
 
 #: The environment variables that choose the compiler and its flags (`compiler`, `flags`).
-ENVIRONMENT = ("LAZYADAM_CC", "CC", "PATH", "LAZYADAM_CFLAGS", "LAZYADAM_PARALLEL_MIN")
+ENVIRONMENT = ("LAZYADAM_CC", "CC", "PATH", "LAZYADAM_CFLAGS")
 
 
 def compiler() -> list[str]:
@@ -61,22 +51,7 @@ def compiler() -> list[str]:
 
 
 def flags() -> list[str]:
-    return [*BASE_FLAGS, *parallel_min_flags(), *shlex.split(os.environ.get("LAZYADAM_CFLAGS", ""))]
-
-
-def parallel_min_flags() -> list[str]:
-    """`-DLAZYADAM_PARALLEL_MIN=n` from the environment variable of that name, if set.
-
-    Raises:
-        ValueError: the variable is not a whole number in [0, 2**62).
-    """
-    value = os.environ.get("LAZYADAM_PARALLEL_MIN", "").strip()
-    if not value:
-        return []
-    if not value.isdigit() or int(value) >= 2 ** 62:
-        raise ValueError(f"LAZYADAM_PARALLEL_MIN must be a whole number of elements in [0, 2**62), "
-                         f"got {value!r}")
-    return [f"-DLAZYADAM_PARALLEL_MIN={int(value)}"]
+    return [*BASE_FLAGS, *shlex.split(os.environ.get("LAZYADAM_CFLAGS", ""))]
 
 
 def unavailable() -> str | None:
@@ -120,24 +95,6 @@ def _isa() -> str:
     return f"{platform.machine()} {' '.join(sorted(flags_line.split(':')[-1].split()))}".strip()
 
 
-@functools.lru_cache(maxsize=None)
-def _start_openmp() -> None:
-    """Starts libgomp with passive waits, once, if nothing has started it and the environment does
-    not choose a policy (see the module)."""
-    if "OMP_WAIT_POLICY" in os.environ or "GOMP_SPINCOUNT" in os.environ:
-        return
-    try:
-        ctypes.CDLL("libgomp.so.1", mode=os.RTLD_NOLOAD)
-        return  # already started: its policy stands
-    except OSError:
-        pass
-    os.environ["OMP_WAIT_POLICY"] = "passive"  # read once, as the runtime starts
-    try:
-        ctypes.CDLL("libgomp.so.1")
-    except OSError:
-        pass  # no libgomp: kernels built with another OpenMP runtime, or none
-    finally:
-        del os.environ["OMP_WAIT_POLICY"]
 
 
 #: `omp_set_num_threads` of each OpenMP runtime that a loaded kernel uses, by its address.
@@ -170,7 +127,6 @@ class CKernel(LoadedKernel):
     """
 
     def __init__(self, spec: Spec, source: Source, path: Path):
-        _start_openmp()
         super().__init__(spec, source, path)
         _track_openmp(path)
         # The cffi type of each array's buffer: float[], double[], or uint16_t[] for 16-bit storage.
