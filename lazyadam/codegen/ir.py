@@ -8,8 +8,14 @@ A kernel has five parts:
 - `loads`: each stored element (the state arrays, and the gradient) widened to the arithmetic dtype.
 - `grad`: the effective gradient of one occurrence (one element of a dense gradient, or one element of
   one row of a sparse gradient, before duplicates are summed).
-- `update`: the update of one element, given the (summed) effective gradient `g`.
-- `stores`: each updated state element rounded to its storage dtype.
+- `reduce`: per-row sums (`Reduce`) of an expression of each element's effective gradient and
+  state, in the `ROW_LANES` order; empty for a rule whose state is all per element.
+- `row`: per-row statements, once per row after the sums: they read the sums and the per-row state
+  (`Row`), the row's length (`RowSize`) and scalars, and write per-row state and locals.
+- `update`: the update of one element, given the (summed) effective gradient `g` and the row's
+  values.
+- `stores`: each updated state element rounded to its storage dtype (`row_loads` and `row_stores`
+  do the same for the per-row state, once per row).
 
 The arithmetic dtype is the parameter's for float32 and float64 kernels and float32 for
 half-precision ones (`Spec.compute_dtype`), whatever the storage: a rule (`rule.Rule`, e.g.
@@ -19,7 +25,8 @@ parts that depend on how the arrays are stored.
 
 Expressions refer to hyperparameters (`Param`, fields of the rule's hparams struct), to per-element
 values (`Elem`: `var` and the rule's state arrays, the raw gradient `grad` and the effective
-gradient `g`), and to hoisted scalars (`Scalar`). `Switch` nodes are feature gates resolved by
+gradient `g`), to per-row values (`Row`: per-row state, sums and locals; `RowSize`), and to hoisted
+scalars (`Scalar`). `Switch` nodes are feature gates resolved by
 `passes.drop_dead_terms`; `Named` marks a subexpression that hoisting should keep under a readable
 name.
 
@@ -60,6 +67,13 @@ from .spec import HALF_DTYPES, Spec
 #: seen n times is at most max(SUM_CHUNK, n / SUM_CHUNK) additions deep.
 SUM_CHUNK = 256
 
+#: The summation order of a row's elements (a `Reduce`; docs/semantics.md): lane l in [0, ROW_LANES)
+#: sums, left to right from zero, the terms of the elements j with j % ROW_LANES == l in increasing
+#: j; then for s = ROW_LANES/2, ..., 2, 1, lane i < s adds lane i + s to itself; the sum is lane 0.
+#: A warp's lanes on a GPU, unrolled partial sums on a CPU: every target, dtype, thread count and
+#: device adds the same numbers in the same order, so row sums agree bitwise everywhere.
+ROW_LANES = 32
+
 @dataclass(frozen=True)
 class Const:
     value: float
@@ -81,6 +95,19 @@ class Elem:
 class Scalar:
     """A hoisted per-step scalar, stored in the parameter dtype."""
     name: str
+
+
+@dataclass(frozen=True)
+class Row:
+    """The current row's value of a per-row quantity: a per-row state array, a `Reduce` sum or a
+    per-row local."""
+    name: str
+
+
+@dataclass(frozen=True)
+class RowSize:
+    """The number of elements in a row (the product of the parameter's shape after the first
+    axis), in the arithmetic dtype."""
 
 
 @dataclass(frozen=True)
@@ -196,13 +223,23 @@ class Bits:
     half: int = 0
 
 
-Expr = Union[Const, Param, Elem, Scalar, Unary, Binary, Call, Compare, Select, Switch, Named, Load,
-             Round, StepKey, Bits]
+Expr = Union[Const, Param, Elem, Scalar, Row, RowSize, Unary, Binary, Call, Compare, Select, Switch,
+             Named, Load, Round, StepKey, Bits]
 
 
 @dataclass(frozen=True)
 class Assign:
     """`target = expr` for one element; `when` gates the whole statement (a spec switch or None)."""
+    target: str
+    expr: Expr
+    when: str | None = None
+
+
+@dataclass(frozen=True)
+class Reduce:
+    """`target = ` the sum, over the current row's elements in the `ROW_LANES` order, of `expr`
+    (element code: it reads the element's `g`, state and scalars); `when` gates it as
+    `Assign.when` does."""
     target: str
     expr: Expr
     when: str | None = None
@@ -224,18 +261,32 @@ class Kernel:
     scalars: tuple[Let, ...] = field(default=())
     loads: tuple[Assign, ...] = field(default=())
     stores: tuple[Assign, ...] = field(default=())
+    reduce: tuple[Reduce, ...] = field(default=())
+    row: tuple[Assign, ...] = field(default=())
+    row_loads: tuple[Assign, ...] = field(default=())
+    row_stores: tuple[Assign, ...] = field(default=())
 
     @property
     def arrays(self) -> tuple[str, ...]:
-        """The arrays the kernel reads and writes, in ABI order (`Rule.arrays`)."""
+        """The per-element arrays the kernel reads and writes, in ABI order (`Rule.arrays`)."""
         return self.rule.arrays(self.spec)
+
+    @property
+    def row_arrays(self) -> tuple[str, ...]:
+        """The per-row state arrays, in ABI order after `arrays` (`Rule.row_arrays`)."""
+        return self.rule.row_arrays(self.spec)
+
+    @property
+    def per_row(self) -> bool:
+        """True when the kernel keeps per-row state or sums rows: it runs a row at a time."""
+        return bool(self.reduce or self.row or self.row_arrays)
 
     @property
     def converts(self) -> bool:
         """True when some array is stored in another dtype than the arithmetic's."""
-        return any(not isinstance(s.expr, Elem) for s in self.stores) or any(
-            isinstance(s.expr, Load) and s.expr.dtype != self.spec.compute_dtype
-            for s in self.loads)
+        return any(not isinstance(s.expr, (Elem, Row)) for s in self.stores + self.row_stores) \
+            or any(isinstance(s.expr, Load) and s.expr.dtype != self.spec.compute_dtype
+                   for s in self.loads + self.row_loads)
 
     def load(self, name: str) -> Assign:
         """The load of array `name` ("var", "m", ..., "grad").
@@ -248,13 +299,15 @@ class Kernel:
                 return stmt
         raise KeyError(f"{self.spec.symbol()} does not load {name!r}")
 
-    def with_statements(self, fn: Callable[[Assign], Assign | None]) -> Kernel:
-        """A copy with `fn` applied to every statement of `loads`, `grad`, `update` and `stores`
-        (None drops one)."""
+    def with_statements(self, fn: Callable[[Assign | Reduce], Assign | Reduce | None]) -> Kernel:
+        """A copy with `fn` applied to every statement (`Assign`, and the `Reduce`s) of every part
+        but `scalars` (None drops one)."""
         def apply(stmts):
             return tuple(s for s in map(fn, stmts) if s is not None)
         return replace(self, loads=apply(self.loads), grad=apply(self.grad),
-                       update=apply(self.update), stores=apply(self.stores))
+                       reduce=apply(self.reduce), row_loads=apply(self.row_loads),
+                       row=apply(self.row), update=apply(self.update), stores=apply(self.stores),
+                       row_stores=apply(self.row_stores))
 
 
 def children(e: Expr) -> tuple[Expr, ...]:
@@ -320,21 +373,28 @@ def assemble(spec: Spec, rule: Rule) -> Kernel:
     """`rule` lowered for `spec`, with the loads and stores of the arrays it reads and writes."""
     spec.validate()
     lowering = rule.lower(spec)
-    arrays = rule.arrays(spec)
+    arrays, rows = rule.arrays(spec), rule.row_arrays(spec)
     loads = tuple(Assign(a, Load(a, spec.storage(a))) for a in arrays + ("grad",))
-    stores = tuple(Assign(a, _store(spec, a, number)) for number, a in enumerate(arrays))
+    stores = tuple(Assign(a, _store(spec, Elem(a), number)) for number, a in enumerate(arrays))
+    row_loads = tuple(Assign(a, Load(a, spec.storage(a))) for a in rows)
+    row_stores = tuple(Assign(a, _store(spec, Row(a), number))
+                       for number, a in enumerate(rows, start=len(arrays)))
     return Kernel(spec=spec, rule=rule, grad=lowering.grad, update=lowering.update, loads=loads,
-                  stores=stores)
+                  stores=stores, reduce=lowering.reduce, row=lowering.row, row_loads=row_loads,
+                  row_stores=row_stores)
 
 
-def _store(spec: Spec, array: str, number: int) -> Expr:
-    """What element `array` (the `number`-th state array) stores: its value, rounded when its
-    storage is narrower; stochastically from the high or the low half of stream number // 2."""
-    dtype = spec.storage(array)
+def _store(spec: Spec, value: Elem | Row, number: int) -> Expr:
+    """What array `value.name` (the `number`-th array, counting var and the per-element arrays
+    before the per-row ones) stores: its value, rounded when its storage is narrower;
+    stochastically from the high or the low half of stream number // 2, at the element's
+    position (a per-row array's: the row's)."""
+    dtype = spec.storage(value.name)
     if dtype not in HALF_DTYPES:
-        return Elem(array)
+        return value
     bits = None
     if spec.rounding == "stochastic":
         stream = number // 2
-        bits = Bits(Named(f"rounding_key{stream}", StepKey(stream)), Elem("position"), number % 2)
-    return Round(Elem(array), dtype, bits)
+        position = Elem("position") if isinstance(value, Elem) else Row("position")
+        bits = Bits(Named(f"rounding_key{stream}", StepKey(stream)), position, number % 2)
+    return Round(value, dtype, bits)

@@ -10,7 +10,8 @@ import operator
 from dataclasses import replace
 
 from .ir import (Assign, Binary, Call, Compare, Const, Elem, Expr, Kernel, Let, Load, Named, Param,
-                 Scalar, Select, Switch, Unary, children, rebuild, transform, walk)
+                 Reduce, Row, RowSize, Scalar, Select, Switch, Unary, children, rebuild, transform,
+                 walk)
 
 
 # [ir.Kernel] -> [ir.Kernel]
@@ -74,61 +75,75 @@ def drop_dead_terms(kernel: Kernel) -> Kernel:
             return e.on if spec.flag(e.flag) else e.off
         return e
 
-    def keep(s: Assign) -> Assign | None:
+    def keep(s: Assign | Reduce) -> Assign | Reduce | None:
         if s.when is not None and not spec.flag(s.when):
             return None
-        return Assign(s.target, transform(s.expr, choose))
+        return replace(s, expr=transform(s.expr, choose), when=None)
 
     return kernel.with_statements(keep)
 
 
 # [ir.Kernel] -> [ir.Kernel]
 def hoist_invariants(kernel: Kernel) -> Kernel:
-    """Moves every maximal per-step subexpression out of the element loop into `scalars`.
+    """Moves every maximal per-step subexpression out of the loops into `scalars`, then every
+    maximal per-row one of the element code into the `row` statements.
 
-    A subexpression is per-step when it reads no element (`Elem`, `Load`): `lr_t`, `1 - beta1`,
-    `eps`, the keys of stochastic rounding, ... It is computed once per call in double precision,
-    then stored in the arithmetic dtype (a key: as a uint64). Equal
-    subexpressions share one scalar. A `Named` subexpression keeps its name; a bare hyperparameter keeps
-    the hyperparameter's; others are numbered. Bare constants stay in the loop as literals.
+    A subexpression is per-step when it reads no element or row (`Elem`, `Load`, `Row`,
+    `RowSize`): `lr_t`, `1 - beta1`, `eps`, the keys of stochastic rounding, ... It is computed
+    once per call in double precision, then stored in the arithmetic dtype (a key: as a uint64).
+    A subexpression of the element code (`update`) is per-row when it reads a row value but no
+    element, e.g. a rowwise rule's `lr / (sqrt(acc) + eps)`: computed once per row, after the
+    row's own statements, in the arithmetic dtype, which gives the same bits as once per element.
+    Equal subexpressions share one name. A `Named` subexpression keeps its name; a bare
+    hyperparameter keeps the hyperparameter's; others are numbered (`c`, `r`). Bare constants stay
+    in the loop as literals.
     """
-    lets: dict[Expr, str] = {}
     taken: set[str] = set()
+    lets = _Hoisted(taken, "c", lambda e: not _reads(e, (Elem, Scalar, Load, Row, RowSize)))
+    kernel = kernel.with_statements(lambda s: replace(s, expr=lets.hoist(s.expr, Scalar)))
+    scalars = tuple(Let(name, body) for body, name in lets.found.items())
+    taken.update(a.target for a in kernel.row)
+    per_row = _Hoisted(taken, "r", lambda e: bool(children(e)) and _reads(e, (Row, RowSize))
+                       and not _reads(e, (Elem, Load)))
+    update = tuple(replace(s, expr=per_row.hoist(s.expr, Row)) for s in kernel.update)
+    row = tuple(Assign(name, body) for body, name in per_row.found.items())
+    return replace(kernel, scalars=kernel.scalars + scalars, row=kernel.row + row, update=update)
 
-    def name_for(e: Expr) -> str:
-        if isinstance(e, Named):
-            base = e.name
-        elif isinstance(e, Param):
-            base = e.name
-        else:
-            base = "c"
-        name, n = base, 0
-        while name in taken:
-            n += 1
-            name = f"{base}{n}"
-        taken.add(name)
-        return name
 
-    def hoist(e: Expr) -> Expr:
-        if _invariant(e) and not isinstance(e, Const):
+class _Hoisted:
+    """The maximal subexpressions that `invariant` accepts (bare constants and values already
+    hoisted aside), by body, each under a name not in `taken`."""
+
+    def __init__(self, taken: set[str], base: str, invariant):
+        self.taken, self.base, self.invariant = taken, base, invariant
+        self.found: dict[Expr, str] = {}
+
+    def hoist(self, e: Expr, node) -> Expr:
+        """`e` with each hoisted subexpression replaced by `node(name)`."""
+        if self.invariant(e) and not isinstance(e, (Const, node)):
             body = _strip_names(e)
-            if body not in lets:
-                lets[body] = name_for(e)
-            return Scalar(lets[body])
+            if body not in self.found:
+                self.found[body] = self._name(e)
+            return node(self.found[body])
         if isinstance(e, Named):
-            return hoist(e.x)
+            return self.hoist(e.x, node)
         kids = children(e)
         if not kids:
             return e
-        return rebuild(e, tuple(hoist(k) for k in kids))
+        return rebuild(e, tuple(self.hoist(k, node) for k in kids))
 
-    kernel = kernel.with_statements(lambda s: replace(s, expr=hoist(s.expr)))
-    scalars = tuple(Let(name, body) for body, name in lets.items())
-    return replace(kernel, scalars=kernel.scalars + scalars)
+    def _name(self, e: Expr) -> str:
+        base = e.name if isinstance(e, (Named, Param)) else self.base
+        name, n = base, 0
+        while name in self.taken:
+            n += 1
+            name = f"{base}{n}"
+        self.taken.add(name)
+        return name
 
 
-def _invariant(e: Expr) -> bool:
-    return not any(isinstance(n, (Elem, Scalar, Load)) for n in walk(e))
+def _reads(e: Expr, kinds: tuple[type, ...]) -> bool:
+    return any(isinstance(n, kinds) for n in walk(e))
 
 
 def _strip_names(e: Expr) -> Expr:

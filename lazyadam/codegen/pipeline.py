@@ -124,16 +124,26 @@ def format_kernel(kernel: ir.Kernel) -> str:
         lines.append(f"  per step (double, then stored as {stored}):")
         lines += [f"    {s.name} = {printer.expr(s.expr, scalar=True)}" for s in kernel.scalars]
     sections = [("per occurrence (effective gradient)", kernel.grad),
+                (f"per row (sums over the row, in the order of {ir.ROW_LANES} lanes)",
+                 kernel.reduce),
+                ("per row", kernel.row),
                 ("per element (update)", kernel.update)]
     if kernel.converts:
-        sections.insert(0, (f"load (widened to {spec.compute_dtype}, exactly)", kernel.loads))
+        sections.insert(0, (f"load (widened to {spec.compute_dtype}, exactly)",
+                            kernel.loads + kernel.row_loads))
         how = "to nearest even" if spec.rounding == "nearest" else "stochastically"
-        sections.append((f"store (rounded {how} where narrower)", kernel.stores))
+        sections.append((f"store (rounded {how} where narrower)",
+                         kernel.stores + kernel.row_stores))
     for title, stmts in sections:
+        if not stmts and title.startswith("per row"):
+            continue
         lines.append(f"  {title}:")
         for s in stmts:
             gate = f"  if {s.when}" if s.when else ""
-            lines.append(f"    {s.target} = {printer.expr(s.expr, scalar=True)}{gate}")
+            value = printer.expr(s.expr, scalar=True)
+            if isinstance(s, ir.Reduce):
+                value = f"sum_row({value})"
+            lines.append(f"    {s.target} = {value}{gate}")
     return "\n".join(lines)
 
 
@@ -144,8 +154,13 @@ class _IRPrinter(CPrinter):
     def __init__(self, dtype: str):
         super().__init__(dtype, hparams="{}")
 
+    ROW_SIZE = "row_size"
+
     def elem(self, name: str) -> str:
         return name
+
+    def row(self, name: str) -> str:
+        return f"{name}[row]"
 
     def _print(self, e, scalar):
         if isinstance(e, ir.Switch):

@@ -16,7 +16,7 @@ import math
 import numpy as np
 
 from .ir import (Assign, Binary, Bits, Call, Compare, Const, Elem, Expr, Let, Load, Named, Param,
-                 Round, Scalar, Select, StepKey, Unary)
+                 Round, Row, RowSize, Scalar, Select, StepKey, Unary)
 
 _PRECEDENCE = {"+": 1, "-": 1, "*": 2, "/": 2}
 _UNARY = 3
@@ -64,6 +64,10 @@ class CPrinter:
     def assign(self, stmt: Assign) -> str:
         """`target_i = expr;` in element code."""
         return f"{self.elem(stmt.target)} = {self.expr(stmt.expr)};"
+
+    def row_assign(self, stmt: Assign) -> str:
+        """`target_r = expr;` in per-row code."""
+        return f"{self.row(stmt.target)} = {self.expr(stmt.expr)};"
 
     def let(self, stmt: Let) -> str:
         """`const T name = (T)(expr);`: computed in double, stored in the element type (a key of
@@ -119,6 +123,13 @@ class CPrinter:
         """The C local that holds the current element of `name` (`position`: its position)."""
         return self.position if name == "position" else f"{name}_i"
 
+    def row(self, name: str) -> str:
+        """The C local that holds the current row's value of `name` (`position`: the row)."""
+        return f"{name}_r"
+
+    #: The C local that holds the row's length in the arithmetic type (`ir.RowSize`).
+    ROW_SIZE = "row_length"
+
     def expr(self, e: Expr, scalar: bool = False) -> str:
         return self._print(e, scalar)[0]
 
@@ -133,6 +144,10 @@ class CPrinter:
             return self.elem(e.name), _ATOM
         if isinstance(e, Scalar):
             return e.name, _ATOM
+        if isinstance(e, Row):
+            return self.row(e.name), _ATOM
+        if isinstance(e, RowSize):
+            return self.ROW_SIZE, _ATOM
         if isinstance(e, Named):
             return self._print(e.x, scalar)
         if isinstance(e, Unary):

@@ -15,7 +15,7 @@ from .ir import SUM_CHUNK, Elem, Kernel, walk
 from .passes import invert_loss_scale
 from .printer import C_INDEX_TYPES, CPrinter
 from .rule import hparams_struct
-from .spec import HALF_DTYPES
+from .spec import HALF_DTYPES, SpecError
 
 ENV = jinja2.Environment(
     loader=jinja2.PackageLoader("lazyadam", "templates"),
@@ -55,8 +55,16 @@ def template_context(kernel: Kernel, printer: CPrinter, symbol: str, indent: int
     `T` is the arithmetic type (of locals, scratch and per-step scalars); `TV`, `TS` and `TG` are
     the storage types of var, of the rule's state arrays and of the gradient, and `types` maps each
     array to its storage type. `load`, `widen` and `store` print the conversions between the two.
+
+    Raises:
+        SpecError: a kernel with per-row state or row sums (`Kernel.per_row`), which the
+            templates do not print.
     """
     spec = kernel.spec
+    if kernel.per_row:
+        raise SpecError(f"rule {kernel.rule.name!r} keeps per-row state or sums over rows, which "
+                        "the C and CUDA templates do not print: only rules whose state is per "
+                        "element compile")
     grad_reads_var = any(e == Elem("var") for s in kernel.grad for e in walk(s.expr))
     loads = [kernel.load(a) for a in kernel.arrays]
     types = {a: printer.storage_type(spec.storage(a)) for a in (*kernel.arrays, "grad")}

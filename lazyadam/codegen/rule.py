@@ -79,7 +79,8 @@ class State:
 
     Attributes:
         name: its name in the IR and in the generated C (`m`).
-        per: "element" (the shape of the parameter).
+        per: "element" (the shape of the parameter) or "row" (one value per row: shape
+            `(rows,)`).
         dtype: "state" (`Spec.storage` of state: the state dtype, by default the arithmetic's).
         init: its value before the first step.
         when: the spec switch (`Spec.flag`) that makes the kernel keep it; None for always.
@@ -97,9 +98,13 @@ class State:
 @dataclass(frozen=True)
 class Lowering:
     """What a rule lowers to, before loads and stores: the effective gradient of one occurrence
-    (`Assign`s to `g`) and the update of one element (`Assign`s to the state arrays and `var`)."""
+    (`Assign`s to `g`), the update of one element (`Assign`s to the per-element state arrays and
+    `var`) and, for a rule with per-row state or sums, the row's sums (`ir.Reduce`s) and its
+    per-row statements (`Assign`s to per-row state and locals, read as `ir.Row`)."""
     grad: tuple
     update: tuple
+    reduce: tuple = ()
+    row: tuple = ()
 
 
 @dataclass(frozen=True)
@@ -161,9 +166,18 @@ class Rule:
                        f"{', '.join(h.name for h in self.hparams)}")
 
     def arrays(self, spec: Any) -> tuple[str, ...]:
-        """The arrays a kernel of `spec` reads and writes, in ABI order: var, then the state arrays
-        its switches keep."""
-        return ("var",) + tuple(s.name for s in self.state if s.when is None or spec.flag(s.when))
+        """The per-element arrays a kernel of `spec` reads and writes, in ABI order: var, then the
+        per-element state arrays its switches keep."""
+        return ("var",) + self._kept(spec, "element")
+
+    def row_arrays(self, spec: Any) -> tuple[str, ...]:
+        """The per-row state arrays a kernel of `spec` reads and writes, in ABI order (after
+        `arrays`)."""
+        return self._kept(spec, "row")
+
+    def _kept(self, spec: Any, per: str) -> tuple[str, ...]:
+        return tuple(s.name for s in self.state
+                     if s.per == per and (s.when is None or spec.flag(s.when)))
 
 
 def hparams_struct(rule: Rule) -> str:
