@@ -52,9 +52,11 @@ class Source:
 def template_context(kernel: Kernel, printer: CPrinter, symbol: str, indent: int = 12) -> dict:
     """The variables every template sees: types, flags and the printed rule.
 
-    `T` is the arithmetic type (of locals, scratch and per-step scalars); `TV`, `TS` and `TG` are
-    the storage types of var, of the rule's state arrays and of the gradient, and `types` maps each
-    array to its storage type. `load`, `widen` and `store` print the conversions between the two.
+    `T` is the arithmetic type (of locals, scratch and per-step scalars); `TV` and `TG` are the
+    storage types of var and of the gradient, and `types` maps each array to its storage type.
+    `load`, `widen` and `store` print the conversions between the two. `params`, `args` and
+    `nulls` spell the kernel's arrays (`arrays`: var, then the state its spec keeps) in a
+    signature, a call and a null check, so that no template names a rule's state.
 
     Raises:
         SpecError: a kernel with per-row state or row sums (`Kernel.per_row`), which the
@@ -68,15 +70,24 @@ def template_context(kernel: Kernel, printer: CPrinter, symbol: str, indent: int
     grad_reads_var = any(e == Elem("var") for s in kernel.grad for e in walk(s.expr))
     loads = [kernel.load(a) for a in kernel.arrays]
     types = {a: printer.storage_type(spec.storage(a)) for a in (*kernel.arrays, "grad")}
+    rule_arrays = ("var", *(s.name for s in kernel.rule.state))
     return dict(
         symbol=symbol,
         version=__version__,
         spec_json=spec.to_json(),
         statics=spec.static,
         sparse=spec.sparse,
-        amsgrad=spec.amsgrad,
         locking=spec.use_locking,
         arrays=kernel.arrays,
+        # Every array of the rule, kept by this spec or not; how stochastic rounding pairs them.
+        rule_arrays=rule_arrays,
+        streams=rounding_streams(rule_arrays),
+        # params("*restrict ") -> "float *restrict var, float *restrict m, ..." (storage types);
+        # args("&") -> "&var, &m, ..."; args(suffix="_i") -> "var_i, m_i, ...";
+        # nulls("[k]") -> "!var[k] || !m[k] || ...".
+        params=lambda pointer: ", ".join(f"{types[a]} {pointer}{a}" for a in kernel.arrays),
+        args=lambda prefix="", suffix="": ", ".join(f"{prefix}{a}{suffix}" for a in kernel.arrays),
+        nulls=lambda index="": " || ".join(f"!{a}{index}" for a in kernel.arrays),
         grad_reads_var=grad_reads_var,
         sum_chunk=SUM_CHUNK,
         # Sparse kernels sum the chunks of a long run in parallel, before the run's row is updated.
@@ -96,7 +107,6 @@ def template_context(kernel: Kernel, printer: CPrinter, symbol: str, indent: int
         widen=lambda array, access: printer.widen(spec.storage(array), access),
         T=printer.ctype,
         TV=types["var"],
-        TS=types[kernel.arrays[1]],
         TG=types["grad"],
         types=types,
         I=C_INDEX_TYPES[spec.index_dtype],
@@ -107,6 +117,13 @@ def template_context(kernel: Kernel, printer: CPrinter, symbol: str, indent: int
         grad=printer.block(kernel.grad, indent),
         update=printer.block(kernel.update, indent),
     )
+
+
+def rounding_streams(arrays: tuple[str, ...]) -> str:
+    """Which arrays share each stream of random bits in stochastic rounding (`ir.assemble`: the
+    arrays in ABI order, two to a stream): "var and m: stream 0; v and vmax: stream 1"."""
+    return "; ".join(f"{' and '.join(arrays[i:i + 2])}: stream {i // 2}"
+                     for i in range(0, len(arrays), 2))
 
 
 def storage_notes(kernel: Kernel) -> list[str]:

@@ -58,13 +58,8 @@ def render_cuda(kernel: Kernel, symbol: str | None = None) -> Source:
         threads=THREADS,
         # Sparse kernels sort the rows as unsigned keys of the index width (valid indices are >= 0).
         K={"int32": "unsigned int", "int64": "unsigned long long"}[spec.index_dtype],
-        # "float *__restrict__ var, ...", "var, m, v", "float &var_i, ...", "var_i, m_i, v_i",
-        # "lazyadam_bfloat16 &var, float &m, ..." (storage)
-        state_params=", ".join(f"{types[a]} *__restrict__ {a}" for a in kernel.arrays),
-        state_args=", ".join(kernel.arrays),
+        # "float &var_i, float &m_i, ..." (the arithmetic type)
         state_refs=", ".join(f"{printer.ctype} &{a}_i" for a in kernel.arrays),
-        state_locals=", ".join(f"{a}_i" for a in kernel.arrays),
-        storage_refs=", ".join(f"{types[a]} &{a}" for a in kernel.arrays),
         vector=vector,
         # vec("var") -> "lazyadam_vec<lazyadam_bfloat16, LAZYADAM_DENSE_BF16_VECTOR>"
         vec=lambda array: f"lazyadam_vec<{types[array]}, {symbol.upper()}_VECTOR>",
