@@ -11,7 +11,6 @@ from lazyadam.codegen import ir
 from lazyadam.codegen.passes import PIPELINE, drop_dead_terms
 from lazyadam.codegen.pipeline import format_kernel
 from lazyadam.codegen.printer import CPrinter
-from lazyadam.codegen.render import render_c
 from lazyadam.codegen.render_cuda import render_cuda
 from lazyadam.codegen.rule import Lowering, Rule, State
 from lazyadam.rules.adam import ADAM, HPARAMS, OPTIONS
@@ -142,7 +141,8 @@ def test_the_stage_listing_shows_the_row_sections():
     assert "per row" not in adam and not optimized_adam.per_row
 
 
-@pytest.mark.parametrize("render", [render_c, render_cuda])
-def test_templates_refuse_a_kernel_with_rows_rather_than_drop_them(render):
+def test_cuda_templates_refuse_a_kernel_with_rows_rather_than_drop_them():
+    """The C templates print rows (tests/test_row_rules.py); the CUDA templates print none, so
+    a rule with rows is refused there by name."""
     with pytest.raises(SpecError, match="'test_partial_rowwise' keeps per-row state"):
-        render(optimized(Spec()))
+        render_cuda(optimized(Spec()))

@@ -124,8 +124,19 @@ class CPrinter:
         return self.position if name == "position" else f"{name}_i"
 
     def row(self, name: str) -> str:
-        """The C local that holds the current row's value of `name` (`position`: the row)."""
-        return f"{name}_r"
+        """The C local that holds the current row's value of `name` (`position`: the row's
+        position, as `store` sets it)."""
+        return self.position if name == "position" else f"{name}_r"
+
+    def row_load(self, stmt: Assign, access: str) -> str:
+        """`name_r = <the per-row value at access, widened>` (a declarator, as `load`)."""
+        load = stmt.expr
+        assert isinstance(load, Load), stmt
+        return f"{self.row(stmt.target)} = {self.widen(load.dtype, access)}"
+
+    def row_block(self, stmts, indent: int) -> str:
+        pad = " " * indent
+        return "\n".join(pad + self.row_assign(s) for s in stmts)
 
     #: The C local that holds the row's length in the arithmetic type (`ir.RowSize`).
     ROW_SIZE = "row_length"

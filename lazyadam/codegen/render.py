@@ -11,11 +11,11 @@ from dataclasses import dataclass
 import jinja2
 
 from .. import __version__
-from .ir import SUM_CHUNK, Elem, Kernel, walk
+from .ir import ROW_LANES, SUM_CHUNK, Elem, Kernel, RowSize, walk
 from .passes import invert_loss_scale
 from .printer import C_INDEX_TYPES, CPrinter
 from .rule import hparams_struct
-from .spec import HALF_DTYPES, SpecError
+from .spec import HALF_DTYPES
 
 ENV = jinja2.Environment(
     loader=jinja2.PackageLoader("lazyadam", "templates"),
@@ -57,20 +57,14 @@ def template_context(kernel: Kernel, printer: CPrinter, symbol: str, indent: int
     `load`, `widen` and `store` print the conversions between the two. `params`, `args` and
     `nulls` spell the kernel's arrays (`arrays`: var, then the state its spec keeps) in a
     signature, a call and a null check, so that no template names a rule's state.
-
-    Raises:
-        SpecError: a kernel with per-row state or row sums (`Kernel.per_row`), which the
-            templates do not print.
     """
     spec = kernel.spec
-    if kernel.per_row:
-        raise SpecError(f"rule {kernel.rule.name!r} keeps per-row state or sums over rows, which "
-                        "the C and CUDA templates do not print: only rules whose state is per "
-                        "element compile")
     grad_reads_var = any(e == Elem("var") for s in kernel.grad for e in walk(s.expr))
     loads = [kernel.load(a) for a in kernel.arrays]
-    types = {a: printer.storage_type(spec.storage(a)) for a in (*kernel.arrays, "grad")}
-    rule_arrays = ("var", *(s.name for s in kernel.rule.state))
+    every = kernel.arrays + kernel.row_arrays
+    types = {a: printer.storage_type(spec.storage(a)) for a in (*every, "grad")}
+    rule_arrays = ("var", *(s.name for s in kernel.rule.state if s.per == "element"),
+                   *(s.name for s in kernel.rule.state if s.per == "row"))
     return dict(
         symbol=symbol,
         version=__version__,
@@ -85,9 +79,9 @@ def template_context(kernel: Kernel, printer: CPrinter, symbol: str, indent: int
         # params("*restrict ") -> "float *restrict var, float *restrict m, ..." (storage types);
         # args("&") -> "&var, &m, ..."; args(suffix="_i") -> "var_i, m_i, ...";
         # nulls("[k]") -> "!var[k] || !m[k] || ...".
-        params=lambda pointer: ", ".join(f"{types[a]} {pointer}{a}" for a in kernel.arrays),
-        args=lambda prefix="", suffix="": ", ".join(f"{prefix}{a}{suffix}" for a in kernel.arrays),
-        nulls=lambda index="": " || ".join(f"!{a}{index}" for a in kernel.arrays),
+        params=lambda pointer: ", ".join(f"{types[a]} {pointer}{a}" for a in every),
+        args=lambda prefix="", suffix="": ", ".join(f"{prefix}{a}{suffix}" for a in every),
+        nulls=lambda index="": " || ".join(f"!{a}{index}" for a in every),
         grad_reads_var=grad_reads_var,
         sum_chunk=SUM_CHUNK,
         # Sparse kernels sum the chunks of a long run in parallel, before the run's row is updated.
@@ -116,6 +110,47 @@ def template_context(kernel: Kernel, printer: CPrinter, symbol: str, indent: int
         scalars="\n".join("    " + printer.let(s) for s in kernel.scalars),
         grad=printer.block(kernel.grad, indent),
         update=printer.block(kernel.update, indent),
+        **row_context(kernel, printer),
+    )
+
+
+def row_context(kernel: Kernel, printer: CPrinter) -> dict:
+    """What the templates print of a kernel's rows (`Kernel.per_row`): the per-row arrays, the
+    sums and their loads, the row statements, and the loads and stores of the per-row state.
+
+    `row_locals(row)` declares every per-row local (`v_r = <v[row], widened>, sumsq_r, r_r`);
+    `sums` are (lane array, target, printed element expression) of each `Reduce`;
+    `sum_load("[j]", dense)` loads the arrays that the sums read of element j, and in a dense
+    kernel those that its effective gradient reads (None when there are none); `row_store(row)`
+    writes the per-row state back, rounded at position `row`.
+    """
+    if not kernel.per_row:
+        return dict(per_row=False, row_arrays=(), row_length=False, sums=())
+    loaded = {s.target: s for s in kernel.row_loads}
+    targets = [s.target for s in kernel.reduce + kernel.row if s.target not in loaded]
+    fresh = [printer.row(t) for t in dict.fromkeys(targets)]
+
+    def sum_load(index: str, dense: bool) -> str | None:
+        stmts = kernel.reduce + (kernel.grad if dense else ())
+        read = {e.name for s in stmts for e in walk(s.expr) if isinstance(e, Elem)}
+        return ", ".join(printer.load(kernel.load(a), f"{a}{index}")
+                         for a in kernel.arrays if a in read) or None
+
+    statements = kernel.reduce + kernel.row + kernel.update
+    return dict(
+        per_row=True,
+        row_arrays=kernel.row_arrays,
+        # ir.RowSize, where the rule reads it: the row's length in the arithmetic type.
+        row_length=any(isinstance(e, RowSize) for s in statements for e in walk(s.expr)),
+        row_lanes=ROW_LANES,
+        row_locals=lambda row: ", ".join(
+            [printer.row_load(loaded[a], f"{a}[{row}]") for a in kernel.row_arrays] + fresh),
+        sums=[(f"lanes_{s.target}", printer.row(s.target), printer.expr(s.expr))
+              for s in kernel.reduce],
+        sum_load=sum_load,
+        row=printer.row_block(kernel.row, 0),
+        row_store=lambda row: " ".join(printer.store(s, f"{s.target}[{row}]", row)
+                                       for s in kernel.row_stores),
     )
 
 
@@ -146,12 +181,13 @@ def render_c(kernel: Kernel, symbol: str | None = None) -> Source:
     """C99 source and header for an optimized kernel (all passes applied)."""
     symbol = symbol or kernel.spec.symbol()
     printer = CPrinter(kernel.spec.compute_dtype)
-    inverted = kernel if kernel.spec.sparse else invert_loss_scale(kernel)
+    inverted = kernel if kernel.spec.sparse or kernel.per_row else invert_loss_scale(kernel)
     ctx = template_context(inverted, printer, symbol)
     # Dense: a second loop that multiplies by the inverse of a power-of-two loss scale.
     ctx["grad_inverted"] = None if inverted is kernel else ctx["grad"]
     ctx["grad"] = printer.block(kernel.grad, 12)
-    body = "c_sparse.c.j2" if kernel.spec.sparse else "c_dense.c.j2"
+    body = ("c_sparse.c.j2" if kernel.spec.sparse else
+            "c_dense_rows.c.j2" if kernel.per_row else "c_dense.c.j2")
     return Source(
         symbol=symbol,
         lang="c",

@@ -14,6 +14,7 @@ from __future__ import annotations
 from .ir import Kernel, Let, Scalar, walk
 from .printer import CudaPrinter
 from .render import ENV, Source, template_context
+from .spec import SpecError
 
 #: Threads per block of every kernel; a multiple of the warp size.
 THREADS = 256
@@ -43,6 +44,10 @@ def _scalars_read(kernel: Kernel, stmts) -> list[Let]:
 def render_cuda(kernel: Kernel, symbol: str | None = None) -> Source:
     """CUDA C++ source and header for an optimized kernel (all passes applied)."""
     spec = kernel.spec
+    if kernel.per_row:
+        raise SpecError(f"rule {kernel.rule.name!r} keeps per-row state or sums over rows, which "
+                        "the CUDA templates do not print: on CUDA only rules whose state is per "
+                        "element compile")
     symbol = symbol or spec.symbol()
     printer = CudaPrinter(spec.compute_dtype)
     ctx = template_context(kernel, printer, symbol, indent=4)
