@@ -2,8 +2,9 @@
 
 __version__ = "0.1.0"
 
-from .codegen import Source, Spec, SpecError, generate, stages  # noqa: E402
+from .codegen import Source, SpecError, generate, stages  # noqa: E402
 from . import rules  # noqa: E402,F401  (registers the rules that ship)
+from .rules.adam import Spec  # noqa: E402
 from .errors import (CompilationError, CompilerNotFoundError, KernelError,  # noqa: E402
                      TargetUnavailableError, UntrustedCacheWarning)
 from .targets import compile  # noqa: E402

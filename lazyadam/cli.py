@@ -12,6 +12,7 @@ Errors print one line, `Error: ...`, and exit non-zero (2 for a bad option, 1 ot
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import stat
 import sys
@@ -23,10 +24,11 @@ import click
 from . import __version__
 from .codegen.passes import PIPELINE
 from .codegen.pipeline import stages
-from .codegen.spec import (DECAYS, DTYPES, EPS_MODES, GRAD_DTYPES, HALF_DTYPES, INDEX_DTYPES,
-                           ROUNDINGS, STATE_DTYPES, Spec, SpecError)
+from .codegen.spec import (DTYPES, GRAD_DTYPES, HALF_DTYPES, INDEX_DTYPES, ROUNDINGS, STATE_DTYPES,
+                           SpecError)
 from .codegen.variants import specs_from_json, variants
 from .errors import CompilationError, TargetUnavailableError
+from .rules.adam import ADAM, DECAYS, EPS_MODES, Spec
 from .sources import write_sources
 from .targets import TARGETS
 from .targets import cache as kernel_cache
@@ -38,10 +40,10 @@ STAGES = ("spec", "lower", *(name for name, _ in PIPELINE), "header", "source")
 #: `lazyadam build` shows a progress bar from this many kernels on.
 PROGRESS_FROM = 4
 
-_FLAGS = ("sparse", "nesterov", "use_locking", "decay", "amsgrad", "maximize", "eps_mode", "dtype",
-          "index_dtype", "state_dtype", "grad_dtype", "rounding")
-_STATICS = {"beta1": "beta1", "beta2": "beta2", "eps": "eps", "loss_scale": "loss_scale",
-            "wd": "weight_decay"}
+#: The spec's fields that are options of their own (`static` is made from the hyperparameters').
+_FLAGS = tuple(f.name for f in dataclasses.fields(Spec) if f.name != "static")
+#: The options that bake in a hyperparameter, by option name: its own, or a shorter one.
+_STATICS = {{"weight_decay": "wd"}.get(name, name): name for name in ADAM.static_hparams}
 
 
 class _Main(click.Group):

@@ -1,13 +1,17 @@
 """A rule other than Adam, defined in this file alone, through the code generator: heavy-ball
-momentum (`m = momentum*m + g; var -= lr*m`), one state array and two hyperparameters.
+momentum (`m = momentum*m + g; var -= lr*m`, or with Nesterov `var -= lr*(g + momentum*m)`), one
+state array, two hyperparameters and one option.
 
-Its C kernels, dense and lazy sparse, are rendered from the shared templates, compiled by the C
-compiler and run against a numpy model of the rule written here; their sources name none of Adam's
-state or hyperparameters.
+Its spec class is made from the rule; its C kernels, dense and lazy sparse, are generated from the
+shared templates, compiled by the C compiler and run against a numpy model of the rule written
+here; its sources name none of Adam's state or hyperparameters.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import pickle
 import re
 import subprocess
 
@@ -16,71 +20,69 @@ import numpy as np
 import pytest
 
 import cuda_emulation as emulation
-from lazyadam import Spec
-from lazyadam.codegen.ir import Assign, Binary, Elem, Param, assemble
-from lazyadam.codegen.passes import PIPELINE
-from lazyadam.codegen.render import render_c
-from lazyadam.codegen.render_cuda import render_cuda
-from lazyadam.codegen.rule import HParam, Interval, Lowering, Rule, State, hparams_struct
+from lazyadam import Spec, SpecError, generate
+from lazyadam.codegen.ir import Assign, Binary, Elem, Param, Switch
+from lazyadam.codegen.rule import HParam, Interval, Lowering, Option, Rule, State, hparams_struct
+from lazyadam.codegen.spec import SpecBase
+from lazyadam.codegen.variants import specs_from_json, variants
 from lazyadam.targets import c
 
 
+def _add(a, b):
+    return Binary("+", a, b)
+
+
+def _mul(a, b):
+    return Binary("*", a, b)
+
+
 def lower(spec) -> Lowering:
-    m, g = Elem("m"), Elem("g")
+    buf, g, lr, mu = Elem("buf"), Elem("g"), Param("lr"), Param("momentum")
     return Lowering(
         grad=(Assign("g", Elem("grad")),),
-        update=(Assign("m", Binary("+", Binary("*", Param("momentum"), m), g)),
-                Assign("var", Binary("-", Elem("var"), Binary("*", Param("lr"), m)))))
+        update=(Assign("buf", _add(_mul(mu, buf), g)),
+                Assign("var", Binary("-", Elem("var"),
+                                     _mul(lr, Switch("nesterov", _add(g, _mul(mu, buf)), buf))))))
 
 
-MOMENTUM = Rule(
-    name="momentum",
-    prefix="lazyadam_momentum",
-    options=(),
-    hparams=(HParam("lr", 0.1, Interval(0.0)), HParam("momentum", 0.9, Interval(0.0, 1.0))),
-    state=(State("m", names={"mindspore": "moment", "torch": "momentum_buffer",
-                             "plural": "ms"}),),
-    symbol_order=("use_locking",),
+HEAVY_BALL = Rule(
+    name="heavy_ball",
+    prefix="lazyadam_heavy_ball",
+    options=(Option("nesterov", (False, True), False, doc="Nesterov's form of the step."),),
+    hparams=(HParam("lr", 0.1, Interval(0.0), static=False),
+             HParam("momentum", 0.9, Interval(0.0, 1.0))),
+    state=(State("buf", names={"mindspore": "moment", "torch": "momentum_buffer",
+                               "plural": "bufs"}),),
+    symbol_order=("nesterov", "use_locking"),
     lower=lower,
     doc="heavy-ball momentum",
 )
 LR, MU = 0.25, 0.5
 #: Adam's names, which no source of this rule may contain.
-ADAM_NAMES = re.compile(r"\b(v|vmax|beta[12](_power)?|eps|weight_decay|amsgrad)\b")
+ADAM_NAMES = re.compile(r"\b(m|v|vmax|beta[12](_power)?|eps|weight_decay|amsgrad|decay)\b")
 
 
-def model(var, m, rows, grads):
+def model(var, buf, rows, grads, nesterov):
     """The rule in numpy, in the kernel's dtype: each row's gradient summed, then one update."""
-    var, m = var.copy(), m.copy()
+    var, buf = var.copy(), buf.copy()
     lr, mu = var.dtype.type(LR), var.dtype.type(MU)
     for row in rows:
         g = grads[row]
-        m[row] = mu * m[row] + g
-        var[row] = var[row] - lr * m[row]
-    return var, m
-
-
-def render(spec, target="c"):
-    kernel = assemble(spec, MOMENTUM)
-    for _, run in PIPELINE:
-        kernel = run(kernel)
-    symbol = f"momentum_{'sparse' if spec.sparse else 'dense'}_{spec.dtype}"
-    return (render_c if target == "c" else render_cuda)(kernel, symbol)
+        buf[row] = mu * buf[row] + g
+        var[row] = var[row] - lr * (g + mu * buf[row] if nesterov else buf[row])
+    return var, buf
 
 
 def assert_names_no_adam(source):
     for text in (source.text, source.header):
-        # The spec line is Adam's `Spec` until a rule has a spec of its own.
-        code = "\n".join(line for line in text.splitlines() if not line.startswith(" * spec:"))
-        assert not ADAM_NAMES.search(code), ADAM_NAMES.search(code)
+        assert not ADAM_NAMES.search(text), ADAM_NAMES.search(text)
 
 
 def build(spec, tmp_path):
-    source = render(spec)
-    symbol = source.symbol
-    (tmp_path / f"{symbol}.h").write_text(source.header)
+    source = generate(spec)
+    (tmp_path / f"{source.symbol}.h").write_text(source.header)
     (tmp_path / source.filename).write_text(source.text)
-    library = tmp_path / f"{symbol}.so"
+    library = tmp_path / f"{source.symbol}.so"
     subprocess.run([*c.compiler(), *c.flags(), str(tmp_path / source.filename), "-o",
                     str(library), "-lm"], check=True, capture_output=True)
     ffi = cffi.FFI()
@@ -91,38 +93,38 @@ def build(spec, tmp_path):
 @pytest.mark.parametrize("sparse", [False, True], ids=["dense", "sparse"])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("locking", [False, True], ids=["", "locking"])
-def test_a_rule_defined_here_gets_c_kernels_from_the_templates(tmp_path, sparse, dtype, locking):
+@pytest.mark.parametrize("nesterov", [False, True], ids=["", "nesterov"])
+def test_a_rule_defined_here_gets_c_kernels_from_the_templates(tmp_path, sparse, dtype, locking,
+                                                               nesterov):
     if c.unavailable():
         pytest.skip(c.unavailable())
-    spec = Spec(sparse=sparse, dtype=dtype, use_locking=locking)
+    spec = HEAVY_BALL.spec(sparse=sparse, dtype=dtype, use_locking=locking, nesterov=nesterov)
     source, ffi, lib = build(spec, tmp_path)
-    assert hparams_struct(MOMENTUM) in source.header
+    assert hparams_struct(HEAVY_BALL) in source.header
     assert_names_no_adam(source)
     rng = np.random.default_rng(7)
     var = rng.standard_normal((6, 5)).astype(dtype)
-    m = rng.standard_normal((6, 5)).astype(dtype)
-    hp = ffi.new("lazyadam_momentum_hparams *", {"lr": LR, "momentum": MU})
+    buf = rng.standard_normal((6, 5)).astype(dtype)
+    hp = ffi.new("lazyadam_heavy_ball_hparams *", {"lr": LR, "momentum": MU})
     ctype = "float[]" if dtype == "float32" else "double[]"
-    got_var, got_m = var.copy(), m.copy()
+    got_var, got_buf = var.copy(), buf.copy()
+    fn = getattr(lib, source.symbol)
     if sparse:
         indices = np.array([4, 1, 4, 0, 4], dtype=np.int64)
         # Multiples of 1/8: every sum of a row's occurrences is exact, in any order.
         values = (rng.integers(-16, 16, (5, 5)) / 8).astype(dtype)
-        status = lib.momentum_sparse_float32 if dtype == "float32" else lib.momentum_sparse_float64
-        status = status(ffi.from_buffer(ctype, got_var), ffi.from_buffer(ctype, got_m), 6, 5,
-                        ffi.from_buffer("int64_t[]", indices), ffi.from_buffer(ctype, values),
-                        5, hp)
+        status = fn(ffi.from_buffer(ctype, got_var), ffi.from_buffer(ctype, got_buf), 6, 5,
+                    ffi.from_buffer("int64_t[]", indices), ffi.from_buffer(ctype, values), 5, hp)
         grads = np.zeros_like(var)
         np.add.at(grads, indices, values)
-        want = model(var, m, sorted(set(indices.tolist())), grads)
+        want = model(var, buf, sorted(set(indices.tolist())), grads, nesterov)
     else:
         grad = rng.standard_normal((6, 5)).astype(dtype)
-        fn = lib.momentum_dense_float32 if dtype == "float32" else lib.momentum_dense_float64
-        status = fn(ffi.from_buffer(ctype, got_var), ffi.from_buffer(ctype, got_m),
+        status = fn(ffi.from_buffer(ctype, got_var), ffi.from_buffer(ctype, got_buf),
                     ffi.from_buffer(ctype, grad), var.size, hp)
-        want = model(var, m, range(6), grad)
+        want = model(var, buf, range(6), grad, nesterov)
     assert status == 0
-    np.testing.assert_array_equal(got_m, want[1])
+    np.testing.assert_array_equal(got_buf, want[1])
     np.testing.assert_array_equal(got_var, want[0])
 
 
@@ -131,9 +133,57 @@ def test_its_cuda_sources_build_in_the_host_emulation(tmp_path):
     them for the host, tests/cuda_emulation)."""
     if emulation.host_compiler() is None:
         pytest.skip("no host C++ compiler (c++ or g++) to build the CUDA emulation")
-    sources = [render(Spec(sparse=sparse, use_locking=True, dtype="bfloat16",
-                           rounding="stochastic"), "cuda") for sparse in (False, True)]
+    sources = [generate(HEAVY_BALL.spec(sparse=sparse, use_locking=True, dtype="bfloat16",
+                                        rounding="stochastic"), "cuda") for sparse in (False, True)]
     for source in sources:
-        assert hparams_struct(MOMENTUM) in source.header
+        assert hparams_struct(HEAVY_BALL) in source.header
         assert_names_no_adam(source)
     assert emulation.compile_library(sources, tmp_path).exists()
+
+
+def test_its_spec_class_is_made_from_its_options():
+    spec = HEAVY_BALL.spec
+    assert issubclass(spec, SpecBase) and spec.RULE is HEAVY_BALL
+    assert [f.name for f in dataclasses.fields(spec)] == [
+        "sparse", "use_locking", "nesterov", "dtype", "index_dtype", "state_dtype", "grad_dtype",
+        "rounding", "static"]
+    assert spec(nesterov=True, use_locking=True).symbol() == \
+        "lazyadam_heavy_ball_sparse_nesterov_locking_f32_i64"
+    assert spec(sparse=False, dtype="bfloat16", state_dtype="bfloat16").storage("buf") == "bfloat16"
+    assert "nesterov: Nesterov's form of the step." in spec.__doc__
+
+
+def test_its_json_names_the_rule_and_reads_back_as_its_spec():
+    spec = HEAVY_BALL.spec(nesterov=True, static={"momentum": 0.5})
+    data = json.loads(spec.to_json())
+    assert data["rule"] == "heavy_ball" and data["nesterov"] is True
+    assert Spec.from_json(spec.to_json()) == spec
+    assert SpecBase.from_json(spec.to_json()) == spec
+    assert pickle.loads(pickle.dumps(spec)) == spec
+    assert spec.key() != HEAVY_BALL.spec(nesterov=True, static={"momentum": 0.25}).key()
+    # LazyAdam's JSON names no rule, so its keys and static symbols are those from before rules.
+    assert "rule" not in json.loads(Spec().to_json())
+    assert Spec.from_json(Spec(amsgrad=True).to_json()) == Spec(amsgrad=True)
+
+
+def test_its_specs_from_json_and_its_variants():
+    text = json.dumps([{"rule": "test_rule_generic:HEAVY_BALL", "sparse": False},
+                       {"amsgrad": True}])
+    assert specs_from_json(text) == [HEAVY_BALL.spec(sparse=False), Spec(amsgrad=True)]
+    with pytest.raises(SpecError, match="unknown field.*amsgrad"):
+        specs_from_json(json.dumps({"rule": "test_rule_generic:HEAVY_BALL",
+                                    "amsgrad": True}))
+    specs = variants(HEAVY_BALL, dtype="float32")
+    # sparse: 2 index dtypes x locking x nesterov; dense: locking x nesterov.
+    assert len(specs) == 12 and all(type(s) is HEAVY_BALL.spec for s in specs)
+    assert {s.nesterov for s in specs} == {False, True}
+
+
+@pytest.mark.parametrize("fields, message", [
+    (dict(nesterov=1), "nesterov must be a bool, got 1"),
+    (dict(static={"momentum": 1.0}), r"static momentum must lie in \[0, 1\), got 1.0"),
+    (dict(static={"lr": 0.1}), "'lr' cannot be static; choose from momentum"),
+])
+def test_its_specs_are_checked_against_its_options_and_domains(fields, message):
+    with pytest.raises(SpecError, match=message):
+        HEAVY_BALL.spec(**fields).validate()

@@ -3,6 +3,6 @@
 from .ir import SUM_CHUNK
 from .pipeline import generate, optimize, stages
 from .render import Source
-from .spec import Spec, SpecError
+from .spec import SpecBase, SpecError
 
-__all__ = ["SUM_CHUNK", "Spec", "SpecError", "Source", "generate", "optimize", "stages"]
+__all__ = ["SUM_CHUNK", "SpecBase", "SpecError", "Source", "generate", "optimize", "stages"]

@@ -58,7 +58,7 @@ from dataclasses import dataclass, field, replace
 from typing import Callable, Union
 
 from .rule import Rule
-from .spec import HALF_DTYPES, Spec
+from .spec import HALF_DTYPES, SpecBase as Spec
 
 #: The summation order of duplicate indices (docs/semantics.md): a row's occurrences, in input order,
 #: are cut into consecutive chunks of SUM_CHUNK; each chunk is summed left to right, then the chunk

@@ -18,9 +18,8 @@ from .passes import PIPELINE
 from .printer import CPrinter
 from .render import Source, render_c
 from .render_cuda import render_cuda
-from .rule import DEFAULT_RULE, Rule
-from .rule import get as rule_named
-from .spec import Spec
+from .rule import Rule
+from .spec import SpecBase as Spec
 
 #: Renderers by target name: [ir.Kernel], symbol -> [Source].
 RENDERERS: dict[str, Callable[[ir.Kernel, str | None], Source]] = {"c": render_c,
@@ -28,9 +27,9 @@ RENDERERS: dict[str, Callable[[ir.Kernel, str | None], Source]] = {"c": render_c
 
 
 def lower(spec: Spec, rule: Rule | None = None) -> ir.Kernel:
-    """[Spec] -> [ir.Kernel]: `rule` (by default the registered `DEFAULT_RULE`) lowered for
+    """[Spec] -> [ir.Kernel]: `rule` (by default the spec's own, `spec.RULE`) lowered for
     `spec` and assembled (`ir.assemble`), before any pass."""
-    return ir.assemble(spec, rule or rule_named(DEFAULT_RULE))
+    return ir.assemble(spec, rule or spec.RULE)
 
 
 def optimize(spec: Spec) -> ir.Kernel:

@@ -14,10 +14,13 @@ registry.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
+
+from .spec import DEFAULT_RULE, spec_class
 
 #: The uint64 fields that end every rule's hyperparameter struct: the seed and the step t that
 #: stochastic rounding hashes.
@@ -44,11 +47,12 @@ class Interval:
 class Option:
     """A flag of the kernel: its `values` (the first is `default`); `symbol` maps a value to its
     part of the kernel symbol (a bool flag is named by its name when true; a missing value adds
-    nothing)."""
+    nothing); `doc` says what it does (the spec class's docstring)."""
     name: str
     values: tuple
     default: Any
     symbol: Mapping[Any, str] | None = None
+    doc: str = ""
 
 
 @dataclass(frozen=True)
@@ -121,6 +125,11 @@ class Rule:
         symbol_order: the options, and the common "use_locking", in the order the kernel symbol
             names them.
         lower: [Spec] -> [Lowering], every option behind a `Switch` or an `Assign.when`.
+        flag_order: the options and "use_locking" in the order of the spec's fields (after
+            `sparse`) and of the product `variants` takes; empty for "use_locking", then the
+            options.
+        check: the rule's own checks of a spec, after the common ones (`SpecBase.validate`):
+            raises `SpecError`; None for none.
         derived_comment: the struct's comment on the derived fields.
         frontends: per front end ("mindspore", "torch"), the names of its arguments that differ
             from the field's or option's own, by field or option name.
@@ -133,9 +142,21 @@ class Rule:
     state: tuple[State, ...]
     symbol_order: tuple[str, ...]
     lower: Callable[[Any], Lowering]
+    flag_order: tuple[str, ...] = ()
+    check: Callable[[Any], None] | None = None
     derived_comment: str = ""
     frontends: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
     doc: str = ""
+
+    @property
+    def flags(self) -> tuple[str, ...]:
+        """The spec's flags in field order (`flag_order`, or "use_locking" and the options)."""
+        return self.flag_order or ("use_locking", *(o.name for o in self.options))
+
+    @functools.cached_property
+    def spec(self) -> type:
+        """The class of this rule's specs (`spec.spec_class`); `lazyadam.Spec` is Adam's."""
+        return spec_class(self)
 
     @property
     def fields(self) -> tuple[str, ...]:
@@ -195,8 +216,6 @@ def hparams_struct(rule: Rule) -> str:
     return "\n".join(lines) + "\n"
 
 
-#: The rule of `Spec`s (until a spec names its own).
-DEFAULT_RULE = "adam"
 #: The registered rules, by name.
 _RULES: dict[str, Rule] = {}
 
@@ -210,6 +229,7 @@ def register(rule: Rule) -> Rule:
     known = _RULES.get(rule.name)
     if known is not None and known is not rule:
         raise ValueError(f"a rule named {rule.name!r} is already registered")
+    spec_class(rule)  # made now, so that `SpecBase.from_json` finds the rule's specs
     _RULES[rule.name] = rule
     return rule
 

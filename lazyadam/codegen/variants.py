@@ -13,64 +13,69 @@ import itertools
 import json
 from typing import Any
 
-from .spec import (DECAYS, DTYPES, EPS_MODES, GRAD_DTYPES, HALF_DTYPES, INDEX_DTYPES, ROUNDINGS,
-                   Spec, SpecError)
+from .rule import Rule
+from .rule import get as rule_named
+from .spec import (DEFAULT_RULE, DTYPES, GRAD_DTYPES, HALF_DTYPES, INDEX_DTYPES, ROUNDINGS,
+                   SpecBase, SpecError)
 
-#: Every value of every field that selects a variant, in `Spec` field order (`static` never varies).
-#: `None` is a dtype's default (float32 state for half-precision parameters, the parameter's own
-#: gradients).
-CHOICES: dict[str, tuple[Any, ...]] = {
-    "sparse": (True, False),
-    "nesterov": (False, True),
-    "use_locking": (False, True),
-    "decay": DECAYS,
-    "amsgrad": (False, True),
-    "maximize": (False, True),
-    "eps_mode": EPS_MODES,
-    "dtype": tuple(DTYPES),
-    "index_dtype": tuple(INDEX_DTYPES),
-    "state_dtype": (None, "bfloat16"),
-    "grad_dtype": (None, *GRAD_DTYPES),
-    "rounding": ROUNDINGS,
-}
 #: The fields that say how a kernel stores its arrays; the others are its flags.
 STORAGE_FIELDS = ("dtype", "state_dtype", "grad_dtype", "rounding")
 
 
-def variants(**fixed: Any) -> list[Spec]:
-    """Every legal spec whose fields equal `fixed`, the other fields taking each of their values.
+def choices(rule: Rule) -> dict[str, tuple[Any, ...]]:
+    """Every value of every field of `rule`'s specs that selects a variant, in field order
+    (`static` never varies): sparse, the rule's flags (`Rule.flags`), then storage. `None` is a
+    dtype's default (float32 state for half-precision parameters, the parameter's own gradients).
+    """
+    options = {o.name: o.values for o in rule.options}
+    return {"sparse": (True, False),
+            **{name: options.get(name, (False, True)) for name in rule.flags},
+            "dtype": tuple(DTYPES),
+            "index_dtype": tuple(INDEX_DTYPES),
+            "state_dtype": (None, "bfloat16"),
+            "grad_dtype": (None, *GRAD_DTYPES),
+            "rounding": ROUNDINGS}
+
+
+def variants(rule: str | Rule = DEFAULT_RULE, **fixed: Any) -> list[SpecBase]:
+    """Every legal spec of `rule` whose fields equal `fixed`, the other fields taking each of
+    their values.
 
     A dense kernel has no index array, so `index_dtype` varies for sparse kernels only (dense ones
     keep the fixed or default value). Combinations that `Spec.validate` rejects are left out, e.g.
     `decay="none"` when `static` holds a weight decay, or a bfloat16 state for float32 parameters;
     so are repeats (a float32 gradient of a float32 parameter is its default). Nothing fixed, that
     is 288 flag combinations times 18 ways of storing them: 576 float32 and float64 kernels, and
-    4608 half-precision ones (see `half_variants` for a sample that meets every flag).
+    4608 half-precision ones (see `half_variants` for a sample that meets every flag); those are
+    LazyAdam's counts.
 
     Args:
-        **fixed: `Spec` fields held constant, e.g. `dtype="float32"`, `static={"beta1": 0.9}`.
+        rule: the rule, or its name (`rule.get`); LazyAdam's by default.
+        **fixed: spec fields held constant, e.g. `dtype="float32"`, `static={"beta1": 0.9}`.
 
     Returns:
-        The specs in a deterministic order (the product of `CHOICES`, first field slowest).
+        The specs in a deterministic order (the product of `choices(rule)`, first field slowest).
 
     Raises:
         SpecError: an unknown field, or no legal spec at all (the message is the first rejection).
     """
-    unknown = sorted(set(fixed) - {f.name for f in dataclasses.fields(Spec)})
+    rule = rule_named(rule) if isinstance(rule, str) else rule
+    spec, options = rule.spec, choices(rule)
+    unknown = sorted(set(fixed) - {f.name for f in dataclasses.fields(spec)})
     if unknown:
         raise SpecError(f"unknown spec field(s) {', '.join(unknown)}; "
-                        f"choose from {', '.join(f.name for f in dataclasses.fields(Spec))}")
-    varied = [name for name in CHOICES if name not in fixed]
-    specs: list[Spec] = []
+                        f"choose from {', '.join(f.name for f in dataclasses.fields(spec))}")
+    varied = [name for name in options if name not in fixed]
+    specs: list[SpecBase] = []
     first_error: SpecError | None = None
-    for values in itertools.product(*(CHOICES[name] for name in varied)):
+    for values in itertools.product(*(options[name] for name in varied)):
         fields = {**fixed, **dict(zip(varied, values))}
-        dense_index_variant = "index_dtype" in varied and not fields.get("sparse", Spec.sparse) \
-            and fields["index_dtype"] != Spec.index_dtype
+        dense_index_variant = "index_dtype" in varied and not fields.get("sparse", spec.sparse) \
+            and fields["index_dtype"] != spec.index_dtype
         if dense_index_variant:  # the same kernel as the default index dtype's
             continue
         try:
-            specs.append(Spec(**fields).validate())
+            specs.append(spec(**fields).validate())
         except SpecError as err:
             first_error = first_error or err
     if not specs:
@@ -78,7 +83,7 @@ def variants(**fixed: Any) -> list[Spec]:
     return list(dict.fromkeys(specs))
 
 
-def half_variants(**fixed: Any) -> list[Spec]:
+def half_variants(rule: str | Rule = DEFAULT_RULE, **fixed: Any) -> list[SpecBase]:
     """Every flag combination once, with half-precision storage: a sample of the half-precision
     product (4608 kernels) that meets every flag value with every way of storing it.
 
@@ -90,10 +95,11 @@ def half_variants(**fixed: Any) -> list[Spec]:
     value of every flag meets each of them.
 
     Args:
-        **fixed: `Spec` fields held constant, as for `variants`; a `dtype` must be half-precision.
+        rule: as for `variants`.
+        **fixed: spec fields held constant, as for `variants`; a `dtype` must be half-precision.
 
     Returns:
-        One spec per flag combination (288 when nothing is fixed), in `variants` order.
+        One spec per flag combination (LazyAdam's 288 when nothing is fixed), in `variants` order.
 
     Raises:
         SpecError: as `variants`, or a fixed `dtype` that is not half-precision.
@@ -102,20 +108,22 @@ def half_variants(**fixed: Any) -> list[Spec]:
         raise SpecError(f"half_variants takes a bfloat16 or float16 dtype, got {fixed['dtype']!r}")
     flags = {name: value for name, value in fixed.items() if name not in STORAGE_FIELDS}
     storage = {name: value for name, value in fixed.items() if name in STORAGE_FIELDS}
-    choices = {**CHOICES, "dtype": HALF_DTYPES}
-    choices.update((name, (value,)) for name, value in storage.items())
+    rule = rule_named(rule) if isinstance(rule, str) else rule
+    options = {**choices(rule), "dtype": HALF_DTYPES}
+    options.update((name, (value,)) for name, value in storage.items())
     combinations = [dict(zip(STORAGE_FIELDS, values))
-                    for values in itertools.product(*(choices[name] for name in STORAGE_FIELDS))]
+                    for values in itertools.product(*(options[name] for name in STORAGE_FIELDS))]
     n = len(combinations)
-    layouts = variants(**flags, dtype="float32")
+    layouts = variants(rule, **flags, dtype="float32")
     return [dataclasses.replace(spec, **combinations[(k // n + k) % n]).validate()
             for k, spec in enumerate(layouts)]
 
 
-def specs_from_json(text: str) -> list[Spec]:
-    """The specs in `text`: one JSON object as `Spec.to_json()` writes it, or a list of them.
+def specs_from_json(text: str) -> list[SpecBase]:
+    """The specs in `text`: one JSON object as `to_json()` writes it, or a list of them.
 
-    Missing fields take their defaults; `static` may be a list of pairs or an object.
+    Missing fields take their defaults; `static` may be a list of pairs or an object; `"rule"`
+    names a registered rule (LazyAdam's when missing).
 
     Raises:
         SpecError: the text is not such JSON, an object has an unknown field, or a spec is illegal.
@@ -126,15 +134,18 @@ def specs_from_json(text: str) -> list[Spec]:
         raise SpecError(f"not JSON: {err}") from None
     items = data if isinstance(data, list) else [data]
     specs = []
-    fields = {f.name for f in dataclasses.fields(Spec)}
     for n, item in enumerate(items):
         if not isinstance(item, dict):
             raise SpecError(f"spec {n} must be a JSON object, got {item!r}")
-        unknown = sorted(set(item) - fields)
+        try:
+            rule = rule_named(item.get("rule", DEFAULT_RULE))
+        except KeyError as err:
+            raise SpecError(f"spec {n}: {err.args[0]}") from None
+        fields = {f.name for f in dataclasses.fields(rule.spec)}
+        unknown = sorted(set(item) - fields - {"rule"})
         if unknown:
             raise SpecError(f"spec {n} has unknown field(s) {', '.join(unknown)}; "
                             f"choose from {', '.join(sorted(fields))}")
-        if isinstance(item.get("static"), dict):
-            item = {**item, "static": sorted(item["static"].items())}
-        specs.append(Spec.from_json(json.dumps(item)))
+        fields = {name: value for name, value in item.items() if name != "rule"}
+        specs.append(rule.spec(**fields).validate())
     return specs

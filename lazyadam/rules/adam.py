@@ -7,7 +7,10 @@ import math
 
 from ..codegen.ir import Assign, Binary, Call, Const, Elem, Named, Param, Switch, Unary
 from ..codegen.rule import HParam, Interval, Lowering, Option, Rule, State, register
-from ..codegen.spec import DECAYS, EPS_MODES, Spec
+from ..codegen.spec import SpecError
+
+DECAYS = ("none", "l2", "decoupled")
+EPS_MODES = ("mindspore", "pytorch")
 
 BETA = Interval(0.0, 1.0)
 NONNEGATIVE = Interval(0.0, math.inf)
@@ -25,11 +28,15 @@ HPARAMS = (
 )
 
 OPTIONS = (
-    Option("nesterov", (False, True), False),
-    Option("decay", DECAYS, "none", symbol={"l2": "l2", "decoupled": "adamw"}),
-    Option("amsgrad", (False, True), False),
-    Option("maximize", (False, True), False),
-    Option("eps_mode", EPS_MODES, "mindspore", symbol={"pytorch": "pteps"}),
+    Option("nesterov", (False, True), False, doc="Nesterov momentum in the numerator."),
+    Option("decay", DECAYS, "none", symbol={"l2": "l2", "decoupled": "adamw"},
+           doc='"none", "l2" (coupled: `g += wd*w`) or "decoupled" (AdamW: `w -= lr*wd*w`).'),
+    Option("amsgrad", (False, True), False,
+           doc="keep `vmax = max(vmax, v)` and divide by `sqrt(vmax) + eps`."),
+    Option("maximize", (False, True), False, doc="ascend instead of descend (`g = -g`)."),
+    Option("eps_mode", EPS_MODES, "mindspore", symbol={"pytorch": "pteps"},
+           doc='"mindspore" (eps added to `sqrt(v)`, bias correction folded into `lr_t`) or '
+               '"pytorch" (eps added to `sqrt(v_hat)`).'),
 )
 
 STATE = (
@@ -70,6 +77,19 @@ def _sqrt(x):
 
 
 ONE = Const(1.0)
+
+
+def check(spec: Spec) -> None:
+    """A static weight decay needs a decay, and is not 0 (that decay would do nothing).
+
+    Raises:
+        SpecError: naming what to change.
+    """
+    if "weight_decay" in spec.statics and spec.decay == "none":
+        raise SpecError("a static weight_decay needs decay='l2' or 'decoupled'; "
+                        "drop it or choose a decay")
+    if spec.statics.get("weight_decay") == 0.0:
+        raise SpecError("static weight_decay=0 makes the decay a no-op; use decay='none'")
 
 
 # [Spec] -> [Lowering]
@@ -119,6 +139,8 @@ ADAM = register(Rule(
     state=STATE,
     symbol_order=("nesterov", "amsgrad", "maximize", "use_locking", "decay", "eps_mode"),
     lower=lower,
+    flag_order=("nesterov", "use_locking", "decay", "amsgrad", "maximize", "eps_mode"),
+    check=check,
     derived_comment="beta^t of this step; t = 1 on the first step",
     frontends={
         "mindspore": {"lr": "learning_rate", "nesterov": "use_nesterov",
@@ -127,3 +149,6 @@ ADAM = register(Rule(
     },
     doc="Adam on the rows a gradient touches; AdamW, AMSGrad, Nesterov, maximize, two eps modes",
 ))
+
+#: LazyAdam's spec class: `lazyadam.Spec`.
+Spec = ADAM.spec

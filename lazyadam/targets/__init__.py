@@ -14,7 +14,7 @@ from __future__ import annotations
 import importlib
 import os
 
-from ..codegen.spec import Spec
+from ..codegen.spec import SpecBase as Spec
 from ..errors import TargetUnavailableError
 from .target import Target
 

@@ -22,7 +22,7 @@ import numpy as np
 
 from ..codegen.rule import ROUNDING_FIELDS, Rule
 from ..codegen.render import Source
-from ..codegen.spec import Spec
+from ..codegen.spec import SpecBase
 from ..dtypes import storage_name
 from ..rules.adam import ADAM
 
@@ -120,7 +120,7 @@ CFFI_TYPES = {"float32": "float", "float64": "double", "bfloat16": "uint16_t",
 SCALAR_SPARSE = "a sparse kernel needs var of rank >= 1 (rows first)"
 
 
-def check_arrays(spec: Spec, var: Any, m: Any, v: Any, vmax: Any, grad: Any) -> None:
+def check_arrays(spec: SpecBase, var: Any, m: Any, v: Any, vmax: Any, grad: Any) -> None:
     """Raises TypeError/ValueError naming the offending argument if a call would be wrong.
 
     Works on anything with `shape` and `dtype` (numpy arrays, and device arrays wrapped by the CUDA
@@ -151,7 +151,7 @@ def check_arrays(spec: Spec, var: Any, m: Any, v: Any, vmax: Any, grad: Any) -> 
     _check_disjoint(state, {"indices": indices, "values": values})
 
 
-def check_state(spec: Spec, var: Any, m: Any, v: Any, vmax: Any) -> dict[str, Any]:
+def check_state(spec: SpecBase, var: Any, m: Any, v: Any, vmax: Any) -> dict[str, Any]:
     """The state arrays' part of `check_arrays` (what a bound call checks once).
 
     Returns:
@@ -165,7 +165,7 @@ def check_state(spec: Spec, var: Any, m: Any, v: Any, vmax: Any) -> dict[str, An
     return state
 
 
-def _check_state(spec: Spec, var: Any, m: Any, v: Any, vmax: Any) -> dict[str, Any]:
+def _check_state(spec: SpecBase, var: Any, m: Any, v: Any, vmax: Any) -> dict[str, Any]:
     """`check_state` but for the overlap, which `check_arrays` checks with the gradient's."""
     if spec.amsgrad != (vmax is not None):
         raise TypeError("vmax is required by amsgrad kernels and only by them")
@@ -251,7 +251,7 @@ class LoadedKernel:
         fn: the exported kernel function.
     """
 
-    def __init__(self, spec: Spec, source: Source, path: Path):
+    def __init__(self, spec: SpecBase, source: Source, path: Path):
         self.spec = spec
         self.source = source
         self.path = path

@@ -27,7 +27,7 @@ import cffi
 import numpy as np
 
 from ..codegen.render import Source
-from ..codegen.spec import Spec
+from ..codegen.spec import SpecBase
 from ..dtypes import storage_name
 from ..errors import CompilerNotFoundError, KernelError
 from .base import (CFFI_TYPES, SCALAR_SPARSE, HParams, LoadedKernel, check_arrays,
@@ -126,7 +126,7 @@ class CKernel(LoadedKernel):
     at once. In a forked child, the forking thread runs kernels on one thread (see the module).
     """
 
-    def __init__(self, spec: Spec, source: Source, path: Path):
+    def __init__(self, spec: SpecBase, source: Source, path: Path):
         super().__init__(spec, source, path)
         _track_openmp(path)
         # The cffi type of each array's buffer: float[], double[], or uint16_t[] for 16-bit storage.
@@ -323,7 +323,7 @@ class CTarget(Target):
     def compiler_name(self) -> str:
         return compiler()[0]
 
-    def kernel(self, spec: Spec, source: Source, path: Path) -> CKernel:
+    def kernel(self, spec: SpecBase, source: Source, path: Path) -> CKernel:
         return CKernel(spec, source, path)
 
 

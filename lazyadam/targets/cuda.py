@@ -22,7 +22,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..codegen.render import Source
-from ..codegen.spec import Spec
+from ..codegen.spec import SpecBase
 from ..errors import CompilerNotFoundError, KernelError, TargetUnavailableError
 from ..interop.device import DeviceArray, stream_handle
 from . import nvcc
@@ -56,7 +56,7 @@ class CudaKernel(LoadedKernel):
     #: int64 words of a `lazyadam_index_record`.
     RECORD_WORDS = 4
 
-    def __init__(self, spec: Spec, source: Source, path: Path):
+    def __init__(self, spec: SpecBase, source: Source, path: Path):
         super().__init__(spec, source, path)
         symbol = source.symbol
         self._error = getattr(self.lib, f"{symbol}_error")
@@ -277,7 +277,7 @@ class CudaTarget(Target):
     def compiler_name(self) -> str:
         return "nvcc"
 
-    def kernel(self, spec: Spec, source: Source, path: Path) -> CudaKernel:
+    def kernel(self, spec: SpecBase, source: Source, path: Path) -> CudaKernel:
         return CudaKernel(spec, source, path)
 
 

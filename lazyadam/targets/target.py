@@ -27,7 +27,7 @@ from typing import Any, ClassVar
 
 from ..codegen.pipeline import generate
 from ..codegen.render import Source
-from ..codegen.spec import Spec
+from ..codegen.spec import SpecBase
 from ..errors import CompilationError
 from . import cache
 
@@ -60,7 +60,7 @@ class Target(abc.ABC):
         """How build errors name the compiler."""
 
     @abc.abstractmethod
-    def kernel(self, spec: Spec, source: Source, path: Path) -> Any:
+    def kernel(self, spec: SpecBase, source: Source, path: Path) -> Any:
         """The loaded kernel of the library built from `source` at `path`."""
 
     def cache_key(self, source: Source) -> str:
@@ -90,7 +90,7 @@ class Target(abc.ABC):
                                    log_path=folder / "build.log", source_path=src)
         return out
 
-    def load(self, spec: Spec) -> Any:
+    def load(self, spec: SpecBase) -> Any:
         """The compiled kernel for `spec`: from this process, the disk cache, or a fresh build.
 
         Raises:
