@@ -100,13 +100,13 @@ def test_hoisting_moves_per_step_terms_to_scalars_and_per_row_terms_to_the_row()
     assert {"beta2", "lr", "eps"} <= scalars
     # The row statement reads scalars and the row's values only.
     (v, r) = kernel.row
-    assert v.target == "v" and r.target == "r"
+    assert v.target == "v" and r.target == "r1"        # "r" is a template's local (rule.RESERVED)
     assert not any(isinstance(n, (ir.Elem, ir.Param)) for s in kernel.row for n in ir.walk(s.expr))
     # sqrt(v / (1 - beta2^t)) + eps is per row: computed once there, read by the element update.
     bias2 = scalar(kernel, sub(ONE, P("beta2_power")))
     assert r.expr == add(ir.Call("sqrt", (div(R("v"), bias2),)), ir.Scalar("eps"))
     (_, var) = kernel.update
-    assert R("r") in list(ir.walk(var.expr))
+    assert R("r1") in list(ir.walk(var.expr))
     assert not any(isinstance(n, ir.Call) for n in ir.walk(var.expr))
     # The sum is element code: it reads g.
     assert kernel.reduce == (ir.Reduce("sumsq", mul(E("g"), E("g"))),)
@@ -127,8 +127,8 @@ def test_c_printer_names_row_values_and_the_row_length():
     bias1 = scalar(kernel, sub(ONE, P("beta1_power"))).name
     assert [printer.row_assign(s) for s in kernel.row] == [
         f"v_r = beta2 * v_r + {one_minus_beta2} * (sumsq_r / row_length);",
-        f"r_r = sqrtf(v_r / {bias2}) + eps;"]
-    assert printer.block(kernel.update[1:], 0) == f"var_i = var_i - lr * (m_i / {bias1}) / r_r;"
+        f"r1_r = sqrtf(v_r / {bias2}) + eps;"]
+    assert printer.block(kernel.update[1:], 0) == f"var_i = var_i - lr * (m_i / {bias1}) / r1_r;"
     assert printer.expr(kernel.reduce[0].expr) == "g_i * g_i"
 
 

@@ -81,7 +81,7 @@ def build(tmp_path_factory):
             (folder / f"{symbol}.h").write_text(source.header)
             (folder / source.filename).write_text(source.text)
             library = folder / f"{symbol}.so"
-            subprocess.run([*c.compiler(), *c.flags(), "-Wall", "-Werror",
+            subprocess.run([*c.compiler(), *c.flags(), "-Wall", "-Wshadow", "-Werror",
                             str(folder / source.filename), "-o", str(library), "-lm"],
                            check=True, capture_output=True)
             ffi = cffi.FFI()

@@ -74,50 +74,106 @@ SUM_CHUNK = 256
 #: device adds the same numbers in the same order, so row sums agree bitwise everywhere.
 ROW_LANES = 32
 
+class Node:
+    """What every expression node has: arithmetic operators that build the IR, so that a rule
+    reads like its math (`beta1 * m + (1 - beta1) * g`). A Python number becomes a `Const`;
+    `a + b` is `Binary("+", a, b)`, `-a` is `Unary("-", a)`. Equality stays structural (the
+    dataclasses'); comparisons are `Compare` nodes, written out."""
+
+    def __add__(self, other):
+        return Binary("+", self, _node(other))
+
+    def __radd__(self, other):
+        return Binary("+", _node(other), self)
+
+    def __sub__(self, other):
+        return Binary("-", self, _node(other))
+
+    def __rsub__(self, other):
+        return Binary("-", _node(other), self)
+
+    def __mul__(self, other):
+        return Binary("*", self, _node(other))
+
+    def __rmul__(self, other):
+        return Binary("*", _node(other), self)
+
+    def __truediv__(self, other):
+        return Binary("/", self, _node(other))
+
+    def __rtruediv__(self, other):
+        return Binary("/", _node(other), self)
+
+    def __neg__(self):
+        return Unary("-", self)
+
+
+def _node(x) -> Node:
+    """`x` as an expression: a node as it is, a Python number as a `Const`."""
+    if isinstance(x, Node):
+        return x
+    if isinstance(x, (int, float)) and not isinstance(x, bool):
+        return Const(float(x))
+    raise TypeError(f"cannot make an IR expression of {x!r}")
+
+
+def sqrt(x) -> Call:
+    return Call("sqrt", (_node(x),))
+
+
+def sign(x) -> Call:
+    return Call("sign", (_node(x),))
+
+
+def maximum(a, b) -> Call:
+    """`max(a, b)` (`a > b ? a : b`: see the module's docstring for NaN and signed zeros)."""
+    return Call("max", (_node(a), _node(b)))
+
+
 @dataclass(frozen=True)
-class Const:
+class Const(Node):
     value: float
 
 
 @dataclass(frozen=True)
-class Param:
+class Param(Node):
     """A field of `lazyadam_hparams` (double)."""
     name: str
 
 
 @dataclass(frozen=True)
-class Elem:
+class Elem(Node):
     """The current value of one element of a per-element quantity."""
     name: str
 
 
 @dataclass(frozen=True)
-class Scalar:
+class Scalar(Node):
     """A hoisted per-step scalar, stored in the parameter dtype."""
     name: str
 
 
 @dataclass(frozen=True)
-class Row:
+class Row(Node):
     """The current row's value of a per-row quantity: a per-row state array, a `Reduce` sum or a
     per-row local."""
     name: str
 
 
 @dataclass(frozen=True)
-class RowSize:
+class RowSize(Node):
     """The number of elements in a row (the product of the parameter's shape after the first
     axis), in the arithmetic dtype."""
 
 
 @dataclass(frozen=True)
-class Unary:
+class Unary(Node):
     op: str  # "-"
     x: Expr
 
 
 @dataclass(frozen=True)
-class Binary:
+class Binary(Node):
     op: str  # "+", "-", "*", "/"
     a: Expr
     b: Expr
@@ -130,7 +186,7 @@ COMPARISONS = ("<", "<=", ">", ">=", "==", "!=")
 
 
 @dataclass(frozen=True)
-class Call:
+class Call(Node):
     """`fn(*args)`, `fn` one of `FUNCTIONS`.
 
     Raises:
@@ -148,7 +204,7 @@ class Call:
 
 
 @dataclass(frozen=True)
-class Compare:
+class Compare(Node):
     """`a op b`: 1 when true, 0 when false (NaN compares false, except with `!=`).
 
     Raises:
@@ -165,7 +221,7 @@ class Compare:
 
 
 @dataclass(frozen=True)
-class Select:
+class Select(Node):
     """`c ? a : b`: `a` where the condition `c` is nonzero (NaN included), else `b`."""
     c: Expr
     a: Expr
@@ -173,7 +229,7 @@ class Select:
 
 
 @dataclass(frozen=True)
-class Switch:
+class Switch(Node):
     """`on` where the spec switch `flag` is set (see `Spec.flag`), `off` otherwise."""
     flag: str
     on: Expr
@@ -181,14 +237,14 @@ class Switch:
 
 
 @dataclass(frozen=True)
-class Named:
+class Named(Node):
     """A subexpression that keeps the name `name` when hoisted."""
     name: str
     x: Expr
 
 
 @dataclass(frozen=True)
-class Load:
+class Load(Node):
     """The stored element of array `name`, of storage dtype `dtype`, widened (exactly) to the
     arithmetic dtype."""
     name: str
@@ -196,7 +252,7 @@ class Load:
 
 
 @dataclass(frozen=True)
-class Round:
+class Round(Node):
     """`x` rounded to the storage dtype `dtype`: to nearest even when `bits` is None, else
     stochastically, away from zero with probability (|x| - |down|) / (|up| - |down|) as drawn by
     the 32 random bits `bits`."""
@@ -206,7 +262,7 @@ class Round:
 
 
 @dataclass(frozen=True)
-class StepKey:
+class StepKey(Node):
     """The per-step key of stochastic rounding: a hash of the `seed` and `step` fields of
     `lazyadam_hparams` and of `stream`. Arrays var and m draw from stream 0, v and vmax from
     stream 1 (one hash of 32 bits serves two arrays of 16)."""
@@ -214,7 +270,7 @@ class StepKey:
 
 
 @dataclass(frozen=True)
-class Bits:
+class Bits(Node):
     """32 random bits for one element: a hash of a `StepKey` and of the element's `position` (its
     index in the array), the same whichever thread or target computes it. Rounding reads the high
     bits; `half` = 1 moves the low 16 bits up, for the second array of a stream."""
@@ -390,8 +446,10 @@ def _store(spec: Spec, value: Elem | Row, number: int) -> Expr:
     stochastically from the high or the low half of stream number // 2, at the element's
     position (a per-row array's: the row's)."""
     dtype = spec.storage(value.name)
-    if dtype not in HALF_DTYPES:
+    if dtype == spec.compute_dtype:
         return value
+    if dtype not in HALF_DTYPES:
+        return Round(value, dtype)           # float32 state of a float64 kernel: to nearest
     bits = None
     if spec.rounding == "stochastic":
         stream = number // 2

@@ -12,6 +12,7 @@ from dataclasses import replace
 from .ir import (Assign, Binary, Call, Compare, Const, Elem, Expr, Kernel, Let, Load, Named, Param,
                  Reduce, Row, RowSize, Scalar, Select, Switch, Unary, children, rebuild, transform,
                  walk)
+from .rule import RESERVED
 
 
 # [ir.Kernel] -> [ir.Kernel]
@@ -95,10 +96,11 @@ def hoist_invariants(kernel: Kernel) -> Kernel:
     element, e.g. a rowwise rule's `lr / (sqrt(acc) + eps)`: computed once per row, after the
     row's own statements, in the arithmetic dtype, which gives the same bits as once per element.
     Equal subexpressions share one name. A `Named` subexpression keeps its name; a bare
-    hyperparameter keeps the hyperparameter's; others are numbered (`c`, `r`). Bare constants stay
-    in the loop as literals.
+    hyperparameter keeps the hyperparameter's; others are numbered (`c1`, `r1`), and a name the
+    templates declare (`rule.RESERVED`) is numbered too. Bare constants stay in the loop as
+    literals.
     """
-    taken: set[str] = set()
+    taken: set[str] = set(RESERVED)
     lets = _Hoisted(taken, "c", lambda e: not _reads(e, (Elem, Scalar, Load, Row, RowSize)))
     kernel = kernel.with_statements(lambda s: replace(s, expr=lets.hoist(s.expr, Scalar)))
     scalars = tuple(Let(name, body) for body, name in lets.found.items())

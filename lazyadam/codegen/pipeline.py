@@ -111,8 +111,9 @@ def format_kernel(kernel: ir.Kernel) -> str:
     printer = _IRPrinter(spec.compute_dtype)
     kind = "sparse" if spec.sparse else "dense"
     if kernel.converts:
-        lines = [f"kernel {spec.symbol()}  ({kind}, {spec.dtype}; state "
-                 f"{spec.storage(kernel.arrays[1])}, "
+        state = [a for a in kernel.arrays[1:] + kernel.row_arrays]
+        stored = f"state {spec.storage(state[0])}, " if state else ""
+        lines = [f"kernel {spec.symbol()}  ({kind}, {spec.dtype}; {stored}"
                  f"gradient {spec.storage('grad')}; arithmetic in {spec.compute_dtype}, "
                  f"{spec.rounding} rounding)"]
     else:

@@ -100,10 +100,17 @@ class CPrinter:
 
     def widen(self, dtype: str, value: str) -> str:
         """A stored value of dtype `dtype` in the arithmetic dtype (exact)."""
-        return value if dtype == self.dtype else f"{self.WIDEN[dtype]}({value})"
+        if dtype == self.dtype:
+            return value
+        if dtype in C_TYPES:
+            return f"({self.ctype})({value})"
+        return f"{self.WIDEN[dtype]}({value})"
 
     def narrow(self, dtype: str, value: str) -> str:
-        """A float32 value rounded to the nearest even value of storage dtype `dtype`."""
+        """A value rounded to the nearest even value of storage dtype `dtype` (a half-precision
+        one from float32, or float32 from double)."""
+        if dtype in C_TYPES:
+            return f"({C_TYPES[dtype]})({value})"
         return f"{self.NARROW[dtype]}({value})"
 
     def narrow_stochastic(self, dtype: str, value: str, bits: str) -> str:

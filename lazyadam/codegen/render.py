@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import itertools
 import textwrap
 from dataclasses import dataclass
 
@@ -166,13 +167,18 @@ def storage_notes(kernel: Kernel) -> list[str]:
     spec = kernel.spec
     if not kernel.converts:
         return []
-    state = ", ".join(kernel.arrays[1:])
     rounding = ("to nearest even" if spec.rounding == "nearest" else
                 "stochastically, from random bits that hash hp->seed, hp->step and the "
                 "element's index (the same on any thread count, in C and CUDA)")
+    # The state's consecutive arrays of one dtype share it: "var bfloat16, m, v float32, ...".
+    runs = [(dtype, [name for name, _ in group]) for dtype, group in itertools.groupby(
+        ((a, spec.storage(a)) for a in kernel.arrays[1:] + kernel.row_arrays),
+        key=lambda pair: pair[1])]
+    stored = ", ".join([f"var {spec.storage('var')}",
+                        *(f"{', '.join(names)} {dtype}" for dtype, names in runs),
+                        f"gradient {spec.storage('grad')}"])
     return textwrap.wrap(
-        f"storage: var {spec.storage('var')}, {state} {spec.storage(kernel.arrays[1])}, gradient "
-        f"{spec.storage('grad')}. Every step computes in {spec.compute_dtype} (loads widen "
+        f"storage: {stored}. Every step computes in {spec.compute_dtype} (loads widen "
         f"exactly); each write to 16-bit storage rounds {rounding}.", 96)
 
 

@@ -22,6 +22,21 @@ from typing import Any, Callable, Mapping
 
 from .spec import DEFAULT_RULE, spec_class
 
+#: The identifiers that the templates declare in a kernel's body (loop counters, sizes, pointers,
+#: scratch): no state array of a rule may take one of these names, and no hoisted scalar does
+#: (`passes.hoist_invariants` numbers it instead), so that nothing a rule names is shadowed by a
+#: template's local.
+RESERVED = frozenset("""
+    a a_bytes aligned at b bad base begin biased bits block blocks bytes c c0 chunks col count
+    counts cub_bytes current cursor d e each elements end end_bit entry first first_chunk
+    first_element found from grad h held hi high hp hp_on_device hparams_on_device i indices items
+    j j0 k key l lane last last_run lo magnitude mantissa mask max_chunks max_long mid mine n next
+    nlong nnz o p pad part pass passes pos_bits position positions_in previous r record rounded
+    row row_size rows run run_blocks run_chunks runs s seed segments shift shifted sign skew slot
+    sort_bytes sorted source state_row status step stop stream stride sums t threads
+    threads_needed to total u value values var wanted warp_per_item warps which width workspace
+    workspace_bytes x""".split())
+
 #: The uint64 fields that end every rule's hyperparameter struct: the seed and the step t that
 #: stochastic rounding hashes.
 ROUNDING_FIELDS = ("seed", "step")
@@ -147,6 +162,13 @@ class Rule:
     derived_comment: str = ""
     frontends: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
     doc: str = ""
+
+    def __post_init__(self) -> None:
+        """Raises ValueError for a state array named like a template's local (`RESERVED`)."""
+        clash = sorted(s.name for s in self.state if s.name in RESERVED | {"var", "grad", "g"})
+        if clash:
+            raise ValueError(f"rule {self.name!r}: state array {clash[0]!r} takes a name the "
+                             "templates use; choose another")
 
     @property
     def flags(self) -> tuple[str, ...]:
