@@ -4,7 +4,9 @@ state array, two hyperparameters and one option.
 
 Its spec class is made from the rule; its C kernels, dense and lazy sparse, are generated from the
 shared templates, compiled by the C compiler and run against a numpy model of the rule written
-here; its sources name none of Adam's state or hyperparameters.
+here, as bare C functions and through the targets (`lazyadam.compile`, and the CUDA target's
+kernels built by the host emulation), with the hyperparameter class made from the rule; its
+sources name none of Adam's state or hyperparameters.
 """
 
 from __future__ import annotations
@@ -20,12 +22,14 @@ import numpy as np
 import pytest
 
 import cuda_emulation as emulation
+import lazyadam
 from lazyadam import Spec, SpecError, generate
 from lazyadam.codegen.ir import Assign, Binary, Elem, Param, Switch
 from lazyadam.codegen.rule import HParam, Interval, Lowering, Option, Rule, State, hparams_struct
 from lazyadam.codegen.spec import SpecBase
 from lazyadam.codegen.variants import specs_from_json, variants
 from lazyadam.targets import c
+from lazyadam.targets.base import hparams_of
 
 
 def _add(a, b):
@@ -187,3 +191,82 @@ def test_its_specs_from_json_and_its_variants():
 def test_its_specs_are_checked_against_its_options_and_domains(fields, message):
     with pytest.raises(SpecError, match=message):
         HEAVY_BALL.spec(**fields).validate()
+
+
+def _inputs(dtype, sparse):
+    rng = np.random.default_rng(11)
+    var = rng.standard_normal((6, 5)).astype(dtype)
+    buf = rng.standard_normal((6, 5)).astype(dtype)
+    if not sparse:
+        grad = rng.standard_normal((6, 5)).astype(dtype)
+        return var, buf, grad, model(var, buf, range(6), grad, nesterov=False)
+    indices = np.array([2, 5, 2, 2], dtype=np.int64)
+    values = (rng.integers(-16, 16, (4, 5)) / 8).astype(dtype)
+    grads = np.zeros_like(var)
+    np.add.at(grads, indices, values)
+    return var, buf, (indices, values), model(var, buf, [2, 5], grads, nesterov=False)
+
+
+def test_its_hyperparameter_class_is_made_from_the_rule():
+    HParams = hparams_of(HEAVY_BALL)
+    assert hparams_of(HEAVY_BALL) is HParams and hparams_of(lazyadam.Spec.RULE) is lazyadam.HParams
+    hp = HParams.at_step(3, lr=LR, seed=5)
+    assert hp.as_tuple() == (LR, 0.9, 5, 3)
+    with pytest.raises(ValueError, match=r"momentum = 1.5 must be finite and in \[0.0, 1.0\)"):
+        HParams(LR, 1.5)
+
+
+@pytest.mark.parametrize("sparse", [False, True], ids=["dense", "sparse"])
+def test_its_c_kernels_through_the_c_target(sparse):
+    if c.unavailable():
+        pytest.skip(c.unavailable())
+    kernel = lazyadam.compile(HEAVY_BALL.spec(sparse=sparse, dtype="float64"))
+    assert kernel.arrays == ("var", "buf") and kernel.hparams_bytes == 32
+    hp = hparams_of(HEAVY_BALL).at_step(1, lr=LR, momentum=MU)
+    var, buf, grad, (want_var, want_buf) = _inputs("float64", sparse)
+    kernel(var, buf, grad, hp)
+    np.testing.assert_array_equal(buf, want_buf)
+    np.testing.assert_array_equal(var, want_var)
+    var, buf, grad, (want_var, want_buf) = _inputs("float64", sparse)
+    kernel.bind(var, buf=buf)(grad, hp.as_tuple())
+    np.testing.assert_array_equal(var, want_var)
+
+
+def test_a_call_that_does_not_fit_the_rule_names_what_it_takes():
+    if c.unavailable():
+        pytest.skip(c.unavailable())
+    kernel = lazyadam.compile(HEAVY_BALL.spec(sparse=False))
+    var, buf, grad, _ = _inputs("float32", False)
+    hp = hparams_of(HEAVY_BALL).at_step(1)
+    before = var.copy()
+    with pytest.raises(TypeError, match="heavy_ball kernel takes var, buf, grad and hp"):
+        kernel(var, grad, hp)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'm'"):
+        kernel(var, buf, grad, hp, m=buf)
+    with pytest.raises(TypeError, match="buf has dtype float64"):
+        kernel(var, buf.astype(np.float64), grad, hp)
+    np.testing.assert_array_equal(var, before)
+
+
+def test_its_cuda_kernels_in_the_host_emulation():
+    """The CUDA target's `CudaKernel` over the emulation build: a sparse step, and a dense
+    multi-tensor step (`multi(variables, bufs, grads, hp)`), against the model."""
+    if emulation.host_compiler() is None:
+        pytest.skip("no host C++ compiler (c++ or g++) to build the CUDA emulation")
+    dense, sparse = HEAVY_BALL.spec(sparse=False), HEAVY_BALL.spec(sparse=True)
+    kernels = emulation.build([dense, sparse])
+    hp = hparams_of(HEAVY_BALL).at_step(1, lr=LR, momentum=MU)
+    var, buf, (indices, values), (want_var, want_buf) = _inputs("float32", True)
+    kernels[sparse](emulation.Emulated(var), emulation.Emulated(buf),
+                    (emulation.Emulated(indices), emulation.Emulated(values)), hp)
+    np.testing.assert_array_equal(buf, want_buf)
+    np.testing.assert_array_equal(var, want_var)
+    steps = [_inputs("float32", False) for _ in range(3)]
+    wrap = emulation.Emulated
+    kernels[dense].multi([wrap(s[0]) for s in steps], [wrap(s[1]) for s in steps],
+                         [wrap(s[2]) for s in steps], hp)
+    for var, buf, _, (want_var, want_buf) in steps:
+        np.testing.assert_array_equal(buf, want_buf)
+        np.testing.assert_array_equal(var, want_var)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'vmaxes'"):
+        kernels[dense].multi([], [], [], hp, vmaxes=[])

@@ -1,7 +1,9 @@
 """What every target shares: the per-call hyperparameters and the checks a kernel call makes.
 
 A target (`c.py`, `cuda.py`, each a `target.Target`) says whether it can run here, names its
-compiler (for the cache key), renders, builds and loads. A loaded kernel is called as
+compiler (for the cache key), renders, builds and loads. A loaded kernel takes var, then its
+rule's state arrays, the gradient and the hyperparameters; a state array that a switch keeps
+(`State.when`) may also come by name. For LazyAdam:
 
     kernel(var, m, v, grad, hp)                      # dense
     kernel(var, m, v, (indices, values), hp)         # lazy sparse
@@ -15,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Mapping, Sequence
 
 import cffi
 import numpy as np
@@ -100,6 +102,15 @@ def hparams_class(rule: Rule, doc: str) -> type:
         namespace={"RULE": rule, "__doc__": doc, "__module__": __name__})
 
 
+def hparams_of(rule: Rule) -> type:
+    """The hyperparameter class of `rule`'s calls (`hparams_class`, made once per rule;
+    LazyAdam's is `HParams`)."""
+    if rule.name not in _HPARAMS or _HPARAMS[rule.name].RULE is not rule:
+        _HPARAMS[rule.name] = hparams_class(
+            rule, doc=f"The fields of `{rule.hparams_type}` for one call (`{rule.name}` rule).")
+    return _HPARAMS[rule.name]
+
+
 #: LazyAdam's, made from its rule.
 HParams = hparams_class(ADAM, doc="""The fields of `lazyadam_hparams` for one call.
 
@@ -112,6 +123,9 @@ HParams = hparams_class(ADAM, doc="""The fields of `lazyadam_hparams` for one ca
     t), and keep `seed` to reproduce a run bit for bit.
     """)
 
+#: The hyperparameter class of each rule, by name (`hparams_of`).
+_HPARAMS: dict[str, type] = {ADAM.name: HParams}
+
 #: The C type of each storage dtype, as cffi names it (16-bit storage travels as its bits).
 CFFI_TYPES = {"float32": "float", "float64": "double", "bfloat16": "uint16_t",
               "float16": "uint16_t"}
@@ -120,15 +134,61 @@ CFFI_TYPES = {"float32": "float", "float64": "double", "bfloat16": "uint16_t",
 SCALAR_SPARSE = "a sparse kernel needs var of rank >= 1 (rows first)"
 
 
-def check_arrays(spec: SpecBase, var: Any, m: Any, v: Any, vmax: Any, grad: Any) -> None:
+def call_arguments(spec: SpecBase, args: Sequence[Any],
+                   named: Mapping[str, Any]) -> tuple[dict[str, Any], Any, Any]:
+    """The parts of a call `kernel(var, *args, **named)`: args are the rule's state arrays that
+    are always kept, the gradient, the hyperparameters, then (optionally) the switched ones;
+    `named` gives switched arrays by name.
+
+    Returns:
+        (the state arrays by name, as `state_arrays`; the gradient; the hyperparameters).
+
+    Raises:
+        TypeError: too few or too many arguments, or an unknown name.
+    """
+    required = [s.name for s in spec.RULE.state if s.when is None]
+    switched = [s.name for s in spec.RULE.state if s.when is not None]
+    count = len(required)
+    if not count + 2 <= len(args) <= count + 2 + len(switched):
+        raise TypeError(f"a {spec.RULE.name} kernel takes var, {', '.join(required)}, grad and hp"
+                        f"{' (and ' + ', '.join(switched) + ')' if switched else ''}; got "
+                        f"{len(args) + 1} positional arguments")
+    grad, hp = args[count], args[count + 1]
+    return state_arrays(spec, (*args[:count], *args[count + 2:]), named), grad, hp
+
+
+def state_arrays(spec: SpecBase, arrays: Sequence[Any], named: Mapping[str, Any]) -> dict[str, Any]:
+    """Every state array of `spec`'s rule by name, in the rule's order (None where not given):
+    `arrays` in that order, then `named` by name.
+
+    Raises:
+        TypeError: more arrays than the rule has, an unknown name, or a name given twice.
+    """
+    names = [s.name for s in spec.RULE.state]
+    if len(arrays) > len(names):
+        raise TypeError(f"a {spec.RULE.name} kernel takes the state arrays {', '.join(names)}; "
+                        f"got {len(arrays)}")
+    given = dict(zip(names, arrays))
+    for name, array in named.items():
+        if name not in names:
+            raise TypeError(f"unexpected keyword argument {name!r}; the state arrays are "
+                            f"{', '.join(names)}")
+        if name in given and given[name] is not None:
+            raise TypeError(f"{name} given twice")
+        given[name] = array
+    return {name: given.get(name) for name in names}
+
+
+def check_arrays(spec: SpecBase, var: Any, states: Mapping[str, Any], grad: Any) -> None:
     """Raises TypeError/ValueError naming the offending argument if a call would be wrong.
 
     Works on anything with `shape` and `dtype` (numpy arrays, and device arrays wrapped by the CUDA
     target); contiguity and writability are checked where the array exposes numpy-style `flags`.
-    Each array must have its storage dtype (`Spec.storage`): var the parameter's, m, v and vmax the
-    state's, the gradient (or sparse values) the gradient's.
+    Each array must have its storage dtype (`SpecBase.storage`): var the parameter's, the rule's
+    state arrays (`states`, by name, as `state_arrays`) theirs, the gradient (or sparse values)
+    the gradient's.
     """
-    state = _check_state(spec, var, m, v, vmax)
+    state = _check_state(spec, var, states)
     if not spec.sparse:
         check_array("grad", grad, spec.storage("grad"))
         if grad.shape != var.shape:
@@ -151,25 +211,29 @@ def check_arrays(spec: SpecBase, var: Any, m: Any, v: Any, vmax: Any, grad: Any)
     _check_disjoint(state, {"indices": indices, "values": values})
 
 
-def check_state(spec: SpecBase, var: Any, m: Any, v: Any, vmax: Any) -> dict[str, Any]:
+def check_state(spec: SpecBase, var: Any, states: Mapping[str, Any]) -> dict[str, Any]:
     """The state arrays' part of `check_arrays` (what a bound call checks once).
 
     Returns:
-        The state arrays by name ("var", "m", "v" and, for amsgrad, "vmax").
+        var and the state arrays the kernel keeps, by name, in ABI order (`Rule.arrays`).
 
     Raises:
         TypeError, ValueError: naming the offending array.
     """
-    state = _check_state(spec, var, m, v, vmax)
+    state = _check_state(spec, var, states)
     _check_disjoint(state, {})
     return state
 
 
-def _check_state(spec: SpecBase, var: Any, m: Any, v: Any, vmax: Any) -> dict[str, Any]:
+def _check_state(spec: SpecBase, var: Any, states: Mapping[str, Any]) -> dict[str, Any]:
     """`check_state` but for the overlap, which `check_arrays` checks with the gradient's."""
-    if spec.amsgrad != (vmax is not None):
-        raise TypeError("vmax is required by amsgrad kernels and only by them")
-    state = {"var": var, "m": m, "v": v} | ({"vmax": vmax} if spec.amsgrad else {})
+    for s in spec.RULE.state:
+        given = states.get(s.name) is not None
+        if s.when is None and not given:
+            raise TypeError(f"missing the state array {s.name}")
+        if s.when is not None and given != spec.flag(s.when):
+            raise TypeError(f"{s.name} is required by {s.when} kernels and only by them")
+    state = {"var": var} | {name: array for name, array in states.items() if array is not None}
     for name, arr in state.items():
         check_array(name, arr, spec.storage(name), writable=True)
         if arr.shape != var.shape:
@@ -249,6 +313,8 @@ class LoadedKernel:
         spec, source, path: what was built, from what, and where the library lies.
         ffi, lib: the cffi handle (declarations from `source.cdef`) and the opened library.
         fn: the exported kernel function.
+        arrays, hparams_type, hparams_bytes: var and the kept state arrays; the hyperparameter
+            struct's C name and size.
     """
 
     def __init__(self, spec: SpecBase, source: Source, path: Path):
@@ -261,3 +327,8 @@ class LoadedKernel:
         # threads, which crashes the process at exit.
         self.lib = self.ffi.dlopen(str(path), self.ffi.RTLD_NOW | self.ffi.RTLD_NODELETE)
         self.fn = getattr(self.lib, source.symbol)
+        #: var and the state arrays the kernel takes, in ABI order (`Rule.arrays`).
+        self.arrays = spec.RULE.arrays(spec)
+        #: The C name of the rule's hyperparameter struct, and its size in bytes.
+        self.hparams_type = spec.RULE.hparams_type
+        self.hparams_bytes = self.ffi.sizeof(self.hparams_type)

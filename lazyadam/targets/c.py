@@ -30,8 +30,8 @@ from ..codegen.render import Source
 from ..codegen.spec import SpecBase
 from ..dtypes import storage_name
 from ..errors import CompilerNotFoundError, KernelError
-from .base import (CFFI_TYPES, SCALAR_SPARSE, HParams, LoadedKernel, check_arrays,
-                   check_sizes, check_state, index_error)
+from .base import (CFFI_TYPES, SCALAR_SPARSE, LoadedKernel, call_arguments,
+                   check_arrays, check_sizes, check_state, index_error, state_arrays)
 from .target import Target
 
 #: -fno-math-errno lets sqrt vectorize (an Adam loop ran 5x slower without it); no -ffast-math: the
@@ -130,12 +130,11 @@ class CKernel(LoadedKernel):
         super().__init__(spec, source, path)
         _track_openmp(path)
         # The cffi type of each array's buffer: float[], double[], or uint16_t[] for 16-bit storage.
-        self._buffers = {a: f"{CFFI_TYPES[spec.storage(a)]}[]"
-                         for a in ("var", "m", "v", "vmax", "grad")}
-        self._pointers = {a: f"{CFFI_TYPES[spec.storage(a)]} *" for a in ("var", "m", "v", "vmax")}
+        self._buffers = {a: f"{CFFI_TYPES[spec.storage(a)]}[]" for a in (*self.arrays, "grad")}
+        self._pointers = {a: f"{CFFI_TYPES[spec.storage(a)]} *" for a in self.arrays}
         self._index = f"{spec.index_dtype}_t[]"
         self._grad_dtype = spec.storage("grad")
-        self._hparams = self.ffi.typeof("lazyadam_hparams *")
+        self._hparams = self.ffi.typeof(f"{self.hparams_type} *")
         if spec.sparse:
             self._with_workspace = getattr(self.lib, f"{source.symbol}_with_workspace")
             self._workspace_size = getattr(self.lib, f"{source.symbol}_workspace_size")
@@ -159,20 +158,22 @@ class CKernel(LoadedKernel):
             raise error
         return int(self._workspace_size(rows, row_size, nnz))
 
-    def __call__(self, var: np.ndarray, m: np.ndarray, v: np.ndarray, grad, hp: HParams,
-                 vmax: np.ndarray | None = None) -> None:
-        """One step, in place. `grad` is an array (dense) or an `(indices, values)` pair (sparse).
+    def __call__(self, var: np.ndarray, *args: Any, **named: np.ndarray) -> None:
+        """One step, in place: `kernel(var, <state arrays>, grad, hp)`, e.g. LazyAdam's
+        `kernel(var, m, v, grad, hp, vmax=None)` (see `base.call_arguments`). `grad` is an array
+        (dense) or an `(indices, values)` pair (sparse); `hp` the rule's `HParams`.
 
         Raises:
             TypeError, ValueError: a wrong dtype, shape or layout (nothing was written).
             IndexError: an index outside [0, var.shape[0]), naming the first (nothing was written).
         """
-        check_arrays(self.spec, var, m, v, vmax, grad)
-        self.bind(var, m, v, vmax)(grad, hp.as_tuple())
+        states, grad, hp = call_arguments(self.spec, args, named)
+        check_arrays(self.spec, var, states, grad)
+        self.bind(var, **states)(grad, hp.as_tuple())
 
-    def bind(self, var: np.ndarray, m: np.ndarray, v: np.ndarray,
-             vmax: np.ndarray | None = None) -> Step:
-        """`step(grad, hparams)` on these state arrays, for callers that check the gradients.
+    def bind(self, var: np.ndarray, *state: np.ndarray | None, **named: np.ndarray | None) -> Step:
+        """`step(grad, hparams)` on these state arrays (in the rule's order, or by name: for
+        LazyAdam `bind(var, m, v, vmax=None)`), for callers that check the gradients.
 
         The state arrays are checked and their pointers made once, here. A step then checks only
         what could make the kernel read out of bounds or misread memory (the gradient's dtype and
@@ -187,10 +188,10 @@ class CKernel(LoadedKernel):
             TypeError, ValueError: as `__call__`, for the state arrays here and for a gradient of
                 the wrong dtype or size at each step.
         """
-        check_state(self.spec, var, m, v, vmax)
+        arrays = check_state(self.spec, var, state_arrays(self.spec, state, named))
         if self.spec.sparse and var.ndim < 1:
             raise ValueError(SCALAR_SPARSE)
-        return (SparseStep if self.spec.sparse else Step)(self, (var, m, v, vmax))
+        return (SparseStep if self.spec.sparse else Step)(self, tuple(arrays.values()))
 
     def check_values(self, name: str, values: np.ndarray, size: int) -> None:
         """A gradient (or sparse values) of the kernel's gradient dtype with `size` elements.
@@ -223,8 +224,8 @@ class CKernel(LoadedKernel):
                 raise error
         if status == lib.LAZYADAM_EOVERLAP:
             raise ValueError(f"the workspace of {self.source.symbol} shares memory with an array "
-                             "of the step (var, m, v, vmax, indices or values); give it scratch "
-                             "of its own")
+                             f"of the step ({', '.join(self.arrays)}, indices or values); give it "
+                             "scratch of its own")
         if status == lib.LAZYADAM_ENOMEM and indices is not None:
             raise MemoryError(f"out of memory: {self.source.symbol} could not allocate "
                               f"{self.workspace_size(rows, row_size, indices.shape[0]):,} "
@@ -246,8 +247,7 @@ class Step:
         # each of its parameters): `arrays` keeps the memory they point to.
         cast, pointers = kernel.ffi.cast, kernel._pointers
         self.state = tuple(cast(pointers[name], a.__array_interface__["data"][0])
-                           for name, a in zip(("var", "m", "v", "vmax"), arrays)
-                           if a is not None)
+                           for name, a in zip(kernel.arrays, arrays))
         var = arrays[0]
         self.rows = var.shape[0] if var.ndim else 1
         self.row_size = var.size // self.rows if self.rows else int(np.prod(var.shape[1:]))

@@ -26,13 +26,16 @@ from ..codegen.spec import SpecBase
 from ..errors import CompilerNotFoundError, KernelError, TargetUnavailableError
 from ..interop.device import DeviceArray, stream_handle
 from . import nvcc
-from .base import CFFI_TYPES, HParams, LoadedKernel, check_arrays, check_sizes
+from ..rules.adam import ADAM
+from .base import (CFFI_TYPES, LoadedKernel, RuleHParams, call_arguments, check_arrays,
+                   check_sizes, state_arrays)
 from .cuda_binding import CudaBinding, MultiPlan, one_source
 from .target import Target
 
-#: Bytes of one `lazyadam_hparams` (eight doubles, then seed and step as uint64), as device memory
-#: that the `_hparams` launchers read holds it.
-HPARAMS_BYTES = 80
+#: Bytes of one `lazyadam_hparams` (LazyAdam's eight doubles, then seed and step as uint64), as
+#: device memory that the `_hparams` launchers read holds it; a kernel of any rule says its own
+#: struct's size as `hparams_bytes`.
+HPARAMS_BYTES = 8 * len(ADAM.fields)
 
 
 class CudaKernel(LoadedKernel):
@@ -62,8 +65,7 @@ class CudaKernel(LoadedKernel):
         self._error = getattr(self.lib, f"{symbol}_error")
         self._store = getattr(self.lib, f"{symbol}_store_hparams")
         # The cffi pointer type of each array: float *, double *, or uint16_t * for 16-bit storage.
-        self._ctypes = {a: f"{CFFI_TYPES[spec.storage(a)]} *"
-                        for a in ("var", "m", "v", "vmax", "grad")}
+        self._ctypes = {a: f"{CFFI_TYPES[spec.storage(a)]} *" for a in (*self.arrays, "grad")}
         self._itype = f"{spec.index_dtype}_t *"
         if spec.sparse:
             self._deferred = getattr(self.lib, f"{symbol}_deferred_hparams")
@@ -73,24 +75,25 @@ class CudaKernel(LoadedKernel):
         else:
             self._multi_hparams = getattr(self.lib, f"{symbol}_multi_hparams")
 
-    def __call__(self, var: Any, m: Any, v: Any, grad: Any, hp: HParams | None, vmax: Any = None,
-                 stream: Any = None, record: Any = None, workspace: Any = None,
-                 device_hparams: Any = None) -> None:
-        """One step, in place. `grad` is an array (dense) or an `(indices, values)` pair (sparse).
+    def __call__(self, var: Any, *args: Any, stream: Any = None, record: Any = None,
+                 workspace: Any = None, device_hparams: Any = None, **named: Any) -> None:
+        """One step, in place: `kernel(var, <state arrays>, grad, hp)`, e.g. LazyAdam's
+        `kernel(var, m, v, grad, hp, vmax=None)` (see `base.call_arguments`).
 
         Args:
-            var, m, v, vmax: device arrays (`__cuda_array_interface__`), C-contiguous.
-            grad: a device array, or a pair of device arrays (indices, values).
-            hp: this step's hyperparameters (None with `device_hparams`).
+            var, args, named: var, the rule's state arrays, the gradient and the hyperparameters.
+                Arrays are device arrays (`__cuda_array_interface__`), C-contiguous; the gradient
+                is one, or a pair of them (indices, values); the hyperparameters are the rule's
+                `HParams` (None with `device_hparams`).
             stream: where to queue the work (see `stream_handle`).
             record: sparse only: run deferred, leaving a bad index in this device array (int64,
                 `RECORD_WORDS` long, zeroed before first use) instead of waiting to check it.
             workspace: sparse only: a device array of at least `workspace_size(...)` bytes,
                 256-byte aligned, for the step's scratch (else it is allocated on the stream), so
                 that a caller can allocate every step's scratch before any step writes.
-            device_hparams: a device array of at least `HPARAMS_BYTES` bytes holding the step's
-                `lazyadam_hparams` (see `store_hparams`), read when the kernels run; sparse steps
-                take it only deferred.
+            device_hparams: a device array of at least `hparams_bytes` bytes holding the step's
+                hyperparameter struct (see `store_hparams`), read when the kernels run; sparse
+                steps take it only deferred.
 
         Raises:
             TypeError, ValueError: a host array, a wrong dtype, shape or layout, too small a
@@ -102,32 +105,33 @@ class CudaKernel(LoadedKernel):
         if not self.spec.sparse and (record is not None or workspace is not None):
             raise TypeError("record= and workspace= are for sparse kernels; a dense step never "
                             "waits")
-        state = [DeviceArray(a, n) for a, n in zip((var, m, v), ("var", "m", "v"))]
-        dvmax = None if vmax is None else DeviceArray(vmax, "vmax")
+        states, grad, hp = call_arguments(self.spec, args, named)
+        views = {n: None if a is None else DeviceArray(a, n) for n, a in states.items()}
         if self.spec.sparse:
             if not (isinstance(grad, tuple) and len(grad) == 2):
                 raise TypeError("a sparse kernel takes its gradient as an (indices, values) pair")
             dgrad = (DeviceArray(grad[0], "indices"), DeviceArray(grad[1], "values"))
         else:
             dgrad = DeviceArray(grad, "grad")
-        check_arrays(self.spec, *state, dvmax, dgrad)
-        binding = self.bind(var, m, v, vmax)
+        check_arrays(self.spec, DeviceArray(var, "var"), views, dgrad)
+        binding = self.bind(var, **states)
         binding(grad, hp, stream=stream, record=record, workspace=workspace,
                 device_hparams=device_hparams)
 
-    def bind(self, var: Any, m: Any, v: Any, vmax: Any = None) -> CudaBinding:
-        """This kernel bound to one parameter's state arrays (see `CudaBinding`).
+    def bind(self, var: Any, *state: Any, **named: Any) -> CudaBinding:
+        """This kernel bound to one parameter's state arrays, in the rule's order or by name
+        (LazyAdam's `bind(var, m, v, vmax=None)`; see `CudaBinding`).
 
         Raises:
             TypeError, ValueError: as `__call__`, for the state arrays.
         """
-        return CudaBinding(self, var, m, v, vmax)
+        return CudaBinding(self, var, state_arrays(self.spec, state, named))
 
     def plan(self, bindings: Sequence[CudaBinding]) -> MultiPlan:
         """Multi-tensor launches over dense bound calls of this kernel (see `MultiPlan`)."""
         return MultiPlan(self, bindings)
 
-    def store_hparams(self, device: Any, hparams: Sequence[HParams | tuple], stream: Any = None,
+    def store_hparams(self, device: Any, hparams: Sequence[RuleHParams | tuple], stream: Any = None,
                       offset: int = 0) -> None:
         """Copies `hparams` into the device array `device`, from entry `offset` on, in stream
         order and without waiting (the values travel as launch arguments).
@@ -135,32 +139,32 @@ class CudaKernel(LoadedKernel):
         Raises:
             ValueError: `device` holds fewer than `offset + len(hparams)` entries.
         """
-        view = DeviceArray(device, "device_hparams")
-        if view.nbytes < (offset + len(hparams)) * HPARAMS_BYTES:
+        view, size = DeviceArray(device, "device_hparams"), self.hparams_bytes
+        if view.nbytes < (offset + len(hparams)) * size:
             raise ValueError(f"device_hparams holds {view.nbytes} bytes; {offset + len(hparams)} "
-                             f"entries take {(offset + len(hparams)) * HPARAMS_BYTES}")
-        entries = [hp.as_tuple() if isinstance(hp, HParams) else hp for hp in hparams]
-        self.store_at(view.ptr + offset * HPARAMS_BYTES, entries,
+                             f"entries take {(offset + len(hparams)) * size}")
+        entries = [hp.as_tuple() if isinstance(hp, RuleHParams) else hp for hp in hparams]
+        self.store_at(view.ptr + offset * size, entries,
                       stream_handle(stream, [view]))
 
     def store_at(self, address: int, entries: Sequence[tuple], stream: int) -> None:
         """`store_hparams` to a device address, for callers that checked it (the runtime)."""
         ffi = self.ffi
-        self._raise_for(self._store(ffi.cast("lazyadam_hparams *", address),
-                                    ffi.new("lazyadam_hparams[]", list(entries)), len(entries),
+        self._raise_for(self._store(ffi.cast(f"{self.hparams_type} *", address),
+                                    ffi.new(f"{self.hparams_type}[]", list(entries)), len(entries),
                                     ffi.cast("cudaStream_t", stream)))
 
     def device_hparams_pointer(self, device_hparams: Any) -> Any:
-        """The `lazyadam_hparams *` of a device array of hyperparameters.
+        """The pointer to the hyperparameter struct of a device array of hyperparameters.
 
         Raises:
-            ValueError: fewer than `HPARAMS_BYTES` bytes, or misaligned.
+            ValueError: fewer than `hparams_bytes` bytes, or misaligned.
         """
         view = DeviceArray(device_hparams, "device_hparams")
-        if view.nbytes < HPARAMS_BYTES or view.ptr % 8:
-            raise ValueError(f"device_hparams must hold {HPARAMS_BYTES} bytes at an 8-byte "
+        if view.nbytes < self.hparams_bytes or view.ptr % 8:
+            raise ValueError(f"device_hparams must hold {self.hparams_bytes} bytes at an 8-byte "
                              f"aligned address, got {view.nbytes} at {view.ptr:#x}")
-        return self.ffi.cast("lazyadam_hparams *", view.ptr)
+        return self.ffi.cast(f"{self.hparams_type} *", view.ptr)
 
     def workspace_size(self, rows: int, row_size: int, nnz: int) -> int:
         """Bytes of device scratch a sparse step of these sizes needs.
@@ -205,11 +209,13 @@ class CudaKernel(LoadedKernel):
             raise ValueError("record must be a contiguous, writable device array")
         return self.ffi.cast("lazyadam_index_record *", array.ptr)
 
-    def multi(self, variables: Sequence[Any], ms: Sequence[Any], vs: Sequence[Any],
-              grads: Sequence[Any], hp: HParams | None, vmaxes: Sequence[Any] | None = None,
-              stream: Any = None, device_hparams: Any = None) -> None:
+    def multi(self, variables: Sequence[Any], *args: Any, stream: Any = None,
+              device_hparams: Any = None, **named: Sequence[Any]) -> None:
         """One dense step on many tensors with the same hyperparameters (`hp`, or a device array
-        of them, `device_hparams`), in launches of up to `TENSORS_PER_LAUNCH` tensors.
+        of them, `device_hparams`), in launches of up to `TENSORS_PER_LAUNCH` tensors:
+        `multi(variables, <a list per state array>, grads, hp)`, the lists of switched state
+        arrays also by their plural names (`State.names`), e.g. LazyAdam's
+        `multi(variables, ms, vs, grads, hp, vmaxes=None)`.
 
         With stochastic rounding every tensor hashes the same seed at its own element positions,
         so tensors of one shape get the same random bits; to round each with its own seed (as the
@@ -222,15 +228,27 @@ class CudaKernel(LoadedKernel):
         """
         if self.spec.sparse:
             raise TypeError(f"{self.source.symbol} is sparse; multi() updates dense tensors")
+        plurals = {s.names.get("plural", f"{s.name}s"): s for s in self.spec.RULE.state}
+        unknown = sorted(set(named) - set(plurals))
+        if unknown:
+            raise TypeError(f"multi() got an unexpected keyword argument {unknown[0]!r}")
+        lists, grads, hp = call_arguments(
+            self.spec, args, {plurals[plural].name: value for plural, value in named.items()})
         one_source(hp, device_hparams)
-        lists = [variables, ms, vs, grads] + ([vmaxes] if self.spec.amsgrad else [])
-        if len({len(x) for x in lists}) != 1:
-            raise ValueError(f"variables, ms, vs, grads{', vmaxes' if self.spec.amsgrad else ''} must "
-                             f"have one entry per tensor; got lengths {[len(x) for x in lists]}")
-        if not self.spec.amsgrad and vmaxes is not None:
-            raise TypeError("vmaxes is required by amsgrad kernels and only by them")
-        bindings = [self.bind(var, m, v, vmaxes[k] if self.spec.amsgrad else None)
-                    for k, (var, m, v) in enumerate(zip(variables, ms, vs))]
+        for plural, state in plurals.items():
+            if state.when is not None and (lists[state.name] is not None) != self.spec.flag(
+                    state.when):
+                raise TypeError(f"{plural} is required by {state.when} kernels and only by them")
+        required = [(plural, lists[s.name]) for plural, s in plurals.items() if s.when is None]
+        switched = [(plural, lists[s.name]) for plural, s in plurals.items()
+                    if s.when is not None and self.spec.flag(s.when)]
+        given = [("variables", variables), *required, ("grads", grads), *switched]
+        if len({len(x) for _, x in given}) != 1:
+            raise ValueError(f"{', '.join(name for name, _ in given)} must have one entry per "
+                             f"tensor; got lengths {[len(x) for _, x in given]}")
+        names = self.arrays[1:]
+        bindings = [self.bind(var, **{name: lists[name][k] for name in names})
+                    for k, var in enumerate(variables)]
         views = [binding.check_grad(grad, f"grads[{k}]")
                  for k, (binding, grad) in enumerate(zip(bindings, grads))]
         if not bindings:

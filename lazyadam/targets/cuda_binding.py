@@ -4,12 +4,12 @@ a dense kernel over bound calls (`MultiPlan`).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
 from ..interop.device import DeviceArray, locate, stream_handle, torch_kind
-from .base import HParams, check_array, check_state
+from .base import RuleHParams, check_array, check_state
 
 if TYPE_CHECKING:
     from .cuda import CudaKernel
@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 class CudaBinding:
     """A CUDA kernel bound to one parameter's state arrays (`CudaKernel.bind`).
 
-    The state arrays (var, m, v and for amsgrad vmax) are checked once, here: dtypes, shapes,
+    The state arrays (var and the rule's that the kernel keeps) are checked once, here: dtypes, shapes,
     layout, no overlap, one device; their pointers are made once. A step then checks only the
     gradient (its dtype, shape, layout, device, and that it shares no memory with the state), and
     `current()` tells in a few hundred nanoseconds an array whether the state arrays are still
@@ -36,12 +36,13 @@ class CudaBinding:
     __slots__ = ("kernel", "arrays", "keys", "torch", "ptrs", "spans", "shape", "size", "rows",
                  "row_size", "device", "grad_dtype", "index_dtype", "home")
 
-    def __init__(self, kernel: CudaKernel, var: Any, m: Any, v: Any, vmax: Any = None):
+    def __init__(self, kernel: CudaKernel, var: Any, states: Mapping[str, Any]):
         spec = kernel.spec
-        names = ("var", "m", "v", "vmax")
-        arrays = (var, m, v) + ((vmax,) if vmax is not None else ())
-        views = [DeviceArray(a, n) for a, n in zip(arrays, names)]
-        check_state(spec, *views[:3], views[3] if vmax is not None else None)
+        views = check_state(spec, DeviceArray(var, "var"), {
+            name: None if array is None else DeviceArray(array, name)
+            for name, array in states.items()})
+        names, views = tuple(views), tuple(views.values())
+        arrays = (var, *(states[name] for name in names[1:]))
         devices = {view.device for view in views} - {None}
         if len(devices) > 1:
             raise ValueError(f"the state arrays are on CUDA devices {sorted(devices)}; a kernel "
@@ -115,7 +116,7 @@ class CudaBinding:
             raise ValueError(f"{name} shares memory with the state arrays; each must be an array "
                              "of its own")
 
-    def __call__(self, grad: Any, hp: HParams | tuple | None, stream: Any = None,
+    def __call__(self, grad: Any, hp: RuleHParams | tuple | None, stream: Any = None,
                  record: Any = None, workspace: Any = None, device_hparams: Any = None) -> None:
         """One step: the gradient checked (`check_grad`), then the launches.
 
@@ -135,7 +136,7 @@ class CudaBinding:
         views = self.check_grad(grad)
         handle = stream_handle(stream, [views[0] if isinstance(views, tuple) else views])
         kernel = self.kernel
-        if isinstance(hp, HParams):
+        if isinstance(hp, RuleHParams):
             hp = hp.as_tuple()
         table = None if device_hparams is None else kernel.device_hparams_pointer(device_hparams)
         if not kernel.spec.sparse:
@@ -152,12 +153,12 @@ class CudaBinding:
     def deferred(self, grad: tuple[DeviceArray, DeviceArray], hp: tuple | Any, stream: int,
                  workspace: DeviceArray | None, record: Any) -> None:
         """The sparse step that waits for nothing, on checked views (`check_grad`): `hp` is a
-        tuple of hyperparameters, or a `lazyadam_hparams *` in device memory; `record` a
+        tuple of hyperparameters, or a pointer to its struct in device memory; `record` a
         `lazyadam_index_record *`."""
         kernel = self.kernel
         ffi = kernel.ffi
         on_device = not isinstance(hp, tuple)
-        params = hp if on_device else ffi.new("lazyadam_hparams *", hp)
+        params = hp if on_device else ffi.new(f"{kernel.hparams_type} *", hp)
         space, size = ((ffi.NULL, 0) if workspace is None else
                        (ffi.cast("void *", workspace.ptr), workspace.nbytes))
         indices, values = grad
@@ -174,7 +175,7 @@ class CudaBinding:
         indices, values = grad
         args = (*self.ptrs, self.rows, self.row_size, ffi.cast(kernel._itype, indices.ptr),
                 ffi.cast(kernel._ctypes["grad"], values.ptr), indices.size,
-                ffi.new("lazyadam_hparams *", hp))
+                ffi.new(f"{kernel.hparams_type} *", hp))
         handle = ffi.cast("cudaStream_t", stream)
         if workspace is None:
             kernel._raise_for(kernel.fn(*args, handle))
@@ -201,9 +202,8 @@ class MultiPlan:
             raise TypeError(f"{kernel.source.symbol} is sparse; multi-tensor launches are dense")
         ffi = kernel.ffi
         self.kernel, self.bindings, self.count = kernel, tuple(bindings), len(bindings)
-        names = ("var", "m", "v", "vmax")[:4 if kernel.spec.amsgrad else 3]
         self.columns = [ffi.new(f"{kernel._ctypes[name]}[]", [b.ptrs[k] for b in bindings])
-                        for k, name in enumerate(names)]
+                        for k, name in enumerate(kernel.arrays)]
         self.sizes = ffi.new("int64_t[]", [b.size for b in bindings])
 
     def launch(self, grads: Sequence[int], hparams: Sequence[tuple] | Any,
@@ -213,7 +213,7 @@ class MultiPlan:
         Args:
             grads: each tensor's gradient address (checked by the caller: dtype, size, layout).
             hparams: hyperparameter entries in host memory (tuples in `HParams` order), or a
-                `lazyadam_hparams *` to device memory, read when the kernels run.
+                pointer to the struct in device memory, read when the kernels run.
             which: each tensor's entry of `hparams` (None: entry 0 for all).
             stream: the `cudaStream_t` handle.
 
@@ -224,7 +224,7 @@ class MultiPlan:
         ffi = kernel.ffi
         addresses = ffi.new("uintptr_t[]", grads)
         on_device = not isinstance(hparams, (list, tuple))
-        table = hparams if on_device else ffi.new("lazyadam_hparams[]", hparams)
+        table = hparams if on_device else ffi.new(f"{kernel.hparams_type}[]", hparams)
         kernel._raise_for(kernel._multi_hparams(
             self.count, *self.columns, ffi.cast(f"{kernel._ctypes['grad']} *", addresses),
             self.sizes, table, ffi.NULL if which is None else ffi.new("int32_t[]", which),
