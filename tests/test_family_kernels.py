@@ -20,12 +20,14 @@ import numpy as np
 import pytest
 
 import cuda_emulation as emulation
+import lazyadam
 import reference_family as ref
 from lazyadam.codegen import generate
 from lazyadam.codegen.pipeline import optimize
 from lazyadam.codegen.variants import variants
 from lazyadam.rules import ADAGRAD, LION, PARTIAL_ROWWISE_ADAM, ROWWISE_ADAGRAD, SGD
 from lazyadam.targets import c, cache
+from lazyadam.targets.base import hparams_of
 
 RULES = {r.name: r for r in (SGD, ADAGRAD, ROWWISE_ADAGRAD, PARTIAL_ROWWISE_ADAM, LION)}
 SAMPLE = 10           # kernels per rule and dtype
@@ -270,3 +272,43 @@ def test_cuda_sources_compile_with_nvcc(name):
                           "nvcc": subprocess.run([nvcc, "--version"], capture_output=True,
                                                  text=True).stdout})
     assert cache.fetch(key, "ptx.ok", lambda folder: compile_units(nvcc, "90", sources, folder))
+
+
+@pytest.mark.parametrize("name", RULES)
+@pytest.mark.parametrize("sparse", [False, True], ids=["dense", "sparse"])
+def test_lazyadam_compile_gives_each_rule_a_kernel_object(name, sparse):
+    """`lazyadam.compile(spec)` and its call `kernel(var, *state, grad, hp)`, hyperparameters from
+    the rule's class (`at_step` fills t or the beta powers), against the reference over 2 steps."""
+    rule = RULES[name]
+    spec = rule.spec(sparse=sparse, dtype="float64").validate()
+    kernel = lazyadam.compile(spec)
+    hp_class = hparams_of(rule)
+    rng = np.random.default_rng(4)
+    state = {"var": rng.standard_normal((ROWS, ROW_SIZE))}
+    for s in rule.state:
+        if s.name in kernel.arrays:
+            state[s.name] = np.zeros(ROWS if s.per == "row" else (ROWS, ROW_SIZE))
+    expected = {name: value.copy() for name, value in state.items()}
+    values = {k: v for k, v in HYPER[name].items() if k not in ("t",)}
+    for t in (1, 2):
+        indices = rng.integers(0, ROWS, NNZ).astype(np.int64) if sparse else None
+        grad = rng.standard_normal((NNZ if sparse else ROWS, ROW_SIZE))
+        kernel(state["var"], *(state[a] for a in kernel.arrays[1:]),
+               (indices, grad) if sparse else grad, hp_class.at_step(t, **values))
+        expected = reference(rule, spec, expected, grad, indices, t)
+        for a in kernel.arrays:
+            np.testing.assert_allclose(state[a], expected[a], **TOLERANCE["float64"])
+
+
+def test_per_row_state_must_have_one_value_per_row():
+    spec = ROWWISE_ADAGRAD.spec(sparse=False, dtype="float64").validate()
+    kernel = lazyadam.compile(spec)
+    var, grad = np.ones((4, 3)), np.ones((4, 3))
+    hp = hparams_of(ROWWISE_ADAGRAD).at_step(1)
+    for acc, message in [(np.zeros((4, 3)), r"acc has shape \(4, 3\), expected \(4,\)"),
+                         (np.zeros(5), r"acc has shape \(5,\), expected \(4,\)")]:
+        with pytest.raises(ValueError, match=message):
+            kernel(var, acc, grad, hp)
+    assert (var == 1).all()
+    with pytest.raises(ValueError, match="keeps state per row: var needs rank >= 1"):
+        kernel(np.ones(()), np.zeros(()), np.ones(()), hp)

@@ -81,8 +81,8 @@ class HParam:
         domain: the values a call may pass.
         static: whether a spec may bake it in as a literal (`Spec.static`).
         static_domain: the values it may be baked in as, where narrower than `domain`.
-        derived: how a front end computes it each step from other fields, e.g. "power:beta1" for
-            beta1^t; None for a field the caller sets.
+        derived: how a front end computes it each step from other fields: "power:beta1" for
+            beta1^t, "step" for t itself; None for a field the caller sets.
     """
     name: str
     default: float

@@ -23,6 +23,7 @@ import cffi
 import numpy as np
 
 from ..codegen.rule import ROUNDING_FIELDS, Rule
+from ..codegen.pipeline import optimize
 from ..codegen.render import Source
 from ..codegen.spec import SpecBase
 from ..dtypes import storage_name
@@ -74,7 +75,9 @@ class RuleHParams:
             raise TypeError(f"at_step() got an unexpected keyword argument {unknown[0]!r}")
         fields = {h.name: values.get(h.name, h.default) for h in plain}
         for h in cls.RULE.hparams:
-            if h.derived is not None:
+            if h.derived == "step":
+                fields[h.name] = float(t)
+            elif h.derived is not None:
                 fields[h.name] = fields[h.derived.partition(":")[2]] ** t
         return cls(**fields, seed=seed, step=t)
 
@@ -89,11 +92,12 @@ def hparams_class(rule: Rule, doc: str) -> type:
     are the struct's (`Rule.fields`), in ABI order, with the methods of `RuleHParams`.
 
     Raises:
-        ValueError: a derived field of another kind than "power:<field>".
+        ValueError: a derived field of another kind than "power:<field>" (<field>^t) or "step"
+            (t itself, as a double).
     """
     for h in rule.hparams:
         kind, _, base = (h.derived or "power:").partition(":")
-        if kind != "power" or (h.derived and base not in rule.fields):
+        if h.derived != "step" and (kind != "power" or (h.derived and base not in rule.fields)):
             raise ValueError(f"{rule.name}: cannot derive {h.name} from {h.derived!r}")
     fields = [(h.name, float) for h in rule.hparams]
     fields += [(name, int, dataclasses.field(default=0)) for name in ROUNDING_FIELDS]
@@ -234,11 +238,18 @@ def _check_state(spec: SpecBase, var: Any, states: Mapping[str, Any]) -> dict[st
         if s.when is not None and given != spec.flag(s.when):
             raise TypeError(f"{s.name} is required by {s.when} kernels and only by them")
     state = {"var": var} | {name: array for name, array in states.items() if array is not None}
+    per_row = {s.name for s in spec.RULE.state if s.per == "row"}
+    if per_row & set(state) and getattr(var, "ndim", 1) < 1:
+        raise ValueError(f"a {spec.RULE.name} kernel keeps state per row: var needs rank >= 1 "
+                         "(rows first)")
     for name, arr in state.items():
         check_array(name, arr, spec.storage(name), writable=True)
-        if arr.shape != var.shape:
-            raise ValueError(f"{name} has shape {arr.shape}, var has {var.shape}")
-    return state
+        expected = tuple(var.shape[:1]) if name in per_row else tuple(var.shape)
+        if arr.shape != expected:
+            whose = "var's rows" if name in per_row else "var"
+            raise ValueError(f"{name} has shape {arr.shape}, expected {expected} ({whose})")
+    ordered = spec.RULE.arrays(spec) + spec.RULE.row_arrays(spec)
+    return {name: state[name] for name in ordered}
 
 
 def check_array(name: str, arr: Any, dtype: str, writable: bool = False) -> None:
@@ -327,8 +338,12 @@ class LoadedKernel:
         # threads, which crashes the process at exit.
         self.lib = self.ffi.dlopen(str(path), self.ffi.RTLD_NOW | self.ffi.RTLD_NODELETE)
         self.fn = getattr(self.lib, source.symbol)
-        #: var and the state arrays the kernel takes, in ABI order (`Rule.arrays`).
-        self.arrays = spec.RULE.arrays(spec)
+        #: var and the state arrays the kernel takes, in ABI order (`Rule.arrays`, then
+        #: `Rule.row_arrays`: one value per row).
+        self.arrays = spec.RULE.arrays(spec) + spec.RULE.row_arrays(spec)
+        #: Whether the kernel runs a row at a time (per-row state or row sums): its dense form
+        #: takes (rows, row_size) instead of n.
+        self.per_row = optimize(spec).per_row
         #: The C name of the rule's hyperparameter struct, and its size in bytes.
         self.hparams_type = spec.RULE.hparams_type
         self.hparams_bytes = self.ffi.sizeof(self.hparams_type)

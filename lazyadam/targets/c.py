@@ -191,7 +191,8 @@ class CKernel(LoadedKernel):
         arrays = check_state(self.spec, var, state_arrays(self.spec, state, named))
         if self.spec.sparse and var.ndim < 1:
             raise ValueError(SCALAR_SPARSE)
-        return (SparseStep if self.spec.sparse else Step)(self, tuple(arrays.values()))
+        kind = SparseStep if self.spec.sparse else RowStep if self.per_row else Step
+        return kind(self, tuple(arrays.values()))
 
     def check_values(self, name: str, values: np.ndarray, size: int) -> None:
         """A gradient (or sparse values) of the kernel's gradient dtype with `size` elements.
@@ -258,6 +259,21 @@ class Step:
         kernel.check_values("grad", grad, size)
         status = kernel.fn(*self.state, kernel.ffi.from_buffer(kernel._buffers["grad"], grad),
                            size, kernel.ffi.new(kernel._hparams, hp))
+        if status != kernel.lib.LAZYADAM_OK:
+            kernel.check_status(status, self.rows, self.row_size)
+
+
+class RowStep(Step):
+    """`step(grad, hparams)`: a dense kernel that runs a row at a time (per-row state or sums),
+    which takes the rows and their size instead of the element count."""
+
+    __slots__ = ()
+
+    def __call__(self, grad: np.ndarray, hp: tuple) -> None:
+        kernel = self.kernel
+        kernel.check_values("grad", grad, self.arrays[0].size)
+        status = kernel.fn(*self.state, kernel.ffi.from_buffer(kernel._buffers["grad"], grad),
+                           self.rows, self.row_size, kernel.ffi.new(kernel._hparams, hp))
         if status != kernel.lib.LAZYADAM_OK:
             kernel.check_status(status, self.rows, self.row_size)
 
