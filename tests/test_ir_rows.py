@@ -141,8 +141,10 @@ def test_the_stage_listing_shows_the_row_sections():
     assert "per row" not in adam and not optimized_adam.per_row
 
 
-def test_cuda_templates_refuse_a_kernel_with_rows_rather_than_drop_them():
-    """The C templates print rows (tests/test_row_rules.py); the CUDA templates print none, so
-    a rule with rows is refused there by name."""
+def test_the_cuda_dense_template_refuses_a_kernel_with_rows_rather_than_drop_them():
+    """C kernels and the CUDA sparse kernel print rows (tests/test_row_rules.py,
+    tests/test_family_kernels.py); the CUDA dense kernel goes element by element, so a rule with
+    rows is refused there by name."""
     with pytest.raises(SpecError, match="'test_partial_rowwise' keeps per-row state"):
-        render_cuda(optimized(Spec()))
+        render_cuda(optimized(Spec(sparse=False)))
+    assert "__shfl_down_sync" in render_cuda(optimized(Spec(sparse=True))).text

@@ -11,7 +11,7 @@ their launch's own copy, or from device memory, which a captured CUDA graph read
 
 from __future__ import annotations
 
-from .ir import Kernel, Let, Scalar, walk
+from .ir import Kernel, Let, Row, Scalar, walk
 from .printer import CudaPrinter
 from .render import ENV, Source, template_context
 from .spec import SpecError
@@ -44,10 +44,10 @@ def _scalars_read(kernel: Kernel, stmts) -> list[Let]:
 def render_cuda(kernel: Kernel, symbol: str | None = None) -> Source:
     """CUDA C++ source and header for an optimized kernel (all passes applied)."""
     spec = kernel.spec
-    if kernel.per_row:
+    if kernel.per_row and not spec.sparse:
         raise SpecError(f"rule {kernel.rule.name!r} keeps per-row state or sums over rows, which "
-                        "the CUDA templates do not print: on CUDA only rules whose state is per "
-                        "element compile")
+                        "the CUDA dense kernel does not run (it goes element by element): take a "
+                        "sparse kernel, or the C target")
     symbol = symbol or spec.symbol()
     printer = CudaPrinter(spec.compute_dtype)
     ctx = template_context(kernel, printer, symbol, indent=4)
@@ -56,6 +56,9 @@ def render_cuda(kernel: Kernel, symbol: str | None = None) -> Source:
     # bfloat16 state and gradient.
     vector = VECTOR_BYTES // max(_ITEMSIZE[spec.storage(a)] for a in types)
 
+    rows = list(dict.fromkeys(e.name for st in kernel.update for e in walk(st.expr)
+                              if isinstance(e, Row)))
+
     def unpack(stmts) -> str:
         return "\n".join("    " + printer.unpack(let) for let in _scalars_read(kernel, stmts))
 
@@ -63,8 +66,16 @@ def render_cuda(kernel: Kernel, symbol: str | None = None) -> Source:
         threads=THREADS,
         # Sparse kernels sort the rows as unsigned keys of the index width (valid indices are >= 0).
         K={"int32": "unsigned int", "int64": "unsigned long long"}[spec.index_dtype],
-        # "float &var_i, float &m_i, ..." (the arithmetic type)
-        state_refs=", ".join(f"{printer.ctype} &{a}_i" for a in kernel.arrays),
+        # "float &var_i, float &m_i, ..." (the arithmetic type), then the row values the update
+        # reads ("const float r1_r"); update_args passes them: "var_i, m_i, ..., r1_r".
+        state_refs=", ".join([f"{printer.ctype} &{a}_i" for a in kernel.arrays]
+                             + [f"const {printer.ctype} {printer.row(r)}" for r in rows]),
+        update_args=", ".join([f"{a}_i" for a in kernel.arrays] + [printer.row(r) for r in rows]),
+        # The scalars that a sparse kernel's per-row code reads (sums, row statements, stores).
+        row_scalars="\n".join(
+            "    " + printer.unpack(let)
+            for let in _scalars_read(kernel, kernel.reduce + kernel.row + kernel.row_stores)
+            if let not in _scalars_read(kernel, kernel.stores)),
         vector=vector,
         # vec("var") -> "lazyadam_vec<lazyadam_bfloat16, LAZYADAM_DENSE_BF16_VECTOR>"
         vec=lambda array: f"lazyadam_vec<{types[array]}, {symbol.upper()}_VECTOR>",

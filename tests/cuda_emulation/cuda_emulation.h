@@ -8,7 +8,8 @@
  *   of a block run as coroutines (ucontext) on the calling OS thread, each on its own stack, so that
  *   __syncthreads and __syncwarp are real barriers: a thread that reaches one yields until every
  *   live thread of its block (or warp) has arrived. __nanosleep yields too, which lets a spinning
- *   lock waiter hand over to the lock holder.
+ *   lock waiter hand over to the lock holder. __shfl_down_sync and __shfl_sync exchange values
+ *   through the warp's slots between two such meetings, as a warp's lanes do.
  * - Atomics are the host compiler's atomics, so separate OS threads running launches at once (as
  *   use_locking allows) see real atomicity.
  * - Small LAZYADAM_CHUNK and LAZYADAM_MAX_BLOCKS make small test arrays cross chunk edges and make
@@ -42,6 +43,8 @@
 #include <ucontext.h>
 
 #include <algorithm>
+#include <array>
+#include <cstring>
 #include <functional>
 #include <mutex>
 #include <numeric>
@@ -280,6 +283,7 @@ struct Block {
     std::vector<Thread> threads;
     Barrier block;
     std::vector<Barrier> warps;
+    std::vector<std::array<unsigned long long, WARP>> exchange;  /* each warp's shuffle slots */
     ucontext_t scheduler;
     const std::function<void()> *body = nullptr;
 };
@@ -349,6 +353,7 @@ inline void run(dim3 grid, dim3 threads, const std::function<void()> &body)
                 block_idx = dim3(bx, by, bz);
                 b.block = Barrier{n, 0, 0};
                 b.warps.assign((n + WARP - 1) / WARP, Barrier{});
+                b.exchange.assign((n + WARP - 1) / WARP, {});
                 for (unsigned i = 0; i < n; i++) {
                     Thread &t = b.threads[i];
                     t.linear = i;
@@ -407,6 +412,36 @@ struct Launch {
 inline void __syncthreads() { emu::wait(emu::block->block); }
 inline void __syncwarp(unsigned = 0xffffffffu) { emu::wait(emu::block->warps[emu::current->linear / emu::WARP]); }
 inline void __nanosleep(unsigned) { emu::yield(); }
+
+namespace emu {
+/* A warp shuffle: every lane puts `value` in its slot, the warp meets, each lane reads lane
+ * `from`'s slot (its own value when `from` is past the warp), and the warp meets again before
+ * the slots are reused. */
+template <class T>
+inline T exchange(T value, unsigned from)
+{
+    static_assert(sizeof(T) <= sizeof(unsigned long long), "shuffles move up to 8 bytes");
+    auto &slots = block->exchange[current->linear / WARP];
+    std::memcpy(&slots[current->linear % WARP], &value, sizeof(T));
+    __syncwarp();
+    T out = value;
+    if (from < WARP)
+        std::memcpy(&out, &slots[from], sizeof(T));
+    __syncwarp();
+    return out;
+}
+}  // namespace emu
+
+template <class T>
+inline T __shfl_down_sync(unsigned, T value, unsigned delta, int = emu::WARP)
+{
+    return emu::exchange(value, emu::current->linear % emu::WARP + delta);
+}
+template <class T>
+inline T __shfl_sync(unsigned, T value, int lane, int = emu::WARP)
+{
+    return emu::exchange(value, (unsigned)lane);
+}
 inline void __threadfence() { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
 
 inline int atomicCAS(int *p, int expected, int desired)
