@@ -20,7 +20,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
-from .spec import DEFAULT_RULE, spec_class
+from .spec import spec_class
 
 #: The uint64 fields that end every rule's hyperparameter struct: the seed and the step t that
 #: stochastic rounding hashes.
@@ -129,6 +129,8 @@ class Rule:
         frontends: per front end ("mindspore", "torch"), the names of its arguments that differ
             from the field's or option's own, by field or option name.
         doc: one line on what the rule computes.
+        readme: Markdown list items on its kernels' arrays and hyperparameters, for the README
+            that `lazyadam generate` writes beside them.
     """
     name: str
     prefix: str
@@ -142,6 +144,7 @@ class Rule:
     derived_comment: str = ""
     frontends: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
     doc: str = ""
+    readme: str = ""
 
     @property
     def flags(self) -> tuple[str, ...]:
