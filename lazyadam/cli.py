@@ -3,6 +3,7 @@
     lazyadam generate   write a kernel's source, header and README into a folder (lazyadam.sources)
     lazyadam ir         print each stage of the pipeline (lazyadam.stages)
     lazyadam build      compile kernels into the cache ahead of time (lazyadam.compile)
+    lazyadam rules      list the update rules, their options, hyperparameters and state
     lazyadam cache      list or clear the cache (lazyadam.targets.cache)
     lazyadam info       what this machine offers (lazyadam.targets.toolchain)
 
@@ -24,11 +25,14 @@ import click
 from . import __version__
 from .codegen.passes import PIPELINE
 from .codegen.pipeline import stages
+from .codegen.rule import Rule
+from .codegen.rule import get as rule_named
+from .codegen.rule import names as rule_names
 from .codegen.spec import (DTYPES, GRAD_DTYPES, HALF_DTYPES, INDEX_DTYPES, ROUNDINGS, STATE_DTYPES,
                            SpecError)
 from .codegen.variants import specs_from_json, variants
 from .errors import CompilationError, TargetUnavailableError
-from .rules.adam import ADAM, DECAYS, EPS_MODES, Spec
+from .rules.adam import ADAM, DECAYS, EPS_MODES
 from .sources import write_sources
 from .targets import TARGETS
 from .targets import cache as kernel_cache
@@ -41,7 +45,7 @@ STAGES = ("spec", "lower", *(name for name, _ in PIPELINE), "header", "source")
 PROGRESS_FROM = 4
 
 #: The spec's fields that are options of their own (`static` is made from the hyperparameters').
-_FLAGS = tuple(f.name for f in dataclasses.fields(Spec) if f.name != "static")
+_FLAGS = tuple(f.name for f in dataclasses.fields(ADAM.spec) if f.name != "static")
 #: The options that bake in a hyperparameter, by option name: its own, or a shorter one.
 _STATICS = {{"weight_decay": "wd"}.get(name, name): name for name in ADAM.static_hparams}
 
@@ -124,23 +128,77 @@ def _spec_options(func: Callable) -> Callable:
         click.option("--wd", type=float, metavar="FLOAT",
                      help="Bake weight_decay into the code (needs --weight-decay l2 or "
                           "decoupled)."),
+        click.option("--rule", "rule", default=ADAM.name, show_default=True, metavar="NAME",
+                     help="The update rule: a registered name (see 'lazyadam rules') or "
+                          "module:attribute. The flags above are the adam rule's; any rule's "
+                          "take --option and --static."),
+        click.option("--option", "rule_options", multiple=True, metavar="NAME=VALUE",
+                     help="An option of the rule, e.g. --option nesterov=true; repeatable."),
+        click.option("--static", "rule_statics", multiple=True, metavar="NAME=VALUE",
+                     help="Bake a hyperparameter of the rule into the code, e.g. --static "
+                          "beta1=0.9; repeatable."),
     ]
     return functools.reduce(lambda f, option: option(f), reversed(options), func)
 
 
-def _fields(options: dict[str, Any]) -> dict[str, Any]:
-    """The `Spec` fields given on the command line (popped from `options`), statics included."""
+def _fields(options: dict[str, Any]) -> tuple[Rule, dict[str, Any]]:
+    """The rule (`--rule`) and the fields of its spec given on the command line (popped from
+    `options`), statics included.
+
+    Raises:
+        click.UsageError: an unknown rule, an option or static malformed or not the rule's.
+    """
+    with _errors():
+        try:
+            rule = rule_named(options.pop("rule"))
+        except KeyError as err:
+            raise click.UsageError(f"--rule: {err.args[0]}") from None
     fields = {name: value for name in _FLAGS if (value := options.pop(name)) is not None}
     static = {field: value for option, field in _STATICS.items()
               if (value := options.pop(option)) is not None}
+    for text in options.pop("rule_options"):
+        name, value = _pair("--option", text)
+        fields[name] = _option_value(rule, name, value)
+    for text in options.pop("rule_statics"):
+        name, value = _pair("--static", text)
+        try:
+            static[name] = float(value)
+        except ValueError:
+            raise click.UsageError(f"--static {text}: {value!r} is not a number") from None
     if static:
         fields["static"] = static
-    return fields
+    known = {f.name for f in dataclasses.fields(rule.spec)}
+    unknown = sorted(set(fields) - known)
+    if unknown:
+        raise click.UsageError(f"the {rule.name} rule has no option {unknown[0]!r}; its spec "
+                               f"fields are {', '.join(sorted(known - {'static'}))}")
+    return rule, fields
 
 
-def _spec(options: dict[str, Any]) -> Spec:
+def _pair(flag: str, text: str) -> tuple[str, str]:
+    name, equals, value = text.partition("=")
+    if not equals or not name:
+        raise click.UsageError(f"{flag} takes NAME=VALUE, got {text!r}")
+    return name.strip().replace("-", "_"), value.strip()
+
+
+def _option_value(rule: Rule, name: str, text: str) -> Any:
+    """The value of `rule`'s option `name` that `text` spells (a bool as true/false)."""
+    option = next((o for o in rule.options if o.name == name), None)
+    if option is None:
+        raise click.UsageError(f"--option {name}: the {rule.name} rule's options are "
+                               f"{', '.join(o.name for o in rule.options) or 'none'}")
+    for value in option.values:
+        if str(value).lower() == text.lower():
+            return value
+    raise click.UsageError(f"--option {name}={text}: choose from "
+                           f"{', '.join(str(v).lower() for v in option.values)}")
+
+
+def _spec(options: dict[str, Any]) -> Any:
+    rule, fields = _fields(options)
     with _errors():
-        return Spec(**_fields(options)).validate()
+        return rule.spec(**fields).validate()
 
 
 _target_option = click.option("--target", type=click.Choice(TARGETS), default="c",
@@ -227,13 +285,13 @@ def build(target: str, every: bool, spec_files: tuple[Path, ...], **options: Any
       lazyadam build --all --dtype float32
       lazyadam build --spec-json specs.json
     """
-    fields = _fields(options)
+    rule, fields = _fields(options)
     with _errors():
         specs = [spec for path in spec_files for spec in specs_from_json(path.read_text())]
         if every:
-            specs += variants(**fields)
+            specs += variants(rule, **fields)
         elif not specs:
-            specs = [Spec(**fields).validate()]
+            specs = [rule.spec(**fields).validate()]
         elif fields:
             raise click.UsageError("spec options apply to --all or to one kernel; "
                                    "with --spec-json alone, give them in the JSON")
@@ -249,6 +307,50 @@ def build(target: str, every: bool, spec_files: tuple[Path, ...], **options: Any
                 built = [(spec, compile_kernel(spec, target)) for spec in bar]
     for spec, kernel in built:
         click.echo(f"{spec.symbol()}  {kernel.path}")
+
+
+@main.command()
+@click.argument("names", nargs=-1, metavar="[RULE]...")
+def rules(names: tuple[str, ...]) -> None:
+    """List the update rules: their options, hyperparameters and state.
+
+    Without arguments, every registered rule; a RULE may also be module:attribute.
+
+    \b
+    Example:
+      lazyadam rules adam
+    """
+    with _errors():
+        try:
+            found = [rule_named(name) for name in names or rule_names()]
+        except KeyError as err:
+            raise click.UsageError(err.args[0]) from None
+    for n, rule in enumerate(found):
+        if n:
+            click.echo()
+        click.echo(describe(rule))
+
+
+def describe(rule: Rule) -> str:
+    """What `lazyadam rules` prints of one rule."""
+    lines = [f"{rule.name}: {rule.doc}", f"  symbols: {rule.prefix}_<sparse|dense>_...",
+             "  options:"]
+    for option in rule.options:
+        values = ", ".join(str(v).lower() if isinstance(v, bool) else str(v) for v in option.values)
+        lines.append(f"    {option.name}: {values} (default {str(option.default).lower()})")
+    lines += ["    use_locking: false, true (default false; every rule)", "  hyperparameters:"]
+    for h in rule.hparams:
+        how = (f"derived: {h.derived}" if h.derived else
+               "static allowed" + (f" in {h.static_domain}" if h.static_domain else "")
+               if h.static else "runtime only")
+        lines.append(f"    {h.name}: default {h.default:g}, in {h.domain}; {how}")
+    lines.append("  state:")
+    for s in rule.state:
+        names = ", ".join(f"{front} {name}" for front, name in s.names.items())
+        when = f", when {s.when}" if s.when else ""
+        lines.append(f"    {s.name}: per {s.per}, dtype {s.dtype}, starts at {s.init:g}{when}"
+                     + (f" ({names})" if names else ""))
+    return "\n".join(lines)
 
 
 @main.group()

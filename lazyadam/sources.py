@@ -18,6 +18,7 @@ from . import __version__
 from .codegen.pipeline import generate
 from .codegen.ir import SUM_CHUNK
 from .codegen.render import ENV
+from .codegen.rule import Rule
 from .codegen.spec import SpecBase
 
 #: The first line of every generated kernel file starts with `/* <symbol>: ` and contains this.
@@ -115,7 +116,44 @@ def render_readme(kernels: list[ShippedKernel]) -> str:
                for k in kernels for d in k.declarations)
     return ENV.get_template("sources_readme.md.j2").render(
         version=__version__, kernels=kernels, marker=MARKER, objects=objects,
-        langs={k.lang for k in kernels}, sum_chunk=SUM_CHUNK, half=half)
+        langs={k.lang for k in kernels}, sum_chunk=SUM_CHUNK, half=half,
+        rules=_rules(kernels))
+
+
+def _rules(kernels: list[ShippedKernel]) -> list[dict[str, str]]:
+    """What the README says of each rule that the kernels' specs name (a rule this process does
+    not know is left out): its name and doc, how to fill its hyperparameter struct for the first
+    of its kernels, and its `Rule.readme`."""
+    found: dict[str, dict[str, str]] = {}
+    for kernel in kernels:
+        try:
+            rule = SpecBase.from_json(kernel.spec).RULE
+        except (ValueError, TypeError):  # no spec line, or a rule not known here
+            continue
+        if rule.name in found:
+            continue
+        derived = [h for h in rule.hparams if h.derived]
+        found[rule.name] = dict(
+            name=rule.name, doc=rule.doc, kernel=kernel.symbol, readme=rule.readme,
+            powers=(f"{' and '.join(h.name for h in derived)} "
+                    f"{'is' if len(derived) == 1 else 'are'} "
+                    f"{' and '.join(h.derived.partition(':')[2] + '^t' for h in derived)}"
+                    if derived else ""),
+            initializer=_initializer(rule))
+    return list(found.values())
+
+
+def _initializer(rule: Rule) -> str:
+    """`<struct> hp = {.name = default, ..., .seed = 0, .step = 1};`, in lines of at most 100."""
+    start = f"{rule.hparams_type} hp = {{"
+    items = [f".{h.name} = {h.default:g}" for h in rule.hparams] + [".seed = 0", ".step = 1"]
+    lines = [start]
+    for n, item in enumerate(items):
+        item += "};" if n == len(items) - 1 else ","
+        if len(lines[-1]) + len(item) + 1 > 100:
+            lines.append(" " * (len(start) - 1))
+        lines[-1] += item if lines[-1].endswith("{") else " " + item
+    return "\n".join(lines)
 
 
 def _check_ours(path: Path) -> None:

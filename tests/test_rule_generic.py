@@ -28,6 +28,7 @@ from lazyadam.codegen.ir import Assign, Binary, Elem, Param, Switch
 from lazyadam.codegen.rule import HParam, Interval, Lowering, Option, Rule, State, hparams_struct
 from lazyadam.codegen.spec import SpecBase
 from lazyadam.codegen.variants import specs_from_json, variants
+from lazyadam.sources import write_sources
 from lazyadam.targets import c
 from lazyadam.targets.base import hparams_of
 
@@ -60,6 +61,7 @@ HEAVY_BALL = Rule(
     symbol_order=("nesterov", "use_locking"),
     lower=lower,
     doc="heavy-ball momentum",
+    readme="- `var` and `buf` (the velocity, zero at first) are updated in place.\n",
 )
 LR, MU = 0.25, 0.5
 #: Adam's names, which no source of this rule may contain.
@@ -270,3 +272,60 @@ def test_its_cuda_kernels_in_the_host_emulation():
         np.testing.assert_array_equal(var, want_var)
     with pytest.raises(TypeError, match="unexpected keyword argument 'vmaxes'"):
         kernels[dense].multi([], [], [], hp, vmaxes=[])
+
+
+def test_headers_of_two_rules_go_in_one_c_file(tmp_path):
+    """Each rule's struct has a guard of its own (`<PREFIX>_HPARAMS_DEFINED`) and the return
+    codes one shared guard: a program includes LazyAdam's and this rule's headers, under strict
+    warnings, and links their kernels into one library."""
+    if c.unavailable():
+        pytest.skip(c.unavailable())
+    sources = [generate(spec) for spec in (Spec(), Spec(sparse=False, amsgrad=True),
+                                           HEAVY_BALL.spec(), HEAVY_BALL.spec(sparse=False))]
+    for source in sources:
+        (tmp_path / source.filename).write_text(source.text)
+        (tmp_path / f"{source.symbol}.h").write_text(source.header)
+    program = "".join(f'#include "{s.symbol}.h"\n' for s in sources) + (
+        "int main(void)\n{\n    lazyadam_hparams adam = {0};\n"
+        "    lazyadam_heavy_ball_hparams heavy_ball = {0};\n"
+        "    return (int)(adam.step + heavy_ball.step) + LAZYADAM_OK;\n}\n")
+    (tmp_path / "program.c").write_text(program)
+    strict = ["-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic"]
+    subprocess.run([*c.compiler(), *strict, "-c", "program.c"], cwd=tmp_path, check=True,
+                   capture_output=True)
+    subprocess.run([*c.compiler(), *c.flags(), *(s.filename for s in sources), "-o", "both.so",
+                    "-lm"], cwd=tmp_path, check=True, capture_output=True)
+
+
+def test_cuda_sources_of_two_rules_form_one_translation_unit():
+    """LazyAdam's and this rule's CUDA sources in one emulation library (one translation unit):
+    the shared store of hyperparameters is a template on the struct. This rule's dense kernel
+    steps from hyperparameters stored in device memory (`store_hparams`, `device_hparams=`)."""
+    if emulation.host_compiler() is None:
+        pytest.skip("no host C++ compiler (c++ or g++) to build the CUDA emulation")
+    specs = [Spec(sparse=False), Spec(), HEAVY_BALL.spec(sparse=False), HEAVY_BALL.spec()]
+    kernels = emulation.build(specs)
+    assert len({kernel.path for kernel in kernels.values()}) == 1
+    kernel = kernels[HEAVY_BALL.spec(sparse=False)]
+    table = np.zeros(kernel.hparams_bytes, np.uint8)
+    wrap = emulation.Emulated
+    kernel.store_hparams(wrap(table), [hparams_of(HEAVY_BALL).at_step(1, lr=LR, momentum=MU)])
+    var, buf, grad, (want_var, want_buf) = _inputs("float32", False)
+    kernel(wrap(var), wrap(buf), wrap(grad), None, device_hparams=wrap(table))
+    np.testing.assert_array_equal(buf, want_buf)
+    np.testing.assert_array_equal(var, want_var)
+
+
+def test_the_readme_of_a_folder_describes_each_rule_of_its_kernels(tmp_path):
+    """`lazyadam generate`'s README: each rule of the folder's kernels, its struct filled with
+    its defaults, and its `Rule.readme`."""
+    write_sources(Spec(amsgrad=True), "c", tmp_path)
+    write_sources(HEAVY_BALL.spec(sparse=False), "c", tmp_path)
+    readme = (tmp_path / "README.md").read_text()
+    assert "- `heavy_ball`: heavy-ball momentum." in readme
+    assert ("lazyadam_heavy_ball_hparams hp = {.lr = 0.1, .momentum = 0.9, .seed = 0, "
+            ".step = 1};\nint status = lazyadam_heavy_ball_dense_f32(...);") in readme
+    assert "- `var` and `buf` (the velocity, zero at first) are updated in place." in readme
+    assert "/* Step t = 1, 2, ...: beta1_power and beta2_power are beta1^t and beta2^t. */\n" \
+           "lazyadam_hparams hp = {.lr = 0.001, .beta1 = 0.9," in readme
+    assert "- `var`, `m`, `v` (and `vmax` for amsgrad kernels) are the parameter" in readme

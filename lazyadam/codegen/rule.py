@@ -20,7 +20,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
-from .spec import DEFAULT_RULE, spec_class
+from .spec import spec_class
 
 #: The identifiers that the templates declare in a kernel's body (loop counters, sizes, pointers,
 #: scratch): no state array of a rule may take one of these names, and no hoisted scalar does
@@ -149,6 +149,8 @@ class Rule:
         frontends: per front end ("mindspore", "torch"), the names of its arguments that differ
             from the field's or option's own, by field or option name.
         doc: one line on what the rule computes.
+        readme: Markdown list items on its kernels' arrays and hyperparameters, for the README
+            that `lazyadam generate` writes beside them.
     """
     name: str
     prefix: str
@@ -162,6 +164,7 @@ class Rule:
     derived_comment: str = ""
     frontends: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
     doc: str = ""
+    readme: str = ""
 
     def __post_init__(self) -> None:
         """Raises ValueError for a state array named like a template's local (`RESERVED`)."""

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from .rule import Rule
 
 #: Bumped whenever lowering, passes, printers or templates change what a spec generates.
-CODEGEN_VERSION = "4"
+CODEGEN_VERSION = "5"
 #: The rule of a spec whose JSON names none (LazyAdam's specs never do).
 DEFAULT_RULE = "adam"
 
@@ -271,7 +271,7 @@ def spec_class(rule: Rule) -> type:
         [(name, kind, value if isinstance(value, dataclasses.Field) else field(default=value))
          for name, kind, value in fields],
         bases=(SpecBase,), frozen=True,
-        namespace={"RULE": rule, "__doc__": doc, "__module__": rule.lower.__module__})
+        namespace={"RULE": rule, "__doc__": doc, "__module__": __name__})
     _SPECS[rule.name] = cls
     return cls
 

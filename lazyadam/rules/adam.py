@@ -148,6 +148,12 @@ ADAM = register(Rule(
         "torch": {"beta1": "betas[0]", "beta2": "betas[1]", "decay": "decoupled_weight_decay"},
     },
     doc="Adam on the rows a gradient touches; AdamW, AMSGrad, Nesterov, maximize, two eps modes",
+    readme="""\
+- `var`, `m`, `v` (and `vmax` for amsgrad kernels) are the parameter and its moments, updated in
+  place; `m`, `v` and `vmax` start at zero.
+- The gradient is divided by `loss_scale`; L2 weight decay (`decay = "l2"`) adds `weight_decay * var`
+  to each occurrence before duplicates are summed; decoupled decay subtracts `lr * weight_decay * var`.
+""",
 ))
 
 #: LazyAdam's spec class: `lazyadam.Spec`.

@@ -18,14 +18,14 @@ if TYPE_CHECKING:
 class CudaBinding:
     """A CUDA kernel bound to one parameter's state arrays (`CudaKernel.bind`).
 
-    The state arrays (var and the rule's that the kernel keeps) are checked once, here: dtypes, shapes,
-    layout, no overlap, one device; their pointers are made once. A step then checks only the
-    gradient (its dtype, shape, layout, device, and that it shares no memory with the state), and
-    `current()` tells in a few hundred nanoseconds an array whether the state arrays are still
-    where they were (the same objects, at the same address, with the same shape and dtype): a
-    PyTorch tensor given new storage (`param.data = ...`, `resize_`) is not, and its owner binds
-    again rather than launch on a stale pointer. Calling a binding that is no longer current
-    raises.
+    The state arrays (var and those of the rule that the kernel keeps) are checked once, here:
+    dtypes, shapes, layout, no overlap, one device; their pointers are made once. A step then
+    checks only the gradient (its dtype, shape, layout, device, and that it shares no memory with
+    the state), and `current()` tells in a few hundred nanoseconds an array whether the state
+    arrays are still where they were (the same objects, at the same address, with the same shape
+    and dtype): a PyTorch tensor given new storage (`param.data = ...`, `resize_`) is not, and its
+    owner binds again rather than launch on a stale pointer. Calling a binding that is no longer
+    current raises.
 
     Attributes:
         kernel: the `CudaKernel`.

@@ -1,0 +1,100 @@
+"""The CLI over rules: `lazyadam rules`, and `--rule`, `--option`, `--static` on generate, ir and
+build, with a rule defined in a test file alone (tests/test_rule_generic.py's heavy-ball rule)."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+from click.testing import CliRunner
+
+from lazyadam import Spec, generate
+from lazyadam.cli import main
+from lazyadam.targets import c
+
+HEAVY_BALL = "test_rule_generic:HEAVY_BALL"
+
+
+@pytest.fixture
+def run():
+    runner = CliRunner()
+
+    def invoke(*args: str):
+        return runner.invoke(main, [str(a) for a in args])
+
+    return invoke
+
+
+def test_rules_lists_each_rule_with_its_options_hyperparameters_and_state(run):
+    result = run("rules")
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0].startswith("adam: Adam on the rows a gradient touches")
+    assert "    decay: none, l2, decoupled (default none)" in lines
+    assert "    beta1_power: default 0.9, in [0.0, 1.0); derived: power:beta1" in lines
+    assert "    eps: default 1e-08, in (0.0, inf); static allowed" in lines
+    assert "    lr: default 0.001, in [0.0, inf); runtime only" in lines
+    assert ("    vmax: per element, dtype state, starts at 0, when amsgrad (mindspore vmax, "
+            "torch max_exp_avg_sq, plural vmaxes)") in lines
+
+
+def test_rules_takes_a_rule_by_module_and_attribute(run):
+    result = run("rules", HEAVY_BALL)
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines()[:4] == [
+        "heavy_ball: heavy-ball momentum", "  symbols: lazyadam_heavy_ball_<sparse|dense>_...",
+        "  options:", "    nesterov: false, true (default false)"]
+    assert "    momentum: default 0.9, in [0.0, 1.0); static allowed" in result.output
+
+
+def test_generate_writes_a_rules_sources_that_build_with_plain_cc(run, tmp_path):
+    if c.unavailable():
+        pytest.skip(c.unavailable())
+    result = run("generate", "--rule", HEAVY_BALL, "--dense", "--option", "nesterov=true",
+                 "--static", "momentum=0.5", "--out", tmp_path)
+    assert result.exit_code == 0, result.output
+    source = next(tmp_path.glob("lazyadam_heavy_ball_dense_nesterov_f32_s*.c"))
+    assert "static momentum = 0.5" in source.with_suffix(".h").read_text()
+    proc = subprocess.run([*c.compiler(), "-std=c99", "-Wall", "-Wextra", "-Werror", "-c",
+                           source.name], cwd=tmp_path, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_ir_and_build_take_the_rule(run):
+    result = run("ir", "--rule", HEAVY_BALL, "--stage", "lower")
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("kernel lazyadam_heavy_ball_sparse_f32_i64")
+    assert "    buf = momentum * buf + g\n" in result.output
+    assert "    var = var - lr * [nesterov ? g + momentum * buf : buf]\n" in result.output
+    if c.unavailable():
+        pytest.skip(c.unavailable())
+    result = run("build", "--rule", HEAVY_BALL, "--dense", "--dtype", "float64")
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("lazyadam_heavy_ball_dense_f64  ")
+
+
+def test_adam_stays_the_default_and_takes_the_generic_flags_too(run, tmp_path):
+    result = run("ir", "--stage", "header", "--dense", "--option", "amsgrad=true",
+                 "--static", "beta1=0.85")
+    assert result.exit_code == 0, result.output
+    assert result.output.rstrip("\n") == generate(
+        Spec(sparse=False, amsgrad=True, static={"beta1": 0.85})).header.rstrip("\n")
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--rule", "nope"), "Error: --rule: unknown rule 'nope'; registered: adam"),
+    (("--rule", HEAVY_BALL, "--amsgrad"), "Error: the heavy_ball rule has no option 'amsgrad'"),
+    (("--rule", HEAVY_BALL, "--option", "amsgrad=true"),
+     "Error: --option amsgrad: the heavy_ball rule's options are nesterov"),
+    (("--rule", HEAVY_BALL, "--option", "nesterov=maybe"),
+     "Error: --option nesterov=maybe: choose from false, true"),
+    (("--rule", HEAVY_BALL, "--static", "momentum=fast"),
+     "Error: --static momentum=fast: 'fast' is not a number"),
+    (("--rule", HEAVY_BALL, "--static", "beta1=0.9"),
+     "Error: 'beta1' cannot be static; choose from momentum"),
+    (("--option", "nesterov"), "Error: --option takes NAME=VALUE, got 'nesterov'"),
+])
+def test_a_flag_the_rule_does_not_have_is_one_line_naming_it(run, args, message):
+    result = run("ir", *args)
+    assert result.exit_code == 2
+    assert result.output.startswith(message), result.output
