@@ -1,6 +1,7 @@
 """CPU benchmarks of the C target against memory-traffic yardsticks and PyTorch, in one process.
 
     .venv/bin/python benchmarks/bench_cpu.py [--rounds 30] [--warmup 5] [--cold] [--skip-large]
+                                             [--json PATH]
 
 - dense float32, 16M elements, one step each of
       lazyadam    the generated dense kernel (eps placed as PyTorch does, to do torch's arithmetic)
@@ -33,7 +34,8 @@ one call each per round in a rotating order, so that noise hits all alike; the f
 the per-call times. With `--cold`, 64 MiB are written before every timed call, so that every call
 starts with its data out of cache. Before timing, one step of each contender from the same state is
 compared, so that the figures are known to be for the same work. Tables start at zero; torch's
-optimizers get their state on the same pages as the tables (see `zeros`).
+optimizers get their state on the same pages as the tables (see `zeros`). With `--json PATH`, the
+medians are also written to PATH (`record.py`; `plot.py` draws them).
 """
 from __future__ import annotations
 
@@ -55,6 +57,7 @@ import torch
 import lazyadam
 from lazyadam import HParams, Spec
 from lazyadam.targets import c
+from record import Recorder
 
 YARDSTICK = r"""
 #include <stdint.h>
@@ -201,7 +204,7 @@ def evictor(cold: bool) -> Callable[[], None]:
 
 
 def dense(n: int, rounds: int, warmup: int, yardsticks: Yardsticks,
-          before: Callable[[], None]) -> None:
+          before: Callable[[], None], recorder: Recorder) -> None:
     rng = np.random.default_rng(0)
     w = rng.standard_normal(n, dtype=np.float32)
     g = rng.standard_normal(n, dtype=np.float32)
@@ -229,6 +232,9 @@ def dense(n: int, rounds: int, warmup: int, yardsticks: Yardsticks,
     print(f"  lazyadam speed / yardstick speed   {t['yardstick'] / t['lazyadam']:6.3f}   "
           "(target >= 0.95)")
     print(f"  lazyadam speed / torch speed       {t['torch'] / t['lazyadam']:6.3f}   (target >= 1)")
+    recorder.add(f"dense float32, {n:,} elements",
+                 {"lazyadam": t["lazyadam"], label: t["torch"], "yardstick": t["yardstick"]},
+                 {"lazyadam": "lazyadam", label: "torch", "yardstick": "yardstick"})
 
 
 def zipf_indices(rng: np.random.Generator, rows: int, nnz: int, exponent: float) -> np.ndarray:
@@ -310,7 +316,7 @@ class CompositeStep:
 
 def sparse(name: str, table_shape: tuple[int, int], indices: np.ndarray, exponent: float,
            rounds: int, warmup: int, bandwidth: float, before: Callable[[], None],
-           huge_pages: bool, yardsticks: Yardsticks) -> None:
+           huge_pages: bool, yardsticks: Yardsticks, recorder: Recorder) -> None:
     """Times one workload against torch's optimizers and its traffic limit; prints its figures.
     With huge pages, also lazyadam on a table and state of 4 KiB pages."""
     rows, dim = table_shape
@@ -350,6 +356,12 @@ def sparse(name: str, table_shape: tuple[int, int], indices: np.ndarray, exponen
     print(f"  lazyadam speed / composite speed   {t['composite'] / t['lazyadam']:6.1f}")
     print(f"  lazyadam time / traffic limit      {t['lazyadam'] / limit:6.2f}   (target <= 2)")
     print(f"  lazyadam time / moving the bytes   {t['lazyadam'] / t['moving the bytes']:6.2f}")
+    recorder.add(f"lazy sparse {name}, {indices.size:,} Zipf({exponent}) indices",
+                 {"lazyadam": t["lazyadam"], "torch SparseAdam": t["SparseAdam"],
+                  "torch unique + index_add_": t["composite"],
+                  "moving the bytes": t["moving the bytes"]},
+                 {"lazyadam": "lazyadam", "torch SparseAdam": "torch",
+                  "torch unique + index_add_": "torch", "moving the bytes": "yardstick"})
 
 
 def table_size(batch: np.ndarray, rows: int, dim: int, factor: int, rounds: int, warmup: int,
@@ -392,25 +404,28 @@ def main() -> None:
                         help="evict the caches before every timed call")
     parser.add_argument("--skip-large", action="store_true",
                         help="leave out the 40x table and the 10M x 128 workload (40 s, 3 GiB)")
+    parser.add_argument("--json", type=Path, help="also write the medians to this file")
     args = parser.parse_args()
+    recorder = Recorder("bench_cpu.py")
     print(machine())
     before = evictor(args.cold)
     print("caches:", "evicted before every call" if args.cold else "as the previous call left them")
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory() as folder:
         yardsticks = Yardsticks(Path(folder))
-        dense(args.dense_size, args.rounds, args.warmup, yardsticks, before)
+        dense(args.dense_size, args.rounds, args.warmup, yardsticks, before, recorder)
         bandwidth = yardsticks.copy_bandwidth(args.rounds, before)
         print(f"copy bandwidth: {bandwidth / 1e9:.1f} GB/s (read + written)")
         batch = zipf_indices(rng, 1_000_000, 65_536, 1.2)
         sparse("1M x 64", (1_000_000, 64), batch, 1.2, args.rounds, args.warmup, bandwidth, before,
-               huge_pages=True, yardsticks=yardsticks)
-        if args.skip_large:
-            return
-        table_size(batch, 1_000_000, 64, 40, args.rounds, args.warmup, before)
-        sparse("10M x 128", (10_000_000, 128), zipf_indices(rng, 10_000_000, 262_144, 1.1), 1.1,
-               args.rounds, args.warmup, bandwidth, before, huge_pages=False,
-               yardsticks=yardsticks)
+               huge_pages=True, yardsticks=yardsticks, recorder=recorder)
+        if not args.skip_large:
+            table_size(batch, 1_000_000, 64, 40, args.rounds, args.warmup, before)
+            sparse("10M x 128", (10_000_000, 128), zipf_indices(rng, 10_000_000, 262_144, 1.1),
+                   1.1, args.rounds, args.warmup, bandwidth, before, huge_pages=False,
+                   yardsticks=yardsticks, recorder=recorder)
+    if args.json:
+        recorder.write(args.json)
 
 if __name__ == "__main__":
     main()

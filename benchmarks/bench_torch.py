@@ -18,7 +18,9 @@ spends passing its arguments through cffi count as kernel time), so the noise of
 kernels' time does not enter it; the figure is the median over the rounds, and its share of the
 median step.
 
-    .venv/bin/python benchmarks/bench_torch.py
+    .venv/bin/python benchmarks/bench_torch.py [--json PATH]
+
+With `--json PATH`, the medians are also written to PATH (`record.py`; `plot.py` draws them).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ import lazyadam.torch
 from lazyadam.runtime.slot import Launcher
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
+from record import Recorder  # noqa: E402
 from torch_recommender import (Ratings, Recommender, lazyadam_optimizer,  # noqa: E402
                                torch_optimizers)
 
@@ -62,7 +65,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8192)
     parser.add_argument("--rounds", type=int, default=60)
     parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--json", type=Path, help="also write the medians to this file")
     args = parser.parse_args()
+    recorder = Recorder("bench_torch.py")
 
     torch.manual_seed(0)
     ours = Recommender(args.users, args.items, args.dim)
@@ -115,6 +120,13 @@ def main() -> None:
     print(f"  torch / lazyadam              {ms['torch'] / ms['lazyadam']:.1f}x")
     print(f"  Python overhead per step      {python * 1e6:.0f} us = "
           f"{python * 1e3 / ms['lazyadam']:.1%} of the lazyadam step")
+    if args.json:
+        recorder.add(f"recommender step: tables {args.users:,} + 2 x {args.items:,} rows x "
+                     f"{args.dim}, batch {args.batch:,}",
+                     {"lazyadam.torch": ms["lazyadam"] / 1e3,
+                      "torch SparseAdam + Adam": ms["torch"] / 1e3},
+                     {"lazyadam.torch": "lazyadam", "torch SparseAdam + Adam": "torch"})
+        recorder.write(args.json)
 
 
 if __name__ == "__main__":

@@ -8,12 +8,19 @@ cosine decay schedule.
 
     .venv/bin/python examples/matrix_factorization.py --steps 300
 
+The first step compiles the kernels its parameters need (or loads them from the kernel cache, when
+an earlier run built them); the last line says which happened, and the median of the later steps.
+
 Threads: numpy's BLAS starts threads of its own for the matrix products, and they keep spinning on
-the cores after each product, just when the kernels' OpenMP threads need them (on two cores a
-LazyAdam step took 3.9 ms instead of 0.3 ms). The products here are small, so this script runs BLAS
-on one thread: it sets OPENBLAS_NUM_THREADS (and MKL_NUM_THREADS, for numpy built on MKL) to 1
-before numpy is imported, unless you set them yourself. Do the same in a training script of your
-own whose matrix products are small.
+the cores after each product, just when the kernels' OpenMP threads need them. The products here
+are small, so this script runs BLAS on one thread: it sets OPENBLAS_NUM_THREADS (and
+MKL_NUM_THREADS, for numpy built on MKL) to 1 before numpy is imported, unless you set them
+yourself. Do the same in a training script of your own whose matrix products are small; to see the
+difference on your machine, compare the median step of
+
+    OPENBLAS_NUM_THREADS=2 .venv/bin/python examples/matrix_factorization.py
+
+with that of a plain run (docs/performance.md has the figures measured on ours).
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ import numpy as np  # noqa: E402
 
 from lazyadam import LazyAdam, Parameter, RowTensor  # noqa: E402
 from lazyadam.schedules import CosineDecayLR  # noqa: E402
+from lazyadam.targets import cache  # noqa: E402
 
 
 def synthetic_ratings(rng, users, items, dim, count):
@@ -97,18 +105,24 @@ def main() -> None:
 
     train_u, train_i, train_r = u[train], i[train], r[train]
     times = []
+    builds = cache.builds()
     for step in range(args.steps):
         batch = rng.integers(0, len(train_r), args.batch)
         loss, grads = model.loss_and_gradients(train_u[batch], train_i[batch], train_r[batch])
         start = time.perf_counter()
         opt(grads)
         times.append(time.perf_counter() - start)
+        if step == 0:
+            builds = cache.builds() - builds
         if step % 50 == 0 or step == args.steps - 1:
             print(f"step {step:4d}  lr {schedule(step):.4f}  batch loss {loss:.4f}  "
                   f"test RMSE {model.rmse(u[test], i[test], r[test]):.4f}")
-    print(f"LazyAdam step: first {times[0] * 1e3:.1f} ms (loads the compiled kernels), then "
-          f"median {statistics.median(times[1:]) * 1e3:.2f} ms; each step touches at most "
-          f"{2 * args.batch} of the {args.users + args.items} embedding rows")
+    first = (f"compiled {builds} kernel{'s' * (builds != 1)}" if builds
+             else "loaded its kernels from the cache")
+    later = (f"then median {statistics.median(times[1:]) * 1e3:.2f} ms" if len(times) > 1
+             else "no later step")
+    print(f"LazyAdam step: first {times[0] * 1e3:.1f} ms ({first}), {later}; each step touches "
+          f"at most {2 * args.batch} of the {args.users + args.items} embedding rows")
 
 
 if __name__ == "__main__":

@@ -15,7 +15,9 @@ by a Zipf-like popularity, so a batch looks the same item up many times. Two cop
 from the same weights and see the same batches: one is stepped by `lazyadam.torch.LazyAdam`
 (tables with SparseAdam's eps placement, the MLP with Adam's), the other by
 `torch.optim.SparseAdam` (tables) and `torch.optim.Adam` (MLP). Every `--every` steps it prints
-both losses and the median time of each optimizer's `step()` since the last line.
+both losses, the median time of each optimizer's `step()` since the last line and their ratio. The
+first line, step 1, has no ratio: lazyadam's first step compiles its kernels (or loads them from the
+kernel cache, when an earlier run built them), and the line says which.
 
     .venv/bin/python examples/torch_recommender.py
 
@@ -37,6 +39,7 @@ import torch
 from torch import nn
 
 import lazyadam.torch
+from lazyadam.targets import cache
 
 
 class Recommender(nn.Module):
@@ -125,6 +128,7 @@ def main() -> None:
               f"{'step ms torch':>14} {'ratio':>6}")
     share = args.batch // world
     times: list[list[float]] = [[], []]
+    builds = cache.builds()
     for step in range(1, args.steps + 1):
         users, items, history, ratings = (t[rank * share:(rank + 1) * share]
                                           for t in data.batch(step, args.batch))
@@ -141,8 +145,14 @@ def main() -> None:
             losses.append(loss.item())
         if rank == 0 and (step % args.every == 0 or step == 1):
             ms = [statistics.median(t) * 1e3 for t in times]
+            if step == 1:
+                builds = cache.builds() - builds
+                ratio = (f"  first step: lazyadam compiled {builds} kernel{'s' * (builds != 1)}"
+                         if builds else "  first step: lazyadam loaded its kernels from the cache")
+            else:
+                ratio = f" {ms[1] / ms[0]:>5.1f}x"
             print(f"{step:>6} {losses[0]:>14.4f} {losses[1]:>11.4f} {ms[0]:>17.2f} {ms[1]:>14.2f}"
-                  f" {ms[1] / ms[0]:>5.1f}x")
+                  f"{ratio}")
             times = [[], []]
     if world > 1:
         torch.distributed.barrier()  # every process done before the group is torn down

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -30,12 +31,40 @@ BLAS_THREADS = textwrap.dedent("""
 """)
 
 
-def test_the_main_example_trains(tmp_path):
-    proc = subprocess.run([sys.executable, str(EXAMPLES / "matrix_factorization.py"), "--users",
-                           "300", "--items", "900", "--ratings", "30000", "--batch", "256",
-                           "--steps", "30"], capture_output=True, text=True, timeout=300)
+SMALL = {"matrix_factorization.py": ["--users", "300", "--items", "900", "--ratings", "30000",
+                                     "--batch", "256", "--steps", "30"],
+         "torch_recommender.py": ["--users", "300", "--items", "200", "--batch", "64",
+                                  "--steps", "4", "--every", "2"]}
+
+
+def run_example(name: str, cache_dir: Path) -> str:
+    proc = subprocess.run([sys.executable, str(EXAMPLES / name), *SMALL[name]],
+                          env={**os.environ, "LAZYADAM_CACHE_DIR": str(cache_dir),
+                               "LAZYADAM_DISABLE_CACHE": ""},
+                          capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    assert "LazyAdam step: first" in proc.stdout and "test RMSE" in proc.stdout
+    return proc.stdout
+
+
+def test_the_main_example_says_whether_its_first_step_compiled_or_loaded(tmp_path):
+    cold = run_example("matrix_factorization.py", tmp_path)
+    warm = run_example("matrix_factorization.py", tmp_path)
+    assert "test RMSE" in cold
+    assert re.search(r"LazyAdam step: first [\d.]+ ms \(compiled [2-9] kernels\), then median", cold)
+    assert re.search(r"LazyAdam step: first [\d.]+ ms \(loaded its kernels from the cache\), then "
+                     "median", warm)
+
+
+def test_the_torch_example_gives_its_compiling_step_no_ratio(tmp_path):
+    pytest.importorskip("torch", reason="the torch example needs PyTorch")
+    for run, expected in (("cold", r"compiled [2-9] kernels"),
+                          ("warm", r"loaded its kernels from the cache")):
+        lines = run_example("torch_recommender.py", tmp_path).splitlines()
+        first = next(line for line in lines if line.split()[:1] == ["1"])
+        assert re.search(rf"first step: lazyadam {expected}$", first), (run, first)
+        assert not re.search(r"\d+\.\dx", first), (run, first)
+        later = [line for line in lines if line.split()[:1] in (["2"], ["4"])]
+        assert len(later) == 2 and all(re.search(r" \d+\.\dx$", line) for line in later), lines
 
 
 def test_the_quickstart_runs():

@@ -65,6 +65,8 @@ _lock = threading.Lock()
 _private: dict[str, Path] = {}
 #: (pid, folder) of each private build, removed when the process that made it exits.
 _private_folders: list[tuple[int, Path]] = []
+#: How many kernels this process has built (see `builds`).
+_builds = 0
 
 
 def root() -> Path:
@@ -77,6 +79,22 @@ def root() -> Path:
 
 def enabled() -> bool:
     return os.environ.get("LAZYADAM_DISABLE_CACHE", "").lower() not in ("1", "true", "yes", "on")
+
+
+def builds() -> int:
+    """How many kernels this process has built with a compiler, in the cache or outside it.
+
+    A kernel found in the disk cache, or built by another process that this one waited for, is
+    not counted: compare the count before and after a first step to tell whether it compiled its
+    kernels or loaded them.
+    """
+    return _builds
+
+
+def _count_build() -> None:
+    global _builds
+    with _lock:
+        _builds += 1
 
 
 def make_key(parts: dict) -> str:
@@ -219,6 +237,7 @@ def _build_into(entry: Path, target: Path, build: Callable[[Path], Path]) -> Pat
             if path != product:
                 os.replace(path, entry / path.name)
         os.replace(product, target)
+        _count_build()
         return target
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -287,10 +306,12 @@ def build_uncached(build: Callable[[Path], Path]) -> tuple[Path, Path]:
     """Builds in a fresh temporary folder; returns (artifact, folder). The caller removes the folder."""
     work = Path(tempfile.mkdtemp(prefix="lazyadam-"))
     try:
-        return build(work), work
+        product = build(work)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
+    _count_build()
+    return product, work
 
 
 # -- trust: who may have written what the cache is about to use ---------------------------------
