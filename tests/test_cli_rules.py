@@ -10,6 +10,7 @@ from click.testing import CliRunner
 
 from lazyadam import Spec, generate
 from lazyadam.cli import main
+from lazyadam.codegen.rule import names as rule_names
 from lazyadam.targets import c
 
 HEAVY_BALL = "test_rule_generic:HEAVY_BALL"
@@ -29,7 +30,11 @@ def test_rules_lists_each_rule_with_its_options_hyperparameters_and_state(run):
     result = run("rules")
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
-    assert lines[0].startswith("adam: Adam on the rows a gradient touches")
+    headings = [line.partition(":")[0] for line in lines if line and not line.startswith(" ")]
+    assert headings == sorted(rule_names())            # every registered rule, by name
+    assert {"adam", "sgd", "adagrad", "rowwise_adagrad", "partial_rowwise_adam",
+            "lion"} <= set(headings)
+    assert any(line.startswith("adam: Adam on the rows a gradient touches") for line in lines)
     assert "    decay: none, l2, decoupled (default none)" in lines
     assert "    beta1_power: default 0.9, in [0.0, 1.0); derived: power:beta1" in lines
     assert "    eps: default 1e-08, in (0.0, inf); static allowed" in lines
@@ -82,7 +87,8 @@ def test_adam_stays_the_default_and_takes_the_generic_flags_too(run, tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (("--rule", "nope"), "Error: --rule: unknown rule 'nope'; registered: adam"),
+    (("--rule", "nope"), "Error: --rule: unknown rule 'nope'; registered: adagrad, adam, lion, "
+                            "partial_rowwise_adam, rowwise_adagrad, sgd"),
     (("--rule", HEAVY_BALL, "--amsgrad"), "Error: the heavy_ball rule has no option 'amsgrad'"),
     (("--rule", HEAVY_BALL, "--option", "amsgrad=true"),
      "Error: --option amsgrad: the heavy_ball rule's options are nesterov"),
