@@ -11,7 +11,9 @@ each in a process of its own, so that each resident-memory figure is that conten
 process makes the parameters and their gradients, then measures
 
     first step   making the optimizer plus its first step (where lazyadam makes each parameter's
-                 state and binds its kernel, and torch Adam makes its state)
+                 state and binds its kernel, and torch Adam makes its state): its wall-clock time,
+                 and the CPU time of the process meanwhile (all its threads), which other jobs
+                 on a shared machine disturb less
     later step   the second step, for scale
     memory       growth of the resident set (VmRSS) from before the optimizer was made to after
                  its first step
@@ -61,9 +63,11 @@ def child(contender: str, count: int, shape: tuple[int, ...]) -> dict:
         grads = tuple(np.full(shape, 0.5, np.float32) for _ in range(count))
         before = rss_bytes()
         start = time.perf_counter()
+        cpu = time.process_time()
         opt = lazyadam.LazyAdam(params, learning_rate=1e-3)
         opt(grads)
         first = time.perf_counter() - start
+        first_cpu = time.process_time() - cpu
         after = rss_bytes()
         start = time.perf_counter()
         opt(grads)
@@ -78,14 +82,17 @@ def child(contender: str, count: int, shape: tuple[int, ...]) -> dict:
             make = lazyadam.torch.LazyAdam
         before = rss_bytes()
         start = time.perf_counter()
+        cpu = time.process_time()
         opt = make(params, lr=1e-3)
         opt.step()
         first = time.perf_counter() - start
+        first_cpu = time.process_time() - cpu
         after = rss_bytes()
         start = time.perf_counter()
         opt.step()
         later = time.perf_counter() - start
-    return {"first_s": first, "later_s": later, "rss_growth_bytes": after - before}
+    return {"first_s": first, "first_cpu_s": first_cpu, "later_s": later,
+            "rss_growth_bytes": after - before}
 
 
 def run_child(contender: str, args: argparse.Namespace) -> dict:
@@ -120,20 +127,23 @@ def main() -> None:
         for contender in order:
             results[contender].append(run_child(contender, args))
             found = results[contender][-1]
-            print(f"round {r}: {contender:15s} first step {found['first_s']:8.3f} s, later "
+            print(f"round {r}: {contender:15s} first step {found['first_s']:8.3f} s "
+                  f"({found['first_cpu_s']:.3f} s CPU), later "
                   f"{found['later_s']:7.3f} s, memory +{found['rss_growth_bytes'] / 2**20:7.1f} MiB",
                   flush=True)
 
     def median(contender: str, field: str) -> float:
         return statistics.median(found[field] for found in results[contender])
 
-    print(f"\n{'contender':15s} {'first step s':>12s} {'later s':>8s} {'memory MiB':>10s} "
-          f"{'B/param':>8s} {'first/torch':>11s} {'memory/torch':>12s}")
+    print(f"\n{'contender':15s} {'first step s':>12s} {'CPU s':>6s} {'later s':>8s} "
+          f"{'memory MiB':>10s} {'B/param':>8s} {'first/torch':>11s} {'CPU/torch':>9s} "
+          f"{'memory/torch':>12s}")
     for contender in CONTENDERS:
         first, later = median(contender, "first_s"), median(contender, "later_s")
-        memory = median(contender, "rss_growth_bytes")
-        print(f"{contender:15s} {first:12.3f} {later:8.3f} {memory / 2**20:10.1f} "
+        cpu, memory = median(contender, "first_cpu_s"), median(contender, "rss_growth_bytes")
+        print(f"{contender:15s} {first:12.3f} {cpu:6.2f} {later:8.3f} {memory / 2**20:10.1f} "
               f"{memory / args.params:8.0f} {first / median('torch', 'first_s'):11.2f} "
+              f"{cpu / median('torch', 'first_cpu_s'):9.2f} "
               f"{memory / median('torch', 'rss_growth_bytes'):12.2f}")
 
 

@@ -44,7 +44,7 @@ from .codegen.spec import ROUNDINGS, STATE_DTYPES, Spec
 from .interop.arrays import index_bounds, to_host
 from .runtime.parameter import Parameter, RowTensor
 from .runtime.slot import (SEED_STRIDE, Launcher, Slot, check_device_state,
-                           check_seed, collection_paused, shared, spec_for, target_for)
+                           check_phase, check_seed, shared, spec_for, target_for)
 from .targets.base import index_error
 
 __all__ = ["LazyAdam", "EPS_MODES"]
@@ -287,7 +287,7 @@ class LazyAdam(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        with self._lock, collection_paused():
+        with self._lock, check_phase():
             capture = self._capturing()
             found = None if capture else self._recheck()
             if found is None:
@@ -715,8 +715,10 @@ class _Moment(Parameter):
     __slots__ = ("_of",)
 
     def __init__(self, data: Any, key: str, of: Parameter):
-        super().__init__(data, name=key)
-        self._of = of
+        # Not `Parameter.__init__`: `data` is already what it would keep (`_view` of a state
+        # tensor: a writable C-contiguous numpy array, or a CUDA tensor that requires no grad),
+        # and its checks took a microsecond, for each moment of each parameter.
+        self._data, self._name, self._of = data, key, of
 
     @property
     def name(self) -> str:
@@ -823,28 +825,30 @@ def _bind(param: torch.Tensor, state: dict[str, Any] | None, options: _Options,
     _check_state(state, name)
     flags = options.flags
     keys = STATE_KEYS[: 3 if flags.amsgrad else 2]
-    moments = getattr(torch, flags.state_dtype or "float32") if param.dtype in HALF else param.dtype
+    dtype, shape, device = param.dtype, param.shape, param.device
+    moments = getattr(torch, flags.state_dtype or "float32") if dtype in HALF else dtype
     created: dict[str, Any] = {}
     for key in keys:
         tensor = state.get(key)
         if tensor is None:
-            created[key] = torch.zeros(param.shape, dtype=moments, device=param.device)
+            created[key] = torch.zeros(shape, dtype=moments, device=device)
             continue
-        if tensor.shape != param.shape:
+        if tensor.shape != shape:
             raise ValueError(f"state {key!r} of parameter {name!r} is {tuple(tensor.shape)}, the "
-                             f"parameter has shape {tuple(param.shape)}")
-        if ((tensor.dtype, tensor.device) != (moments, param.device) or not tensor.is_contiguous()
+                             f"parameter has shape {tuple(shape)}")
+        if ((tensor.dtype, tensor.device) != (moments, device) or not tensor.is_contiguous()
                 or tensor.is_neg() or tensor._is_zerotensor()):
-            created[key] = tensor.detach().to(device=param.device, dtype=moments,
+            created[key] = tensor.detach().to(device=device, dtype=moments,
                                               memory_format=torch.contiguous_format, copy=True)
     step = state.get("step", 0)
     if not (isinstance(step, torch.Tensor) and step.device.type == "cpu" and step.dim() == 0
             and step.dtype in STEP_DTYPES):
-        created["step"] = torch.tensor(_count(step, name), dtype=_scalar_dtype())
+        # `full`: the 0-d tensor `torch.tensor(count)` makes, in half its 5 us
+        created["step"] = torch.full((), _count(step, name), dtype=_scalar_dtype())
     tensors = {**state, **created}
     copy = None
     if not param.is_contiguous() or param.is_neg():
-        copy = (param.detach(), torch.empty(param.shape, dtype=param.dtype, device=param.device))
+        copy = (param.detach(), torch.empty(shape, dtype=dtype, device=device))
     bound = tuple(tensors.get(key) for key in STATE_KEYS + ("step",))
     arrays = [param if copy is None else copy[1], *(tensors[key] for key in keys)]
     memory = _Memory((param.untyped_storage() if copy is None else copy[1], bound))
@@ -854,7 +858,7 @@ def _bind(param: torch.Tensor, state: dict[str, Any] | None, options: _Options,
     moments = [_Moment(array, key, home) for key, array in zip(keys, views[1:])]
     if home.on_device:
         check_device_state(home, moments)
-    spec = _spec(home, param.dtype, flags)
+    spec = _spec(home, dtype, flags)
     slot = Slot(home, id(param), False, spec, target_for(view), *moments,
                 seed_offset=position * SEED_STRIDE % 2**64)
     key = _key(param, bound, position)

@@ -28,8 +28,8 @@ from ..dtypes import numpy_dtype
 from ..interop.arrays import dtype_of, is_device_array, to_host, zeros_like
 from .parameter import Parameter
 from .schedules import LearningRateSchedule
-from .slot import (SEED_STRIDE, Launcher, Slot, capturing, check_device_state, check_seed,
-                   collection_paused, spec_for, target_for)
+from .slot import (SEED_STRIDE, Launcher, Slot, capturing, check_device_state, check_phase,
+                   check_seed, spec_for, target_for)
 
 GROUP_KEYS = ("params", "lr", "weight_decay", "grad_centralization", "order_params")
 
@@ -186,7 +186,7 @@ class LazyAdam:
         self._groups: list[_Group] = []
         slots: dict[int, Slot] = {}
         positions = {id(p): i for i, p in enumerate(order)}
-        with collection_paused():
+        with check_phase():
             self._make_slots(groups, slots, positions, default_lr, default_wd)
         self._slots: tuple[Slot, ...] = tuple(slots[id(p)] for p in order)
         self._on_device = any(slot.on_device for slot in self._slots)
@@ -429,7 +429,7 @@ class LazyAdam:
                                "was made with capturable=False: its steps wait for their index "
                                "checks and carry their hyperparameters; make it with "
                                "capturable=True")
-        with collection_paused():
+        with check_phase():
             work = self._check(gradients, capture)
         tables = self._launcher.tables(work) if self.capturable else None
         with self._lock:

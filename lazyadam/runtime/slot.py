@@ -110,23 +110,25 @@ def _variant(spec: Spec, sparse: bool, index_dtype: str, grad_dtype: str) -> Spe
 
 
 @contextlib.contextmanager
-def collection_paused() -> Iterator[None]:
-    """Python's cyclic garbage collector paused (if it runs), for the check phase of a step and
-    the making of an optimizer.
+def check_phase() -> Iterator[None]:
+    """The check phase of a step, or the making of an optimizer: Python's cyclic garbage
+    collector paused (if it runs), and the toolchain environment read once
+    (`targets.environment_read_once`), however many parameters are bound.
 
     Binding 100,000 parameters makes millions of objects that live as long as the optimizer, and
     the collector's repeated full passes over them took a third of the first step (40 of 120 us a
     parameter). It runs again when the phase ends (a cycle made meanwhile, by any thread, waits
     for it then); where it was already off, it stays off.
     """
-    if not gc.isenabled():
-        yield
-        return
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
+    with targets.environment_read_once():
+        if not gc.isenabled():
+            yield
+            return
+        gc.disable()
+        try:
+            yield
+        finally:
+            gc.enable()
 
 
 def check_seed(value: Any) -> int:

@@ -192,44 +192,48 @@ def check_arrays(spec: SpecBase, var: Any, states: Mapping[str, Any], grad: Any)
     state arrays (`states`, by name, as `state_arrays`) theirs, the gradient (or sparse values)
     the gradient's.
     """
-    state = _check_state(spec, var, states)
+    spans = _check_state(spec, var, states)
     if not spec.sparse:
-        check_array("grad", grad, spec.storage("grad"))
+        start = check_array("grad", grad, spec.storage("grad"))
         if grad.shape != var.shape:
             raise ValueError(f"grad has shape {grad.shape}, var has {var.shape}")
-        _check_disjoint(state, {"grad": grad})
+        _check_disjoint(spans | {"grad": _span(grad, start)})
         return
     if not (isinstance(grad, tuple) and len(grad) == 2):
         raise TypeError("a sparse kernel takes its gradient as an (indices, values) pair")
     indices, values = grad
     if var.ndim < 1:
         raise ValueError(SCALAR_SPARSE)
-    check_array("indices", indices, spec.index_dtype)
+    start = check_array("indices", indices, spec.index_dtype)
     if indices.ndim != 1:
         raise ValueError(f"indices must be 1-d, got shape {indices.shape}")
-    check_array("values", values, spec.storage("grad"))
+    spans["indices"] = _span(indices, start)
+    start = check_array("values", values, spec.storage("grad"))
     expected = (indices.shape[0],) + tuple(var.shape[1:])
     if values.shape != expected:
         raise ValueError(f"values has shape {values.shape}, expected {expected} "
                          f"(len(indices),) + var.shape[1:]")
-    _check_disjoint(state, {"indices": indices, "values": values})
+    _check_disjoint(spans | {"values": _span(values, start)})
 
 
-def check_state(spec: SpecBase, var: Any, states: Mapping[str, Any]) -> dict[str, Any]:
+def check_state(spec: SpecBase, var: Any,
+                states: Mapping[str, Any]) -> dict[str, tuple[int, int]]:
     """The state arrays' part of `check_arrays` (what a bound call checks once).
 
     Returns:
-        var and the state arrays the kernel keeps, by name, in ABI order (`Rule.arrays`).
+        The byte span `(first, past the last)` of var and each state array the kernel keeps, by
+        name, in ABI order (`Rule.arrays`, then `Rule.row_arrays`): where a bound call points.
 
     Raises:
         TypeError, ValueError: naming the offending array.
     """
-    state = _check_state(spec, var, states)
-    _check_disjoint(state, {})
-    return state
+    spans = _check_state(spec, var, states)
+    _check_disjoint(spans)
+    return spans
 
 
-def _check_state(spec: SpecBase, var: Any, states: Mapping[str, Any]) -> dict[str, Any]:
+def _check_state(spec: SpecBase, var: Any,
+                 states: Mapping[str, Any]) -> dict[str, tuple[int, int]]:
     """`check_state` but for the overlap, which `check_arrays` checks with the gradient's."""
     for s in spec.RULE.state:
         given = states.get(s.name) is not None
@@ -242,19 +246,24 @@ def _check_state(spec: SpecBase, var: Any, states: Mapping[str, Any]) -> dict[st
     if per_row & set(state) and getattr(var, "ndim", 1) < 1:
         raise ValueError(f"a {spec.RULE.name} kernel keeps state per row: var needs rank >= 1 "
                          "(rows first)")
-    for name, arr in state.items():
-        check_array(name, arr, spec.storage(name), writable=True)
+    spans = {}
+    for name in spec.RULE.arrays(spec) + spec.RULE.row_arrays(spec):
+        arr = state[name]
+        start = check_array(name, arr, spec.storage(name), writable=True)
         expected = tuple(var.shape[:1]) if name in per_row else tuple(var.shape)
         if arr.shape != expected:
             whose = "var's rows" if name in per_row else "var"
             raise ValueError(f"{name} has shape {arr.shape}, expected {expected} ({whose})")
-    ordered = spec.RULE.arrays(spec) + spec.RULE.row_arrays(spec)
-    return {name: state[name] for name in ordered}
+        spans[name] = _span(arr, start)
+    return spans
 
 
-def check_array(name: str, arr: Any, dtype: str, writable: bool = False) -> None:
+def check_array(name: str, arr: Any, dtype: str, writable: bool = False) -> int:
     """An input or state array a kernel can take: `dtype` storage, C-contiguous (and writable),
     aligned to its elements.
+
+    Returns:
+        The address of its first byte (`address`).
 
     Raises:
         TypeError: not an array, another dtype, or the other byte order; ValueError: layout or
@@ -275,22 +284,41 @@ def check_array(name: str, arr: Any, dtype: str, writable: bool = False) -> None
         if writable and not flags.writeable:
             raise ValueError(f"{name} is read-only")
     itemsize = arr.dtype.itemsize
-    if _span(arr)[0] % itemsize:
+    start = address(arr)
+    if start % itemsize:
         raise ValueError(f"{name} is not aligned to its {itemsize}-byte elements")
+    return start
 
 
-def _span(arr: Any) -> tuple[int, int]:
-    """[first byte, past the last byte) of a contiguous array, host or device."""
-    start = arr.ptr if hasattr(arr, "ptr") else arr.__array_interface__["data"][0]
+def address(arr: Any) -> int:
+    """The address of the first byte of a contiguous array: a device array's `ptr`, a host
+    array's through the buffer protocol (0.8 us; a numpy array's `__array_interface__`, a dict
+    made anew at each reading, takes 2 us, and binding a parameter reads three)."""
+    if hasattr(arr, "ptr"):
+        return arr.ptr
+    try:
+        return int(_FFI.cast(_ADDRESS, _FFI.from_buffer(arr)))
+    except (TypeError, BufferError):  # no buffer protocol
+        return arr.__array_interface__["data"][0]
+
+
+#: What `address` reads host arrays with.
+_FFI = cffi.FFI()
+_ADDRESS = _FFI.typeof("uintptr_t")
+
+
+def _span(arr: Any, start: int) -> tuple[int, int]:
+    """[first byte, past the last byte) of a contiguous array, host or device, that starts at
+    `start` (`check_array`'s answer)."""
     return start, start + arr.size * arr.dtype.itemsize
 
 
-def _check_disjoint(state: dict[str, Any], inputs: dict[str, Any]) -> None:
-    """The kernels take every pointer as `restrict`: no array may overlap another."""
-    named = list(state.items()) + list(inputs.items())
-    spans = [(name, _span(arr)) for name, arr in named if arr.size]
-    for i, (a, (a0, a1)) in enumerate(spans):
-        for b, (b0, b1) in spans[i + 1:]:
+def _check_disjoint(spans: dict[str, tuple[int, int]]) -> None:
+    """The kernels take every pointer as `restrict`: no array (its byte span, by name; in the
+    order of the kernel's arguments) may overlap another."""
+    named = [(name, span) for name, span in spans.items() if span[0] != span[1]]
+    for i, (a, (a0, a1)) in enumerate(named):
+        for b, (b0, b1) in named[i + 1:]:
             if a0 < b1 and b0 < a1:
                 raise ValueError(f"{a} and {b} share memory; each must be an array of its own")
 

@@ -135,6 +135,8 @@ class CKernel(LoadedKernel):
         self._index = f"{spec.index_dtype}_t[]"
         self._grad_dtype = spec.storage("grad")
         self._hparams = self.ffi.typeof(f"{self.hparams_type} *")
+        #: (fields, their struct) of the last call: see `hparams`.
+        self._last_hparams: tuple[tuple | None, Any] = (None, None)
         if spec.sparse:
             self._with_workspace = getattr(self.lib, f"{source.symbol}_with_workspace")
             self._workspace_size = getattr(self.lib, f"{source.symbol}_workspace_size")
@@ -188,11 +190,26 @@ class CKernel(LoadedKernel):
             TypeError, ValueError: as `__call__`, for the state arrays here and for a gradient of
                 the wrong dtype or size at each step.
         """
-        arrays = check_state(self.spec, var, state_arrays(self.spec, state, named))
+        states = state_arrays(self.spec, state, named)
+        spans = check_state(self.spec, var, states)
         if self.spec.sparse and var.ndim < 1:
             raise ValueError(SCALAR_SPARSE)
         kind = SparseStep if self.spec.sparse else RowStep if self.per_row else Step
-        return kind(self, tuple(arrays.values()))
+        arrays = tuple(var if name == "var" else states[name] for name in spans)
+        return kind(self, arrays, spans)
+
+    def hparams(self, fields: tuple) -> Any:
+        """The hyperparameter struct of `fields` (`as_tuple()` order), made once for consecutive
+        calls that pass the same tuple object: an optimizer's parameters of one group share their
+        step's (a struct takes about a microsecond to make, a kernel call on 4 elements a few).
+        Kernel calls never write the struct; the pair is replaced at once, so threads calling the
+        kernel together each get the struct of their own fields."""
+        last = self._last_hparams
+        if last[0] is fields:
+            return last[1]
+        made = self.ffi.new(self._hparams, fields)
+        self._last_hparams = (fields, made)
+        return made
 
     def check_values(self, name: str, values: np.ndarray, size: int) -> None:
         """A gradient (or sparse values) of the kernel's gradient dtype with `size` elements.
@@ -242,13 +259,13 @@ class Step:
 
     __slots__ = ("kernel", "arrays", "state", "rows", "row_size")
 
-    def __init__(self, kernel: CKernel, arrays: tuple):
+    def __init__(self, kernel: CKernel, arrays: tuple, spans: dict[str, tuple[int, int]]):
         self.kernel, self.arrays = kernel, arrays
         # Bare pointers (a third of the memory of `from_buffer`'s, which an optimizer holds for
-        # each of its parameters): `arrays` keeps the memory they point to.
+        # each of its parameters) to the arrays' first bytes (`check_state`'s spans, in argument
+        # order): `arrays` keeps the memory they point to.
         cast, pointers = kernel.ffi.cast, kernel._pointers
-        self.state = tuple(cast(pointers[name], a.__array_interface__["data"][0])
-                           for name, a in zip(kernel.arrays, arrays))
+        self.state = tuple(cast(pointers[name], first) for name, (first, _) in spans.items())
         var = arrays[0]
         self.rows = var.shape[0] if var.ndim else 1
         self.row_size = var.size // self.rows if self.rows else int(np.prod(var.shape[1:]))
@@ -258,7 +275,7 @@ class Step:
         size = self.arrays[0].size
         kernel.check_values("grad", grad, size)
         status = kernel.fn(*self.state, kernel.ffi.from_buffer(kernel._buffers["grad"], grad),
-                           size, kernel.ffi.new(kernel._hparams, hp))
+                           size, kernel.hparams(hp))
         if status != kernel.lib.LAZYADAM_OK:
             kernel.check_status(status, self.rows, self.row_size)
 
@@ -273,7 +290,7 @@ class RowStep(Step):
         kernel = self.kernel
         kernel.check_values("grad", grad, self.arrays[0].size)
         status = kernel.fn(*self.state, kernel.ffi.from_buffer(kernel._buffers["grad"], grad),
-                           self.rows, self.row_size, kernel.ffi.new(kernel._hparams, hp))
+                           self.rows, self.row_size, kernel.hparams(hp))
         if status != kernel.lib.LAZYADAM_OK:
             kernel.check_status(status, self.rows, self.row_size)
 
@@ -295,7 +312,7 @@ class SparseStep(Step):
         ffi = kernel.ffi
         args = (*self.state, rows, row_size, ffi.from_buffer(kernel._index, indices),
                 ffi.from_buffer(kernel._buffers["grad"], values), indices.shape[0],
-                ffi.new(kernel._hparams, hp))
+                kernel.hparams(hp))
         if workspace is None:
             kernel.check_status(kernel.fn(*args), rows, row_size, indices)
             return

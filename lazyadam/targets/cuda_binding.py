@@ -38,10 +38,12 @@ class CudaBinding:
 
     def __init__(self, kernel: CudaKernel, var: Any, states: Mapping[str, Any]):
         spec = kernel.spec
-        views = check_state(spec, DeviceArray(var, "var"), {
+        given = {"var": DeviceArray(var, "var")} | {
             name: None if array is None else DeviceArray(array, name)
-            for name, array in states.items()})
-        names, views = tuple(views), tuple(views.values())
+            for name, array in states.items()}
+        names = tuple(check_state(spec, given["var"],
+                                  {name: given[name] for name in states}))
+        views = tuple(given[name] for name in names)
         arrays = (var, *(states[name] for name in names[1:]))
         devices = {view.device for view in views} - {None}
         if len(devices) > 1:
