@@ -24,7 +24,7 @@ from . import __version__
 from .codegen.passes import PIPELINE
 from .codegen.pipeline import stages
 from .codegen.spec import (DECAYS, DTYPES, EPS_MODES, GRAD_DTYPES, HALF_DTYPES, INDEX_DTYPES,
-                           ROUNDINGS, STATE_DTYPES, Spec, SpecError)
+                           PARALLEL_MIN, ROUNDINGS, STATE_DTYPES, Spec, SpecError)
 from .codegen.variants import specs_from_json, variants
 from .errors import CompilationError, TargetUnavailableError
 from .sources import write_sources
@@ -39,7 +39,7 @@ STAGES = ("spec", "lower", *(name for name, _ in PIPELINE), "header", "source")
 PROGRESS_FROM = 4
 
 _FLAGS = ("sparse", "nesterov", "use_locking", "decay", "amsgrad", "maximize", "eps_mode", "dtype",
-          "index_dtype", "state_dtype", "grad_dtype", "rounding")
+          "index_dtype", "state_dtype", "grad_dtype", "rounding", "parallel_min")
 _STATICS = {"beta1": "beta1", "beta2": "beta2", "eps": "eps", "loss_scale": "loss_scale",
             "wd": "weight_decay"}
 
@@ -113,6 +113,10 @@ def _spec_options(func: Callable) -> Callable:
                      help="How writes to bfloat16 or float16 round: to nearest even, or "
                           "stochastically (hashing hp->seed, hp->step and the element).  "
                           "[default: nearest]"),
+        click.option("--parallel-min", type=click.IntRange(0, 2 ** 62 - 1), metavar="N",
+                     help="C kernels: steps of fewer elements run on one thread.  [default: "
+                          "LAZYADAM_PARALLEL_MIN at build time, else "
+                          f"{PARALLEL_MIN['dense']} dense, {PARALLEL_MIN['sparse']} sparse]"),
         click.option("--beta1", type=float, metavar="FLOAT",
                      help="Bake beta1 into the code (hp->beta1 is then ignored)."),
         click.option("--beta2", type=float, metavar="FLOAT", help="Bake beta2 into the code."),

@@ -17,7 +17,7 @@ from typing import Mapping
 import numpy as np
 
 #: Bumped whenever lowering, passes, printers or templates change what a spec generates.
-CODEGEN_VERSION = "4"
+CODEGEN_VERSION = "5"
 
 DTYPES = {"float32": "f32", "float64": "f64", "bfloat16": "bf16", "float16": "f16"}
 #: Parameter dtypes stored in 16 bits: their steps compute in float32 and round every write.
@@ -34,6 +34,10 @@ EPS_MODES = ("mindspore", "pytorch")
 #: Hyperparameters that may be baked in as static values (the rest of `lazyadam_hparams` -- lr and the
 #: beta powers -- change every step and are always runtime arguments).
 STATIC_HPARAMS = ("beta1", "beta2", "eps", "loss_scale", "weight_decay")
+#: Elements (dense: n; sparse: indices x row size) below which a C step runs on one thread, when
+#: neither the spec nor LAZYADAM_PARALLEL_MIN says otherwise: below them, waking a second thread cost
+#: more than it saved on 2 cores (benchmarks/bench_busy.py --sweep; docs/threads.md).
+PARALLEL_MIN = {"dense": 1 << 19, "sparse": 1 << 20}
 
 
 class SpecError(ValueError):
@@ -67,6 +71,11 @@ class Spec:
             any thread count, in C and CUDA).
         static: hyperparameters baked into the code, e.g. `{"beta1": 0.9}`; stored as a sorted
             tuple of pairs so that the spec stays hashable.
+        parallel_min: C kernels: a step of fewer elements than this (dense: the parameter's size;
+            sparse: indices x row size) runs on one thread. None: the environment variable
+            LAZYADAM_PARALLEL_MIN when the kernel is built, else `PARALLEL_MIN` of the kernel's
+            kind; 0: every step may use every thread. The results are the same bits either way.
+            A spec without it has the JSON (and symbol) it had before the field existed.
     """
 
     sparse: bool = True
@@ -82,6 +91,7 @@ class Spec:
     grad_dtype: str | None = None
     rounding: str = "nearest"
     static: tuple[tuple[str, float], ...] = field(default=())
+    parallel_min: int | None = None
 
     def __post_init__(self) -> None:
         static = self.static.items() if isinstance(self.static, Mapping) else self.static
@@ -124,6 +134,11 @@ class Spec:
         if self.rounding == "stochastic" and not half:
             raise SpecError(f"rounding='stochastic' needs a bfloat16 or float16 parameter; "
                             f"{self.dtype} kernels round nothing they store")
+        if self.parallel_min is not None and (
+                not isinstance(self.parallel_min, int) or isinstance(self.parallel_min, bool)
+                or not 0 <= self.parallel_min < 2 ** 62):
+            raise SpecError(f"parallel_min must be None or an int in [0, 2**62), got "
+                            f"{self.parallel_min!r}")
         names = [k for k, _ in self.static]
         if len(set(names)) != len(names):
             raise SpecError(f"static hyperparameter given twice: {names}")
@@ -173,8 +188,11 @@ class Spec:
         return actual == value if value else bool(actual)
 
     def to_json(self) -> str:
-        """Canonical JSON: sorted keys, no whitespace; the input of `key()`."""
+        """Canonical JSON: sorted keys, no whitespace; the input of `key()`. `parallel_min` is
+        left out when None, so that specs keep the JSON they had before it existed."""
         data = dataclasses.asdict(self)
+        if self.parallel_min is None:
+            del data["parallel_min"]
         data["static"] = [[k, float(v)] for k, v in self.static]
         return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
@@ -212,6 +230,8 @@ class Spec:
             parts.append("sr")
         if self.sparse:
             parts.append(INDEX_DTYPES[self.index_dtype])
+        if self.parallel_min is not None:
+            parts.append(f"p{self.parallel_min}")
         if self.static:
             parts.append("s" + self.key()[:8])
         return "_".join(parts)
