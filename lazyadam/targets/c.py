@@ -10,6 +10,8 @@ with OMP_WAIT_POLICY=passive, unless the environment sets OMP_WAIT_POLICY or GOM
 runtime was already started (PyTorch ships and starts a libgomp.so.1 too, which the kernels then
 share: its policy stands). Threads that spin while they wait take the cores that a late thread
 needs; on a busy machine a step then waits for the scheduler (docs/threads.md has the measurements).
+Whatever the policy, a kernel runs a step on one thread when it is small (`Spec.parallel_min`) or
+when more tasks are runnable than the machine has processors (lazyadam/templates/c_parallel.j2).
 
 Environment:
     LAZYADAM_CC (else CC): the compiler command (default `cc`).
