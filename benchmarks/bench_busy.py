@@ -281,10 +281,11 @@ def sweep(rounds: int) -> None:
 #: medians, as JSON, with torch imported and warm as in the main run.
 BASELINE_CHILD = """
 import json, sys
-sys.path[:0] = [sys.argv[1], {here!r}]
-sys.argv[1:] = sys.argv[3:]
+checkout, rounds = sys.argv[1], int(sys.argv[2])
+sys.path[:0] = [checkout, {here!r}]
+sys.argv[1:] = sys.argv[3:]  # --torch-first, for bench_busy's import
 import bench_busy as b
-assert b.lazyadam.__file__.startswith(sys.path[0]), b.lazyadam.__file__
+assert b.lazyadam.__file__.startswith(checkout), b.lazyadam.__file__
 b.warm_torch()
 import numpy as np
 from lazyadam import HParams, Spec
@@ -297,7 +298,7 @@ indices, values = b.sparse_data()
 sparse = b.lazyadam.compile(Spec()).bind(*(b.zeros((1_000_000, 64), True) for _ in range(3)))
 contenders = {{"example": b.example_step(), "sparse 1M x 64": lambda: sparse((indices, values), hp),
               "dense 16M": lambda: dense(w, hp)}}
-print(json.dumps(b.medians(contenders, int(sys.argv[2]), 3, lambda: b.time.sleep(b.PAUSE))))
+print(json.dumps(b.medians(contenders, rounds, 3, lambda: b.time.sleep(b.PAUSE))))
 """
 
 
@@ -316,9 +317,11 @@ def baseline(other: Path, loads: list[int], repeat: int, rounds: int, torch_firs
                     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
                     env["PYTHONPATH"] = os.pathsep.join(
                         p for p in sys.path if p.endswith("site-packages"))
-                    out = subprocess.run([sys.executable, "-S", "-c", script, *args], check=True,
-                                         capture_output=True, text=True, env=env).stdout
-                    results[label].append(json.loads(out.splitlines()[-1]))
+                    proc = subprocess.run([sys.executable, "-S", "-c", script, *args],
+                                          capture_output=True, text=True, env=env)
+                    if proc.returncode:
+                        sys.exit(f"{path}: {proc.stderr}")
+                    results[label].append(json.loads(proc.stdout.splitlines()[-1]))
         print(f"\nbeside {load} busy processes (load average now {os.getloadavg()[0]:.2f}): "
               f"medians over {repeat} alternating processes of each one's median of {rounds} "
               "calls, ms")
