@@ -1,7 +1,7 @@
 """How the C kernels use their threads (docs/threads.md): steps below `parallel_min` elements, and
 all steps on a machine with more runnable tasks than processors, on one thread, with the same bits
 as on several, quiet or beside a busy process; the threshold from the spec, then the environment,
-then the default; OpenMP started with passive waits unless the environment or another library
+then the default; OpenMP started with a short spin unless the environment or another library
 chose."""
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import openmp
 from lazyadam import HParams, Spec
 from lazyadam.codegen import SUM_CHUNK
 from lazyadam.codegen.spec import PARALLEL_MIN, SpecError
+from lazyadam.targets.c import SPIN_COUNT
 from reference import lazyadam_step
 from tolerance import assert_close
 
@@ -205,11 +206,11 @@ WAIT_POLICY = textwrap.dedent("""
 
 
 @pytest.mark.parametrize("first, given, spins", [
-    ("lazyadam", None, "0"),                # lazyadam starts the runtime: passive waits
-    ("lazyadam", "active", "30000000000"),  # the user's choice stands
+    ("lazyadam", None, str(SPIN_COUNT)),    # lazyadam starts the runtime: a short spin
+    ("lazyadam", "passive", "0"),           # the user's choice stands
     ("torch", None, None),                  # torch started it first: its default stands
 ], ids=["lazyadam first", "set by the user", "torch first"])
-def test_openmp_waits_asleep_when_lazyadam_starts_it(first, given, spins):
+def test_openmp_spins_briefly_when_lazyadam_starts_it(first, given, spins):
     if not os.path.exists("/proc/self/maps"):
         pytest.skip("needs Linux's /proc/self/maps")
     if first == "torch":
@@ -227,7 +228,7 @@ def test_openmp_waits_asleep_when_lazyadam_starts_it(first, given, spins):
     if spins is not None:
         assert f"GOMP_SPINCOUNT = '{spins}'" in proc.stderr, proc.stderr
     else:
-        assert "GOMP_SPINCOUNT = '0'" not in proc.stderr, proc.stderr
+        assert f"GOMP_SPINCOUNT = '{SPIN_COUNT}'" not in proc.stderr, proc.stderr
 
 
 def test_the_command_line_takes_parallel_min(tmp_path):

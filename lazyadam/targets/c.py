@@ -5,11 +5,13 @@ parallel regions before the fork would wait for them forever (libgomp). Results 
 number of threads, so in a forked child the forking thread runs its kernels on one thread (as
 PyTorch does after a fork); threads started in the child get a team of their own.
 
-OpenMP's threads wait for work asleep: the first kernel loaded starts gcc's OpenMP runtime (libgomp)
-with OMP_WAIT_POLICY=passive, unless the environment sets OMP_WAIT_POLICY or GOMP_SPINCOUNT, or the
-runtime was already started (PyTorch ships and starts a libgomp.so.1 too, which the kernels then
-share: its policy stands). Threads that spin while they wait take the cores that a late thread
-needs; on a busy machine a step then waits for the scheduler (docs/threads.md has the measurements).
+OpenMP's threads spin briefly, then sleep, while they wait: the first kernel loaded starts gcc's
+OpenMP runtime (libgomp) with GOMP_SPINCOUNT=`SPIN_COUNT` (about 0.35 ms of spinning on a 2020s
+x86 core, where libgomp's default spins about 10 ms), unless the environment sets OMP_WAIT_POLICY or
+GOMP_SPINCOUNT, or the runtime was already started (PyTorch ships and starts a libgomp.so.1 too,
+which the kernels then share: its policy stands). Threads that spin long while they wait take the
+cores that a late thread needs; on a busy machine a step then waits for the scheduler; with no spin
+at all, every barrier of a quiet step pays a wake-up (docs/threads.md has the measurements).
 Whatever the policy, a kernel runs a step on one thread when it is small (`Spec.parallel_min`) or
 when more tasks are runnable than the machine has processors (lazyadam/templates/c_parallel.j2).
 
@@ -123,10 +125,15 @@ def _isa() -> str:
 
 
 
+#: The rounds that a waiting OpenMP thread spins before it sleeps, when lazyadam starts libgomp.
+SPIN_COUNT = 10_000
+
+
 @functools.lru_cache(maxsize=None)
 def _start_openmp() -> None:
-    """Starts libgomp with passive waits, once, if nothing has started it and the environment does
-    not choose a policy (see the module). The process's environment is left as it was."""
+    """Starts libgomp with a short spin (`SPIN_COUNT`), once, if nothing has started it and the
+    environment does not choose a policy (see the module). The process's environment is left as
+    it was."""
     if "OMP_WAIT_POLICY" in os.environ or "GOMP_SPINCOUNT" in os.environ:
         return
     try:
@@ -134,13 +141,13 @@ def _start_openmp() -> None:
         return  # already started: its policy stands
     except OSError:
         pass
-    os.environ["OMP_WAIT_POLICY"] = "passive"  # read once, as the runtime starts
+    os.environ["GOMP_SPINCOUNT"] = str(SPIN_COUNT)  # read once, as the runtime starts
     try:
         ctypes.CDLL("libgomp.so.1")
     except OSError:
         pass  # no libgomp: kernels built with another OpenMP runtime, or none
     finally:
-        del os.environ["OMP_WAIT_POLICY"]
+        del os.environ["GOMP_SPINCOUNT"]
 
 
 #: `omp_set_num_threads` of each OpenMP runtime that a loaded kernel uses, by its address.
