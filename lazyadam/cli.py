@@ -28,8 +28,8 @@ from .codegen.pipeline import stages
 from .codegen.rule import Rule
 from .codegen.rule import get as rule_named
 from .codegen.rule import names as rule_names
-from .codegen.spec import (DTYPES, GRAD_DTYPES, HALF_DTYPES, INDEX_DTYPES, ROUNDINGS, STATE_DTYPES,
-                           SpecError)
+from .codegen.spec import (DTYPES, GRAD_DTYPES, HALF_DTYPES, INDEX_DTYPES, PARALLEL_MIN, ROUNDINGS,
+                           STATE_DTYPES, SpecError)
 from .codegen.variants import specs_from_json, variants
 from .errors import CompilationError, TargetUnavailableError
 from .rules.adam import ADAM, DECAYS, EPS_MODES
@@ -119,6 +119,10 @@ def _spec_options(func: Callable) -> Callable:
                      help="How writes to bfloat16 or float16 round: to nearest even, or "
                           "stochastically (hashing hp->seed, hp->step and the element).  "
                           "[default: nearest]"),
+        click.option("--parallel-min", type=click.IntRange(0, 2 ** 62 - 1), metavar="N",
+                     help="C kernels: steps of fewer elements run on one thread.  [default: "
+                          "LAZYADAM_PARALLEL_MIN at build time, else "
+                          f"{PARALLEL_MIN['dense']} dense, {PARALLEL_MIN['sparse']} sparse]"),
         click.option("--beta1", type=float, metavar="FLOAT",
                      help="Bake beta1 into the code (hp->beta1 is then ignored)."),
         click.option("--beta2", type=float, metavar="FLOAT", help="Bake beta2 into the code."),

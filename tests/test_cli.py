@@ -83,8 +83,8 @@ def test_bad_spec_file_is_one_line(run, tmp_path):
     assert result.exit_code == 2
     assert result.stderr.strip() == (
         "Error: spec 0 has unknown field(s) adamw; choose from amsgrad, decay, dtype, eps_mode, "
-        "grad_dtype, index_dtype, maximize, nesterov, rounding, sparse, state_dtype, static, "
-        "use_locking (see 'main build --help')")
+        "grad_dtype, index_dtype, maximize, nesterov, parallel_min, rounding, sparse, state_dtype, "
+        "static, use_locking (see 'main build --help')")
 
 
 def test_the_installed_script_prints_one_line(tmp_path):

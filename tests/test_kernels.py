@@ -179,7 +179,8 @@ THREADS_SCRIPT = textwrap.dedent("""
 def test_result_does_not_depend_on_thread_count():
     outputs = []
     for threads in ("1", "2"):
-        env = {**__import__("os").environ, "OMP_NUM_THREADS": threads}
+        env = {**__import__("os").environ, "OMP_NUM_THREADS": threads,
+               "LAZYADAM_PARALLEL_MIN": "0"}  # these small steps in parallel too
         proc = subprocess.run([sys.executable, "-c", THREADS_SCRIPT], capture_output=True, env=env,
                               check=True)
         outputs.append(proc.stdout)
@@ -249,7 +250,7 @@ def test_rows_longer_than_a_chunk_match_reference(spec, rng):
 def test_a_sparse_step_runs_in_a_workspace_the_caller_allocates(rng):
     """The scratch of a step can be allocated before it runs; one sized for a single thread also
     serves (the step then runs on one thread, with the same result); too small is refused."""
-    spec = Spec(sparse=True, decay="l2")
+    spec = Spec(sparse=True, decay="l2", parallel_min=0)  # this small step in parallel too
     kernel = lazyadam.compile(spec)
     idx = ((rng.zipf(1.2, 3000) - 1) % 400).astype(np.int64)
     grad = (idx, rng.standard_normal((idx.size, 16)).astype(np.float32))

@@ -16,7 +16,7 @@ from .ir import ROW_LANES, SUM_CHUNK, Elem, Kernel, RowSize, walk
 from .passes import invert_loss_scale
 from .printer import C_INDEX_TYPES, CPrinter
 from .rule import hparams_struct
-from .spec import HALF_DTYPES
+from .spec import HALF_DTYPES, PARALLEL_MIN
 
 ENV = jinja2.Environment(
     loader=jinja2.PackageLoader("lazyadam", "templates"),
@@ -85,6 +85,10 @@ def template_context(kernel: Kernel, printer: CPrinter, symbol: str, indent: int
         nulls=lambda index="": " || ".join(f"!{a}{index}" for a in every),
         grad_reads_var=grad_reads_var,
         sum_chunk=SUM_CHUNK,
+        # C: steps below this many elements run on one thread (None: LAZYADAM_PARALLEL_MIN at
+        # build time, else the kind's default).
+        parallel_min=spec.parallel_min,
+        parallel_min_default=PARALLEL_MIN["sparse" if spec.sparse else "dense"],
         # Sparse kernels sum the chunks of a long run in parallel, before the run's row is updated.
         # When the gradient reads var (L2 decay) and rows are locked, var must be read under the
         # row's lock: then one thread sums a row's chunks itself, in the same order.

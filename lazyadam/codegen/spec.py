@@ -39,6 +39,10 @@ GRAD_DTYPES = ("float32",)
 #: How a half-precision write rounds: to nearest even, or stochastically (see `SpecBase`).
 ROUNDINGS = ("nearest", "stochastic")
 INDEX_DTYPES = {"int32": "i32", "int64": "i64"}
+#: Elements (dense: n; sparse: indices x row size) below which a C step runs on one thread, when
+#: neither the spec nor LAZYADAM_PARALLEL_MIN says otherwise: below them, waking a second thread cost
+#: more than it saved on 2 cores (benchmarks/bench_busy.py --sweep; docs/threads.md).
+PARALLEL_MIN = {"dense": 1 << 19, "sparse": 1 << 20}
 
 class SpecError(ValueError):
     """An illegal spec: the message says what to change."""
@@ -55,6 +59,7 @@ TAIL_FIELDS = (
     ("grad_dtype", "str | None", None),
     ("rounding", str, "nearest"),
     ("static", "tuple[tuple[str, float], ...]", field(default=())),
+    ("parallel_min", "int | None", None),
 )
 #: What each common field means, for the docstring of every spec class.
 COMMON_DOCS = {
@@ -74,6 +79,12 @@ COMMON_DOCS = {
                 "same bits on any thread count, in C and CUDA).",
     "static": "hyperparameters baked into the code, e.g. `{\"beta1\": 0.9}`; stored as a sorted "
               "tuple of pairs so that the spec stays hashable.",
+    "parallel_min": "C kernels: a step of fewer elements than this (dense: the parameter's size; "
+                    "sparse: indices x row size) runs on one thread. None: the environment "
+                    "variable LAZYADAM_PARALLEL_MIN when the kernel is built, else `PARALLEL_MIN` "
+                    "of the kernel's kind; 0: every step may use every thread. The results are "
+                    "the same bits either way. A spec without it has the JSON (and symbol) it had "
+                    "before the field existed.",
 }
 #: The spec class of each rule that has one, by rule name (`spec_class`).
 _SPECS: dict[str, type] = {}
@@ -136,6 +147,11 @@ class SpecBase:
         if self.rounding == "stochastic" and not half:
             raise SpecError(f"rounding='stochastic' needs a bfloat16 or float16 parameter; "
                             f"{self.dtype} kernels round nothing they store")
+        if self.parallel_min is not None and (
+                not isinstance(self.parallel_min, int) or isinstance(self.parallel_min, bool)
+                or not 0 <= self.parallel_min < 2 ** 62):
+            raise SpecError(f"parallel_min must be None or an int in [0, 2**62), got "
+                            f"{self.parallel_min!r}")
         names = [k for k, _ in self.static]
         if len(set(names)) != len(names):
             raise SpecError(f"static hyperparameter given twice: {names}")
@@ -191,6 +207,8 @@ class SpecBase:
         (`"rule"`) unless that is `DEFAULT_RULE`, so LazyAdam's JSON, keys and static symbols are
         those of the specs before there were rules."""
         data = dataclasses.asdict(self)
+        if self.parallel_min is None:  # specs keep the JSON they had before the field existed
+            del data["parallel_min"]
         data["static"] = [[k, float(v)] for k, v in self.static]
         if self.RULE.name != DEFAULT_RULE:
             data["rule"] = self.RULE.name
@@ -238,6 +256,8 @@ class SpecBase:
             parts.append("sr")
         if self.sparse:
             parts.append(INDEX_DTYPES[self.index_dtype])
+        if self.parallel_min is not None:
+            parts.append(f"p{self.parallel_min}")
         if self.static:
             parts.append("s" + self.key()[:8])
         return "_".join(parts)

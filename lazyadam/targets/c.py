@@ -5,9 +5,22 @@ parallel regions before the fork would wait for them forever (libgomp). Results 
 number of threads, so in a forked child the forking thread runs its kernels on one thread (as
 PyTorch does after a fork); threads started in the child get a team of their own.
 
+OpenMP's threads spin briefly, then sleep, while they wait: the first kernel loaded starts gcc's
+OpenMP runtime (libgomp) with GOMP_SPINCOUNT=`SPIN_COUNT` (about 0.35 ms of spinning on a 2020s
+x86 core, where libgomp's default spins about 10 ms), unless the environment sets OMP_WAIT_POLICY or
+GOMP_SPINCOUNT, or the runtime was already started (PyTorch ships and starts a libgomp.so.1 too,
+which the kernels then share: its policy stands). Threads that spin long while they wait take the
+cores that a late thread needs; on a busy machine a step then waits for the scheduler; with no spin
+at all, every barrier of a quiet step pays a wake-up (docs/threads.md has the measurements).
+Whatever the policy, a kernel runs a step on one thread when it is small (`Spec.parallel_min`) or
+when more tasks are runnable than the machine has processors (lazyadam/templates/c_parallel.j2).
+
 Environment:
     LAZYADAM_CC (else CC): the compiler command (default `cc`).
     LAZYADAM_CFLAGS: extra flags, appended after the defaults.
+    LAZYADAM_PARALLEL_MIN: steps of fewer elements run on one thread, for kernels whose spec has no
+        `parallel_min` (default `PARALLEL_MIN` in lazyadam.codegen.spec); read when a kernel is
+        built or loaded, part of its cache key.
 """
 
 from __future__ import annotations
@@ -42,7 +55,7 @@ BASE_FLAGS = ("-std=c99", "-O3", "-march=native", "-fno-math-errno", "-fno-trapp
               "-ffp-contract=off", "-fPIC", "-shared", "-fopenmp")
 
 #: The environment variables that choose the compiler and its flags (`compiler`, `flags`).
-ENVIRONMENT = ("LAZYADAM_CC", "CC", "PATH", "LAZYADAM_CFLAGS")
+ENVIRONMENT = ("LAZYADAM_CC", "CC", "PATH", "LAZYADAM_CFLAGS", "LAZYADAM_PARALLEL_MIN")
 
 
 def compiler() -> list[str]:
@@ -51,7 +64,22 @@ def compiler() -> list[str]:
 
 
 def flags() -> list[str]:
-    return [*BASE_FLAGS, *shlex.split(os.environ.get("LAZYADAM_CFLAGS", ""))]
+    return [*BASE_FLAGS, *parallel_min_flags(), *shlex.split(os.environ.get("LAZYADAM_CFLAGS", ""))]
+
+
+def parallel_min_flags() -> list[str]:
+    """`-DLAZYADAM_PARALLEL_MIN=n` from the environment variable of that name, if set.
+
+    Raises:
+        ValueError: the variable is not a whole number in [0, 2**62).
+    """
+    value = os.environ.get("LAZYADAM_PARALLEL_MIN", "").strip()
+    if not value:
+        return []
+    if not value.isdigit() or int(value) >= 2 ** 62:
+        raise ValueError(f"LAZYADAM_PARALLEL_MIN must be a whole number of elements in [0, 2**62), "
+                         f"got {value!r}")
+    return [f"-DLAZYADAM_PARALLEL_MIN={int(value)}"]
 
 
 def unavailable() -> str | None:
@@ -97,6 +125,31 @@ def _isa() -> str:
 
 
 
+#: The rounds that a waiting OpenMP thread spins before it sleeps, when lazyadam starts libgomp.
+SPIN_COUNT = 10_000
+
+
+@functools.lru_cache(maxsize=None)
+def _start_openmp() -> None:
+    """Starts libgomp with a short spin (`SPIN_COUNT`), once, if nothing has started it and the
+    environment does not choose a policy (see the module). The process's environment is left as
+    it was."""
+    if "OMP_WAIT_POLICY" in os.environ or "GOMP_SPINCOUNT" in os.environ:
+        return
+    try:
+        ctypes.CDLL("libgomp.so.1", mode=os.RTLD_NOLOAD)
+        return  # already started: its policy stands
+    except OSError:
+        pass
+    os.environ["GOMP_SPINCOUNT"] = str(SPIN_COUNT)  # read once, as the runtime starts
+    try:
+        ctypes.CDLL("libgomp.so.1")
+    except OSError:
+        pass  # no libgomp: kernels built with another OpenMP runtime, or none
+    finally:
+        del os.environ["GOMP_SPINCOUNT"]
+
+
 #: `omp_set_num_threads` of each OpenMP runtime that a loaded kernel uses, by its address.
 _openmp_runtimes: dict[int, Callable[[int], Any]] = {}
 
@@ -127,6 +180,7 @@ class CKernel(LoadedKernel):
     """
 
     def __init__(self, spec: SpecBase, source: Source, path: Path):
+        _start_openmp()
         super().__init__(spec, source, path)
         _track_openmp(path)
         # The cffi type of each array's buffer: float[], double[], or uint16_t[] for 16-bit storage.
