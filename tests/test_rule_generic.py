@@ -152,7 +152,7 @@ def test_its_spec_class_is_made_from_its_options():
     assert issubclass(spec, SpecBase) and spec.RULE is HEAVY_BALL
     assert [f.name for f in dataclasses.fields(spec)] == [
         "sparse", "use_locking", "nesterov", "dtype", "index_dtype", "state_dtype", "grad_dtype",
-        "rounding", "static"]
+        "rounding", "static", "parallel_min"]
     assert spec(nesterov=True, use_locking=True).symbol() == \
         "lazyadam_heavy_ball_sparse_nesterov_locking_f32_i64"
     assert spec(sparse=False, dtype="bfloat16", state_dtype="bfloat16").storage("buf") == "bfloat16"
