@@ -5,7 +5,6 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -25,10 +24,9 @@ HYPER = dict(lr=0.01, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.05, loss_
 
 
 @pytest.fixture(scope="module")
-def kernels():
-    """Builds every variant once, two at a time (a cold cache takes a minute or two)."""
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        return dict(zip(ALL_SPECS, pool.map(lazyadam.compile, ALL_SPECS)))
+def kernels(c_variants):
+    """Every variant, loaded from the cache that `c_variants` filled."""
+    return {spec: lazyadam.compile(spec) for spec in ALL_SPECS}
 
 
 def sparse_grads(rng, rows, row_shape, dtype, index_dtype):
