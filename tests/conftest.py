@@ -22,6 +22,14 @@ os.environ.setdefault("LAZYADAM_CACHE_DIR",
                       os.path.join(tempfile.gettempdir(), f"lazyadam-test-cache-{os.getuid()}"))
 
 
+def pytest_collection_modifyitems(items):
+    """A test over every C variant (it needs `c_variants`) is `slow`: `-m "not slow"` leaves the
+    hundreds of kernels of a cold cache unbuilt."""
+    for item in items:
+        if "c_variants" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(20261124)
