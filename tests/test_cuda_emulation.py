@@ -4,7 +4,8 @@ The generated .cu sources are compiled unchanged by the host C++ compiler with
 `cuda_emulation.h` force-included: the same kernels, the same launch sequence (index check, sort,
 one warp per row), run block by block with each thread a coroutine. Host numpy arrays stand in for
 device arrays by exposing `__cuda_array_interface__`, so the calls also go through the CUDA target's
-Python wrapper (`CudaKernel`). Only a GPU run (tests/test_cuda_gpu.py) checks real hardware.
+Python wrapper (`CudaKernel`). Only a GPU run (tests/test_cuda_gpu.py) checks real hardware. SPECS
+run against the reference in tests/test_kernel_reference.py; here, the launchers' other paths.
 """
 
 from __future__ import annotations
@@ -120,38 +121,6 @@ def check(arrays, ref, spec):
         if expected is not None:
             assert_close(actual, expected, spec.storage(name), name)
             assert_in_bounds(actual)
-
-
-def sparse_steps(rng, rows, row_shape, spec):
-    """Unsorted with duplicates, all one row, empty, and many draws over few rows (a long sort)."""
-    steps = [[5, 1, 5, 0, 9, 1, 5], [3, 3, 3], [], list(rng.integers(0, rows, 300))]
-    return [(np.array(idx, spec.index_dtype),
-             rng.standard_normal((len(idx),) + row_shape).astype(product.dtype(spec, "grad")))
-            for idx in steps]
-
-
-@pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.symbol())
-def test_emulated_kernel_matches_reference(library, spec, rng):
-    # Dense: 5 chunks of 64 over 3 blocks (grid-stride), a tail shorter than a vector.
-    # Sparse: rows of 70 elements, so each lane takes 2 or 3 columns.
-    shape = (12, 2, 35) if spec.sparse else (3, 101)
-    var0 = rng.standard_normal(shape).astype(product.dtype(spec, "var"))
-    arrays, ref = new_state(var0, spec)
-    if spec.sparse:
-        grads = sparse_steps(rng, shape[0], shape[1:], spec)
-    else:
-        grads = [rng.standard_normal(shape).astype(product.dtype(spec, "grad")) for _ in range(3)]
-    for t, grad in enumerate(grads, start=1):
-        hp = hparams(spec, t)
-        device_grad = tuple(dev(*grad)) if spec.sparse else dev(grad)[0]
-        var, m, v, vmax = dev(*arrays)
-        library[spec](var, m, v, device_grad, hp, vmax=vmax)
-        ref = reference_step(ref, grad, hp, spec)
-    check(arrays, ref, spec)
-    if spec.sparse:
-        touched = set().union(*(set(idx.tolist()) for idx, _ in grads))
-        untouched = [r for r in range(shape[0]) if r not in touched]
-        np.testing.assert_array_equal(arrays[0][untouched], var0[untouched])
 
 
 @pytest.mark.parametrize("spec", [Spec(sparse=False, amsgrad=True), BITWISE[-1]],
