@@ -1,17 +1,33 @@
-"""Shared test setup: one kernel cache for the whole session, and random data."""
+"""Shared test setup: one kernel cache for the whole session, every variant of tests/product.py
+built into it in batches (with a line on the terminal per batch), the emulated CUDA target, and
+random data."""
 
 from __future__ import annotations
 
 import os
 import tempfile
+import threading
 
 import numpy as np
 import pytest
+
+import cuda_emulation as emulation
+import product
+from lazyadam import targets
+from lazyadam.targets import batch
 
 # Kernels built by the tests go to a cache of their own, reused across runs on one machine so that a
 # second run is fast; tests that exercise the cache itself point LAZYADAM_CACHE_DIR elsewhere.
 os.environ.setdefault("LAZYADAM_CACHE_DIR",
                       os.path.join(tempfile.gettempdir(), f"lazyadam-test-cache-{os.getuid()}"))
+
+
+def pytest_collection_modifyitems(items):
+    """A test over every C variant (it needs `c_variants`) is `slow`: `-m "not slow"` leaves the
+    hundreds of kernels of a cold cache unbuilt."""
+    for item in items:
+        if "c_variants" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture
@@ -31,3 +47,53 @@ def gpu():
     if not torch.cuda.is_available():
         pytest.skip("this torch build sees no CUDA GPU")
     return torch.device("cuda")
+
+
+@pytest.fixture(scope="session")
+def pulse(pytestconfig):
+    """`pulse(line)` shows `line` on the terminal at once, also under capture and from threads:
+    what a cold run is building, so that it never sits silent for minutes."""
+    reporter = pytestconfig.pluginmanager.get_plugin("terminalreporter")
+    capture = pytestconfig.pluginmanager.get_plugin("capturemanager")
+    lock = threading.Lock()
+
+    def say(line: str) -> None:
+        with lock, capture.global_and_fixture_disabled():
+            reporter.ensure_newline()
+            reporter.write_line(f"[lazyadam] {line}")
+            reporter.flush()
+
+    return say
+
+
+@pytest.fixture(scope="session")
+def c_variants(pulse):
+    """Every C variant of tests/product.py (864) in the kernel cache: a cold cache builds them 48
+    to a compiler call, one call per core at a time."""
+    batch.build(product.ALL, targets.get("c"), report=pulse)
+    return product.ALL
+
+
+@pytest.fixture(scope="session")
+def emulated_variants(pulse):
+    """`emulation.build(specs)`, with the kernels the cache lacks built in batches that report."""
+    if emulation.host_compiler() is None:
+        pytest.skip("no host C++ compiler (c++ or g++) to build the CUDA emulation")
+    return lambda specs, defines=None: emulation.build(specs, defines, report=pulse)
+
+
+@pytest.fixture
+def emulated_cuda(monkeypatch, emulated_variants):
+    """`targets.compile(spec, "cuda")`, the optimizers' way to their kernels, gives the emulated
+    CUDA kernel (tests/cuda_emulation) on the CPU. Returns the specs it was asked for, in order."""
+    asked = []
+    real = targets.compile
+
+    def compile_emulated(spec, target="c"):
+        if target != "cuda":
+            return real(spec, target)
+        asked.append(spec)
+        return emulated_variants([spec])[spec]
+
+    monkeypatch.setattr(targets, "compile", compile_emulated)
+    return asked

@@ -34,23 +34,21 @@ def assert_golden(specs, threads):
                          f"{threads} thread(s), e.g. {changed[:3]}")
 
 
-def test_every_c_kernel_gives_its_golden_bits():
+def test_every_c_kernel_gives_its_golden_bits(c_variants):
     """On one thread: OpenMP's waits make 2600 parallel calls slow on a busy machine, and the
     numbers do not depend on the thread count (recorded on two, the next test checks some)."""
     assert_golden(product.ALL, threads=1)
 
 
-def test_c_kernels_on_two_threads_give_their_golden_bits(monkeypatch):
+def test_c_kernels_on_two_threads_give_their_golden_bits(c_variants, monkeypatch):
     monkeypatch.setenv("LAZYADAM_PARALLEL_MIN", "0")  # these small steps in parallel too
     assert_golden(TWO_THREADS, threads=2)
 
 
-def test_emulated_cuda_kernels_give_the_c_kernels_golden_bits():
+def test_emulated_cuda_kernels_give_the_c_kernels_golden_bits(emulated_variants):
     """The CUDA kernels of `record.EMULATED`, built for the host (tests/cuda_emulation), against
     the C goldens: the same inputs give the same bits on both targets."""
-    if emulation.host_compiler() is None:
-        pytest.skip("no host C++ compiler (c++ or g++) to build the CUDA emulation")
-    library = emulation.build(record.EMULATED)
+    library = emulated_variants(record.EMULATED)
     changed = [spec.symbol() for spec in record.EMULATED
                if record.digest(record.kernel_state(spec, library[spec], emulation.Emulated))
                != GOLDEN["kernels"][spec.to_json()]]

@@ -326,7 +326,7 @@ def test_the_cuda_target_refuses_a_planted_entry(counting_cc, planted, monkeypat
     monkeypatch.setattr(cuda.TARGET, "unavailable", lambda: None)
     monkeypatch.setattr(cuda.TARGET, "key_parts", lambda: {"compiler": "host emulation"})
     monkeypatch.setattr(cuda.TARGET, "build",
-                        lambda source, folder: emulation.compile_library([source], folder))
+                        emulation.target().build)
     library, marker = planted
     source = lazyadam.generate(SPEC, "cuda")
     entry = plant(library, cuda.TARGET.cache_key(source), f"{source.symbol}.so")

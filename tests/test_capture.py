@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 import cuda_emulation as emulation
-from lazyadam import LazyAdam, Parameter, RowTensor, targets
+from lazyadam import LazyAdam, Parameter, RowTensor
 from runtime_reference import simulate
 from test_runtime_device import TorchOnDevice, assert_matches, assert_unchanged, snapshot
 from tolerance import assert_close
@@ -57,18 +57,10 @@ class Capture:
 
 
 @pytest.fixture
-def capture(monkeypatch):
+def capture(monkeypatch, emulated_cuda):
     """The emulated CUDA target, with PyTorch's question whether its current stream is being
     captured answered by the emulation (as the driver's `cuStreamIsCapturing`). Returns a
     `Capture`."""
-    if emulation.host_compiler() is None:
-        pytest.skip("no host C++ compiler (c++ or g++) to build the CUDA emulation")
-    real_compile = targets.compile
-
-    def compile_emulated(spec, target="c"):
-        return emulation.build([spec])[spec] if target == "cuda" else real_compile(spec, target)
-
-    monkeypatch.setattr(targets, "compile", compile_emulated)
     control = emulation.control()
     control.emu_end_capture.restype = ctypes.c_longlong
 

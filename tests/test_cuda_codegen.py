@@ -4,7 +4,8 @@ The variants of tests/product.py (the float32 and float64 product, 576, and a ha
 of 288 that meets every flag) go into two translation units (the templates guard what sources
 share), compiled to PTX for each arch by parallel nvcc runs; a passing build is remembered in the kernel cache, keyed by
 the sources and nvcc's version, so reruns are instant. A few variants go through the target's own
-build (host launchers, device code for both archs, static CUDA runtime, shared library).
+build, two in one batch (host launchers, device code for both archs, static CUDA runtime, shared
+library).
 """
 
 from __future__ import annotations
@@ -16,14 +17,13 @@ import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import cffi
 import pytest
 
 import product
 from lazyadam import Spec, generate
 from lazyadam.codegen import SUM_CHUNK
 from lazyadam.errors import CompilationError
-from lazyadam.targets import cache, cuda, nvcc
+from lazyadam.targets import batch, cache, cuda, nvcc
 
 ALL_SPECS = product.ALL  # the float32 and float64 product (576) and a half sample (288)
 ARCHS = ("80", "90")
@@ -45,8 +45,10 @@ def run_nvcc(cmd: list[str], folder: Path) -> None:
                                log=f"$ {shlex.join(cmd)}\n{proc.stdout}{proc.stderr}")
 
 
-def compile_units(nvcc: str, arch: str, sources: list, folder: Path) -> Path:
+def compile_units(nvcc: str, arch: str, sources: list, folder: Path, report) -> Path:
     """Writes the sources and UNITS files including them, compiles each unit to PTX in parallel."""
+    report(f"compiling {len(sources)} CUDA variants to PTX for sm_{arch} with nvcc "
+           f"({UNITS} units, one per core)")
     for source in sources:
         (folder / source.filename).write_text(source.text)
         (folder / f"{source.symbol}.h").write_text(source.header)
@@ -63,32 +65,40 @@ def compile_units(nvcc: str, arch: str, sources: list, folder: Path) -> Path:
     return done
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ARCHS)
-def test_every_variant_compiles_with_nvcc(arch):
+def test_every_variant_compiles_with_nvcc(arch, pulse):
     nvcc = nvcc_or_skip()
     sources = [generate(spec, "cuda") for spec in ALL_SPECS]
     key = cache.make_key({"target": "cuda-ptx-check", "arch": arch, "units": UNITS,
                           "sources": [s.text + s.header for s in sources],
                           "nvcc": subprocess.run([nvcc, "--version"], capture_output=True,
                                                  text=True).stdout})
-    assert cache.fetch(key, "ptx.ok", lambda folder: compile_units(nvcc, arch, sources, folder))
+    assert cache.fetch(key, "ptx.ok", lambda folder: compile_units(nvcc, arch, sources, folder, pulse))
 
 
-@pytest.mark.parametrize("spec", [
+#: Built by the target's own command: a sparse and a dense variant, most flags on.
+TARGET_BATCH = [
     Spec(sparse=True, use_locking=True, amsgrad=True, decay="l2", dtype="float64", index_dtype="int32"),
     Spec(sparse=False, use_locking=True, amsgrad=True, nesterov=True, decay="decoupled"),
-], ids=lambda s: s.symbol())
-def test_target_build_makes_a_loadable_library(spec, tmp_path, monkeypatch):
-    """The target's own nvcc command (host launchers included) for both archs; dlopen needs no GPU."""
+]
+
+
+def test_target_builds_a_batch_into_one_loadable_library(monkeypatch, pulse):
+    """The target's own nvcc command (host launchers, device code for both archs, static CUDA
+    runtime) on a batch: both variants in one call and one library, cached kernel by kernel;
+    dlopen needs no GPU."""
     nvcc_or_skip()
     monkeypatch.setenv("LAZYADAM_CUDA_ARCH", ",".join(ARCHS))
-    source = generate(spec, "cuda")
-    path = cuda.TARGET.build(source, tmp_path)
-    ffi = cffi.FFI()
-    ffi.cdef(source.cdef)
-    lib = ffi.dlopen(str(path))
-    assert getattr(lib, source.symbol) and getattr(lib, f"{source.symbol}_error")
-    assert lib.LAZYADAM_ECUDA == -5
+    monkeypatch.setattr(cuda.TARGET, "unavailable", lambda: None)
+    assert batch.build(TARGET_BATCH, cuda.TARGET, report=pulse) == []
+    kernels = [cuda.TARGET.load(spec) for spec in TARGET_BATCH]
+    assert kernels[0].path != kernels[1].path and kernels[0].path.samefile(kernels[1].path)
+    for kernel in kernels:
+        assert getattr(kernel.lib, kernel.source.symbol)
+        assert getattr(kernel.lib, f"{kernel.source.symbol}_error")
+        assert kernel.lib.LAZYADAM_ECUDA == -5
+        assert kernel.path.with_name(kernel.source.filename).read_text() == kernel.source.text
 
 
 def test_build_failure_carries_the_nvcc_log(tmp_path, monkeypatch):

@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 import subprocess
 from dataclasses import replace
+from pathlib import Path
 
 import cffi
 import numpy as np
@@ -28,7 +29,7 @@ from lazyadam.codegen.printer import CPrinter, CudaPrinter
 from lazyadam.codegen.render import render_c
 from lazyadam.codegen.render_cuda import render_cuda
 from lazyadam.rules.adam import ADAM
-from lazyadam.targets import c, nvcc as toolchain
+from lazyadam.targets import c, cache, nvcc as toolchain
 
 A, B, C = Elem("a"), Elem("b"), Elem("c")
 
@@ -340,29 +341,42 @@ def cuda_kernel(name: str, ops: dict, dtype: str) -> list[str]:
             "}"]
 
 
-def test_nvcc_compiles_them(tmp_path):
+NVCC_FLAGS = ["-std=c++17", "-arch=sm_80", "-O3", "--fmad=false", "-Werror=all-warnings"]
+
+
+def nvcc_units(nvcc: str, files: dict[str, str], folder: Path) -> Path:
+    """Writes `files` and compiles them (`nvcc -c unit.cu`, `nvcc --ptx minmax.cu`) in `folder`;
+    returns the PTX of minmax.cu."""
+    for name, text in files.items():
+        (folder / name).write_text(text)
+    for args in (["-c", "unit.cu", "-o", "unit.o"], ["--ptx", "minmax.cu", "-o", "minmax.ptx"]):
+        proc = subprocess.run([nvcc, *NVCC_FLAGS, *args], capture_output=True, text=True,
+                              cwd=folder)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    return folder / "minmax.ptx"
+
+
+def test_nvcc_compiles_them():
     """A small kernel of every operation in float and double, and a rendered bfloat16 kernel using
     them, in one translation unit: `nvcc -c`, no GPU needed. In the PTX, min and max of two
     variables are a comparison and a select (setp, selp) as in C, never PTX's min/max, which
-    drop a NaN operand. (With a constant -inf or inf operand nvcc may use them: then they agree.)"""
+    drop a NaN operand. (With a constant -inf or inf operand nvcc may use them: then they agree.)
+    A pass is kept in the kernel cache, keyed by the sources, flags and nvcc's version."""
     nvcc = toolchain.nvcc()
     if nvcc is None:
         pytest.skip("nvcc not found on PATH, $CUDA_HOME/bin or /usr/local/cuda/bin")
     minmax = {name: OPS[name] for name in ("min", "max")}
-    lines = [line for dtype in CTYPES for line in cuda_kernel(f"ops_{dtype}", OPS, dtype)]
-    (tmp_path / "ops.cu").write_text("\n".join(lines) + "\n")
-    lines = [line for dtype in CTYPES for line in cuda_kernel(f"minmax_{dtype}", minmax, dtype)]
-    (tmp_path / "minmax.cu").write_text("\n".join(lines) + "\n")
     source = render_cuda(with_new_ops(HALF_SPECS[0]))
-    (tmp_path / source.filename).write_text(source.text)
-    (tmp_path / f"{source.symbol}.h").write_text(source.header)
-    (tmp_path / "unit.cu").write_text(f'#include "{source.filename}"\n#include "ops.cu"\n')
-    common = ["-std=c++17", "-arch=sm_80", "-O3", "--fmad=false", "-Werror=all-warnings"]
-    for args in (["-c", "unit.cu", "-o", "unit.o"], ["--ptx", "minmax.cu", "-o", "minmax.ptx"]):
-        proc = subprocess.run([nvcc, *common, *args], capture_output=True, text=True,
-                              cwd=tmp_path)
-        assert proc.returncode == 0, proc.stdout + proc.stderr
-    ptx = (tmp_path / "minmax.ptx").read_text()
+    files = {"ops.cu": "\n".join(line for dtype in CTYPES
+                                 for line in cuda_kernel(f"ops_{dtype}", OPS, dtype)) + "\n",
+             "minmax.cu": "\n".join(line for dtype in CTYPES
+                                    for line in cuda_kernel(f"minmax_{dtype}", minmax, dtype)) + "\n",
+             source.filename: source.text, f"{source.symbol}.h": source.header,
+             "unit.cu": f'#include "{source.filename}"\n#include "ops.cu"\n'}
+    key = cache.make_key({"target": "ir-ops-nvcc", "files": files, "flags": NVCC_FLAGS,
+                          "nvcc": subprocess.run([nvcc, "--version"], capture_output=True,
+                                                 text=True).stdout})
+    ptx = cache.fetch(key, "minmax.ptx", lambda folder: nvcc_units(nvcc, files, folder)).read_text()
     assert len(re.findall(r"\bselp\.f32\b", ptx)) == len(re.findall(r"\bselp\.f64\b", ptx)) == 2
     assert not re.search(r"\b(min|max)(\.\w+)*\.f(32|64)\b", ptx)
 

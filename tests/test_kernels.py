@@ -1,53 +1,29 @@
-"""Every C kernel variant against the numpy reference, the known values, and bad input."""
+"""The C kernels: known values, long rows, workspaces, thread counts and torch cross-checks. Every
+variant against the reference: tests/test_kernel_reference.py; bad input: tests/test_kernel_errors.py."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
 import textwrap
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 
 import lazyadam
 import openmp
-import product
 from lazyadam import HParams, Spec
 from lazyadam.codegen import SUM_CHUNK
 from reference import lazyadam_step
 
 from tolerance import assert_close
 
-ALL_SPECS = product.FULL  # flags x float32, float64 x index dtypes: 576 specs
-
 HYPER = dict(lr=0.01, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.05, loss_scale=4.0)
 
 
-@pytest.fixture(scope="module")
-def kernels():
-    """Builds every variant once, two at a time (a cold cache takes a minute or two)."""
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        return dict(zip(ALL_SPECS, pool.map(lazyadam.compile, ALL_SPECS)))
-
-
-def sparse_grads(rng, rows, row_shape, dtype, index_dtype):
-    """Three steps: unsorted with duplicates, all-duplicates, and an empty index set."""
-    steps = [np.array([5, 1, 5, 0, 9, 1, 5], index_dtype), np.array([3, 3, 3], index_dtype),
-             np.array([], index_dtype)]
-    return [(idx, rng.standard_normal((len(idx),) + row_shape).astype(dtype)) for idx in steps]
-
-
-def run_kernel_and_reference(kernel, spec, rng, steps=3, shape=None, grads=None):
-    """Runs `grads` (by default a few small ones) through the kernel and the reference."""
-    shape = shape or ((11, 2, 3) if spec.sparse else (3, 37))
+def run_kernel_and_reference(kernel, spec, rng, shape, grads):
+    """Runs `grads` through the kernel and the reference."""
     var0 = rng.standard_normal(shape).astype(spec.dtype)
-    if grads is not None:
-        pass
-    elif spec.sparse:
-        grads = sparse_grads(rng, shape[0], shape[1:], spec.dtype, spec.index_dtype)
-    else:
-        grads = [rng.standard_normal(shape).astype(spec.dtype) for _ in range(steps)]
     var, m, v = var0.copy(), np.zeros_like(var0), np.zeros_like(var0)
     vmax = np.zeros_like(var0) if spec.amsgrad else None
     ref = (var0.astype(np.float64), np.zeros(shape), np.zeros(shape),
@@ -62,19 +38,7 @@ def run_kernel_and_reference(kernel, spec, rng, steps=3, shape=None, grads=None)
                             beta1=hp.beta1, beta2=hp.beta2, eps=hp.eps,
                             beta1_power=hp.beta1_power, beta2_power=hp.beta2_power,
                             weight_decay=hp.weight_decay, loss_scale=hp.loss_scale, **flags)
-    return (var, m, v, vmax), ref, var0
-
-
-@pytest.mark.parametrize("spec", ALL_SPECS, ids=lambda s: s.symbol())
-def test_every_variant_matches_reference(kernels, spec, rng):
-    got, ref, var0 = run_kernel_and_reference(kernels[spec], spec, rng)
-    for name, actual, expected in zip(("var", "m", "v", "vmax"), got, ref):
-        if expected is not None:
-            assert_close(actual, expected, spec.dtype, name)
-    if spec.sparse:  # rows never named in indices are untouched, bit for bit
-        untouched = [r for r in range(var0.shape[0]) if r not in (0, 1, 3, 5, 9)]
-        np.testing.assert_array_equal(got[0][untouched], var0[untouched])
-        assert not got[1][untouched].any() and not got[2][untouched].any()
+    return (var, m, v, vmax), ref
 
 
 # Known values of docs/semantics.md (kernel level: beta1_power = 0.9, beta2_power = 0.999 passed
@@ -187,44 +151,6 @@ def test_result_does_not_depend_on_thread_count():
     assert len(outputs[0]) > 0 and outputs[0] == outputs[1]
 
 
-# --- bad input: a clear error and nothing written ---------------------------------------------
-def _state(shape=(4, 3), dtype=np.float32):
-    var = np.arange(np.prod(shape), dtype=dtype).reshape(shape) / 10
-    return var, np.ones(shape, dtype), np.full(shape, 2.0, dtype)
-
-
-@pytest.mark.parametrize("bad, error, match", [
-    (np.array([0, 4]), IndexError, r"indices\[1\] = 4 is outside \[0, 4\)"),
-    (np.array([2, -1, 9]), IndexError, r"indices\[1\] = -1"),
-    (np.array([0, 1], np.int32), TypeError, "indices has dtype int32"),
-    (np.array([[0, 1]]), ValueError, "indices must be 1-d"),
-])
-def test_bad_indices_raise_and_write_nothing(bad, error, match):
-    kernel = lazyadam.compile(Spec(sparse=True))
-    var, m, v = _state()
-    before = [a.copy() for a in (var, m, v)]
-    values = np.ones((bad.shape[-1], 3), np.float32)
-    with pytest.raises(error, match=match):
-        kernel(var, m, v, (bad, values), KNOWN_HP)
-    for a, b in zip((var, m, v), before):
-        np.testing.assert_array_equal(a, b)
-
-
-def test_overlapping_or_misaligned_arrays_are_refused():
-    """Every pointer of a kernel is restrict: aliasing would silently lose updates."""
-    kernel = lazyadam.compile(Spec(sparse=False))
-    big = np.zeros(24, np.float32)
-    grad = np.ones(8, np.float32)
-    with pytest.raises(ValueError, match="var and m share memory"):
-        kernel(big[:8], big[4:12], np.zeros(8, np.float32), grad, KNOWN_HP)
-    with pytest.raises(ValueError, match="v and grad share memory"):
-        kernel(big[:8], big[8:16], big[16:], big[16:], KNOWN_HP)
-    misaligned = np.frombuffer(bytearray(40), np.float32, count=8, offset=1)
-    with pytest.raises(ValueError, match="grad is not aligned"):
-        kernel(big[:8], big[8:16], big[16:], misaligned, KNOWN_HP)
-    assert not big.any()
-
-
 @pytest.mark.parametrize("spec", [
     Spec(sparse=True),
     Spec(sparse=True, nesterov=True, decay="l2", amsgrad=True, index_dtype="int32"),
@@ -241,7 +167,7 @@ def test_rows_longer_than_a_chunk_match_reference(spec, rng):
         idx = ((rng.zipf(1.3, 6000) - 1) % 300).astype(spec.index_dtype)
         grads.append((idx, rng.standard_normal((idx.size, 5)).astype(spec.dtype)))
     assert np.bincount(grads[0][0]).max() > 4 * SUM_CHUNK
-    out, ref, _ = run_kernel_and_reference(kernel, spec, rng, shape=(300, 5), grads=grads)
+    out, ref = run_kernel_and_reference(kernel, spec, rng, (300, 5), grads)
     for name, actual, expected in zip(("var", "m", "v", "vmax"), out, ref):
         if expected is not None:
             assert_close(actual, expected, spec.dtype, name)
@@ -274,63 +200,6 @@ def test_a_sparse_step_runs_in_a_workspace_the_caller_allocates(rng):
                                          f"indices: workspace_size"):
         steps[2](grad, hp, workspace=np.empty(100, np.uint8))
     np.testing.assert_array_equal(states[2][0], states[0][0])
-
-
-def test_a_step_whose_row_and_position_pairs_would_not_fit_64_bits_is_refused():
-    """Occurrences are sorted as (row, position) packed in 64 bits: 2^62 rows and 5 indices need
-    62 + 3 bits. The ABI says LAZYADAM_ESIZE, having written nothing (nothing of var is read)."""
-    kernel = lazyadam.compile(Spec(sparse=True))
-    ffi, lib = kernel.ffi, kernel.lib
-    buf = ffi.new("float[5]")
-    indices = ffi.new("int64_t[]", [0, 1, 2, 3, 2**62 - 1])
-    hp = ffi.new("lazyadam_hparams *", KNOWN_HP.as_tuple())
-    assert kernel.fn(buf, buf, buf, 2**62, 1, indices, buf, 5, hp) == lib.LAZYADAM_ESIZE
-    assert list(buf) == [0.0] * 5
-    # The runtime asks for the workspace in its check phase, before any kernel of a call runs.
-    with pytest.raises(ValueError, match="5 indices into 4,611,686,018,427,387,904 rows: a sparse "
-                                         "step packs .* into 64 bits, and these need 65"):
-        kernel.workspace_size(2**62, 1, 5)
-    assert kernel.workspace_size(2**61, 1, 5) > 0
-
-
-def test_bound_steps_check_what_could_read_out_of_bounds():
-    var, m, v = _state()
-    dense = lazyadam.compile(Spec(sparse=False)).bind(var, m, v)
-    with pytest.raises(ValueError, match="grad must hold 12 float32 elements, got 3 float32"):
-        dense(np.ones(3, np.float32), KNOWN_HP.as_tuple())
-    with pytest.raises(ValueError, match="got 12 float64"):
-        dense(np.ones(12), KNOWN_HP.as_tuple())
-    sparse = lazyadam.compile(Spec(sparse=True)).bind(var, m, v)
-    with pytest.raises(ValueError, match="values must hold 6 float32 elements, got 3"):
-        sparse((np.array([0, 1]), np.ones(3, np.float32)), KNOWN_HP.as_tuple())
-    with pytest.raises(ValueError, match="indices must be a 1-d int64 array"):
-        sparse((np.array([0, 1], np.int32), np.ones(6, np.float32)), KNOWN_HP.as_tuple())
-    np.testing.assert_array_equal(var, _state()[0])
-
-
-def test_wrong_arrays_raise_before_the_kernel_runs():
-    kernel = lazyadam.compile(Spec(sparse=False))
-    var, m, v = _state()
-    with pytest.raises(TypeError, match="grad has dtype float64"):
-        kernel(var, m, v, np.ones((4, 3)), KNOWN_HP)
-    with pytest.raises(ValueError, match=r"grad has shape \(3, 4\)"):
-        kernel(var, m, v, np.ones((3, 4), np.float32), KNOWN_HP)
-    with pytest.raises(ValueError, match="C-contiguous"):
-        kernel(var, m, v, np.ones((3, 4), np.float32).T, KNOWN_HP)
-    with pytest.raises(ValueError, match="m has shape"):
-        kernel(var, m[:2], v, np.ones((4, 3), np.float32), KNOWN_HP)
-    frozen = m.copy()
-    frozen.flags.writeable = False
-    with pytest.raises(ValueError, match="m is read-only"):
-        kernel(var, frozen, v, np.ones((4, 3), np.float32), KNOWN_HP)
-    with pytest.raises(TypeError, match="vmax is required by amsgrad kernels and only"):
-        kernel(var, m, v, np.ones((4, 3), np.float32), KNOWN_HP, vmax=v.copy())
-    sparse = lazyadam.compile(Spec(sparse=True))
-    with pytest.raises(ValueError, match=r"values has shape \(2, 4\), expected \(2, 3\)"):
-        sparse(var, m, v, (np.array([0, 1]), np.ones((2, 4), np.float32)), KNOWN_HP)
-    with pytest.raises(TypeError, match=r"\(indices, values\) pair"):
-        sparse(var, m, v, np.ones((4, 3), np.float32), KNOWN_HP)
-    np.testing.assert_array_equal(var, _state()[0])
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
@@ -381,62 +250,6 @@ def test_pytorch_eps_mode_matches_torch_adam(dtype, sparse, rng):
     assert_close(ours[0], weight.detach().double().numpy(), dtype, "Adam")
 
 
-def _swapped(array: np.ndarray) -> np.ndarray:
-    """`array`'s values in the other byte order (as `np.load` of a file written on a machine of the
-    other endianness gives them)."""
-    return array.astype(array.dtype.newbyteorder("S"))
-
-
-@pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize("which", ["var", "m", "grad", "values", "indices"])
-def test_arrays_in_the_other_byte_order_are_refused(dtype, which):
-    """Their bytes were read as this machine's floats: one step of lr 0.1 moved a weight by
-    -1.5e-35 instead of -0.1. The TypeError says how to convert."""
-    sparse = which in ("values", "indices")
-    kernel = lazyadam.compile(Spec(sparse=sparse, dtype=dtype))
-    var, m, v = _state(dtype=dtype)
-    grad = (np.array([0, 2]), np.ones((2, 3), dtype)) if sparse else np.ones((4, 3), dtype)
-    arrays = {"var": var, "m": m, "grad": grad}
-    if sparse:
-        arrays["grad"] = (_swapped(grad[0]), grad[1]) if which == "indices" else (
-            grad[0], _swapped(grad[1]))
-    else:
-        arrays[which] = _swapped(arrays[which])
-    bad = arrays["grad"][0 if which == "indices" else 1] if sparse else arrays[which]
-    code = {"float32": "f4", "float64": "f8", "int64": "i8"}[np.dtype(bad.dtype).name]
-    with pytest.raises(TypeError, match=rf"{which}: dtype '.{code}' is (big|little)-endian.*"
-                                        rf"\.astype\('={code}'\)"):
-        kernel(arrays["var"], arrays["m"], v, arrays["grad"], KNOWN_HP)
-    np.testing.assert_array_equal(np.asarray(arrays["var"], np.float64),
-                                  _state(dtype=dtype)[0].astype(np.float64))
-
-
-def test_bound_steps_refuse_gradients_in_the_other_byte_order():
-    var, m, v = _state()
-    step = lazyadam.compile(Spec(sparse=False)).bind(var, m, v)
-    with pytest.raises(TypeError, match=r"astype\('=f4'\)"):
-        step(_swapped(np.ones((4, 3), np.float32)), KNOWN_HP.as_tuple())
-    with pytest.raises(TypeError, match=r"astype\('=f4'\)"):
-        lazyadam.compile(Spec(sparse=False)).bind(_swapped(var), m, v)
-    sparse = lazyadam.compile(Spec(sparse=True)).bind(var, m, v)
-    with pytest.raises(TypeError, match=r"astype\('=f4'\)"):
-        sparse((np.array([0]), _swapped(np.ones(3, np.float32))), KNOWN_HP.as_tuple())
-    with pytest.raises(TypeError, match=r"astype\('=i8'\)"):
-        sparse((_swapped(np.array([0])), np.ones(3, np.float32)), KNOWN_HP.as_tuple())
-    np.testing.assert_array_equal(var, _state()[0])
-
-
-@pytest.mark.parametrize("sizes", [dict(rows=-1, row_size=3, nnz=2), dict(rows=4, row_size=-3, nnz=2),
-                                   dict(rows=4, row_size=3, nnz=-2)],
-                         ids=["rows", "row_size", "nnz"])
-def test_workspace_size_refuses_negative_sizes(sizes):
-    """As the kernel call does (rows was ignored: workspace_size(rows=-1, ...) gave a size)."""
-    kernel = lazyadam.compile(Spec(sparse=True))
-    name = next(k for k, value in sizes.items() if value < 0)
-    with pytest.raises(ValueError, match=f"{name} = -"):
-        kernel.workspace_size(**sizes)
-
-
 @pytest.mark.parametrize("spec", [Spec(sparse=True), Spec(sparse=True, use_locking=True,
                                                           decay="l2", dtype="float64")],
                          ids=["split", "unsplit"])
@@ -449,46 +262,3 @@ def test_workspace_size_saturates_for_impossible_sizes(spec):
     assert kernel.workspace_size(2**40, 2**20, 2**20) < 2**64 - 1
 
 
-def test_a_workspace_that_overlaps_an_array_of_the_step_is_refused():
-    """The C kernel checks the overlap and returns LAZYADAM_EOVERLAP having written nothing (it
-    crashed: the sort wrote into var); the bound step raises ValueError. A workspace that only
-    borders an array is taken."""
-    spec = Spec(sparse=True, amsgrad=True)
-    kernel = lazyadam.compile(spec)
-    ffi, lib = kernel.ffi, kernel.lib
-    rows, row_size = 64, 4
-    size = kernel.workspace_size(rows, row_size, 4)
-    # The gradient's arrays, each at the start of a buffer with room for a workspace after it.
-    room = [np.zeros(size + 128, np.uint8) for _ in range(2)]
-    indices = room[0][:32].view(np.int64)
-    indices[...] = [3, 1, 3, 60]
-    values = room[1][:64].view(np.float32).reshape(4, row_size)
-    values[...] = 1.0
-    # Each array the step touches lies inside one large buffer, followed by a workspace's room.
-    slab = np.zeros(4 * rows * row_size + size // 4 + 64, np.float32)
-    state = [slab[k * rows * row_size:(k + 1) * rows * row_size].reshape(rows, row_size)
-             for k in range(4)]
-    state[0][...] = 1.0
-    hp = ffi.new("lazyadam_hparams *", KNOWN_HP.as_tuple())
-
-    def call(workspace: np.ndarray) -> int:
-        return getattr(lib, f"{kernel.source.symbol}_with_workspace")(
-            *(ffi.cast("float *", a.ctypes.data) for a in state), rows, row_size,
-            ffi.cast("int64_t *", indices.ctypes.data), ffi.cast("float *", values.ctypes.data),
-            len(indices), hp, ffi.cast("void *", workspace.ctypes.data), workspace.nbytes)
-
-    before = [a.copy() for a in state]
-    for k, name in enumerate(("var", "m", "v", "vmax")):
-        inside = slab[k * rows * row_size + 6:].view(np.uint8)[:size]  # 8-byte aligned
-        assert call(inside) == lib.LAZYADAM_EOVERLAP, name
-    for buffer in room:
-        assert call(buffer[8:8 + size]) == lib.LAZYADAM_EOVERLAP
-    for a, b in zip(state, before):
-        np.testing.assert_array_equal(a, b)
-    step = kernel.bind(*state[:3], vmax=state[3])
-    with pytest.raises(ValueError, match="workspace .* shares memory with an array of the step"):
-        step((indices, values.reshape(-1)), KNOWN_HP.as_tuple(),
-             workspace=slab[rows * row_size + 6:].view(np.uint8)[:size])
-    after_all = slab[4 * rows * row_size:].view(np.uint8)[:size]
-    assert call(after_all) == lib.LAZYADAM_OK
-    assert state[0][3, 0] < 1.0 and state[0][0, 0] == 1.0

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 import cuda_emulation as emulation
-from lazyadam import LazyAdam, Parameter, RowTensor, targets
+from lazyadam import LazyAdam, Parameter, RowTensor
 from lazyadam.interop import arrays as interop
 from runtime_reference import simulate
 from tolerance import assert_close
@@ -172,23 +172,6 @@ def lib(request):
     return request.param
 
 
-@pytest.fixture
-def cuda(monkeypatch):
-    """`targets.compile(spec, "cuda")` gives the emulated CUDA kernel; returns the specs asked."""
-    if emulation.host_compiler() is None:
-        pytest.skip("no host C++ compiler (c++ or g++) to build the CUDA emulation")
-    asked = []
-    real = targets.compile
-
-    def compile_emulated(spec, target="c"):
-        if target != "cuda":
-            return real(spec, target)
-        asked.append(spec)
-        return emulation.build([spec])[spec]
-    monkeypatch.setattr(targets, "compile", compile_emulated)
-    return asked
-
-
 # -- a model and its gradients ------------------------------------------------------------------
 
 
@@ -258,7 +241,7 @@ def reference_flags(flags):
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("flags", FLAG_CASES, ids=lambda f: "-".join(f) or "default")
-def test_device_parameters_match_reference_and_host(cuda, lib, rng, dtype, flags):
+def test_device_parameters_match_reference_and_host(emulated_cuda, lib, rng, dtype, flags):
     initial = initial_values(rng, dtype)
     steps = host_steps(rng, dtype)
     device = [Parameter(lib.put(a), name=n) for a, n in zip(initial, ("embedding", "dense"))]
@@ -277,12 +260,12 @@ def test_device_parameters_match_reference_and_host(cuda, lib, rng, dtype, flags
     for ours, theirs in zip(on_device.parameters + on_device.moment1 + on_device.vmax,
                             on_host.parameters + on_host.moment1 + on_host.vmax):
         assert_close(lib.get(ours.data), theirs.data.astype(np.float64), dtype, ours.name)
-    assert {(s.sparse, s.dtype) for s in cuda} == {(True, dtype), (False, dtype)}
+    assert {(s.sparse, s.dtype) for s in emulated_cuda} == {(True, dtype), (False, dtype)}
     assert all(type(p.data) is type(device[0].data) for p in on_device.moment1 + on_device.vmax)
 
 
 @pytest.mark.parametrize("state_dtype", [None, "bfloat16"])
-def test_bfloat16_device_tensors_match_the_host_bitwise(cuda, rng, state_dtype):
+def test_bfloat16_device_tensors_match_the_host_bitwise(emulated_cuda, rng, state_dtype):
     """bfloat16 torch tensors on the device path (the emulated CUDA kernels), float32 or bfloat16
     state, stochastic rounding, float32 gradients for the table: the same bits as host arrays
     through the C kernels."""
@@ -312,12 +295,12 @@ def test_bfloat16_device_tensors_match_the_host_bitwise(cuda, rng, state_dtype):
                             host.parameters + host.moment1 + host.moment2):
         assert interop.dtype_of(ours.data) == theirs.dtype
         np.testing.assert_array_equal(ours.asnumpy().view(np.uint8), theirs.asnumpy().view(np.uint8))
-    assert {(s.dtype, s.storage("m"), s.storage("grad")) for s in cuda} == {
+    assert {(s.dtype, s.storage("m"), s.storage("grad")) for s in emulated_cuda} == {
         ("bfloat16", state_dtype or "float32", "float32"),
         ("bfloat16", state_dtype or "float32", "bfloat16")}
 
 
-def test_groups_centralization_and_order_on_device(cuda, lib, rng):
+def test_groups_centralization_and_order_on_device(emulated_cuda, lib, rng):
     table, dense = (Parameter(lib.put(a), name=n)
                     for a, n in zip(initial_values(rng, "float32"), ("embedding", "dense")))
     cube = Parameter(lib.put(rng.standard_normal((3, 4, 2)).astype(np.float32)), name="cube")
@@ -342,7 +325,7 @@ def test_groups_centralization_and_order_on_device(cuda, lib, rng):
 
 @pytest.mark.parametrize("index_dtype, kernel_index", [(np.int32, "int32"), (np.int64, "int64"),
                                                        (np.uint8, "int64"), (np.int16, "int64")])
-def test_device_index_dtypes(cuda, lib, rng, index_dtype, kernel_index):
+def test_device_index_dtypes(emulated_cuda, lib, rng, index_dtype, kernel_index):
     """int32 and int64 indices go to the kernel as they are; others are cast to int64 on the
     device."""
     initial = initial_values(rng, "float64")[:1]
@@ -351,13 +334,13 @@ def test_device_index_dtypes(cuda, lib, rng, index_dtype, kernel_index):
     opt = LazyAdam([table], learning_rate=0.01)
     for grads in gradients(steps, lib.put, [table.shape]):
         opt(grads)
-    assert {s.index_dtype for s in cuda} == {kernel_index}
+    assert {s.index_dtype for s in emulated_cuda} == {kernel_index}
     expected = simulate(initial, [[(i.astype(np.int64), v)] for (i, v), in steps],
                         lr_at=lambda k, i: 0.01)
     assert_matches(opt, expected, "float64", lib.get)
 
 
-def test_strided_device_gradients_are_made_contiguous(cuda, lib, rng):
+def test_strided_device_gradients_are_made_contiguous(emulated_cuda, lib, rng):
     dense = Parameter(lib.put(rng.standard_normal((4, 5))), name="dense")
     values = rng.standard_normal((3, 3))
     table = Parameter(lib.put(rng.standard_normal((6, 3))), name="table")
@@ -374,7 +357,7 @@ def test_strided_device_gradients_are_made_contiguous(cuda, lib, rng):
 # -- moments and state ----------------------------------------------------------------------------
 
 
-def test_moments_are_allocated_on_the_parameters_device(cuda):
+def test_moments_are_allocated_on_the_parameters_device(emulated_cuda):
     """CuPy's zeros_like allocates on the current device: the runtime makes the parameter's
     device current for it."""
     param = Parameter(FakeLibrary.put(np.ones((3, 2), np.float32), device=1), name="w")
@@ -386,14 +369,14 @@ def test_moments_are_allocated_on_the_parameters_device(cuda):
         opt((other,))
 
 
-def test_moments_on_another_device_are_refused(cuda):
+def test_moments_on_another_device_are_refused(emulated_cuda):
     param = Parameter(Unselectable(np.ones((3, 2), np.float32), device=1), name="w")
     with pytest.raises(TypeError, match="moment1.w: zeros_like of a Unselectable on device 1 gave "
                                         "a FakeDeviceArray on device 0; moments must live on"):
         LazyAdam([param])
 
 
-def test_torch_moments_are_tensors_like_the_parameter(cuda):
+def test_torch_moments_are_tensors_like_the_parameter(emulated_cuda):
     param = Parameter(TorchLibrary.put(np.ones((3, 2), np.float32)), name="w")
     opt = LazyAdam([param])
     m = opt.moment1[0].data
@@ -403,7 +386,7 @@ def test_torch_moments_are_tensors_like_the_parameter(cuda):
 
 
 @pytest.mark.parametrize("flags", [{}, {"amsgrad": True}], ids=["default", "amsgrad"])
-def test_state_dict_and_checkpoint_round_trip_through_host(cuda, lib, rng, tmp_path, flags):
+def test_state_dict_and_checkpoint_round_trip_through_host(emulated_cuda, lib, rng, tmp_path, flags):
     initial = initial_values(rng, "float32")
     steps = gradients(host_steps(rng, "float32", 4), lib.put, [a.shape for a in initial])
 
@@ -480,7 +463,7 @@ BAD_SECOND_GRADIENT = {
 
 
 @pytest.mark.parametrize("case", BAD_SECOND_GRADIENT)
-def test_bad_device_gradient_changes_nothing(cuda, lib, rng, case):
+def test_bad_device_gradient_changes_nothing(emulated_cuda, lib, rng, case):
     """The first gradient is good: had its kernel run before the second was checked, it would
     have moved the first parameter."""
     make_bad, error, match = BAD_SECOND_GRADIENT[case]
@@ -500,7 +483,7 @@ class OutOfMemoryError(Exception):
     """As CuPy's and PyTorch's: an allocation failure that is not a MemoryError by type."""
 
 
-def test_device_scratch_that_cannot_be_had_changes_nothing(cuda, lib, rng, monkeypatch):
+def test_device_scratch_that_cannot_be_had_changes_nothing(emulated_cuda, lib, rng, monkeypatch):
     """The sparse step's device scratch is allocated in the check phase, by the array's library:
     running out of device memory stops the call before the dense parameter's kernel runs."""
     dense = Parameter(lib.put(rng.standard_normal((4, 5)).astype(np.float32)), name="dense")
@@ -522,7 +505,7 @@ def test_device_scratch_that_cannot_be_had_changes_nothing(cuda, lib, rng, monke
     assert_unchanged(opt, before)
 
 
-def test_centralization_without_mean_is_refused_before_any_kernel(cuda, rng):
+def test_centralization_without_mean_is_refused_before_any_kernel(emulated_cuda, rng):
     first = Parameter(FakeLibrary.put(np.zeros(3, np.float32)), name="bias")
     dense = Parameter(FakeLibrary.put(np.zeros((4, 5), np.float32)), name="dense")
     opt = LazyAdam([{"params": [first, dense], "grad_centralization": True}])
@@ -533,18 +516,18 @@ def test_centralization_without_mean_is_refused_before_any_kernel(cuda, rng):
     assert_unchanged(opt, before)
 
 
-def test_device_parameters_must_be_contiguous(cuda, lib):
+def test_device_parameters_must_be_contiguous(emulated_cuda, lib):
     strided = Parameter(lib.transpose(lib.put(np.zeros((3, 4), np.float32))), name="w")
     with pytest.raises(ValueError, match="w is not C-contiguous on its device"):
         LazyAdam([strided])
 
 
-def test_device_gradient_for_a_host_parameter_is_refused(cuda, lib):
+def test_device_gradient_for_a_host_parameter_is_refused(emulated_cuda, lib):
     param = Parameter(np.zeros((2, 3), np.float32), name="w")
     opt = LazyAdam([param])
     with pytest.raises(TypeError, match="on a CUDA device, the parameter is in host memory"):
         opt((lib.put(np.ones((2, 3), np.float32)),))
-    assert opt.global_step == 0 and not cuda
+    assert opt.global_step == 0 and not emulated_cuda
 
 
 # -- the array helpers ---------------------------------------------------------------------------
@@ -589,7 +572,7 @@ def test_host_round_trip_helpers(lib):
     np.testing.assert_array_equal(host, interop.to_host(d))
 
 
-def test_a_torch_parameter_given_new_storage_is_bound_again(cuda, rng):
+def test_a_torch_parameter_given_new_storage_is_bound_again(emulated_cuda, rng):
     """After a few steps (later ones take the slot's quick check), the parameter's tensor gets new
     storage in place (`tensor.data = ...`, as `model.to()` does): the next step updates the new
     storage, as the reference does, and leaves the old one alone."""

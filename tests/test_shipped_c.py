@@ -26,7 +26,7 @@ from lazyadam.rules.adam import ADAM
 from lazyadam.codegen.names import LIBRARY
 from lazyadam.codegen.pipeline import optimize, renderer
 from lazyadam.sources import write_sources
-from lazyadam.targets import c, toolchain
+from lazyadam.targets import c, cache, toolchain
 from reference import lazyadam_step
 from tolerance import assert_close
 
@@ -346,24 +346,39 @@ def test_static_values_at_the_limits_of_float32_compile(tmp_path):
         assert proc.returncode == 0, proc.stderr
 
 
-@pytest.mark.slow
-def test_every_c_variant_compiles_cleanly(tmp_path):
-    """The variants of tests/product.py (the flag product, and a half-precision sample) under strict
-    warnings, syntax and warnings only, in two compiler calls (one per core). Serial: OpenMP adds
-    nothing that differs between variants (the pragmas are the same), and the representative specs
-    above are built both ways."""
-    compiler = cc()
-    for spec in product.ALL:
-        source = generate(spec)
-        (tmp_path / source.filename).write_text(source.text)
-        (tmp_path / f"{source.symbol}.h").write_text(source.header)
-    sources = sorted(map(str, tmp_path.glob("*.c")))
-    assert len(sources) == len(product.ALL)
-    calls = [[*compiler, *STRICT, "-fsyntax-only", *sources[half::2]] for half in (0, 1)]
+def syntax_check_units(compiler: list[str], sources: list, folder: Path, pulse) -> Path:
+    """Writes the sources and checks them in two compiler calls, one per core; returns a marker."""
+    pulse(f"checking {len(sources)} C variants under strict warnings ({compiler[0]} -fsyntax-only)")
+    for source in sources:
+        (folder / source.filename).write_text(source.text)
+        (folder / f"{source.symbol}.h").write_text(source.header)
+    files = sorted(str(folder / source.filename) for source in sources)
+    calls = [[*compiler, *STRICT, "-fsyntax-only", *files[half::2]] for half in (0, 1)]
     with ThreadPoolExecutor(max_workers=2) as pool:
         for proc in pool.map(lambda cmd: subprocess.run(cmd, capture_output=True, text=True),
                              calls):
             assert proc.returncode == 0, proc.stderr[-3000:]
+    done = folder / "strict.ok"
+    done.write_text(f"{len(files)} sources passed: {' '.join([*compiler, *STRICT, '-fsyntax-only'])}\n")
+    return done
+
+
+@pytest.mark.slow
+def test_every_c_variant_compiles_cleanly(pulse):
+    """The variants of tests/product.py (the flag product, and a half-precision sample) under strict
+    warnings, syntax and warnings only, in two compiler calls (one per core). Serial: OpenMP adds
+    nothing that differs between variants (the pragmas are the same), and the representative specs
+    above are built both ways. A pass is remembered in the kernel cache, keyed by the sources, the
+    flags and the compiler's version, so a rerun of the same sources checks nothing again."""
+    compiler = cc()
+    sources = [generate(spec) for spec in product.ALL]
+    assert len({source.filename for source in sources}) == len(product.ALL)
+    key = cache.make_key({"target": "c-strict-check", "flags": STRICT, "compiler": compiler,
+                          "version": subprocess.run([*compiler, "--version"], capture_output=True,
+                                                    text=True).stdout,
+                          "sources": [s.text + s.header for s in sources]})
+    assert cache.fetch(key, "strict.ok",
+                       lambda folder: syntax_check_units(compiler, sources, folder, pulse))
 
 
 def test_ship_c_example_checks_its_numbers(tmp_path):

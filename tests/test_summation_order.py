@@ -86,10 +86,8 @@ def test_c_kernel_sums_in_the_documented_order(spec, threads, rng):
 
 
 @pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.symbol())
-def test_cuda_kernel_sums_in_the_documented_order(spec, rng):
-    if emulation.host_compiler() is None:
-        pytest.skip("no host C++ compiler (c++ or g++) to build the CUDA emulation")
-    kernel = emulation.build(SPECS)[spec]
+def test_cuda_kernel_sums_in_the_documented_order(spec, rng, emulated_variants):
+    kernel = emulated_variants(SPECS)[spec]
     indices, values, rows = gradient(rng)
     var, m, v = state(len(COUNTS))
     kernel(*map(emulation.Emulated, (var, m, v)),

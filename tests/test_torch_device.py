@@ -14,12 +14,10 @@ from __future__ import annotations
 
 import pytest
 
-import cuda_emulation as emulation
 from tolerance import assert_close
 
 torch = pytest.importorskip("torch", reason="lazyadam.torch needs torch")
 import lazyadam.torch  # noqa: E402  (after the skip: it imports torch)
-from lazyadam import targets  # noqa: E402
 from lazyadam.targets import cuda_binding  # noqa: E402
 from lazyadam.torch import LazyAdam  # noqa: E402
 from test_runtime_device import TorchOnDevice  # noqa: E402
@@ -28,16 +26,11 @@ from test_torch import (Recommender, assert_models_close, assert_unchanged,  # n
 
 
 @pytest.fixture
-def emulated(monkeypatch):
+def emulated(monkeypatch, emulated_cuda):
     """The CUDA path on the CPU. Returns `(launches, host)`: the tensor counts of multi-tensor
     plan launches, and a set of tensor ids that `_view` leaves in host memory."""
-    if emulation.host_compiler() is None:
-        pytest.skip("no host C++ compiler (c++ or g++) to build the CUDA emulation")
-    real_compile, real_launch = targets.compile, cuda_binding.MultiPlan.launch
+    real_launch = cuda_binding.MultiPlan.launch
     launches, host = [], set()
-
-    def compile_emulated(spec, target="c"):
-        return emulation.build([spec])[spec] if target == "cuda" else real_compile(spec, target)
 
     def launch(plan, grads, *args, **kwargs):
         launches.append(len(grads))
@@ -48,7 +41,6 @@ def emulated(monkeypatch):
             return tensor.detach().numpy()
         return tensor.detach().as_subclass(TorchOnDevice)
 
-    monkeypatch.setattr(targets, "compile", compile_emulated)
     monkeypatch.setattr(cuda_binding.MultiPlan, "launch", launch)
     monkeypatch.setattr(lazyadam.torch, "_view", view)
     return launches, host

@@ -102,6 +102,30 @@ def make_key(parts: dict) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 
+def entry(key: str) -> Path:
+    """The folder of `key`'s entry (which may not exist)."""
+    return root() / key[:2] / key
+
+
+def scratch() -> Path:
+    """A fresh private folder for a build whose artifact is then placed in entries by `fetch`: in
+    the cache root (so that an entry can hard-link it), or in the system's temporary folder where
+    the root is not to be trusted. The caller removes it.
+
+    Raises:
+        OSError: the root cannot be created.
+    """
+    base = root()
+    try:
+        if not base.is_dir():
+            base.parent.mkdir(parents=True, exist_ok=True)
+            _mkdir_private(base)
+        _check(base, is_root=True)
+    except _Refused:
+        return Path(tempfile.mkdtemp(prefix="lazyadam-"))
+    return Path(tempfile.mkdtemp(prefix="build-", dir=base))
+
+
 def entries() -> list[Path]:
     """Every complete or partial entry folder in the cache."""
     base = root()
@@ -175,7 +199,7 @@ def fetch(key: str, artifact: str, build: Callable[[Path], Path]) -> Path:
         OSError: the cache cannot be written (a full disk, no permission); no claim is left.
     """
     try:
-        return _fetch(root() / key[:2] / key, artifact, build)
+        return _fetch(entry(key), artifact, build)
     except _Refused as refused:
         return _build_private(key, build, refused)
 

@@ -15,6 +15,9 @@ A target (`c.CTarget`, `cuda.CudaTarget`) says what is its own:
 and inherits the rest, the same for every target:
 
     [Spec] --generate--> [Source] --cache_key--> key --build (on a miss)--> .so --kernel--> kernel
+
+`batch.build` builds many kernels of a target in one compiler call (`run_compiler` on several
+files, or on one unit that includes them where `one_unit` says their sources may share one).
 """
 
 from __future__ import annotations
@@ -38,6 +41,9 @@ class Target(abc.ABC):
     name: ClassVar[str]
     environment: ClassVar[tuple[str, ...]]
     unavailable_error: ClassVar[type[Exception]]
+    #: Whether several kernels' sources can be one translation unit (whatever they define alike is
+    #: guarded), so that a batch compiles one unit including them all (`batch.build`).
+    one_unit: ClassVar[bool] = False
 
     @abc.abstractmethod
     def unavailable(self) -> str | None:
@@ -77,17 +83,29 @@ class Target(abc.ABC):
             CompilationError: the compiler failed; carries its log and the source path.
         """
         src = folder / source.filename
-        out = folder / f"{source.symbol}.so"
-        cmd = self.command(src, out)
         src.write_text(source.text)
         (folder / f"{source.symbol}.h").write_text(source.header)
+        return self.run_compiler([src], folder / f"{source.symbol}.so", source.symbol)
+
+    def run_compiler(self, inputs: list[Path], out: Path, what: str) -> Path:
+        """Compiles the source files `inputs` (written, in `out`'s folder) into the library `out`,
+        in one call of `command`; leaves its log in `build.log` beside it. Returns `out`.
+
+        Raises:
+            CompilerNotFoundError: no compiler.
+            CompilationError: the compiler failed to build `what`; carries its log.
+        """
+        folder = out.parent
+        cmd = self.command(inputs[0], out)
+        at = cmd.index(str(inputs[0]))
+        cmd[at:at + 1] = [str(path) for path in inputs]
         proc = subprocess.run(cmd, capture_output=True, text=True, cwd=folder)
         log = f"$ {shlex.join(cmd)}\n{proc.stdout}{proc.stderr}"
         (folder / "build.log").write_text(log)
         if proc.returncode != 0 or not out.exists():
-            raise CompilationError(f"{self.compiler_name()} failed to build {source.symbol} "
+            raise CompilationError(f"{self.compiler_name()} failed to build {what} "
                                    f"(exit {proc.returncode})", log=log,
-                                   log_path=folder / "build.log", source_path=src)
+                                   log_path=folder / "build.log", source_path=inputs[0])
         return out
 
     def load(self, spec: SpecBase) -> Any:

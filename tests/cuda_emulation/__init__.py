@@ -2,25 +2,28 @@
 the host C++ compiler with `cuda_emulation.h` force-included, loaded as the CUDA target's
 `CudaKernel`.
 
-Used by tests/test_cuda_emulation.py (the kernels against the reference) and
-tests/test_runtime_device.py (the optimizer on arrays that present host memory as device memory).
+`EmulatedCuda` is a target (`lazyadam.targets.target.Target`) like the CUDA target, with the host
+compiler for nvcc: its kernels are cached one by one, and built many to a compiler call by
+`lazyadam.targets.batch` (its sources share one translation unit, as the emulation needs: it
+defines its functions in every unit). Used through the `emulated_cuda` fixture (tests/conftest.py)
+and by the tests of the kernels against the reference.
 """
 
 from __future__ import annotations
 
 import ctypes
-import shlex
+import functools
 import shutil
 import subprocess
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
+from typing import Iterable, Mapping
 
 import numpy as np
 
-from lazyadam import Source, Spec, generate
-from lazyadam.errors import CompilationError
-from lazyadam.targets import cache
-from lazyadam.targets.cuda import CudaKernel
+from lazyadam import Spec
+from lazyadam.errors import CompilerNotFoundError
+from lazyadam.targets import batch
+from lazyadam.targets.cuda import CudaTarget
 
 HEADER = Path(__file__).with_name("cuda_emulation.h")
 FLAGS = ("-std=c++17", "-O1", "-ffp-contract=off", "-fPIC", "-shared", "-Wall", "-Wno-unknown-pragmas",
@@ -31,62 +34,71 @@ def host_compiler() -> str | None:
     return shutil.which("c++") or shutil.which("g++")
 
 
-def build(specs: Iterable[Spec], defines: Mapping[str, int] | None = None) -> dict[Spec, CudaKernel]:
-    """Every spec in one emulation library, built once and kept in the kernel cache (and its
-    kernels loaded once in this process, as `lazyadam.compile` loads them).
+class EmulatedCuda(CudaTarget):
+    """The CUDA target built for the host: `host_compiler()` with `FLAGS` (and `defines`, macros
+    of the sources or of cuda_emulation.h, e.g. LAZYADAM_MAX_BLOCKS) for nvcc."""
 
-    `defines` overrides macros of the sources or of cuda_emulation.h (e.g. LAZYADAM_MAX_BLOCKS).
+    environment = ("PATH",)
+    unavailable_error = CompilerNotFoundError
+    one_unit = True
+
+    def __init__(self, defines: Mapping[str, int] | None = None):
+        self.flags = FLAGS + tuple(f"-D{name}={value}" for name, value in sorted((defines or {}).items()))
+
+    def unavailable(self) -> str | None:
+        return None if host_compiler() else "no host C++ compiler (c++ or g++) to build the CUDA emulation"
+
+    def key_parts(self) -> dict:
+        cxx = host_compiler()
+        return {"emulation": HEADER.read_text(), "compiler": cxx, "flags": self.flags,
+                "version": _version(cxx)}
+
+    def command(self, src: Path, out: Path) -> list[str]:
+        return [host_compiler(), *self.flags, "-include", str(HEADER), "-x", "c++", str(src), "-o",
+                str(out)]
+
+    def compiler_name(self) -> str:
+        return "the CUDA emulation build"
+
+
+@functools.lru_cache(maxsize=None)
+def _version(cxx: str) -> str:
+    return subprocess.run([cxx, "--version"], capture_output=True, text=True).stdout
+
+
+#: The emulation target of each set of defines met so far.
+_TARGETS: dict[tuple, EmulatedCuda] = {}
+
+
+def target(defines: Mapping[str, int] | None = None) -> EmulatedCuda:
+    """The emulation target with `defines` (one object per set, so that its kernels load once)."""
+    found = tuple(sorted((defines or {}).items()))
+    if found not in _TARGETS:
+        _TARGETS[found] = EmulatedCuda(defines)
+    return _TARGETS[found]
+
+
+def build(specs: Iterable[Spec], defines: Mapping[str, int] | None = None,
+          report=None) -> dict:
+    """The emulated kernel of every spec, built in batches where the kernel cache lacks them and
+    loaded once in this process (as `lazyadam.compile` loads them).
 
     Raises:
         CompilationError: the host compiler failed (the log says why).
     """
-    cxx = host_compiler()
-    sources = {spec: generate(spec, "cuda") for spec in specs}
-    flags = FLAGS + tuple(f"-D{name}={value}" for name, value in sorted((defines or {}).items()))
-    version = subprocess.run([cxx, "--version"], capture_output=True, text=True).stdout
-    key = cache.make_key({"target": "cuda-emulation", "emulation": HEADER.read_text(),
-                          "sources": [s.text + s.header for s in sources.values()],
-                          "compiler": cxx, "version": version, "flags": flags})
-    path = cache.fetch(key, "emulation.so",
-                       lambda folder: compile_library(sources.values(), folder, flags))
-    for spec, source in sources.items():  # one kernel object per library and spec, as in the target
-        if (key, spec) not in _KERNELS:
-            _KERNELS[key, spec] = CudaKernel(spec, source, path)
-    return {spec: _KERNELS[key, spec] for spec in sources}
+    emulated = target(defines)
+    specs = list(dict.fromkeys(specs))
+    if len(specs) > 1:
+        batch.build(specs, emulated, report=report)
+    return {spec: emulated.load(spec) for spec in specs}
 
-
-def compile_library(sources: Iterable[Source], folder: Path, flags: Sequence[str] = FLAGS) -> Path:
-    """Builds the .cu `sources` for the host into `folder/emulation.so`; returns its path (what
-    the CUDA target's `build` does with nvcc, so a test can stand it in for `cuda.TARGET.build`).
-
-    Raises:
-        CompilationError: the host compiler failed (the log says why).
-    """
-    sources = list(sources)
-    for source in sources:
-        (folder / source.filename).write_text(source.text)
-        (folder / f"{source.symbol}.h").write_text(source.header)
-    unit = folder / "emulation.cu"
-    unit.write_text("".join(f'#include "{s.filename}"\n' for s in sources))
-    out = folder / "emulation.so"
-    cmd = [host_compiler(), *flags, "-include", str(HEADER), "-x", "c++", str(unit), "-o", str(out)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=folder)
-    if proc.returncode != 0:
-        raise CompilationError("the CUDA emulation build failed",
-                               log=f"$ {shlex.join(cmd)}\n{proc.stdout}{proc.stderr}")
-    return out
-
-
-#: The kernels loaded in this process, by library and spec.
-_KERNELS: dict[tuple[str, Spec], CudaKernel] = {}
 
 def control() -> ctypes.CDLL:
     """The emulation's own functions (emu_counters, emu_reset_counters, emu_begin_capture,
     emu_end_capture, emu_replay: see cuda_emulation.h) and its driver's cuStreamIsCapturing, from
     one of its libraries. They act on the state that every emulation library of the process
     shares, so any library will do."""
-    kernel = next(iter(_KERNELS.values()), None) or build([Spec(sparse=False)])[Spec(sparse=False)]
-    return ctypes.CDLL(str(kernel.path))
+    return ctypes.CDLL(str(target().load(Spec(sparse=False)).path))
 
 
 class Emulated:
