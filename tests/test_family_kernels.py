@@ -264,9 +264,9 @@ def test_emulated_cuda_kernels_match_the_reference(kernels, rule, spec):
 
 
 @pytest.mark.parametrize("name", RULES)
-def test_cuda_sources_compile_with_nvcc(name):
-    """Every sampled kernel of the rule that the CUDA templates print, in one translation unit
-    per rule, to PTX for sm_90; a passing build is remembered in the kernel cache."""
+def test_cuda_sources_compile_with_nvcc(name, pulse):
+    """Every sampled kernel of the rule that the CUDA templates print, compiled to PTX for sm_90
+    as test_cuda_codegen compiles LazyAdam's; a passing build is remembered in the kernel cache."""
     from test_cuda_codegen import compile_units, nvcc_or_skip
     nvcc = nvcc_or_skip()
     rule = RULES[name]
@@ -274,7 +274,8 @@ def test_cuda_sources_compile_with_nvcc(name):
     key = cache.make_key({"test": "family-ptx", "sources": [s.text + s.header for s in sources],
                           "nvcc": subprocess.run([nvcc, "--version"], capture_output=True,
                                                  text=True).stdout})
-    assert cache.fetch(key, "ptx.ok", lambda folder: compile_units(nvcc, "90", sources, folder))
+    assert cache.fetch(key, "ptx.ok", lambda folder: compile_units(nvcc, "90", sources, folder,
+                                                                       pulse))
 
 
 @pytest.mark.parametrize("name", RULES)

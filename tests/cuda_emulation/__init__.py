@@ -93,6 +93,24 @@ def build(specs: Iterable[Spec], defines: Mapping[str, int] | None = None,
     return {spec: emulated.load(spec) for spec in specs}
 
 
+def compile_library(sources: Iterable, folder: Path) -> Path:
+    """The .cu `sources` built for the host as one translation unit into `folder/emulation.so`
+    (what a test that needs several kernels, or several rules, in one unit builds); returns its
+    path.
+
+    Raises:
+        CompilationError: the host compiler failed (the log says why).
+    """
+    sources = list(sources)
+    for source in sources:
+        (folder / source.filename).write_text(source.text)
+        (folder / f"{source.symbol}.h").write_text(source.header)
+    unit = folder / "emulation.cu"
+    unit.write_text("".join(f'#include "{s.filename}"\n' for s in sources))
+    return target().run_compiler([unit], folder / "emulation.so",
+                                 f"{len(sources)} emulated CUDA kernels in one unit")
+
+
 def control() -> ctypes.CDLL:
     """The emulation's own functions (emu_counters, emu_reset_counters, emu_begin_capture,
     emu_end_capture, emu_replay: see cuda_emulation.h) and its driver's cuStreamIsCapturing, from
