@@ -45,8 +45,9 @@ from .codegen.spec import ROUNDINGS, STATE_DTYPES, Spec
 from .interop.arrays import index_bounds, to_host
 from .runtime.parameter import Parameter, RowTensor
 from .runtime.launcher import Launcher
-from .runtime.slot import (SEED_STRIDE, Slot, check_device_state, check_phase, check_seed,
-                           shared, spec_for, target_for)
+from .runtime.checks import check_device_state, check_phase
+from .runtime.slot import Slot
+from .runtime.specs import SEED_STRIDE, check_seed, shared, spec_for, target_for
 from .targets.base import index_error
 
 __all__ = ["LazyAdam", "EPS_MODES"]

@@ -16,7 +16,7 @@ from typing import Any
 from ..interop.device import DeviceArray, capturing as stream_capturing, stream_handle
 from ..targets.cuda import HPARAMS_BYTES
 from ..targets.cuda_binding import CudaBinding
-from .slot import allocate
+from .checks import allocate
 
 
 def capturing(slots: Any) -> bool:

@@ -25,14 +25,14 @@ import numpy as np
 from ..codegen.spec import ROUNDINGS, STATE_DTYPES
 from ..dtypes import numpy_dtype
 from ..interop.arrays import dtype_of, is_device_array, to_host, zeros_like
+from .checks import check_device_state, check_phase
 from .groups import parse_params
 from .launcher import Launcher, capturing
 from .parameter import Parameter
 from .rates import Group, Rate, is_float, is_number, parse_rate, parse_weight_decay
 from .schedules import LearningRateSchedule
-from .slot import (SEED_STRIDE, Slot, check_device_state, check_phase, check_seed, spec_for,
-                   target_for)
-
+from .slot import Slot
+from .specs import SEED_STRIDE, check_seed, spec_for, target_for
 
 
 def decays_by_default(param: Parameter) -> bool:

@@ -12,18 +12,14 @@ failed step changes nothing:
 A slot on a CUDA device holds `CudaBinding`s: its state arrays checked once, and on every step only
 whether they are still where they were (a moved or resized tensor is bound again).
 
-`spec_for` chooses a parameter's kernel spec from its dtype and the optimizer's flags; the gradient
-then picks the dense or the lazy sparse kernel (and the index dtype, and for a half-precision
-parameter the gradient dtype: its own or float32).
+`specs.spec_for` chooses a parameter's kernel spec from its dtype and the optimizer's flags; the
+gradient then picks the dense or the lazy sparse kernel (and the index dtype, and for a
+half-precision parameter the gradient dtype: its own or float32).
 """
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
-import functools
-import gc
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import numpy as np
 
@@ -31,110 +27,15 @@ from .. import targets
 from ..codegen.spec import GRAD_DTYPES, HALF_DTYPES, Spec
 from ..dtypes import native, storage_name
 from ..interop.arrays import (astype, centralized, contiguous, copy_into, device_of, dtype_of,
-                              empty_bytes, index_bounds, is_device_array, is_out_of_memory,
-                              to_host)
+                              index_bounds, is_device_array, to_host)
 from ..interop.device import DeviceArray, torch_kind
 from ..targets.base import HParams, index_error
 from ..targets.cuda_binding import CudaBinding
+from .checks import allocate
 from .parameter import Parameter, RowTensor
+from .specs import shared, variant
 
-FLOAT_DTYPES = ("float32", "float64", "bfloat16", "float16")
-#: Stochastic rounding of parameter number i (in the order of gradients) hashes the optimizer's seed
-#: plus i times this odd constant (2^64 / the golden ratio), modulo 2^64: parameters of one shape
-#: draw unrelated bits.
-SEED_STRIDE = 0x9E3779B97F4A7C15
 INDEX_DTYPES = {np.dtype(np.int32): "int32", np.dtype(np.int64): "int64"}
-
-
-def target_for(data: Any) -> str:
-    """The kernel target for a parameter's array: "cuda" for device arrays, else "c"."""
-    return "cuda" if is_device_array(data) else "c"
-
-
-def spec_for(param: Parameter, *, decayed: bool, decoupled: bool, nesterov: bool,
-             use_locking: bool, amsgrad: bool, maximize: bool, eps_mode: str,
-             state_dtype: str | None = None, rounding: str = "nearest") -> Spec:
-    """The kernel spec of `param` (dense; each gradient picks dense or sparse and the index dtype).
-
-    Args:
-        param: the parameter; its dtype is the kernel's.
-        decayed: whether weight decay applies to it; `decoupled` then picks AdamW's form over L2.
-        nesterov, use_locking, amsgrad, maximize, eps_mode: the spec's flags.
-        state_dtype, rounding: the state dtype and rounding of a bfloat16 or float16 parameter
-            (float32 and float64 parameters keep their state in their own dtype, round nothing).
-
-    Raises:
-        TypeError: a parameter that is not float32, float64, bfloat16 or float16, or not in this
-            machine's byte order.
-    """
-    try:
-        dtype = storage_name(param.dtype)
-    except TypeError as error:  # the other byte order
-        raise TypeError(f"parameter {param.name!r}: {error}") from None
-    if dtype not in FLOAT_DTYPES:
-        raise TypeError(f"parameter {param.name!r} has dtype {param.dtype}; LazyAdam updates "
-                        "float32, float64, bfloat16 or float16 parameters")
-    decay = ("decoupled" if decoupled else "l2") if decayed else "none"
-    half = dtype in HALF_DTYPES
-    spec = Spec(nesterov=nesterov, use_locking=use_locking, decay=decay, amsgrad=amsgrad,
-                maximize=maximize, eps_mode=eps_mode, dtype=dtype,
-                state_dtype=state_dtype if half else None,
-                rounding=rounding if half else "nearest")
-    return shared(spec)
-
-
-def shared(value: Any) -> Any:
-    """One object for each value made so far (of its type): the specs, shapes, strides and dtype
-    lists of 100,000 parameters of one kind are one object each, not 100,000 (about 50 bytes
-    each a tuple, a spec more)."""
-    return _SHARED.setdefault((type(value), value), value)
-
-
-#: Every value `shared` has seen, by its type and itself (a `torch.Size` equals the tuple of its
-#: elements, and must not stand for it: it prints otherwise).
-_SHARED: dict[tuple[type, Any], Any] = {}
-
-
-@functools.lru_cache(maxsize=None)
-def _variant(spec: Spec, sparse: bool, index_dtype: str, grad_dtype: str) -> Spec:
-    """`spec` for a dense or sparse gradient of `grad_dtype` with `index_dtype` indices, made
-    once for each (a dataclass replace takes microseconds, per parameter)."""
-    return dataclasses.replace(spec, sparse=sparse, index_dtype=index_dtype, grad_dtype=grad_dtype)
-
-
-@contextlib.contextmanager
-def check_phase() -> Iterator[None]:
-    """The check phase of a step, or the making of an optimizer: Python's cyclic garbage
-    collector paused (if it runs), and the toolchain environment read once
-    (`targets.environment_read_once`), however many parameters are bound.
-
-    Binding 100,000 parameters makes millions of objects that live as long as the optimizer, and
-    the collector's repeated full passes over them took a third of the first step (40 of 120 us a
-    parameter). It runs again when the phase ends (a cycle made meanwhile, by any thread, waits
-    for it then); where it was already off, it stays off.
-    """
-    with targets.environment_read_once():
-        if not gc.isenabled():
-            yield
-            return
-        gc.disable()
-        try:
-            yield
-        finally:
-            gc.enable()
-
-
-def check_seed(value: Any) -> int:
-    """A seed of stochastic rounding: an int (not a bool) in [0, 2**64).
-
-    Raises:
-        TypeError: not an int; ValueError: out of range.
-    """
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"seed must be an int, got {type(value).__name__}: {value!r}")
-    if not 0 <= value < 2**64:
-        raise ValueError(f"seed must lie in [0, 2**64), got {value!r}")
-    return int(value)
 
 
 def bind(kernel: Any, var: Any, m: Any, v: Any, vmax: Any) -> Callable[..., None]:
@@ -209,7 +110,7 @@ class Slot:
         found = self.calls.get(key)
         if found is not None and (self.target != "cuda" or found[1].current()):
             return found
-        spec = _variant(self.spec, sparse, index_dtype, key[2])
+        spec = variant(self.spec, sparse, index_dtype, key[2])
         kernel = targets.compile(spec, self.target)
         vmax = self.vmax.data if self.vmax is not None else None
         try:
@@ -464,21 +365,6 @@ class Slot:
                                  f"parameter on device {home}")
 
 
-def allocate(like: Any, nbytes: int, problem: str) -> Any:
-    """`empty_bytes(like, nbytes)`, in the check phase of a step: running out of memory, whatever
-    the array's library calls it, is a `MemoryError` saying `problem` and that nothing changed.
-
-    Raises:
-        MemoryError: out of memory.
-    """
-    try:
-        return empty_bytes(like, nbytes)
-    except Exception as error:  # noqa: BLE001  (libraries name running out of memory their way)
-        if not is_out_of_memory(error):
-            raise
-        raise MemoryError(f"{problem}; nothing was changed") from error
-
-
 def _subject(where: str, what: str) -> str:
     """`gradient 1 (parameter 'w')`, or with the part named: `...: indices`."""
     return f"{where}: {what}" if what else where
@@ -491,30 +377,3 @@ def _dtype(where: str, what: str, array: Any) -> np.dtype:
         return native(dtype_of(array))
     except TypeError as error:
         raise TypeError(f"{_subject(where, what)}: {error}") from None
-
-
-def check_device_state(param: Parameter, moments: list[Parameter]) -> None:
-    """Device parameters and their moments must be arrays a CUDA kernel can update in place.
-
-    Checked once, when the optimizer is made, so that no kernel call can refuse them later (after
-    the step was counted, or after other parameters were updated).
-
-    Raises:
-        TypeError: a moment that is not on the parameter's device (a library whose `zeros_like`
-            allocates elsewhere).
-        ValueError: a strided or read-only array.
-    """
-    home = device_of(param.data)
-    for array in [param, *moments]:
-        if not array.on_device or device_of(array.data) != home:
-            raise TypeError(f"{array.name}: zeros_like of a {type(param.data).__name__} on device "
-                            f"{home} gave a {type(array.data).__name__} "
-                            + ("on device " + str(device_of(array.data)) if array.on_device
-                               else "in host memory")
-                            + "; moments must live on the parameter's device")
-        flags = DeviceArray(array.data, array.name).flags
-        if not flags.c_contiguous:
-            raise ValueError(f"{array.name} is not C-contiguous on its device; pass a contiguous "
-                             "array (e.g. torch's .contiguous(), cupy.ascontiguousarray)")
-        if not flags.writeable:
-            raise ValueError(f"{array.name} is read-only on its device")
