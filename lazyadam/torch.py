@@ -43,9 +43,9 @@ import torch
 
 from .codegen.spec import ROUNDINGS, STATE_DTYPES, Spec
 from .interop.arrays import index_bounds, to_host
-from .runtime.parameter import Parameter, RowTensor
-from .runtime.launcher import Launcher
 from .runtime.checks import check_device_state, check_phase
+from .runtime.launcher import Launcher
+from .runtime.parameter import Parameter, RowTensor
 from .runtime.slot import Slot
 from .runtime.specs import SEED_STRIDE, check_seed, shared, spec_for, target_for
 from .targets.base import index_error
