@@ -13,8 +13,8 @@ alternating, so that noise on a shared machine hits both alike; the figures are 
 per-call times, and their ratio within this one run.
 
 The Python overhead of a lazyadam step is measured inside each step: the step's time minus the time
-of its kernel calls (`lazyadam.runtime.slot.Launcher.run`, timed by a wrapper; the microseconds each call
-spends passing its arguments through cffi count as kernel time), so the noise of the
+of its kernel calls (`lazyadam.runtime.launcher.Launcher.run`, timed by a wrapper; the microseconds
+each call spends passing its arguments through cffi count as kernel time), so the noise of the
 kernels' time does not enter it; the figure is the median over the rounds, and its share of the
 median step.
 
@@ -37,7 +37,7 @@ from pathlib import Path
 import torch
 
 import lazyadam.torch
-from lazyadam.runtime.slot import Launcher
+from lazyadam.runtime.launcher import Launcher
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
 from record import Recorder  # noqa: E402

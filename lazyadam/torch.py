@@ -15,7 +15,8 @@ multi-tensor launches (each tensor with its own hyperparameters). A step like th
 same groups, flags, parameters and state tensors; dense CUDA gradients of the same dtype, shape and
 device) confirms the last step's checks in a microsecond or two a parameter (`_recheck`).
 
-A step works in the two phases of `lazyadam.runtime.slot`, shared with `lazyadam.LazyAdam`:
+A step works in the two phases of `lazyadam.runtime.slot` and `.launcher`, shared with
+`lazyadam.LazyAdam`:
 
     check    every group's options, every parameter (dtype, layout), its state and its gradient
              (dtype, shape, device, index range); kernels compiled and bound; nothing written
@@ -42,9 +43,11 @@ import torch
 
 from .codegen.spec import ROUNDINGS, STATE_DTYPES, Spec
 from .interop.arrays import index_bounds, to_host
+from .runtime.checks import check_device_state, check_phase
+from .runtime.launcher import Launcher
 from .runtime.parameter import Parameter, RowTensor
-from .runtime.slot import (SEED_STRIDE, Launcher, Slot, check_device_state,
-                           check_phase, check_seed, shared, spec_for, target_for)
+from .runtime.slot import Slot
+from .runtime.specs import SEED_STRIDE, check_seed, shared, spec_for, target_for
 from .targets.base import index_error
 
 __all__ = ["LazyAdam", "EPS_MODES"]

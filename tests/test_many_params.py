@@ -13,7 +13,7 @@ import torch
 import lazyadam
 import lazyadam.torch
 from lazyadam import LazyAdam, Parameter, Spec
-from lazyadam.runtime.slot import Launcher
+from lazyadam.runtime.launcher import Launcher
 from lazyadam.targets import target
 from reference import lazyadam_step
 from tolerance import assert_close

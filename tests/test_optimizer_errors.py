@@ -410,7 +410,7 @@ def test_a_gradient_that_shares_memory_with_what_the_step_writes_is_refused(case
 def test_scratch_that_cannot_be_had_is_a_memory_error_and_changes_nothing(rng, monkeypatch):
     """A dense parameter first, then a sparse one whose scratch cannot be allocated: before, the
     dense one had been updated and the step counted when the sparse kernel failed."""
-    from lazyadam.runtime import slot
+    from lazyadam.runtime import checks
     dense = Parameter(rng.standard_normal((2, 2)).astype(np.float32), name="dense")
     table = Parameter(rng.standard_normal((6, 3)).astype(np.float32), name="table")
     opt = make([dense, table])
@@ -421,7 +421,7 @@ def test_scratch_that_cannot_be_had_is_a_memory_error_and_changes_nothing(rng, m
 
     def no_memory(like, nbytes):
         raise MemoryError(f"Unable to allocate {nbytes} bytes")
-    monkeypatch.setattr(slot, "empty_bytes", no_memory)
+    monkeypatch.setattr(checks, "empty_bytes", no_memory)
     with pytest.raises(MemoryError, match=r"gradient 1 \(parameter 'table'\): out of memory: its "
                                           r"sparse step needs [\d,]+ bytes of scratch for 3 indices"):
         opt(grads)

@@ -26,7 +26,7 @@ from tolerance import assert_close
 
 torch = pytest.importorskip("torch", reason="lazyadam.torch needs torch")
 import lazyadam.torch  # noqa: E402  (after the skip: it imports torch)
-from lazyadam.runtime.slot import Launcher  # noqa: E402
+from lazyadam.runtime.launcher import Launcher  # noqa: E402
 
 nn = torch.nn
 

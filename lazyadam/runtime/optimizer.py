@@ -17,8 +17,7 @@ from __future__ import annotations
 import contextlib
 import math
 import threading
-from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping, Set, Sized
+from collections.abc import Iterator, Mapping
 from typing import Any, Sequence
 
 import numpy as np
@@ -26,12 +25,14 @@ import numpy as np
 from ..codegen.spec import ROUNDINGS, STATE_DTYPES
 from ..dtypes import numpy_dtype
 from ..interop.arrays import dtype_of, is_device_array, to_host, zeros_like
+from .checks import check_device_state, check_phase
+from .groups import parse_params
+from .launcher import Launcher, capturing
 from .parameter import Parameter
+from .rates import Group, Rate, is_float, is_number, parse_rate, parse_weight_decay
 from .schedules import LearningRateSchedule
-from .slot import (SEED_STRIDE, Launcher, Slot, capturing, check_device_state, check_phase,
-                   check_seed, spec_for, target_for)
-
-GROUP_KEYS = ("params", "lr", "weight_decay", "grad_centralization", "order_params")
+from .slot import Slot
+from .specs import SEED_STRIDE, check_seed, spec_for, target_for
 
 
 def decays_by_default(param: Parameter) -> bool:
@@ -141,7 +142,7 @@ class LazyAdam:
                  state_dtype: str | None = None, rounding: str = "nearest", seed: int = 0,
                  capturable: bool = False):
         for name, value in (("beta1", beta1), ("beta2", beta2), ("eps", eps)):
-            if not _is_float(value):
+            if not is_float(value):
                 raise TypeError(f"{name} must be a Python float, got {type(value).__name__}: "
                                 f"{value!r}")
         for name, value in (("beta1", beta1), ("beta2", beta2)):
@@ -149,7 +150,7 @@ class LazyAdam:
                 raise ValueError(f"{name} must lie in the open interval (0, 1), got {value!r}")
         if not (math.isfinite(eps) and eps > 0.0):
             raise ValueError(f"eps must be a finite number > 0, got {eps!r}")
-        if not (_is_float(loss_scale) or isinstance(loss_scale, int)):
+        if not (is_float(loss_scale) or isinstance(loss_scale, int)):
             raise TypeError(f"loss_scale must be a float or an int, got "
                             f"{type(loss_scale).__name__}: {loss_scale!r}")
         if not (math.isfinite(loss_scale) and loss_scale > 0):
@@ -176,14 +177,14 @@ class LazyAdam:
         self.state_dtype, self.rounding = state_dtype, rounding
         self.seed = check_seed(seed)
 
-        default_lr = _rate(learning_rate, "learning_rate")
-        default_wd = _weight_decay(weight_decay, "weight_decay")
+        default_lr = parse_rate(learning_rate, "learning_rate")
+        default_wd = parse_weight_decay(weight_decay, "weight_decay")
         self.learning_rate, self.weight_decay = default_lr.source, default_wd.source
-        groups, order = _parse_params(params)
+        groups, order = parse_params(params)
         self.is_group = groups is not None
         if groups is None:
             groups = [{"params": order}]
-        self._groups: list[_Group] = []
+        self._groups: list[Group] = []
         slots: dict[int, Slot] = {}
         positions = {id(p): i for i, p in enumerate(order)}
         with check_phase():
@@ -211,18 +212,18 @@ class LazyAdam:
         self._beta2_power = 1.0
 
     def _make_slots(self, groups: list[dict], slots: dict[int, Slot], positions: dict[int, int],
-                    default_lr: _Rate, default_wd: _Rate) -> None:
+                    default_lr: Rate, default_wd: Rate) -> None:
         """Parses each group's options into `self._groups` and makes its parameters' slots."""
         for number, group in enumerate(groups):
             where = f"group {number}" if self.is_group else "params"
-            lr = _rate(group["lr"], f"{where} lr") if "lr" in group else default_lr
-            wd = (_weight_decay(group["weight_decay"], f"{where} weight_decay")
+            lr = parse_rate(group["lr"], f"{where} lr") if "lr" in group else default_lr
+            wd = (parse_weight_decay(group["weight_decay"], f"{where} weight_decay")
                   if "weight_decay" in group else default_wd)
             centralize = group.get("grad_centralization", False)
             if not isinstance(centralize, bool):
                 raise TypeError(f"{where} grad_centralization must be a bool, got "
                                 f"{type(centralize).__name__}: {centralize!r}")
-            self._groups.append(_Group(lr, wd))
+            self._groups.append(Group(lr, wd))
             for param in group["params"]:
                 decayed = wd.dynamic or wd.value > 0.0
                 if not self.is_group:
@@ -357,7 +358,7 @@ class LazyAdam:
         except (TypeError, ValueError) as error:
             raise ValueError(f"state {error}") from None
         powers = [state["beta1_power"], state["beta2_power"]]
-        if not all(_is_number(p) and 0.0 <= p <= 1.0 for p in powers):  # beta^t underflows to 0
+        if not all(is_number(p) and 0.0 <= p <= 1.0 for p in powers):  # beta^t underflows to 0
             raise ValueError(f"beta powers must lie in [0, 1], got {powers}")
         wanted = _STATE_ARRAYS[: 4 if self.amsgrad else 3]
         if "vmax" in state and not self.amsgrad:
@@ -533,255 +534,3 @@ class LazyAdam:
 
 
 _STATE_ARRAYS = (("parameters", "param"), ("moment1", "m"), ("moment2", "v"), ("vmax", "vmax"))
-
-
-class _Group:
-    __slots__ = ("lr", "wd")
-
-    def __init__(self, lr: _Rate, wd: _Rate):
-        self.lr, self.wd = lr, wd
-
-
-class _Rate:
-    """A learning rate or weight decay as a function of the step k: fixed, a sequence or a schedule.
-
-    A sequence is an array read once, or an iterator (a generator, `itertools.repeat`, ...) read
-    as the steps need it, so that an endless one works. Values of an iterator are checked as they
-    are read; a bad one is refused at the step that needs it, and at every later one.
-    """
-
-    __slots__ = ("what", "value", "values", "schedule", "dynamic", "pending", "refused", "lock")
-
-    def __init__(self, what: str, value: float = 0.0, values: np.ndarray | list | None = None,
-                 schedule: LearningRateSchedule | None = None, pending: Iterator | None = None):
-        self.what, self.value, self.values, self.schedule = what, value, values, schedule
-        self.pending = pending  # the iterator that `values` is still read from
-        self.refused: Exception | None = None  # why the iterator's next value was refused
-        self.lock = threading.Lock()  # one reader of `pending` at a time
-        self.dynamic = values is not None or schedule is not None
-
-    @property
-    def source(self) -> float | np.ndarray | Iterator | LearningRateSchedule:
-        """What the user gave, as read: a float, a float64 array (one value per step), an iterator
-        or a schedule."""
-        if self.schedule is not None:
-            return self.schedule
-        if self.pending is not None:
-            return self.pending
-        return self.values if self.values is not None else self.value
-
-    def at(self, step: int) -> float:
-        """The value for step `step` (0 on the first call).
-
-        Raises:
-            IndexError: a sequence has no value for `step`.
-            TypeError: an iterator gave something other than a real number for `step` or before.
-            ValueError: a schedule failed (overflowed) or gave a negative or non-finite value; an
-                iterator gave one for `step` or before.
-        """
-        if self.values is not None:
-            if step >= len(self.values) and self.pending is not None:
-                self.read(step)
-            if step >= len(self.values):
-                raise IndexError(f"{self.what} has {len(self.values)} values (steps 0.."
-                                 f"{len(self.values) - 1}); there is none for step {step}")
-            return float(self.values[step])
-        if self.schedule is None:
-            return self.value
-        try:
-            value = float(self.schedule(step))
-        except ArithmeticError as error:
-            raise ValueError(f"{self.what} schedule {self.schedule!r} failed at step {step}: "
-                             f"{type(error).__name__}: {error}") from None
-        if not (math.isfinite(value) and value >= 0.0):
-            raise ValueError(f"{self.what} schedule {type(self.schedule).__name__} gave "
-                             f"{value!r} for step {step}; it must be finite and >= 0")
-        return value
-
-    def read(self, step: int) -> None:
-        """Reads the iterator up to the value of `step` (or its end), checking each value.
-
-        Raises:
-            TypeError, ValueError: a value up to `step` is refused (`_sequence_value`); the values
-                after it cannot be numbered, so every later read raises the same.
-        """
-        with self.lock:
-            while self.pending is not None and len(self.values) <= step:
-                if self.refused is not None:
-                    raise type(self.refused)(*self.refused.args)
-                try:
-                    value = next(self.pending)
-                except StopIteration:
-                    self.pending = None
-                    return
-                try:
-                    self.values.append(_sequence_value(value, self.what, len(self.values)))
-                except (TypeError, ValueError) as error:
-                    self.refused = error
-                    raise
-
-
-def _sequence_value(value: Any, what: str, position: int) -> float:
-    """One value of a learning-rate iterator, as a float.
-
-    Raises:
-        TypeError: not a real number.
-        ValueError: negative or not finite.
-    """
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer,
-                                                                     np.floating)):
-        raise TypeError(f"{what}[{position}] must be a real number, got "
-                        f"{type(value).__name__}: {value!r}")
-    value = float(value)
-    if not (math.isfinite(value) and value >= 0.0):
-        raise ValueError(f"{what} must be finite and >= 0, got {value!r} at position {position}")
-    return value
-
-
-def _is_float(value: Any) -> bool:
-    """A Python float, subclasses included: np.float64 is one (as MindSpore's checks accept it),
-    np.float32 is not."""
-    return isinstance(value, float)
-
-
-def _is_number(value: Any) -> bool:
-    """A Python float or int, not a bool."""
-    return _is_float(value) or (isinstance(value, int) and not isinstance(value, bool))
-
-
-def _rate(value: Any, what: str) -> _Rate:
-    """Parses a learning rate (docs/semantics.md "Learning rate and weight decay").
-
-    An iterator (anything iterable without a length, e.g. a generator) is read lazily; its first
-    value is read and checked here.
-    """
-    if isinstance(value, LearningRateSchedule):
-        return _Rate(what, schedule=value)
-    if _is_number(value):  # np.float64 too (a float); other numpy scalars are refused below
-        return _Rate(what, _non_negative(float(value), what))
-    if isinstance(value, (str, bytes, Mapping, Set, np.generic, bool)) or not (
-            isinstance(value, (Iterable, np.ndarray)) or hasattr(value, "__array__")):
-        raise TypeError(f"{what} must be a float, an int, an array, an ordered iterable (not a "
-                        f"set) or a LearningRateSchedule, got {type(value).__name__}: {value!r}")
-    if not (isinstance(value, Sized) or hasattr(value, "__array__")):
-        rate = _Rate(what, values=[], pending=iter(value))
-        rate.read(0)
-        if not rate.values:
-            raise ValueError(f"{what} is an empty iterator")
-        return rate
-    try:
-        values = np.asarray(value if hasattr(value, "__array__") else list(value))
-    except (TypeError, ValueError) as error:
-        raise TypeError(f"{what}: cannot read {type(value).__name__} as numbers: {error}") from None
-    if values.dtype.kind not in "iuf":
-        raise TypeError(f"{what} must hold real numbers, got dtype {values.dtype}")
-    if values.ndim > 1:
-        raise ValueError(f"{what} must be 0-d or 1-d, got shape {values.shape}")
-    values = values.astype(np.float64)
-    bad = np.flatnonzero(~np.isfinite(values) | (values < 0))
-    if bad.size:
-        raise ValueError(f"{what} must be finite and >= 0, got {values.flat[bad[0]]!r}"
-                         + (f" at position {bad[0]}" if values.ndim else ""))
-    if values.ndim == 0:
-        return _Rate(what, float(values))
-    if values.size == 0:
-        raise ValueError(f"{what} is an empty sequence")
-    return _Rate(what, values=values)
-
-
-def _weight_decay(value: Any, what: str) -> _Rate:
-    """Parses a weight decay: a float or int >= 0, or a schedule."""
-    if isinstance(value, LearningRateSchedule):
-        return _Rate(what, schedule=value)
-    if not _is_number(value):
-        raise TypeError(f"{what} must be a float, an int or a LearningRateSchedule, got "
-                        f"{type(value).__name__}: {value!r}")
-    return _Rate(what, _non_negative(float(value), what))
-
-
-def _non_negative(value: float, what: str) -> float:
-    if not (math.isfinite(value) and value >= 0.0):
-        raise ValueError(f"{what} must be finite and >= 0, got {value!r}")
-    return value
-
-
-def _parse_params(params: Any) -> tuple[list[dict] | None, list[Parameter]]:
-    """Groups (None without) and the parameters in the order gradients come in.
-
-    Raises:
-        ValueError: None or empty; a parameter twice (ungrouped) or a name used twice;
-            `order_params` that is not exactly the grouped parameters.
-        TypeError: not iterable; an element neither Parameter nor dict; a group's params wrong.
-        KeyError: an unknown group key, or a group without `params`.
-        RuntimeError: a parameter in two groups.
-    """
-    if params is None:
-        raise ValueError("params must not be None: pass a list of Parameters or of group dicts")
-    if isinstance(params, (Parameter, Mapping, str, bytes)) or not isinstance(params, Iterable):
-        raise TypeError(f"params must be a list of Parameters or of group dicts, got "
-                        f"{type(params).__name__}")
-    params = list(params)
-    if not params:
-        raise ValueError("params must not be empty")
-    for position, element in enumerate(params):
-        if not isinstance(element, (Parameter, dict)):
-            raise TypeError(f"params[{position}] must be a Parameter or a dict, got "
-                            f"{type(element).__name__}")
-    if all(isinstance(p, Parameter) for p in params):
-        _unique(params, ValueError)
-        return None, params
-    if not all(isinstance(p, dict) for p in params):
-        raise TypeError("params mixes Parameters and group dicts; put every Parameter in a group")
-    groups, order = [], None
-    for number, group in enumerate(params):
-        unknown = [k for k in group if k not in GROUP_KEYS]
-        if unknown:
-            raise KeyError(f"group {number} has unknown key(s) {unknown}; allowed: "
-                           f"{', '.join(GROUP_KEYS)}")
-        if "order_params" in group:
-            if len(group) > 1:
-                raise ValueError(f"group {number}: the order_params dict must hold only "
-                                 f"'order_params', got keys {list(group)}")
-            order = _group_params(group["order_params"], f"group {number} order_params")
-            continue
-        if "params" not in group:
-            raise KeyError(f"group {number} has no 'params'")
-        groups.append({**group, "params": _group_params(group["params"], f"group {number}")})
-    if not groups:
-        raise ValueError("params holds no parameter group, only order_params")
-    grouped = [p for g in groups for p in g["params"]]
-    _unique(grouped, RuntimeError)
-    if order is not None:
-        _unique(order, ValueError)
-        if {id(p) for p in order} != {id(p) for p in grouped}:
-            extra = [p.name for p in order if all(p is not q for q in grouped)]
-            absent = [p.name for p in grouped if all(p is not q for q in order)]
-            raise ValueError(f"order_params must hold exactly the grouped parameters; not in a "
-                             f"group: {extra}, missing from order_params: {absent}")
-    return groups, order if order is not None else grouped
-
-
-def _group_params(params: Any, where: str) -> list[Parameter]:
-    if isinstance(params, (Parameter, Mapping, str, bytes)) or not isinstance(params, Iterable):
-        raise TypeError(f"{where}: params must be a list of Parameters, got "
-                        f"{type(params).__name__}")
-    params = list(params)
-    if not params:
-        raise ValueError(f"{where}: params must not be empty")
-    for position, param in enumerate(params):
-        if not isinstance(param, Parameter):
-            raise TypeError(f"{where}: params[{position}] must be a Parameter, got "
-                            f"{type(param).__name__}")
-    return params
-
-
-def _unique(params: list[Parameter], error: type[Exception]) -> None:
-    """Raises `error` naming the first parameter (or name) that appears twice."""
-    seen: dict[str, Parameter] = {}
-    counts = Counter(map(id, params))  # not params.count: quadratic, minutes for 100,000
-    for param in params:
-        other = seen.setdefault(param.name, param)
-        if other is param and counts[id(param)] > 1:
-            raise error(f"parameter {param.name!r} appears more than once")
-        if other is not param:
-            raise error(f"two parameters are named {param.name!r}; names must be unique")

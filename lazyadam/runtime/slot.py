@@ -6,30 +6,20 @@ failed step changes nothing:
 
     check    `Slot.prepare(position, grad)` for every gradient: dtype, shape, device, index range;
              compiles a missing kernel and binds it to the parameter's arrays; writes nothing
-    apply    `Launcher.run(work, hparams)`: every prepared gradient's step, with the `HParams`
-             fields its slot's `group` selects
+    apply    `launcher.Launcher.run(work, hparams)`: every prepared gradient's step, with the
+             `HParams` fields its slot's `group` selects
 
 A slot on a CUDA device holds `CudaBinding`s: its state arrays checked once, and on every step only
-whether they are still where they were (a moved or resized tensor is bound again). The launcher
-queues the dense CUDA steps of a call in multi-tensor launches, one plan per kernel and device over
-all of them whatever their group (each tensor takes its own hyperparameter entry), and the sparse
-ones through the launcher that never waits (their indices were checked on the host). A capturable
-step (`capturable=True`) reads its hyperparameters from device memory that the step, or
-`prepare_replay` before a CUDA graph replays a captured one, stores; it checks indices on the
-device and never waits.
+whether they are still where they were (a moved or resized tensor is bound again).
 
-`spec_for` chooses a parameter's kernel spec from its dtype and the optimizer's flags; the gradient
-then picks the dense or the lazy sparse kernel (and the index dtype, and for a half-precision
-parameter the gradient dtype: its own or float32).
+`specs.spec_for` chooses a parameter's kernel spec from its dtype and the optimizer's flags; the
+gradient then picks the dense or the lazy sparse kernel (and the index dtype, and for a
+half-precision parameter the gradient dtype: its own or float32).
 """
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
-import functools
-import gc
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import numpy as np
 
@@ -37,111 +27,15 @@ from .. import targets
 from ..codegen.spec import GRAD_DTYPES, HALF_DTYPES, Spec
 from ..dtypes import native, storage_name
 from ..interop.arrays import (astype, centralized, contiguous, copy_into, device_of, dtype_of,
-                              empty_bytes, index_bounds, is_device_array, is_out_of_memory,
-                              to_host)
-from ..interop.device import DeviceArray, capturing as stream_capturing, stream_handle, torch_kind
+                              index_bounds, is_device_array, to_host)
+from ..interop.device import DeviceArray, torch_kind
 from ..targets.base import HParams, index_error
-from ..targets.cuda import HPARAMS_BYTES
 from ..targets.cuda_binding import CudaBinding
+from .checks import allocate
 from .parameter import Parameter, RowTensor
+from .specs import shared, variant
 
-FLOAT_DTYPES = ("float32", "float64", "bfloat16", "float16")
-#: Stochastic rounding of parameter number i (in the order of gradients) hashes the optimizer's seed
-#: plus i times this odd constant (2^64 / the golden ratio), modulo 2^64: parameters of one shape
-#: draw unrelated bits.
-SEED_STRIDE = 0x9E3779B97F4A7C15
 INDEX_DTYPES = {np.dtype(np.int32): "int32", np.dtype(np.int64): "int64"}
-
-
-def target_for(data: Any) -> str:
-    """The kernel target for a parameter's array: "cuda" for device arrays, else "c"."""
-    return "cuda" if is_device_array(data) else "c"
-
-
-def spec_for(param: Parameter, *, decayed: bool, decoupled: bool, nesterov: bool,
-             use_locking: bool, amsgrad: bool, maximize: bool, eps_mode: str,
-             state_dtype: str | None = None, rounding: str = "nearest") -> Spec:
-    """The kernel spec of `param` (dense; each gradient picks dense or sparse and the index dtype).
-
-    Args:
-        param: the parameter; its dtype is the kernel's.
-        decayed: whether weight decay applies to it; `decoupled` then picks AdamW's form over L2.
-        nesterov, use_locking, amsgrad, maximize, eps_mode: the spec's flags.
-        state_dtype, rounding: the state dtype and rounding of a bfloat16 or float16 parameter
-            (float32 and float64 parameters keep their state in their own dtype, round nothing).
-
-    Raises:
-        TypeError: a parameter that is not float32, float64, bfloat16 or float16, or not in this
-            machine's byte order.
-    """
-    try:
-        dtype = storage_name(param.dtype)
-    except TypeError as error:  # the other byte order
-        raise TypeError(f"parameter {param.name!r}: {error}") from None
-    if dtype not in FLOAT_DTYPES:
-        raise TypeError(f"parameter {param.name!r} has dtype {param.dtype}; LazyAdam updates "
-                        "float32, float64, bfloat16 or float16 parameters")
-    decay = ("decoupled" if decoupled else "l2") if decayed else "none"
-    half = dtype in HALF_DTYPES
-    spec = Spec(nesterov=nesterov, use_locking=use_locking, decay=decay, amsgrad=amsgrad,
-                maximize=maximize, eps_mode=eps_mode, dtype=dtype,
-                state_dtype=state_dtype if half else None,
-                rounding=rounding if half else "nearest")
-    return shared(spec)
-
-
-def shared(value: Any) -> Any:
-    """One object for each value made so far (of its type): the specs, shapes, strides and dtype
-    lists of 100,000 parameters of one kind are one object each, not 100,000 (about 50 bytes
-    each a tuple, a spec more)."""
-    return _SHARED.setdefault((type(value), value), value)
-
-
-#: Every value `shared` has seen, by its type and itself (a `torch.Size` equals the tuple of its
-#: elements, and must not stand for it: it prints otherwise).
-_SHARED: dict[tuple[type, Any], Any] = {}
-
-
-@functools.lru_cache(maxsize=None)
-def _variant(spec: Spec, sparse: bool, index_dtype: str, grad_dtype: str) -> Spec:
-    """`spec` for a dense or sparse gradient of `grad_dtype` with `index_dtype` indices, made
-    once for each (a dataclass replace takes microseconds, per parameter)."""
-    return dataclasses.replace(spec, sparse=sparse, index_dtype=index_dtype, grad_dtype=grad_dtype)
-
-
-@contextlib.contextmanager
-def check_phase() -> Iterator[None]:
-    """The check phase of a step, or the making of an optimizer: Python's cyclic garbage
-    collector paused (if it runs), and the toolchain environment read once
-    (`targets.environment_read_once`), however many parameters are bound.
-
-    Binding 100,000 parameters makes millions of objects that live as long as the optimizer, and
-    the collector's repeated full passes over them took a third of the first step (40 of 120 us a
-    parameter). It runs again when the phase ends (a cycle made meanwhile, by any thread, waits
-    for it then); where it was already off, it stays off.
-    """
-    with targets.environment_read_once():
-        if not gc.isenabled():
-            yield
-            return
-        gc.disable()
-        try:
-            yield
-        finally:
-            gc.enable()
-
-
-def check_seed(value: Any) -> int:
-    """A seed of stochastic rounding: an int (not a bool) in [0, 2**64).
-
-    Raises:
-        TypeError: not an int; ValueError: out of range.
-    """
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"seed must be an int, got {type(value).__name__}: {value!r}")
-    if not 0 <= value < 2**64:
-        raise ValueError(f"seed must lie in [0, 2**64), got {value!r}")
-    return int(value)
 
 
 def bind(kernel: Any, var: Any, m: Any, v: Any, vmax: Any) -> Callable[..., None]:
@@ -216,7 +110,7 @@ class Slot:
         found = self.calls.get(key)
         if found is not None and (self.target != "cuda" or found[1].current()):
             return found
-        spec = _variant(self.spec, sparse, index_dtype, key[2])
+        spec = variant(self.spec, sparse, index_dtype, key[2])
         kernel = targets.compile(spec, self.target)
         vmax = self.vmax.data if self.vmax is not None else None
         try:
@@ -404,7 +298,7 @@ class Slot:
                                    f"{self.param.name!r} is being captured; make one eager step "
                                    "first (it zeroes the device record of bad indices, a copy "
                                    "that a graph cannot hold)")
-            array = _allocate(self.param.data, kernel.RECORD_WORDS * 8,
+            array = allocate(self.param.data, kernel.RECORD_WORDS * 8,
                               f"{where}: out of memory for its index record")
             copy_into(array, np.zeros(kernel.RECORD_WORDS * 8, np.uint8))
             found = self.records[capturable] = (array, DeviceArray(array, "record").ptr, kernel)
@@ -419,7 +313,7 @@ class Slot:
         """
         row_size = int(np.prod(self.shape[1:], dtype=np.int64))
         nbytes = kernel.workspace_size(rows, row_size, nnz)
-        return _allocate(self.param.data, nbytes, f"{where}: out of memory: its sparse step "
+        return allocate(self.param.data, nbytes, f"{where}: out of memory: its sparse step "
                          f"needs {nbytes:,} bytes of scratch for {nnz:,} indices")
 
     @property
@@ -471,21 +365,6 @@ class Slot:
                                  f"parameter on device {home}")
 
 
-def _allocate(like: Any, nbytes: int, problem: str) -> Any:
-    """`empty_bytes(like, nbytes)`, in the check phase of a step: running out of memory, whatever
-    the array's library calls it, is a `MemoryError` saying `problem` and that nothing changed.
-
-    Raises:
-        MemoryError: out of memory.
-    """
-    try:
-        return empty_bytes(like, nbytes)
-    except Exception as error:  # noqa: BLE001  (libraries name running out of memory their way)
-        if not is_out_of_memory(error):
-            raise
-        raise MemoryError(f"{problem}; nothing was changed") from error
-
-
 def _subject(where: str, what: str) -> str:
     """`gradient 1 (parameter 'w')`, or with the part named: `...: indices`."""
     return f"{where}: {what}" if what else where
@@ -498,261 +377,3 @@ def _dtype(where: str, what: str, array: Any) -> np.dtype:
         return native(dtype_of(array))
     except TypeError as error:
         raise TypeError(f"{_subject(where, what)}: {error}") from None
-
-
-def check_device_state(param: Parameter, moments: list[Parameter]) -> None:
-    """Device parameters and their moments must be arrays a CUDA kernel can update in place.
-
-    Checked once, when the optimizer is made, so that no kernel call can refuse them later (after
-    the step was counted, or after other parameters were updated).
-
-    Raises:
-        TypeError: a moment that is not on the parameter's device (a library whose `zeros_like`
-            allocates elsewhere).
-        ValueError: a strided or read-only array.
-    """
-    home = device_of(param.data)
-    for array in [param, *moments]:
-        if not array.on_device or device_of(array.data) != home:
-            raise TypeError(f"{array.name}: zeros_like of a {type(param.data).__name__} on device "
-                            f"{home} gave a {type(array.data).__name__} "
-                            + ("on device " + str(device_of(array.data)) if array.on_device
-                               else "in host memory")
-                            + "; moments must live on the parameter's device")
-        flags = DeviceArray(array.data, array.name).flags
-        if not flags.c_contiguous:
-            raise ValueError(f"{array.name} is not C-contiguous on its device; pass a contiguous "
-                             "array (e.g. torch's .contiguous(), cupy.ascontiguousarray)")
-        if not flags.writeable:
-            raise ValueError(f"{array.name} is read-only on its device")
-
-
-def capturing(slots: Any) -> bool:
-    """Whether the step about to run is being captured into a CUDA graph (asked of the stream
-    that the first device parameter's kernels would take)."""
-    for slot in slots:
-        if slot.on_device:
-            data = slot.param.data
-            return stream_capturing(stream_handle(None, [DeviceArray(data, "parameter")]), data)
-    return False
-
-
-class Launcher:
-    """The apply phase of an optimizer's steps (see the module), and what it keeps between steps:
-    the multi-tensor plans over its CUDA bindings, and the last step captured in a CUDA graph.
-
-    Host slots run their bound C calls. CUDA slots: the dense steps go through one `MultiPlan`
-    per kernel and device, each tensor with its own hyperparameter entry (entries are deduplicated,
-    so steps that share hyperparameters share one); the sparse ones through the deferred launcher.
-    Eager steps copy their entries into the launches. A capturable step puts them in a table in
-    device memory instead, one per device, which the step fills before its launches; a captured
-    step only records its launches, and `prepare_replay` fills the table before each replay.
-    """
-
-    def __init__(self) -> None:
-        #: The multi-tensor plans of the last step with device work, and of the one before: a
-        #: plan unused for a whole step is dropped, with the arrays its bindings hold (a
-        #: parameter bound again after a move must not keep its old storage alive).
-        self.plans: dict[tuple, Any] = {}
-        self._previous: dict[tuple, Any] = {}
-        self.captured: _Captured | None = None
-
-    def tables(self, work: list[tuple]) -> dict[Any, tuple[Any, int]]:
-        """The device tables of a capturable step's hyperparameters, one per device, with room
-        for an entry per device step: allocated in the check phase, so that running out of
-        memory, too, changes nothing.
-
-        Returns:
-            `{device: (table array, its address)}`, for `run`.
-
-        Raises:
-            MemoryError: naming the device and the bytes.
-        """
-        out = {}
-        on_device = [item for item in work if item[0].target == "cuda"]
-        for device, items in _by_device(on_device).items():
-            nbytes = len(items) * HPARAMS_BYTES
-            table = _allocate(items[0][0].param.data, nbytes, f"out of memory on CUDA device "
-                              f"{device}: a capturable step needs {nbytes:,} bytes for its "
-                              "hyperparameters")
-            out[device] = (table, DeviceArray(table, "hyperparameters").ptr)
-        return out
-
-    def run(self, work: list[tuple], hparams: Any, tables: dict | None = None,
-            capture: bool = False) -> None:
-        """Queues (or, for host slots, runs) the prepared steps.
-
-        Args:
-            work: `Slot.prepare`'s tuples.
-            hparams: `hparams[group]` holds the fields of `HParams` in order, for each slot's
-                `group` (a list by group, or a dict).
-            tables: a capturable step's `tables(work)`: device slots read their
-                hyperparameters from them. None: they travel with the launches.
-            capture: the launches are being captured into a CUDA graph: the tables are not
-                filled (`prepare_replay` fills them before each replay), each group (and seed)
-                gets an entry of its own, and the step is kept.
-
-        Raises:
-            RuntimeError: a captured step with a parameter in host memory.
-            KernelError: the CUDA runtime failed (earlier launches may have run).
-        """
-        if capture:
-            host = next((item[0] for item in work if item[0].target != "cuda"), None)
-            if host is not None:
-                raise RuntimeError(f"parameter {host.param.name!r} is in host memory: a step "
-                                   "captured in a CUDA graph updates device parameters only")
-        on_device = []
-        for slot, call, grad, group, scratch in work:
-            hp = slot.entry(hparams[group])
-            if slot.target == "cuda":
-                on_device.append((slot, call, grad, hp, scratch, group))
-            elif scratch is None:
-                call(grad, hp)
-            else:
-                call(grad, hp, workspace=scratch)
-        if not on_device:
-            return
-        self._previous, self.plans = self.plans, {}
-        streams: dict[Any, int] = {}
-        if tables is None:
-            self._eager(on_device, streams)
-            return
-        filled = [self._tabled(items, streams, tables[device], capture)
-                  for device, items in _by_device(on_device).items()]
-        if capture:
-            self.captured = _Captured(filled, work)
-
-    def _eager(self, items: list[tuple], streams: dict) -> None:
-        """Launches with their hyperparameters copied in: a plan per (kernel, device) for the
-        dense steps, the deferred launcher for the sparse ones."""
-        dense: dict[tuple, list] = {}
-        for _, call, grad, hp, scratch, _ in items:
-            if scratch is None:
-                dense.setdefault((call.kernel, call.device), []).append((call, grad, hp))
-                continue
-            workspace, record = scratch
-            call.deferred(grad, hp, _stream(streams, call), workspace,
-                          call.kernel.ffi.cast("lazyadam_index_record *", record))
-        for batch in dense.values():
-            entries: dict[tuple, int] = {}
-            which = [entries.setdefault(hp, len(entries)) for _, _, hp in batch]
-            self._plan([c for c, _, _ in batch]).launch(
-                [g[0] for _, g, _ in batch], list(entries), which, _stream(streams, batch[0][0]))
-
-    def _tabled(self, items: list[tuple], streams: dict, table: tuple[Any, int],
-                capture: bool) -> tuple:
-        """The launches of one device's steps with their hyperparameters in its device table,
-        filled first unless the launches are being captured. Entries are shared by steps with
-        equal hyperparameters; captured, by the steps of one group and seed, which stay equal.
-
-        Returns:
-            `(table, address, kernel, sources, example)`: the table's array and address, a kernel
-            of the device that can fill it, for each entry a `(group, slot)` it serves, and a view
-            of an array on the device (for its stream).
-        """
-        entries: dict[tuple, int] = {}
-        sources: list[tuple] = []
-        values: list[tuple] = []
-        which = []
-        for slot, _, _, hp, _, group in items:
-            key = (group, slot.seed_offset) if capture else hp
-            k = entries.get(key)
-            if k is None:
-                k = entries[key] = len(entries)
-                sources.append((group, slot))
-                values.append(hp)
-            which.append(k)
-        first_call = items[0][1]
-        example = first_call.home
-        stream = _stream(streams, first_call)
-        table, address = table
-        kernel = first_call.kernel
-        if not capture:
-            kernel.store_at(address, values, stream)
-        dense: dict[Any, list] = {}
-        for (_, call, grad, _, scratch, _), k in zip(items, which):
-            if scratch is None:
-                dense.setdefault(call.kernel, []).append((call, grad, k))
-                continue
-            workspace, record = scratch
-            ffi = call.kernel.ffi
-            call.deferred(grad, ffi.cast("lazyadam_hparams *", address + k * HPARAMS_BYTES),
-                          stream, workspace, ffi.cast("lazyadam_index_record *", record))
-        for batch_kernel, batch in dense.items():
-            self._plan([c for c, _, _ in batch]).launch(
-                [g[0] for _, g, _ in batch],
-                batch_kernel.ffi.cast("lazyadam_hparams *", address), [k for _, _, k in batch],
-                stream)
-        return table, address, kernel, sources, example
-
-    def _plan(self, bindings: list[CudaBinding]) -> Any:
-        key = tuple(bindings)
-        plan = self.plans.get(key)
-        if plan is None:
-            plan = self._previous.pop(key, None) or bindings[0].kernel.plan(bindings)
-            self.plans[key] = plan
-        return plan
-
-    def prepare_replay(self, hparams: Any) -> None:
-        """Fills the device tables of the captured step with `hparams` (as `run` takes them), on
-        the current stream of each table's device: what the next replay of the graph reads.
-
-        Raises:
-            RuntimeError: no step was captured; a captured array moved since.
-        """
-        captured = self.captured
-        if captured is None:
-            raise RuntimeError("no step has been captured: call the step of a capturable "
-                               "optimizer inside a CUDA graph capture first")
-        for slot, call, *_ in captured.work:
-            if not call.current():
-                raise RuntimeError(f"parameter {slot.param.name!r} or its state moved since the "
-                                   "step was captured: the graph would write where they were; "
-                                   "capture the step again")
-        for table, address, kernel, sources, example in captured.tables:
-            kernel.store_at(address, [slot.entry(hparams[group]) for group, slot in sources],
-                            stream_handle(None, [example]))
-
-    @staticmethod
-    def check_indices(slots: Any) -> None:
-        """Waits for each capturable sparse step's stream and raises the first bad index one
-        left in its slot's record (clearing it): that step, and the parameter's later ones,
-        wrote nothing.
-
-        Raises:
-            IndexError: naming the parameter, the position and the value.
-        """
-        for slot in slots:
-            found = slot.records and slot.records.get(True)
-            if found is None:
-                continue
-            array, address, kernel = found
-            try:
-                kernel.check_at(address, stream_handle(None, [DeviceArray(array, "record")]))
-            except IndexError as error:
-                raise IndexError(f"parameter {slot.param.name!r}: {error}") from None
-
-
-class _Captured:
-    """A step captured in a CUDA graph: its device tables (see `Launcher._tabled`), and its
-    prepared work, which keeps the gradients, scratch and bindings that the graph uses alive."""
-
-    __slots__ = ("tables", "work")
-
-    def __init__(self, tables: list[tuple], work: list[tuple]):
-        self.tables, self.work = tables, [item for item in work if item[0].target == "cuda"]
-
-
-def _by_device(items: list[tuple]) -> dict[Any, list]:
-    grouped: dict[Any, list] = {}
-    for item in items:
-        grouped.setdefault(item[1].device, []).append(item)
-    return grouped
-
-
-def _stream(streams: dict, call: CudaBinding) -> int:
-    """The stream of `call`'s device in this step (the current one, read once a step)."""
-    found = streams.get(call.device)
-    if found is None:
-        found = streams[call.device] = call.stream()
-    return found

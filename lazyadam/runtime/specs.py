@@ -1,0 +1,93 @@
+"""Which kernel a parameter takes: its spec from its dtype and the optimizer's flags (`spec_for`),
+the variant a gradient picks (dense or lazy sparse, its index and gradient dtypes: `variant`), its
+target (`target_for`); one object for each equal value met (`shared`); the seeds of stochastic
+rounding (`SEED_STRIDE`, `check_seed`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any
+
+import numpy as np
+
+from ..codegen.spec import HALF_DTYPES, Spec
+from ..dtypes import storage_name
+from ..interop.arrays import is_device_array
+from .parameter import Parameter
+
+FLOAT_DTYPES = ("float32", "float64", "bfloat16", "float16")
+#: Stochastic rounding of parameter number i (in the order of gradients) hashes the optimizer's seed
+#: plus i times this odd constant (2^64 / the golden ratio), modulo 2^64: parameters of one shape
+#: draw unrelated bits.
+SEED_STRIDE = 0x9E3779B97F4A7C15
+
+
+def target_for(data: Any) -> str:
+    """The kernel target for a parameter's array: "cuda" for device arrays, else "c"."""
+    return "cuda" if is_device_array(data) else "c"
+
+
+def spec_for(param: Parameter, *, decayed: bool, decoupled: bool, nesterov: bool,
+             use_locking: bool, amsgrad: bool, maximize: bool, eps_mode: str,
+             state_dtype: str | None = None, rounding: str = "nearest") -> Spec:
+    """The kernel spec of `param` (dense; each gradient picks dense or sparse and the index dtype).
+
+    Args:
+        param: the parameter; its dtype is the kernel's.
+        decayed: whether weight decay applies to it; `decoupled` then picks AdamW's form over L2.
+        nesterov, use_locking, amsgrad, maximize, eps_mode: the spec's flags.
+        state_dtype, rounding: the state dtype and rounding of a bfloat16 or float16 parameter
+            (float32 and float64 parameters keep their state in their own dtype, round nothing).
+
+    Raises:
+        TypeError: a parameter that is not float32, float64, bfloat16 or float16, or not in this
+            machine's byte order.
+    """
+    try:
+        dtype = storage_name(param.dtype)
+    except TypeError as error:  # the other byte order
+        raise TypeError(f"parameter {param.name!r}: {error}") from None
+    if dtype not in FLOAT_DTYPES:
+        raise TypeError(f"parameter {param.name!r} has dtype {param.dtype}; LazyAdam updates "
+                        "float32, float64, bfloat16 or float16 parameters")
+    decay = ("decoupled" if decoupled else "l2") if decayed else "none"
+    half = dtype in HALF_DTYPES
+    spec = Spec(nesterov=nesterov, use_locking=use_locking, decay=decay, amsgrad=amsgrad,
+                maximize=maximize, eps_mode=eps_mode, dtype=dtype,
+                state_dtype=state_dtype if half else None,
+                rounding=rounding if half else "nearest")
+    return shared(spec)
+
+
+def shared(value: Any) -> Any:
+    """One object for each value made so far (of its type): the specs, shapes, strides and dtype
+    lists of 100,000 parameters of one kind are one object each, not 100,000 (about 50 bytes
+    each a tuple, a spec more)."""
+    return _SHARED.setdefault((type(value), value), value)
+
+
+#: Every value `shared` has seen, by its type and itself (a `torch.Size` equals the tuple of its
+#: elements, and must not stand for it: it prints otherwise).
+_SHARED: dict[tuple[type, Any], Any] = {}
+
+
+@functools.lru_cache(maxsize=None)
+def variant(spec: Spec, sparse: bool, index_dtype: str, grad_dtype: str) -> Spec:
+    """`spec` for a dense or sparse gradient of `grad_dtype` with `index_dtype` indices, made
+    once for each (a dataclass replace takes microseconds, per parameter)."""
+    return dataclasses.replace(spec, sparse=sparse, index_dtype=index_dtype, grad_dtype=grad_dtype)
+
+
+def check_seed(value: Any) -> int:
+    """A seed of stochastic rounding: an int (not a bool) in [0, 2**64).
+
+    Raises:
+        TypeError: not an int; ValueError: out of range.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"seed must be an int, got {type(value).__name__}: {value!r}")
+    if not 0 <= value < 2**64:
+        raise ValueError(f"seed must lie in [0, 2**64), got {value!r}")
+    return int(value)
