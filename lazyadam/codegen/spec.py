@@ -15,7 +15,7 @@ import hashlib
 import json
 import math
 import textwrap
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import TYPE_CHECKING, Any, ClassVar, Mapping
 
 import numpy as np

@@ -30,7 +30,6 @@ from .groups import parse_params
 from .launcher import Launcher, capturing
 from .parameter import Parameter
 from .rates import Group, Rate, is_float, is_number, parse_rate, parse_weight_decay
-from .schedules import LearningRateSchedule
 from .slot import Slot
 from .specs import SEED_STRIDE, check_seed, spec_for, target_for
 
