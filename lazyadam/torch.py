@@ -43,6 +43,7 @@ import torch
 
 from .codegen.spec import ROUNDINGS, STATE_DTYPES, Spec
 from .interop.arrays import index_bounds, to_host
+from .rules.adam import ADAM
 from .runtime.checks import check_device_state, check_phase
 from .runtime.launcher import Launcher
 from .runtime.parameter import Parameter, RowTensor
@@ -862,7 +863,7 @@ def _bind(param: torch.Tensor, state: dict[str, Any] | None, options: _Options,
     if home.on_device:
         check_device_state(home, moments)
     spec = _spec(home, dtype, flags)
-    slot = Slot(home, id(param), False, spec, target_for(view), *moments,
+    slot = Slot(home, id(param), False, spec, target_for(view), moments,
                 seed_offset=position * SEED_STRIDE % 2**64)
     key = _key(param, bound, position)
     key = key[:2] + (shared(key[2]), shared(key[3])) + key[4:]  # shape, strides
@@ -874,11 +875,13 @@ def _spec(home: Parameter, dtype: torch.dtype, flags: _Flags) -> Spec:
     for each (3 us a parameter otherwise, a tenth of binding one)."""
     found = _SPECS.get((dtype, flags))
     if found is None:
-        found = _SPECS[dtype, flags] = spec_for(
-            home, decayed=flags.decayed, decoupled=flags.decoupled_weight_decay,
-            nesterov=flags.nesterov, use_locking=flags.use_locking, amsgrad=flags.amsgrad,
-            maximize=flags.maximize, eps_mode=flags.eps_mode, state_dtype=flags.state_dtype,
-            rounding=flags.rounding)
+        decay = ("decoupled" if flags.decoupled_weight_decay else "l2") if flags.decayed else "none"
+        options = dict(nesterov=flags.nesterov, decay=decay, amsgrad=flags.amsgrad,
+                       maximize=flags.maximize, eps_mode=flags.eps_mode)
+        found = _SPECS[dtype, flags] = spec_for(home, ADAM, options,
+                                                use_locking=flags.use_locking,
+                                                state_dtype=flags.state_dtype,
+                                                rounding=flags.rounding)
     return found
 
 

@@ -173,7 +173,7 @@ def test_a_moment_is_named_after_its_parameter_when_asked(rng):
     param.grad = torch.ones(3)
     opt.step()
     slot = opt._bindings[param].slot
-    assert (slot.m.name, slot.v.name, slot.vmax) == ("exp_avg.w", "exp_avg_sq.w", None)
+    assert [state.name for state in slot.states] == ["exp_avg.w", "exp_avg_sq.w"]
     before = param.detach().clone()
     param.grad = opt.state[param]["exp_avg_sq"]
     with pytest.raises(ValueError, match=r"shares memory with the exp_avg_sq of parameter 'w'"):

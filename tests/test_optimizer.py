@@ -8,7 +8,7 @@ import pytest
 
 from lazyadam import LazyAdam, Parameter, RowTensor, targets
 from lazyadam.runtime import optimizer as optimizer_module
-from lazyadam.interop.arrays import zeros_like
+from lazyadam.interop.arrays import full_beside
 from lazyadam.schedules import LearningRateSchedule
 from runtime_reference import centralized, simulate
 from tolerance import assert_close
@@ -320,8 +320,8 @@ class FakeDeviceArray:
 def test_target_follows_the_data():
     assert optimizer_module.target_for(np.zeros(3)) == "c"
     assert optimizer_module.target_for(FakeDeviceArray()) == "cuda"
-    moments = zeros_like(np.ones((2, 3), np.float32))
-    assert moments.shape == (2, 3) and moments.dtype == np.float32 and not moments.any()
+    rows = full_beside(np.ones((2, 3), np.float32), (2,), np.float32, 0.5)
+    assert rows.shape == (2,) and rows.dtype == np.float32 and (rows == 0.5).all()
 
 
 def test_unnamed_parameters_get_distinct_names():

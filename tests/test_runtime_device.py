@@ -3,8 +3,8 @@
 Two stand-ins present host memory as device memory through `__cuda_array_interface__`:
 
 - `FakeDeviceArray`, a numpy array behind CuPy's protocol: numpy dtypes, `get()`/`set()`, a
-  `device` that is made current in a `with` block, and a module-level `zeros_like` that allocates
-  on the current device (as `cupy.zeros_like` does);
+  `device` that is made current in a `with` block, and a module-level `empty` that allocates on
+  the current device (as `cupy.empty` does);
 - `TorchOnDevice`, a `torch.Tensor` subclass: PyTorch's spelling (`torch.float32`, `copy_`, `.to`,
   `mean(dim=)`, `.contiguous()`), and PyTorch's refusal of the interface on tensors that require
   grad.
@@ -92,11 +92,6 @@ class FakeDeviceArray(emulation.Emulated):
         return self._new(self.array - other.array)
 
 
-def zeros_like(array: FakeDeviceArray) -> FakeDeviceArray:
-    """As `cupy.zeros_like`: zeros on the *current* device."""
-    return FakeDeviceArray(np.zeros_like(array.array), _current_device[0])
-
-
 def empty(shape, dtype) -> FakeDeviceArray:
     """As `cupy.empty`: on the *current* device."""
     return FakeDeviceArray(np.empty(shape, dtype), _current_device[0])
@@ -107,7 +102,7 @@ def ascontiguousarray(array: FakeDeviceArray) -> FakeDeviceArray:
 
 
 class Unselectable(FakeDeviceArray):
-    """A library whose device cannot be made current: its zeros_like lands on the current one."""
+    """A library whose device cannot be made current: its empty lands on the current one."""
 
     def __init__(self, array: np.ndarray, device: int = 0):
         super().__init__(array, device)
@@ -358,7 +353,7 @@ def test_strided_device_gradients_are_made_contiguous(emulated_cuda, lib, rng):
 
 
 def test_moments_are_allocated_on_the_parameters_device(emulated_cuda):
-    """CuPy's zeros_like allocates on the current device: the runtime makes the parameter's
+    """CuPy's empty allocates on the current device: the runtime makes the parameter's
     device current for it."""
     param = Parameter(FakeLibrary.put(np.ones((3, 2), np.float32), device=1), name="w")
     opt = LazyAdam([param], amsgrad=True)
@@ -371,8 +366,8 @@ def test_moments_are_allocated_on_the_parameters_device(emulated_cuda):
 
 def test_moments_on_another_device_are_refused(emulated_cuda):
     param = Parameter(Unselectable(np.ones((3, 2), np.float32), device=1), name="w")
-    with pytest.raises(TypeError, match="moment1.w: zeros_like of a Unselectable on device 1 gave "
-                                        "a FakeDeviceArray on device 0; moments must live on"):
+    with pytest.raises(TypeError, match="moment1.w: allocating beside a Unselectable on device 1 "
+                                        "gave a FakeDeviceArray on device 0; state must live on"):
         LazyAdam([param])
 
 
@@ -562,7 +557,7 @@ def test_host_round_trip_helpers(lib):
     host = interop.to_host(d)
     assert type(host) is np.ndarray and host.tolist() == [[0, 1, 2], [3, 4, 5]]
     assert interop.index_bounds(lib.put(np.array([4, -1, 9]))) == (-1, 9)
-    zeros = interop.zeros_like(d)
+    zeros = interop.full_beside(d, (2, 3), np.int64, 0)
     assert type(zeros) is type(d) and interop.dtype_of(zeros) == np.int64
     assert not interop.to_host(zeros).any()
     interop.copy_into(zeros, np.full((2, 3), 7.0))

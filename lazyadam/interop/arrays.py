@@ -8,7 +8,7 @@ the only places that look into an array's library, so the optimizers read every 
     device_of     the GPU an array lives on, where its library says
     to_host       a numpy array (device arrays copied to host memory)
     copy_into     copy a value into an existing array in place, through host memory for devices
-    zeros_like    zeros on the same device, of the same or a given dtype: the optimizer's moments
+    full_beside   an array of one value on the same device, of a given shape and dtype: state
     empty_bytes   uninitialized bytes on the same device: a sparse step's scratch
     contiguous    a C-contiguous array (device arrays copied only where needed)
     index_bounds  min and max of an index array, computed where it lives
@@ -59,9 +59,8 @@ _TORCH_TYPES: dict[type, bool] = {}
 def library_function(data: Any, name: str) -> Callable[..., Any] | None:
     """The function `name` of the library that defines `data`'s type (or a base of it), or None.
 
-    It looks in each class's own module, then in that module's top-level package: `zeros_like` of
-    a `pycuda.gpuarray.GPUArray` is `pycuda.gpuarray.zeros_like`, of a `cupy.ndarray`
-    `cupy.zeros_like`. Only modules already imported are searched (the array's library is, since
+    It looks in each class's own module, then in that module's top-level package: `empty` of a
+    `pycuda.gpuarray.GPUArray` is `pycuda.gpuarray.empty`, of a `cupy.ndarray` `cupy.empty`. Only modules already imported are searched (the array's library is, since
     the array exists).
     """
     for cls in type(data).__mro__[:-1]:
@@ -179,29 +178,24 @@ def copy_into(target: Any, value: Any) -> None:
         raise TypeError(f"cannot copy host data into a {_kind(target)}: it has no set()")
 
 
-def zeros_like(data: Any, dtype: Any = None) -> Any:
-    """A C-contiguous zero array of `data`'s shape and dtype (or `dtype`, a numpy dtype), on the
-    same device: the moments.
-
-    Host data gives a numpy array. Device data gives the `zeros_like` of the array's own library
-    (`library_function`), called on the array's device: PyTorch's keeps the tensor's device, CuPy's
-    allocates on the current device, so it is called inside `with data.device` where the device is
-    a context manager.
+def full_beside(data: Any, shape: tuple, dtype: Any, value: float) -> Any:
+    """A C-contiguous array of `shape` and `dtype` (a numpy dtype), every element `value`, where
+    `data` lives: a numpy array in host memory, or an array of the device array's own library on
+    its device (PyTorch's `new_full`; else the library's `empty`, as CuPy's and pycuda's, then the
+    value copied in): state arrays per element or per row.
 
     Raises:
-        TypeError: a device array whose library has no `zeros_like`.
+        TypeError: a device array whose library has no `empty`.
     """
-    same = dtype is None or np.dtype(dtype) == dtype_of(data)
-    dtype = dtype_of(data) if dtype is None else np.dtype(dtype)
+    dtype = np.dtype(dtype)
     if not is_device_array(data):
-        return np.zeros(np.shape(data), dtype=dtype)
+        return np.full(shape, value, dtype=dtype)
     if is_torch(data):
         import torch  # only reached with a torch tensor in hand
-        return torch.zeros_like(data, dtype=getattr(torch, dtype.name),
-                                memory_format=torch.contiguous_format)
-    if same:
-        return _allocate_beside(data, "zeros_like", "moments", data)
-    return _allocate_beside(data, "zeros_like", "moments", data, dtype=dtype)
+        return data.new_full(shape, value, dtype=getattr(torch, dtype.name))
+    array = _allocate_beside(data, "empty", "state", shape, dtype)
+    copy_into(array, np.full(shape, value, dtype=dtype))
+    return array
 
 
 def _allocate_beside(data: Any, name: str, what: str, *args: Any, **kwargs: Any) -> Any:

@@ -52,25 +52,25 @@ def allocate(like: Any, nbytes: int, problem: str) -> Any:
         raise MemoryError(f"{problem}; nothing was changed") from error
 
 
-def check_device_state(param: Parameter, moments: list[Parameter]) -> None:
-    """Device parameters and their moments must be arrays a CUDA kernel can update in place.
+def check_device_state(param: Parameter, states: list[Parameter]) -> None:
+    """Device parameters and their state arrays must be arrays a CUDA kernel can update in place.
 
-    Checked once, when the optimizer is made, so that no kernel call can refuse them later (after
+    Checked once, when the state is made, so that no kernel call can refuse them later (after
     the step was counted, or after other parameters were updated).
 
     Raises:
-        TypeError: a moment that is not on the parameter's device (a library whose `zeros_like`
-            allocates elsewhere).
+        TypeError: a state array that is not on the parameter's device (a library whose
+            allocations go elsewhere).
         ValueError: a strided or read-only array.
     """
     home = device_of(param.data)
-    for array in [param, *moments]:
+    for array in [param, *states]:
         if not array.on_device or device_of(array.data) != home:
-            raise TypeError(f"{array.name}: zeros_like of a {type(param.data).__name__} on device "
-                            f"{home} gave a {type(array.data).__name__} "
+            raise TypeError(f"{array.name}: allocating beside a {type(param.data).__name__} on "
+                            f"device {home} gave a {type(array.data).__name__} "
                             + ("on device " + str(device_of(array.data)) if array.on_device
                                else "in host memory")
-                            + "; moments must live on the parameter's device")
+                            + "; state must live on the parameter's device")
         flags = DeviceArray(array.data, array.name).flags
         if not flags.c_contiguous:
             raise ValueError(f"{array.name} is not C-contiguous on its device; pass a contiguous "

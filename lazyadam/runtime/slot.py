@@ -19,43 +19,30 @@ half-precision parameter the gradient dtype: its own or float32).
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from .. import targets
-from ..codegen.spec import GRAD_DTYPES, HALF_DTYPES, Spec
+from ..codegen.spec import GRAD_DTYPES, HALF_DTYPES, SpecBase
 from ..dtypes import native, storage_name
 from ..interop.arrays import (astype, centralized, contiguous, copy_into, device_of, dtype_of,
                               index_bounds, is_device_array, to_host)
 from ..interop.device import DeviceArray, torch_kind
-from ..targets.base import HParams, index_error
+from ..targets.base import index_error
 from ..targets.cuda_binding import CudaBinding
 from .checks import allocate
 from .parameter import Parameter, RowTensor
-from .specs import shared, variant
+from .specs import shared, state_names, variant
 
 INDEX_DTYPES = {np.dtype(np.int32): "int32", np.dtype(np.int64): "int64"}
 
 
-def bind(kernel: Any, var: Any, m: Any, v: Any, vmax: Any) -> Callable[..., None]:
-    """`step(grad, hparams)`: one step of `kernel` on a parameter's arrays (sparse steps also take
-    `workspace=`, their scratch, allocated by the caller).
-
-    The runtime has already checked every argument, so a target that can skip the checks offers
-    `kernel.bind` (the C target: pointers made once, about 2 us a call; the CUDA target: a
-    `CudaBinding`); others get their public call.
-    """
-    if hasattr(kernel, "bind"):
-        return kernel.bind(var, m, v, vmax)
-
-    def step(grad: Any, hparams: tuple, **scratch: Any) -> None:
-        kernel(var, m, v, grad, HParams(*hparams), vmax=vmax, **scratch)
-    return step
-
-
 class Slot:
-    """One parameter with its moments, kernel spec and bound kernel calls.
+    """One parameter with its state arrays, kernel spec and bound kernel calls.
+
+    `states` are the state arrays the spec's kernels keep (`Rule.arrays` after var, then
+    `Rule.row_arrays`), as `Parameter`s in that order; `state_names` their names in the rule.
 
     `group` says which entry of a step's hparams the slot's kernel takes: the parameter group for
     `lazyadam.LazyAdam`, the parameter's own entry for the torch optimizer (whose bias correction
@@ -63,11 +50,11 @@ class Slot:
     """
 
     __slots__ = ("param", "dtype", "on_device", "shape", "device", "group", "centralize", "spec",
-                 "target", "m", "v", "vmax", "calls", "grad_dtypes", "seed_offset",
-                 "records", "fast")
+                 "target", "states", "state_names", "calls", "grad_dtypes", "seed_offset",
+                 "seed_index", "records", "fast")
 
-    def __init__(self, param: Parameter, group: Any, centralize: bool, spec: Spec, target: str,
-                 m: Parameter, v: Parameter, vmax: Parameter | None = None, seed_offset: int = 0):
+    def __init__(self, param: Parameter, group: Any, centralize: bool, spec: SpecBase,
+                 target: str, states: Sequence[Parameter], seed_offset: int = 0):
         self.param, self.group, self.centralize = param, group, centralize
         self.dtype, self.on_device = param.dtype, param.on_device  # fixed with the array object
         self.shape = shared(param.shape)
@@ -75,9 +62,11 @@ class Slot:
         # Gradients come in the parameter's dtype, or in float32 for a half-precision parameter.
         self.grad_dtypes = shared((spec.dtype,)
                                   + (GRAD_DTYPES if spec.dtype in HALF_DTYPES else ()))
-        #: Added to the seed in the hparams (field 8) of a stochastic step (see `SEED_STRIDE`); 0
-        #: for a parameter that rounds to nearest, whose steps then share hyperparameter entries.
+        #: Added to the seed in the hparams (at `seed_index`) of a stochastic step (see
+        #: `SEED_STRIDE`); 0 for a parameter that rounds to nearest, whose steps then share
+        #: hyperparameter entries.
         self.seed_offset = seed_offset if spec.rounding == "stochastic" else 0
+        self.seed_index = spec.RULE.fields.index("seed")
         #: Device records of the deferred sparse steps, by capturable: (array, address, kernel);
         #: None (as `fast`) until the first is made, as most slots never need one.
         self.records: dict[bool, tuple] | None = None
@@ -86,8 +75,20 @@ class Slot:
         #: take `_fast_dense`.
         self.fast: dict[Any, tuple] | None = None
         self.spec, self.target = spec, target
-        self.m, self.v, self.vmax = m, v, vmax
+        self.state_names = state_names(spec)
+        if len(states) != len(self.state_names):
+            raise TypeError(f"a {spec.RULE.name} kernel of this spec keeps "
+                            f"{', '.join(self.state_names)}; got {len(states)} state arrays")
+        self.states = tuple(states)
         self.calls: dict[tuple[bool, str, str], tuple[Any, Callable[..., None]]] = {}
+
+    def state(self, name: str) -> Parameter:
+        """The state array the rule names `name` (LazyAdam's "m", "v", "vmax").
+
+        Raises:
+            ValueError: this slot's kernels keep no such array.
+        """
+        return self.states[self.state_names.index(name)]
 
     def call(self, sparse: bool, index_dtype: str = "int64",
              grad_dtype: str | None = None) -> Callable[..., None]:
@@ -104,7 +105,7 @@ class Slot:
 
         Raises:
             ValueError, TypeError: the arrays no longer make a valid binding (e.g. the parameter
-                was resized and its moments were not), naming the parameter.
+                was resized and its state was not), naming the parameter.
         """
         key = (sparse, index_dtype, grad_dtype or self.spec.dtype)
         found = self.calls.get(key)
@@ -112,9 +113,9 @@ class Slot:
             return found
         spec = variant(self.spec, sparse, index_dtype, key[2])
         kernel = targets.compile(spec, self.target)
-        vmax = self.vmax.data if self.vmax is not None else None
         try:
-            call = bind(kernel, self.param.data, self.m.data, self.v.data, vmax)
+            call = kernel.bind(self.param.data, **{name: state.data for name, state
+                                                    in zip(self.state_names, self.states)})
         except (TypeError, ValueError) as error:
             if found is None:
                 raise
@@ -126,11 +127,12 @@ class Slot:
         return found
 
     def entry(self, hparams: tuple) -> tuple:
-        """This slot's hyperparameters from its group's: the seed (field 8) moved on by its
-        offset, modulo 2**64."""
+        """This slot's hyperparameters from its group's: the seed (at `seed_index`) moved on by
+        its offset, modulo 2**64."""
         if not self.seed_offset:
             return hparams
-        return hparams[:8] + ((hparams[8] + self.seed_offset) % 2**64, hparams[9])
+        i = self.seed_index
+        return hparams[:i] + ((hparams[i] + self.seed_offset) % 2**64,) + hparams[i + 1:]
 
     def _grad_dtype(self, where: str, what: str, array: Any) -> str:
         """The storage dtype of a gradient (or its values), if this parameter takes it.
@@ -212,24 +214,23 @@ class Slot:
         what the full check accepted (the full check then says what).
 
         The binding holds while the parameter's array is the one bound, at its address, of its
-        shape and dtype, and the moments hold the arrays bound, at their addresses (they are the
-        optimizer's own, made with the parameter's shape and dtype).
+        shape and dtype, and the state arrays are the ones bound, at their addresses (they are
+        the optimizer's own, made with the parameter's shape and dtype).
         """
         found = self.fast.get(getattr(grad, "dtype", None))
         if found is None:
             return None
         call, device, nbytes = found
         arrays, keys = call.arrays, call.keys
-        var, m, v = arrays[0], arrays[1], arrays[2]
+        var = arrays[0]
         address, shape, dtype = keys[0]
         if (grad.shape != shape or not grad.is_contiguous() or grad.get_device() != device
                 or self.param.data is not var or var.data_ptr() != address
-                or var.shape != shape or var.dtype is not dtype
-                or self.m.data is not m or m.data_ptr() != keys[1][0]
-                or self.v.data is not v or v.data_ptr() != keys[2][0]
-                or (self.vmax is not None and (self.vmax.data is not arrays[3]
-                                               or arrays[3].data_ptr() != keys[3][0]))):
+                or var.shape != shape or var.dtype is not dtype):
             return None
+        for state, array, key in zip(self.states, arrays[1:], keys[1:]):
+            if state.data is not array or array.data_ptr() != key[0]:
+                return None
         start = grad.data_ptr()
         end = start + nbytes
         for first, last in call.spans:
@@ -319,12 +320,11 @@ class Slot:
     @property
     def written(self) -> tuple[tuple[Parameter, Any], ...]:
         """(Parameter, array) of each array a step writes, for the gradients' overlap check."""
-        return tuple((a, a.data) for a in (self.param, self.m, self.v, self.vmax)
-                     if a is not None)
+        return tuple((a, a.data) for a in (self.param, *self.states))
 
     def _check_disjoint(self, where: str, what: str, array: Any) -> None:
         """A gradient may not share memory with what its kernel writes (the parameter, its
-        moments): the kernel would read values it has already overwritten, in an order that
+        state arrays): the kernel would read values it has already overwritten, in an order that
         depends on its threads.
 
         Raises:

@@ -1,18 +1,20 @@
-"""Which kernel a parameter takes: its spec from its dtype and the optimizer's flags (`spec_for`),
-the variant a gradient picks (dense or lazy sparse, its index and gradient dtypes: `variant`), its
-target (`target_for`); one object for each equal value met (`shared`); the seeds of stochastic
-rounding (`SEED_STRIDE`, `check_seed`).
+"""Which kernel a parameter takes: its spec from its dtype, its rule and the optimizer's options
+(`spec_for`), the state arrays that spec keeps (`state_names`), the variant a gradient picks
+(dense or lazy sparse, its index and gradient dtypes: `variant`), its target (`target_for`); one
+object for each equal value met (`shared`); the seeds of stochastic rounding (`SEED_STRIDE`,
+`check_seed`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 
-from ..codegen.spec import HALF_DTYPES, Spec
+from ..codegen.rule import Rule
+from ..codegen.spec import HALF_DTYPES, SpecBase
 from ..dtypes import storage_name
 from ..interop.arrays import is_device_array
 from .parameter import Parameter
@@ -29,15 +31,16 @@ def target_for(data: Any) -> str:
     return "cuda" if is_device_array(data) else "c"
 
 
-def spec_for(param: Parameter, *, decayed: bool, decoupled: bool, nesterov: bool,
-             use_locking: bool, amsgrad: bool, maximize: bool, eps_mode: str,
-             state_dtype: str | None = None, rounding: str = "nearest") -> Spec:
-    """The kernel spec of `param` (dense; each gradient picks dense or sparse and the index dtype).
+def spec_for(param: Parameter, rule: Rule, options: Mapping[str, Any], *, use_locking: bool,
+             state_dtype: str | None = None, rounding: str = "nearest") -> SpecBase:
+    """The kernel spec of `param` under `rule` (dense; each gradient picks dense or sparse and the
+    index dtype).
 
     Args:
         param: the parameter; its dtype is the kernel's.
-        decayed: whether weight decay applies to it; `decoupled` then picks AdamW's form over L2.
-        nesterov, use_locking, amsgrad, maximize, eps_mode: the spec's flags.
+        rule: the update rule.
+        options: the rule's options (`Rule.options`) by name; a missing one takes its default.
+        use_locking: the spec's common flag.
         state_dtype, rounding: the state dtype and rounding of a bfloat16 or float16 parameter
             (float32 and float64 parameters keep their state in their own dtype, round nothing).
 
@@ -50,15 +53,21 @@ def spec_for(param: Parameter, *, decayed: bool, decoupled: bool, nesterov: bool
     except TypeError as error:  # the other byte order
         raise TypeError(f"parameter {param.name!r}: {error}") from None
     if dtype not in FLOAT_DTYPES:
-        raise TypeError(f"parameter {param.name!r} has dtype {param.dtype}; LazyAdam updates "
-                        "float32, float64, bfloat16 or float16 parameters")
-    decay = ("decoupled" if decoupled else "l2") if decayed else "none"
+        raise TypeError(f"parameter {param.name!r} has dtype {param.dtype}; the {rule.name} "
+                        "kernels update float32, float64, bfloat16 or float16 parameters")
     half = dtype in HALF_DTYPES
-    spec = Spec(nesterov=nesterov, use_locking=use_locking, decay=decay, amsgrad=amsgrad,
-                maximize=maximize, eps_mode=eps_mode, dtype=dtype,
-                state_dtype=state_dtype if half else None,
-                rounding=rounding if half else "nearest")
+    spec = rule.spec(**options, use_locking=use_locking, dtype=dtype,
+                     state_dtype=state_dtype if half else None,
+                     rounding=rounding if half else "nearest")
     return shared(spec)
+
+
+@functools.lru_cache(maxsize=None)
+def state_names(spec: SpecBase) -> tuple[str, ...]:
+    """The state arrays a kernel of `spec` keeps, in the order it takes them: the per-element
+    ones (`Rule.arrays` after var), then the per-row ones (`Rule.row_arrays`)."""
+    rule = spec.RULE
+    return rule.arrays(spec)[1:] + rule.row_arrays(spec)
 
 
 def shared(value: Any) -> Any:
@@ -74,7 +83,7 @@ _SHARED: dict[tuple[type, Any], Any] = {}
 
 
 @functools.lru_cache(maxsize=None)
-def variant(spec: Spec, sparse: bool, index_dtype: str, grad_dtype: str) -> Spec:
+def variant(spec: SpecBase, sparse: bool, index_dtype: str, grad_dtype: str) -> SpecBase:
     """`spec` for a dense or sparse gradient of `grad_dtype` with `index_dtype` indices, made
     once for each (a dataclass replace takes microseconds, per parameter)."""
     return dataclasses.replace(spec, sparse=sparse, index_dtype=index_dtype, grad_dtype=grad_dtype)
