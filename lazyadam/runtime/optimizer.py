@@ -14,23 +14,24 @@ ever recompiles.
 
 from __future__ import annotations
 
-import contextlib
 import math
-import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any, Sequence
 
 import numpy as np
 
 from ..codegen.spec import ROUNDINGS, STATE_DTYPES
-from ..dtypes import numpy_dtype
-from ..interop.arrays import dtype_of, is_device_array, to_host, zeros_like
-from .checks import check_device_state, check_phase
+from ..interop.arrays import dtype_of, is_device_array, to_host
+from ..rules.adam import ADAM
+from .checks import check_phase
 from .groups import parse_params
+from .engine import Engine, Prepared
 from .launcher import Launcher, capturing
+from .layout import entry
 from .parameter import Parameter
 from .rates import Group, Rate, is_float, is_number, parse_rate, parse_weight_decay
 from .slot import Slot
+from .state import allocate
 from .specs import SEED_STRIDE, check_seed, spec_for, target_for
 
 
@@ -196,16 +197,10 @@ class LazyAdam:
                 raise TypeError(f"capturable=True: parameter {host.name!r} is in host memory; "
                                 "capturable steps update device arrays (CUDA graphs capture "
                                 "device work only)")
-        self._launcher = Launcher()
+        self._engine = Engine()
         self.is_group_lr = len({id(g.lr) for g in self._groups}) > 1
         self.dynamic_lr = any(g.lr.dynamic for g in self._groups)
 
-        self._lock = threading.Lock()
-        #: Notified when the last step applying its kernels outside the lock (use_locking=False)
-        #: ends, and when a snapshot ends: `_quiescent` waits for the first, steps for the second.
-        self._idle = threading.Condition(self._lock)
-        self._running = 0  # steps applying their kernels outside the lock
-        self._snapshots = 0  # state_dict/load_state_dict calls waiting for them to end
         self._step = 0
         self._beta1_power = 1.0
         self._beta2_power = 1.0
@@ -232,16 +227,13 @@ class LazyAdam:
 
     def _slot(self, param: Parameter, group: int, decayed: bool, centralize: bool,
               position: int) -> Slot:
-        spec = spec_for(param, decayed=decayed, decoupled=self.decoupled_weight_decay,
-                        nesterov=self.use_nesterov, use_locking=self.use_locking,
-                        amsgrad=self.amsgrad, maximize=self.maximize, eps_mode=self.eps_mode,
+        decay = ("decoupled" if self.decoupled_weight_decay else "l2") if decayed else "none"
+        options = dict(nesterov=self.use_nesterov, decay=decay, amsgrad=self.amsgrad,
+                       maximize=self.maximize, eps_mode=self.eps_mode)
+        spec = spec_for(param, ADAM, options, use_locking=self.use_locking,
                         state_dtype=self.state_dtype, rounding=self.rounding)
-        state = numpy_dtype(spec.storage("m"))
-        moments = [Parameter(zeros_like(param.data, state), name=f"{kind}.{param.name}")
-                   for kind in ("moment1", "moment2") + (("vmax",) if self.amsgrad else ())]
-        if param.on_device:
-            check_device_state(param, moments)
-        return Slot(param, group, centralize, spec, target_for(param.data), *moments,
+        return Slot(param, group, centralize, spec, target_for(param.data),
+                    allocate(param, spec, "mindspore"),
                     seed_offset=position * SEED_STRIDE % 2**64)
 
     # -- state -----------------------------------------------------------------------------------
@@ -254,17 +246,17 @@ class LazyAdam:
     @property
     def moment1(self) -> tuple[Parameter, ...]:
         """First moments, named `moment1.<parameter name>`."""
-        return tuple(s.m for s in self._slots)
+        return tuple(s.state("m") for s in self._slots)
 
     @property
     def moment2(self) -> tuple[Parameter, ...]:
         """Second moments, named `moment2.<parameter name>`."""
-        return tuple(s.v for s in self._slots)
+        return tuple(s.state("v") for s in self._slots)
 
     @property
     def vmax(self) -> tuple[Parameter, ...]:
         """Running maxima of the second moments (amsgrad), named `vmax.<parameter name>`; else ()."""
-        return tuple(s.vmax for s in self._slots) if self.amsgrad else ()
+        return tuple(s.state("vmax") for s in self._slots) if self.amsgrad else ()
 
     @property
     def beta1_power(self) -> float:
@@ -315,14 +307,14 @@ class LazyAdam:
             arrays as numpy copies in host memory (device arrays are copied to the host), keyed
             by parameter name, in parameter order.
         """
-        with self._quiescent():
+        with self._engine.quiescent():
             state: dict[str, Any] = {
                 "global_step": self._step, "beta1_power": self._beta1_power,
                 "beta2_power": self._beta2_power, "beta1": self.beta1, "beta2": self.beta2,
                 "amsgrad": self.amsgrad, "seed": self.seed,
             }
             for key, attr in _STATE_ARRAYS[: 4 if self.amsgrad else 3]:
-                state[key] = {s.param.name: getattr(s, attr).asnumpy() for s in self._slots}
+                state[key] = {s.param.name: _array(s, attr).asnumpy() for s in self._slots}
         return state
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -375,7 +367,7 @@ class LazyAdam:
                 raise ValueError(f"state {key!r} does not match the parameters: not in this "
                                  f"optimizer: {extra}, missing from the state: {absent}")
             for slot in self._slots:
-                value, target = saved[slot.param.name], getattr(slot, attr)
+                value, target = saved[slot.param.name], _array(slot, attr)
                 if not is_device_array(value):
                     value = to_host(value)
                 value_shape, value_dtype = tuple(value.shape), dtype_of(value)
@@ -384,7 +376,7 @@ class LazyAdam:
                                      f"and dtype {value_dtype}, the optimizer has {target.shape} "
                                      f"and {target.dtype}")
                 arrays.append((target, value))
-        with self._quiescent():
+        with self._engine.quiescent():
             for target, value in arrays:
                 target.set_data(value)
             self._step = int(step)
@@ -429,47 +421,17 @@ class LazyAdam:
                                "was made with capturable=False: its steps wait for their index "
                                "checks and carry their hyperparameters; make it with "
                                "capturable=True")
-        with check_phase():
-            work = self._check(gradients, capture)
-        tables = self._launcher.tables(work) if self.capturable else None
-        with self._lock:
-            if capture:  # recorded, not run: prepare_replay counts each replay
-                self._launcher.run(work, self._next_hparams()[0], tables, True)
-                return True
-            while self._snapshots:  # a waiting snapshot goes first (it would never find a gap)
-                self._idle.wait()
-            hparams, powers = self._next_hparams()
-            self._step += 1
-            self._beta1_power, self._beta2_power = powers
-            if self.use_locking:
-                self._launcher.run(work, hparams, tables)
-                return True
-            self._running += 1
-        try:
-            self._launcher.run(work, hparams, tables)
-        finally:
-            with self._lock:
-                self._running -= 1
-                if not self._running:
-                    self._idle.notify_all()
+        self._engine.step(lambda capture: self._check(gradients, capture), capture=capture,
+                          locking=lambda: self.use_locking)
         return True
 
-    @contextlib.contextmanager
-    def _quiescent(self) -> Iterator[None]:
-        """Holds the lock once no step is applying its kernels: a step counted under the lock
-        with use_locking=False runs them after releasing it, and a snapshot taken meanwhile
-        would record its step with the arrays of the step before, or a mix."""
-        with self._lock:
-            self._snapshots += 1
-            try:
-                while self._running:
-                    self._idle.wait()
-            finally:
-                self._snapshots -= 1
-            try:
-                yield
-            finally:
-                self._idle.notify_all()
+    def _count(self) -> list[tuple]:
+        """Counts the step (under the engine's lock): the step and the beta powers move on;
+        returns the step's hparams entries, by group."""
+        hparams, powers = self._next_hparams()
+        self._step += 1
+        self._beta1_power, self._beta2_power = powers
+        return hparams
 
     def _next_hparams(self) -> tuple[list[tuple], tuple[float, float]]:
         """The `HParams` fields of each group for the next step, and its beta powers.
@@ -478,12 +440,12 @@ class LazyAdam:
             IndexError, TypeError, ValueError: as `__call__`, for the learning rate or weight decay.
         """
         step = self._step
-        rates = [(g.lr.at(step), g.wd.at(step)) for g in self._groups]
-        beta1_power = self._beta1_power * self.beta1
-        beta2_power = self._beta2_power * self.beta2
-        return ([(lr, self.beta1, self.beta2, self.eps, wd, self.loss_scale, beta1_power,
-                  beta2_power, self.seed, step + 1) for lr, wd in rates],
-                (beta1_power, beta2_power))
+        powers = {"beta1_power": self._beta1_power * self.beta1,
+                  "beta2_power": self._beta2_power * self.beta2}
+        values = dict(beta1=self.beta1, beta2=self.beta2, eps=self.eps, loss_scale=self.loss_scale)
+        return ([entry(ADAM, {**values, "lr": g.lr.at(step), "weight_decay": g.wd.at(step)},
+                       step + 1, self.seed, powers) for g in self._groups],
+                (powers["beta1_power"], powers["beta2_power"]))
 
     def prepare_replay(self) -> None:
         """Counts one replay of the captured step as a step, and stores its hyperparameters
@@ -496,11 +458,7 @@ class LazyAdam:
             IndexError, TypeError, ValueError: as `__call__`, for the learning rate or weight
                 decay of the step. Nothing was changed when any of these is raised.
         """
-        with self._lock:
-            hparams, powers = self._next_hparams()
-            self._launcher.prepare_replay(hparams)
-            self._step += 1
-            self._beta1_power, self._beta2_power = powers
+        self._engine.replay(lambda: (self._next_hparams()[0], self._count))
 
     def check_indices(self) -> None:
         """Waits for the queued steps and raises what a capturable step's index check found.
@@ -514,7 +472,7 @@ class LazyAdam:
         """
         Launcher.check_indices(self._slots)
 
-    def _check(self, gradients: Sequence[Any], capture: bool = False) -> list[tuple[Any, ...]]:
+    def _check(self, gradients: Sequence[Any], capture: bool = False) -> Prepared:
         """Checks every gradient and prepares one kernel call per parameter; writes nothing."""
         if not isinstance(gradients, (tuple, list)):
             raise TypeError(f"gradients must be a tuple or list with one gradient per parameter, "
@@ -523,8 +481,10 @@ class LazyAdam:
         if len(gradients) != len(slots):
             raise ValueError(f"got {len(gradients)} gradients for {len(slots)} parameters")
         capturable = self.capturable
-        return [slot.prepare(i, grad, capturable, capture)
+        work = [slot.prepare(i, grad, capturable, capture)
                 for i, (slot, grad) in enumerate(zip(slots, gradients))]
+        return Prepared(work, capturable, self._count,
+                        hparams=self._next_hparams()[0] if capture else None)
 
     def __repr__(self) -> str:
         return (f"LazyAdam({len(self._slots)} parameters, {len(self._groups)} groups, "
@@ -532,4 +492,9 @@ class LazyAdam:
                 f"global_step={self._step})")
 
 
-_STATE_ARRAYS = (("parameters", "param"), ("moment1", "m"), ("moment2", "v"), ("vmax", "vmax"))
+_STATE_ARRAYS = (("parameters", None), ("moment1", "m"), ("moment2", "v"), ("vmax", "vmax"))
+
+
+def _array(slot: Slot, name: str | None) -> Parameter:
+    """The parameter (`name` None) or the state array `name` of a slot."""
+    return slot.param if name is None else slot.state(name)
