@@ -28,11 +28,10 @@ from .codegen.pipeline import stages
 from .codegen.rule import Rule
 from .codegen.rule import get as rule_named
 from .codegen.rule import names as rule_names
-from .codegen.spec import (DTYPES, GRAD_DTYPES, HALF_DTYPES, INDEX_DTYPES, PARALLEL_MIN, ROUNDINGS,
-                           STATE_DTYPES, SpecError)
+from .codegen.spec import (DEFAULT_RULE, DTYPES, GRAD_DTYPES, HALF_DTYPES, INDEX_DTYPES,
+                           PARALLEL_MIN, ROUNDINGS, STATE_DTYPES, SpecError)
 from .codegen.variants import specs_from_json, variants
 from .errors import CompilationError, TargetUnavailableError
-from .rules.adam import ADAM, DECAYS, EPS_MODES
 from .sources import write_sources
 from .targets import TARGETS
 from .targets import cache as kernel_cache
@@ -44,10 +43,12 @@ STAGES = ("spec", "lower", *(name for name, _ in PIPELINE), "header", "source")
 #: `lazyadam build` shows a progress bar from this many kernels on.
 PROGRESS_FROM = 4
 
+#: The rule whose options and static hyperparameters are flags of their own (`--rule` default).
+DEFAULT = rule_named(DEFAULT_RULE)
 #: The spec's fields that are options of their own (`static` is made from the hyperparameters').
-_FLAGS = tuple(f.name for f in dataclasses.fields(ADAM.spec) if f.name != "static")
-#: The options that bake in a hyperparameter, by option name: its own, or a shorter one.
-_STATICS = {{"weight_decay": "wd"}.get(name, name): name for name in ADAM.static_hparams}
+_FLAGS = tuple(f.name for f in dataclasses.fields(DEFAULT.spec) if f.name != "static")
+#: The options that bake in a hyperparameter, by option name.
+_STATICS = {f"static_{name}": name for name in DEFAULT.static_hparams}
 
 
 class _Main(click.Group):
@@ -94,23 +95,14 @@ def _spec_options(func: Callable) -> Callable:
         click.option("--sparse/--dense", default=None,
                      help="Lazy sparse kernel (rows named by an index array) or dense.  "
                           "[default: sparse]"),
-        click.option("--nesterov/--no-nesterov", default=None, help="Nesterov momentum."),
-        click.option("--locking/--no-locking", "use_locking", default=None,
-                     help="Row updates take a lock, so concurrent calls are safe."),
-        click.option("--weight-decay", "decay", type=click.Choice(DECAYS),
-                     help="none, l2 (g += wd*w) or decoupled (AdamW).  [default: none]"),
-        click.option("--amsgrad/--no-amsgrad", default=None, help="Divide by sqrt(max(v)) + eps."),
-        click.option("--maximize/--no-maximize", default=None, help="Ascend instead of descend."),
-        click.option("--eps-mode", type=click.Choice(EPS_MODES),
-                     help="Where eps is added: to sqrt(v) (mindspore) or to the bias-corrected "
-                          "sqrt(v_hat) (pytorch).  [default: mindspore]"),
+        *_rule_flags(DEFAULT),
         click.option("--dtype", type=click.Choice(tuple(DTYPES)),
                      help="Parameter dtype; bfloat16 and float16 compute in float32 and round "
                           "what they store.  [default: float32]"),
         click.option("--index-dtype", type=click.Choice(tuple(INDEX_DTYPES)),
                      help="Index dtype of a sparse kernel.  [default: int64]"),
         click.option("--state-dtype", type=click.Choice(STATE_DTYPES),
-                     help="Dtype of m, v (and vmax) of a bfloat16 or float16 parameter.  "
+                     help="Dtype of the state arrays of a bfloat16 or float16 parameter.  "
                           "[default: float32]"),
         click.option("--grad-dtype", type=click.Choice(GRAD_DTYPES + HALF_DTYPES),
                      help="Gradient dtype of a bfloat16 or float16 parameter: its own, or "
@@ -123,26 +115,52 @@ def _spec_options(func: Callable) -> Callable:
                      help="C kernels: steps of fewer elements run on one thread.  [default: "
                           "LAZYADAM_PARALLEL_MIN at build time, else "
                           f"{PARALLEL_MIN['dense']} dense, {PARALLEL_MIN['sparse']} sparse]"),
-        click.option("--beta1", type=float, metavar="FLOAT",
-                     help="Bake beta1 into the code (hp->beta1 is then ignored)."),
-        click.option("--beta2", type=float, metavar="FLOAT", help="Bake beta2 into the code."),
-        click.option("--eps", type=float, metavar="FLOAT", help="Bake eps into the code."),
-        click.option("--loss-scale", type=float, metavar="FLOAT",
-                     help="Bake loss_scale into the code."),
-        click.option("--wd", type=float, metavar="FLOAT",
-                     help="Bake weight_decay into the code (needs --weight-decay l2 or "
-                          "decoupled)."),
-        click.option("--rule", "rule", default=ADAM.name, show_default=True, metavar="NAME",
+        *_static_flags(DEFAULT),
+        click.option("--rule", "rule", default=DEFAULT.name, show_default=True, metavar="NAME",
                      help="The update rule: a registered name (see 'lazyadam rules') or "
-                          "module:attribute. The flags above are the adam rule's; any rule's "
-                          "take --option and --static."),
+                          f"module:attribute. The flags above are the {DEFAULT.name} rule's; "
+                          "any rule's take --option and --static."),
         click.option("--option", "rule_options", multiple=True, metavar="NAME=VALUE",
-                     help="An option of the rule, e.g. --option nesterov=true; repeatable."),
+                     help="An option of the rule, e.g. --option momentum=true; repeatable."),
         click.option("--static", "rule_statics", multiple=True, metavar="NAME=VALUE",
                      help="Bake a hyperparameter of the rule into the code, e.g. --static "
-                          "beta1=0.9; repeatable."),
+                          "mu=0.9; repeatable."),
     ]
     return functools.reduce(lambda f, option: option(f), reversed(options), func)
+
+
+def _flag(rule: Rule, name: str) -> str:
+    """The command-line flag of a rule's option or hyperparameter: its name, or the one the
+    rule's "cli" front end gives it (Adam's decay is `--weight-decay`)."""
+    return "--" + rule.frontends.get("cli", {}).get(name, name).replace("_", "-")
+
+
+def _rule_flags(rule: Rule) -> list[Callable]:
+    """A flag for each of `rule`'s options, and `--locking`, in the spec's field order: a bool
+    option as `--name/--no-name`, another as a choice."""
+    flags = []
+    for name in rule.flags:
+        if name == "use_locking":
+            flags.append(click.option("--locking/--no-locking", "use_locking", default=None,
+                                      help="Row updates take a lock, so concurrent calls are "
+                                           "safe."))
+            continue
+        option = next(o for o in rule.options if o.name == name)
+        flag = _flag(rule, name)
+        if option.values == (False, True):
+            flags.append(click.option(f"{flag}/--no-{flag[2:]}", name, default=None,
+                                      help=option.doc[:1].upper() + option.doc[1:]))
+        else:
+            flags.append(click.option(flag, name, type=click.Choice(option.values),
+                                      help=f"{option.doc}  [default: {option.default}]"))
+    return flags
+
+
+def _static_flags(rule: Rule) -> list[Callable]:
+    """A flag baking in each of `rule`'s hyperparameters that may be static."""
+    return [click.option(_flag(rule, name), f"static_{name}", type=float, metavar="FLOAT",
+                         help=f"Bake {name} into the code (hp->{name} is then ignored).")
+            for name in rule.static_hparams]
 
 
 def _fields(options: dict[str, Any]) -> tuple[Rule, dict[str, Any]]:
@@ -232,8 +250,9 @@ def generate(target: str, symbol: str | None, out_dir: Path, **options: Any) -> 
     paths written.
 
     \b
-    Example:
-      lazyadam generate --sparse --nesterov --beta1 0.9 --out third_party/lazyadam
+    Examples:
+      lazyadam generate --sparse --dtype bfloat16 --out third_party/lazyadam
+      lazyadam generate --rule rowwise_adagrad --static eps=1e-8 --out third_party/lazyadam
     """
     spec = _spec(options)
     with _errors():
@@ -285,7 +304,7 @@ def build(target: str, every: bool, spec_files: tuple[Path, ...], **options: Any
 
     \b
     Examples:
-      lazyadam build --sparse --nesterov
+      lazyadam build --sparse --locking
       lazyadam build --all --dtype float32
       lazyadam build --spec-json specs.json
     """

@@ -104,3 +104,20 @@ def test_a_flag_the_rule_does_not_have_is_one_line_naming_it(run, args, message)
     result = run("ir", *args)
     assert result.exit_code == 2
     assert result.output.startswith(message), result.output
+
+
+def test_the_default_rules_own_flags_come_from_its_declaration(run):
+    """Each option of the default rule is a flag of its own (bools as --x/--no-x, choices with
+    their values) and each static hyperparameter a --name FLOAT, under the rule's CLI names."""
+    from lazyadam.rules.adam import ADAM
+    text = " ".join(run("generate", "--help").output.split())
+    names = ADAM.frontends["cli"]
+    for option in ADAM.options:
+        flag = "--" + names.get(option.name, option.name).replace("_", "-")
+        if option.values == (False, True):
+            assert f"{flag} / --no-{flag[2:]}" in text
+        else:
+            assert f"{flag} [{'|'.join(option.values)}]" in text
+    for name in ADAM.static_hparams:
+        flag = "--" + names.get(name, name).replace("_", "-")
+        assert f"{flag} FLOAT Bake {name} into the code" in text

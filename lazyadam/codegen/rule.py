@@ -146,8 +146,8 @@ class Rule:
         check: the rule's own checks of a spec, after the common ones (`SpecBase.validate`):
             raises `SpecError`; None for none.
         derived_comment: the struct's comment on the derived fields.
-        frontends: per front end ("mindspore", "torch"), the names of its arguments that differ
-            from the field's or option's own, by field or option name.
+        frontends: per front end ("mindspore", "torch", "cli"), the names of its arguments that
+            differ from the field's or option's own, by field or option name.
         doc: one line on what the rule computes.
         readme: Markdown list items on its kernels' arrays and hyperparameters, for the README
             that `lazyadam generate` writes beside them.

@@ -146,6 +146,7 @@ ADAM = register(Rule(
         "mindspore": {"lr": "learning_rate", "nesterov": "use_nesterov",
                       "decay": "decoupled_weight_decay"},
         "torch": {"beta1": "betas[0]", "beta2": "betas[1]", "decay": "decoupled_weight_decay"},
+        "cli": {"decay": "weight_decay", "weight_decay": "wd"},
     },
     doc="Adam on the rows a gradient touches; AdamW, AMSGrad, Nesterov, maximize, two eps modes",
     readme="""\
