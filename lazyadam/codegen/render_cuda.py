@@ -14,7 +14,6 @@ from __future__ import annotations
 from .ir import Kernel, Let, Row, Scalar, walk
 from .printer import CudaPrinter
 from .render import ENV, Source, template_context
-from .spec import SpecError
 
 #: Threads per block of every kernel; a multiple of the warp size.
 THREADS = 256
@@ -44,10 +43,6 @@ def _scalars_read(kernel: Kernel, stmts) -> list[Let]:
 def render_cuda(kernel: Kernel, symbol: str | None = None) -> Source:
     """CUDA C++ source and header for an optimized kernel (all passes applied)."""
     spec = kernel.spec
-    if kernel.per_row and not spec.sparse:
-        raise SpecError(f"rule {kernel.rule.name!r} keeps per-row state or sums over rows, which "
-                        "the CUDA dense kernel does not run (it goes element by element): take a "
-                        "sparse kernel, or the C target")
     symbol = symbol or spec.symbol()
     printer = CudaPrinter(spec.compute_dtype)
     ctx = template_context(kernel, printer, symbol, indent=4)
@@ -87,7 +82,8 @@ def render_cuda(kernel: Kernel, symbol: str | None = None) -> Source:
         update_scalars=unpack(kernel.update),
         store_scalars=unpack(kernel.stores),
     )
-    body = "cuda_sparse.cu.j2" if spec.sparse else "cuda_dense.cu.j2"
+    body = ("cuda_sparse.cu.j2" if spec.sparse else
+            "cuda_dense_rows.cu.j2" if kernel.per_row else "cuda_dense.cu.j2")
     header = ENV.get_template("cuda_header.h.j2")
     return Source(
         symbol=symbol,
