@@ -11,6 +11,7 @@ their launch's own copy, or from device memory, which a captured CUDA graph read
 
 from __future__ import annotations
 
+from ..dtypes import ITEMSIZE
 from .ir import Kernel, Let, Row, Scalar, walk
 from .printer import CudaPrinter
 from .render import ENV, Source, template_context
@@ -19,8 +20,6 @@ from .render import ENV, Source, template_context
 THREADS = 256
 #: Bytes moved by one vector load or store of the dense kernel.
 VECTOR_BYTES = 16
-#: Bytes of one element of each storage dtype.
-_ITEMSIZE = {"float32": 4, "float64": 8, "bfloat16": 2, "float16": 2}
 #: Tensors updated by one launch of the dense kernel (their pointers travel as a kernel argument,
 #: which holds at most 4 KiB: 48 tensors take 3.4 KiB with amsgrad).
 TENSORS_PER_LAUNCH = 48
@@ -49,7 +48,7 @@ def render_cuda(kernel: Kernel, symbol: str | None = None) -> Source:
     types = ctx["types"]
     # A vector load moves VECTOR_BYTES of the widest array: 4 elements of float32 state, 8 of
     # bfloat16 state and gradient.
-    vector = VECTOR_BYTES // max(_ITEMSIZE[spec.storage(a)] for a in types)
+    vector = VECTOR_BYTES // max(ITEMSIZE[spec.storage(a)] for a in types)
 
     rows = list(dict.fromkeys(e.name for st in kernel.update for e in walk(st.expr)
                               if isinstance(e, Row)))
