@@ -33,8 +33,8 @@
 - with `--family` (issue 17), instead of the above, every rule of the family (`--rules`: SGD with
   momentum, Adagrad, rowwise Adagrad, partial-rowwise Adam, Lion) on bench_family.py's workloads:
   dense float32 16M (262,144 x 64), lazy sparse 1,000,000 x 64 with 65,536 Zipf(1.2) indices,
-  and that batch on a 40x larger table (each row r becomes 40 r + a random offset below 40;
-  `--skip-large` leaves it out), one step each of
+  and that batch on a 40x larger table (bench_family.py's `larger_table`; `--skip-large` leaves it
+  out), one step each of
       lazyadam    the rule's CUDA kernel (`lazyadam.compile(spec, "cuda")`, the checking launcher
                   for sparse steps)
       torch       torch's optimizer where torch has the rule (SGD with momentum, Adagrad; sparse
@@ -58,7 +58,7 @@ import torch
 
 import lazyadam
 import lazyadam.torch
-from bench_family import HYPER, OPTIONS, RULES, moved_bytes, torch_rule_step
+from bench_family import HYPER, OPTIONS, RULES, larger_table, moved_bytes, torch_rule_step
 from lazyadam import HParams, Spec
 from lazyadam.targets.base import hparams_of
 
@@ -270,7 +270,7 @@ def family(names: list[str], repeat: int, bandwidth: float, large: bool) -> None
     indices = zipf_indices(rng, rows, nnz, 1.2)
     idx = torch.from_numpy(indices).cuda()
     vals = torch.randn(nnz, dim, device="cuda", generator=gen)
-    spread = torch.from_numpy(indices * 40 + rng.integers(0, 40, nnz)).cuda()
+    spread = torch.from_numpy(larger_table(indices, rows, rng)).cuda()
     touched = np.unique(indices).size
     zeros = (lambda shape: torch.zeros(shape, device="cuda"))  # noqa: E731
     print("targets: dense at least 0.8 of the copy bandwidth; sparse within 2x of the limit; "

@@ -18,8 +18,8 @@ on the workloads of bench_cpu.py:
   the bytes a step must move (each touched row of var and of every per-element state array read
   and written once, per-row state once, every gradient row and index read once) at the bandwidth of
   a copy measured in the same run (bench_cpu.py's);
-- the same batch on a 40x larger table (each row id r becomes 40 r + a random offset below 40, so
-  that duplicates and bytes are the same), timed in the same rounds as the 1x table
+- the same batch on a 40x larger table (each row id r becomes 40 r + a random offset below 40,
+  drawn once per row, so that duplicates and bytes are the same: `larger_table`), timed in the same rounds as the 1x table
   (`--skip-large` leaves it out). Tables and state are on 4 KiB pages made where a step touches
   them, as PyTorch allocates (bench_cpu.py's `zeros`).
 Contenders run in rotating rounds after a warm-up; medians; ratios are of medians of the same run.
@@ -27,7 +27,9 @@ Contenders run in rotating rounds after a warm-up; medians; ratios are of median
 is printed before and after: on a machine shared with other jobs, the kernels' steps run on one
 thread while more tasks are runnable than there are processors (docs/threads.md), torch's and the
 yardsticks' on all of theirs, whose barriers then wait for the scheduler: `--threads 1` runs every
-contender on one thread (OMP_NUM_THREADS and torch's), for ratios that such a machine can give.
+contender on one thread (OMP_NUM_THREADS and torch's), for ratios that such a machine can give,
+and then times the CPU time of the calling thread (`time.thread_time`: every contender runs on it),
+which leaves out the time the scheduler gives other jobs.
 
 Also printed: the state bytes per parameter element of every rule and state dtype
 (`lazyadam.rules.memory.state_table`).
@@ -38,6 +40,7 @@ import argparse
 import os
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -61,11 +64,12 @@ HYPER = {"sgd": dict(lr=0.01, mu=0.9), "adagrad": dict(lr=0.01, eps=1e-10),
          "lion": dict(lr=1e-4)}
 
 
-def state_of(rule, spec, shape) -> list[np.ndarray]:
-    """var's state arrays, zeros (pages made where a step touches them), in the kernel's order."""
+def state_of(rule, spec, shape, huge_pages: bool) -> list[np.ndarray]:
+    """var's state arrays, zeros (on huge pages as numpy makes them, or on 4 KiB pages made where a
+    step touches them: bench_cpu.py's `zeros`), in the kernel's order."""
     kept = rule.arrays(spec)[1:] + rule.row_arrays(spec)
     per = {s.name: s.per for s in rule.state}
-    return [zeros(shape if per[name] == "element" else shape[:1], False) for name in kept]
+    return [zeros(shape if per[name] == "element" else shape[:1], huge_pages) for name in kept]
 
 
 def array_counts(rule, spec) -> tuple[int, int]:
@@ -133,7 +137,7 @@ class DenseYardstick:
 
     def step(self, table: np.ndarray, grad: np.ndarray) -> Callable[[], None]:
         arrays = [table] + [np.zeros_like(table) for _ in range(self.elements - 1)] + [
-            np.zeros(table.shape[0], np.float32) for _ in range(self.rows)]
+            np.zeros(table.shape[0], np.float32) for _ in range(self.rows)]  # as `ours` makes them
         pointers = [self.ffi.from_buffer("float[]", a) for a in arrays]
         g = self.ffi.from_buffer("float[]", grad)
         return lambda: self.fn(*pointers, g, table.shape[0], table.shape[1])
@@ -143,11 +147,13 @@ class DenseYardstick:
 
 def torch_step(name: str, table: np.ndarray, grad) -> tuple[Callable[[], None], str]:
     """One step of the rule on a torch tensor over `table`'s memory; grad is dense or
-    (indices, values), numpy arrays. Its state is on 4 KiB pages (`zeros`)."""
+    (indices, values), numpy arrays. A composite's state is made as `ours` makes the kernel's:
+    on huge pages for a dense step, else on 4 KiB pages (`zeros`)."""
     tensors = (tuple(torch.from_numpy(a) for a in grad) if isinstance(grad, tuple)
                else torch.from_numpy(grad))
+    huge_pages = not isinstance(grad, tuple)
     return torch_rule_step(name, torch.from_numpy(table), tensors,
-                           lambda shape: torch.from_numpy(zeros(shape, False)))
+                           lambda shape: torch.from_numpy(zeros(shape, huge_pages)))
 
 
 def torch_rule_step(name: str, w: torch.Tensor, grad, zeros_like: Callable[[tuple], torch.Tensor]
@@ -213,13 +219,15 @@ def ours(name: str, sparse: bool, table: np.ndarray) -> Callable[[object], None]
     """The rule's kernel bound to `table` and fresh state: a function of the gradient."""
     rule = RULES[name]
     spec = rule.spec(sparse=sparse, **OPTIONS[name]).validate()
-    step = lazyadam.compile(spec).bind(table, *state_of(rule, spec, table.shape))
+    # Dense steps: state on huge pages, as numpy makes var and the yardstick's arrays (and
+    # bench_cpu.py's dense arrays); sparse steps: on 4 KiB pages, as their tables.
+    step = lazyadam.compile(spec).bind(table, *state_of(rule, spec, table.shape, not sparse))
     hp = hparams_of(rule).at_step(1, **HYPER[name]).as_tuple()
     return lambda grad: step(grad, hp)
 
 
 def dense(name: str, table: np.ndarray, grad: np.ndarray, rounds: int, warmup: int,
-          folder: Path) -> dict[str, float]:
+          folder: Path, clock: Callable[[], float]) -> dict[str, float]:
     """The rule's dense kernel, torch's step and the rule's yardstick, in one run; their medians."""
     rule = RULES[name]
     spec = rule.spec(sparse=False, **OPTIONS[name]).validate()
@@ -227,7 +235,7 @@ def dense(name: str, table: np.ndarray, grad: np.ndarray, rounds: int, warmup: i
     theirs, label = torch_step(name, table.copy(), grad)
     yardstick = DenseYardstick(folder, *array_counts(rule, spec)).step(table.copy(), grad)
     t = medians({"lazyadam": lambda: step(grad), "torch": theirs, "yardstick": yardstick},
-                rounds, warmup)
+                rounds, warmup, clock=clock)
     print(f"  {name:22s} dense {table.size:,}: lazyadam {t['lazyadam'] * 1e3:7.2f} ms   {label} "
           f"{t['torch'] * 1e3:7.2f} ms ({t['torch'] / t['lazyadam']:5.2f}x)   yardstick "
           f"{t['yardstick'] * 1e3:7.2f} ms: lazyadam speed / yardstick speed "
@@ -237,7 +245,7 @@ def dense(name: str, table: np.ndarray, grad: np.ndarray, rounds: int, warmup: i
 
 def sparse(name: str, shape: tuple[int, int], batch: tuple[np.ndarray, np.ndarray],
            spread: np.ndarray | None, rounds: int, warmup: int, bandwidth: float,
-           moved: int) -> dict[str, float]:
+           moved: int, clock: Callable[[], float]) -> dict[str, float]:
     """The rule's sparse kernel and torch's step on the table of `shape`, and with `spread` (the
     batch's rows on a 40x larger table) the kernel on that table, in one run; their medians."""
     indices, values = batch
@@ -248,7 +256,7 @@ def sparse(name: str, shape: tuple[int, int], batch: tuple[np.ndarray, np.ndarra
     if spread is not None:
         large = ours(name, True, zeros((40 * shape[0], shape[1]), False))
         contenders["lazyadam 40x"] = lambda: large((spread, values))
-    t = medians(contenders, rounds, warmup)
+    t = medians(contenders, rounds, warmup, clock=clock)
     limit = moved / bandwidth
     print(f"  {name:22s} sparse {shape[0]:,} x {shape[1]}: lazyadam {t['lazyadam'] * 1e3:7.3f} ms"
           f"   {label} {t['torch'] * 1e3:7.2f} ms ({t['torch'] / t['lazyadam']:5.2f}x)   "
@@ -278,6 +286,7 @@ def main() -> None:
     if args.threads:  # read by OpenMP when the first kernel or yardstick loads it
         os.environ["OMP_NUM_THREADS"] = str(args.threads)
         torch.set_num_threads(args.threads)
+    clock = time.thread_time if args.threads == 1 else time.perf_counter
     scale = 100 if args.small else 1
     print(machine())
     print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
@@ -288,23 +297,33 @@ def main() -> None:
     dense_grad = rng.standard_normal(dense_table.shape, dtype=np.float32)
     indices = zipf_indices(rng, rows, nnz, 1.2)
     values = rng.standard_normal((nnz, dim), dtype=np.float32)
-    spread = None if args.skip_large else indices * 40 + rng.integers(0, 40, indices.size)
+    spread = None if args.skip_large else larger_table(indices, rows, rng)
     touched = np.unique(indices).size
     table = []
     with tempfile.TemporaryDirectory() as folder:
-        bandwidth = Yardsticks(Path(folder)).copy_bandwidth(args.rounds, lambda: None)
-        print(f"copy bandwidth {bandwidth / 1e9:.1f} GB/s (read + written)")
+        bandwidth = Yardsticks(Path(folder)).copy_bandwidth(args.rounds, lambda: None, clock)
+        print(f"copy bandwidth {bandwidth / 1e9:.1f} GB/s (read + written); times are "
+              + ("CPU times of the calling thread" if clock is time.thread_time else "wall times"))
         for name in args.rules.split(","):
             rule = RULES[name]
             spec = rule.spec(sparse=True, **OPTIONS[name])
-            d = dense(name, dense_table, dense_grad, args.rounds, args.warmup, Path(folder))
+            d = dense(name, dense_table, dense_grad, args.rounds, args.warmup, Path(folder), clock)
             s = sparse(name, (rows, dim), (indices, values), spread, args.rounds, args.warmup,
-                       bandwidth, moved_bytes(rule, spec, touched, dim, nnz, indices.nbytes))
+                       bandwidth, moved_bytes(rule, spec, touched, dim, nnz, indices.nbytes),
+                       clock)
             table.append(row_of(name, d, s))
     print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     print("\n| rule | dense 16M: lazyadam / torch (x) | / yardstick speed | sparse 1M x 64: "
           "lazyadam / torch (x) | / limit | 40x table / 1x |\n|---|---|---|---|---|---|")
     print("\n".join(table))
+
+
+def larger_table(indices: np.ndarray, rows: int, rng: np.random.Generator) -> np.ndarray:
+    """The batch on a 40x larger table, as bench_cpu.py's `table_size` makes it: row r becomes
+    40 r plus an offset below 40 drawn once per row, so that a row's occurrences stay one row and
+    the duplicates and bytes are the same (an offset drawn per occurrence would spread the 10,544
+    rows of the 1M x 64 batch over 22,817)."""
+    return (40 * np.arange(rows) + rng.integers(0, 40, rows))[indices]
 
 
 def row_of(name: str, d: dict, s: dict) -> str:

@@ -359,3 +359,22 @@ def test_a_tensor_with_no_element_keeps_its_row_state(kernels, shape):
         call(kernel, state, np.ones(shape, np.float32),
              hparams_of(ROWWISE_ADAGRAD).at_step(1, **values_of(spec)), wrap)
         assert (acc == 0.5).all()
+
+
+@pytest.mark.parametrize("loss_scale", [3.0, 0.125, 2.0 ** 200])
+def test_c_divides_or_multiplies_by_the_inverse_loss_scale_with_the_same_bits(kernels,
+                                                                              loss_scale):
+    """The C dense row kernel multiplies by 1/loss_scale where that is exact (0.125; 2^200 has
+    no float32 inverse, 3 no exact one) and divides otherwise; the CUDA kernel always divides:
+    the same bits either way."""
+    for spec in [s for s in SPECS if s.dtype in ("float32", "float64") and s.RULE is not SGD][:4]:
+        c_kernel, cuda_kernel = kernels(spec)
+        rng = np.random.default_rng(5)
+        c_state = arrays_of(spec, rng, ROWS, 37)
+        cuda_state = {n: a.copy() for n, a in c_state.items()}
+        grad = rng.standard_normal((ROWS, 37)).astype(NUMPY[spec.dtype])
+        hp = hparams_of(spec.RULE).at_step(1, **(values_of(spec) | {"loss_scale": loss_scale}))
+        call(c_kernel, c_state, grad, hp)
+        call(cuda_kernel, cuda_state, grad, hp, emulation.Emulated)
+        for name in c_state:
+            assert c_state[name].tobytes() == cuda_state[name].tobytes(), (spec.symbol(), name)

@@ -191,7 +191,7 @@ def render_c(kernel: Kernel, symbol: str | None = None) -> Source:
     """C99 source and header for an optimized kernel (all passes applied)."""
     symbol = symbol or kernel.spec.symbol()
     printer = CPrinter(kernel.spec.compute_dtype)
-    inverted = kernel if kernel.spec.sparse or kernel.per_row else invert_loss_scale(kernel)
+    inverted = kernel if kernel.spec.sparse else invert_loss_scale(kernel)
     ctx = template_context(inverted, printer, symbol)
     # Dense: a second loop that multiplies by the inverse of a power-of-two loss scale.
     ctx["grad_inverted"] = None if inverted is kernel else ctx["grad"]
