@@ -9,7 +9,9 @@ order of docs/semantics.md by shuffles.
   and past multiples of the warp).
 - The same with the emulation's threads and blocks in reverse order.
 - Multi-tensor launches of tensors of mixed shapes (empty ones, more than a launch's tensors,
-  more hyperparameter entries than a launch carries).
+  more hyperparameter entries than a launch carries); a tensor with no element.
+- A step captured (the emulation's CUDA graph) and replayed with hyperparameters from device
+  memory; the C kernel's exact inverse loss scale against CUDA's division.
 - What the emulation shows of a broken kernel: a missing __syncwarp, lanes leaving a row before
   its shuffles, lanes reading past their row.
 - An nvcc build of every sampled kernel (PTX for sm_90).
@@ -17,6 +19,7 @@ order of docs/semantics.md by shuffles.
 
 from __future__ import annotations
 
+import ctypes
 import itertools
 import random
 import subprocess
@@ -378,3 +381,31 @@ def test_c_divides_or_multiplies_by_the_inverse_loss_scale_with_the_same_bits(ke
         call(cuda_kernel, cuda_state, grad, hp, emulation.Emulated)
         for name in c_state:
             assert c_state[name].tobytes() == cuda_state[name].tobytes(), (spec.symbol(), name)
+
+
+def test_a_captured_step_replays_with_the_hyperparameters_stored_before_it(kernels):
+    """A dense row step captured with its hyperparameters in device memory (the emulation's
+    stream capture, as a CUDA graph records it), replayed over three steps with each step's
+    entry stored before: the C kernel's bits at each."""
+    spec = next(s for s in SPECS if s.RULE is PARTIAL_ROWWISE_ADAM and s.dtype == "float32")
+    c_kernel, cuda_kernel = kernels(spec)
+    control = emulation.control()
+    control.emu_end_capture.restype = ctypes.c_longlong
+    rng = np.random.default_rng(6)
+    c_state = arrays_of(spec, rng, ROWS, 37)
+    cuda_state = {n: a.copy() for n, a in c_state.items()}
+    grad = rng.standard_normal((ROWS, 37)).astype(np.float32)
+    table = np.zeros(cuda_kernel.hparams_bytes, np.uint8)
+    wrapped = {n: emulation.Emulated(a) for n, a in cuda_state.items()}
+    binding = cuda_kernel.bind(wrapped["var"], **{n: a for n, a in wrapped.items() if n != "var"})
+    control.emu_begin_capture()
+    binding(emulation.Emulated(grad), None, device_hparams=emulation.Emulated(table))
+    assert control.emu_end_capture() == 1                # one launch recorded, none run
+    assert cuda_state["var"].tobytes() == c_state["var"].tobytes()   # recorded, not run
+    for t in (1, 2, 3):
+        hp = hparams_of(spec.RULE).at_step(t, **values_of(spec))
+        cuda_kernel.store_hparams(emulation.Emulated(table), [hp])
+        assert control.emu_replay() == 0
+        call(c_kernel, c_state, grad, hp)
+        for name in c_state:
+            assert cuda_state[name].tobytes() == c_state[name].tobytes(), (t, name)
