@@ -54,9 +54,6 @@ def native(dtype: np.dtype) -> np.dtype:
                     f"kernels would read its bytes as other numbers; convert it with {convert}")
 
 
-#: Bytes of one element of each storage dtype (without numpy's bfloat16, which needs ml_dtypes).
-ITEMSIZE = {"float32": 4, "float64": 8, "bfloat16": 2, "float16": 2}
-
 #: The name of each dtype read so far (numpy's `dtype.name` takes microseconds to make).
 _NAMES: dict[Any, str] = {}
 

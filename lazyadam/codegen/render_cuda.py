@@ -11,10 +11,10 @@ their launch's own copy, or from device memory, which a captured CUDA graph read
 
 from __future__ import annotations
 
-from ..dtypes import ITEMSIZE
 from .ir import Kernel, Let, Row, Scalar, walk
 from .printer import CudaPrinter
 from .render import ENV, Source, template_context
+from .spec import ITEMSIZE
 
 #: Threads per block of every kernel; a multiple of the warp size.
 THREADS = 256

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..dtypes import ITEMSIZE
+from ..codegen.spec import ITEMSIZE
 from .adagrad import ADAGRAD
 from .adam import ADAM
 from .lion import LION
