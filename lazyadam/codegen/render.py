@@ -148,6 +148,8 @@ def row_context(kernel: Kernel, printer: CPrinter) -> dict:
         # ir.RowSize, where the rule reads it: the row's length in the arithmetic type.
         row_length=any(isinstance(e, RowSize) for s in statements for e in walk(s.expr)),
         row_lanes=ROW_LANES,
+        # ROW_LANES/2, ..., 2, 1: the strides at which lanes_sum adds the lanes pairwise.
+        lane_halves=[ROW_LANES >> k for k in range(1, ROW_LANES.bit_length())],
         row_locals=lambda row: ", ".join(
             [printer.row_load(loaded[a], f"{a}[{row}]") for a in kernel.row_arrays] + fresh),
         sums=[(f"lanes_{s.target}", printer.row(s.target), printer.expr(s.expr))
