@@ -148,19 +148,23 @@ class Yardsticks:
                 ffi.from_buffer("float[]", values), indices.size, ffi.new("float[1]")]
         return lambda: self.lib.sparse_traffic(*args)
 
-    def copy_bandwidth(self, rounds: int, before: Callable[[], None]) -> float:
-        """Bytes per second (read plus written) of a 256 MiB copy: median of `rounds` copies."""
+    def copy_bandwidth(self, rounds: int, before: Callable[[], None],
+                       clock: Callable[[], float] = time.perf_counter) -> float:
+        """Bytes per second (read plus written) of a 256 MiB copy: median of `rounds` copies (timed
+        by `clock`, see `medians`)."""
         src = np.ones(64 * 2**20, np.float32)
         dst = np.zeros_like(src)
         args = (self.ffi.from_buffer("float[]", dst), self.ffi.from_buffer("float[]", src), src.size)
-        seconds = medians({"copy": lambda: self.lib.copy(*args)}, rounds, 2, before)["copy"]
+        seconds = medians({"copy": lambda: self.lib.copy(*args)}, rounds, 2, before, clock)["copy"]
         return 2 * src.nbytes / seconds
 
 
 def medians(contenders: dict[str, Callable[[], None]], rounds: int, warmup: int,
-            before: Callable[[], None] = lambda: None) -> dict[str, float]:
+            before: Callable[[], None] = lambda: None,
+            clock: Callable[[], float] = time.perf_counter) -> dict[str, float]:
     """Median seconds per call of each contender, timed in interleaved rounds after a warm-up;
-    `before()` runs, untimed, before each timed call."""
+    `before()` runs, untimed, before each timed call. `clock` reads the time (wall time; e.g.
+    `time.thread_time` for the CPU time of calls that run on the calling thread alone)."""
     for fn in contenders.values():
         for _ in range(warmup):
             fn()
@@ -169,9 +173,9 @@ def medians(contenders: dict[str, Callable[[], None]], rounds: int, warmup: int,
     for r in range(rounds):
         for name in names[r % len(names):] + names[:r % len(names)]:
             before()
-            start = time.perf_counter()
+            start = clock()
             contenders[name]()
-            times[name].append(time.perf_counter() - start)
+            times[name].append(clock() - start)
     return {name: statistics.median(t) for name, t in times.items()}
 
 

@@ -1,6 +1,6 @@
 """GPU benchmarks of the CUDA target against PyTorch, side by side in one run, as times and ratios.
 
-    python benchmarks/bench_cuda.py [--repeat 20]
+    python benchmarks/bench_cuda.py [--repeat 20] [--family] [--rules sgd,lion] [--skip-large]
 
 - dense float32, 16M and 256M elements: one LazyAdam step vs `torch.optim.Adam(fused=True)`, and the
   effective bandwidth (7 arrays of 4 bytes moved per element: w, m, v, g read; w, m, v written) as a
@@ -30,6 +30,18 @@
       torch foreach       `torch.optim.Adam(foreach=True).step()`
   against the dense traffic limit (7 arrays of 4 bytes per element at the copy bandwidth).
 
+- with `--family` (issue 17), instead of the above, every rule of the family (`--rules`: SGD with
+  momentum, Adagrad, rowwise Adagrad, partial-rowwise Adam, Lion) on bench_family.py's workloads:
+  dense float32 16M (262,144 x 64), lazy sparse 1,000,000 x 64 with 65,536 Zipf(1.2) indices,
+  and that batch on a 40x larger table (bench_family.py's `larger_table`; `--skip-large` leaves it
+  out), one step each of
+      lazyadam    the rule's CUDA kernel (`lazyadam.compile(spec, "cuda")`, the checking launcher
+                  for sparse steps)
+      torch       torch's optimizer where torch has the rule (SGD with momentum, Adagrad; sparse
+                  on a COO gradient), else the rule in torch ops (bench_family.py's composite)
+  against the traffic limit of bench_family.py (the bytes each rule must move) at the copy
+  bandwidth.
+
 Needs a CUDA GPU, nvcc and PyTorch with CUDA. Times are medians of CUDA-event timings after a warm-up
 (the first call also compiles the kernel); contenders are interleaved round by round.
 """
@@ -46,7 +58,9 @@ import torch
 
 import lazyadam
 import lazyadam.torch
+from bench_family import HYPER, OPTIONS, RULES, larger_table, moved_bytes, torch_rule_step
 from lazyadam import HParams, Spec
+from lazyadam.targets.base import hparams_of
 
 
 def gpu_times(contenders: dict[str, Callable[[], None]], repeat: int) -> dict[str, float]:
@@ -233,16 +247,96 @@ def optimizer_steps(label: str, shapes: list[tuple[int, ...]], repeat: int,
     torch.cuda.empty_cache()
 
 
-def main() -> None:
+def family_step(name: str, sparse: bool, w: torch.Tensor) -> Callable[[object], None]:
+    """The rule's CUDA kernel bound to `w` and zero state on its device: a function of the
+    gradient (a tensor, or an (indices, values) pair)."""
+    rule = RULES[name]
+    spec = rule.spec(sparse=sparse, **OPTIONS[name]).validate()
+    kernel = lazyadam.compile(spec, "cuda")
+    per = {s.name: s.per for s in rule.state}
+    state = {a: torch.zeros(tuple(w.shape) if per[a] == "element" else tuple(w.shape[:1]),
+                            device=w.device) for a in kernel.arrays[1:]}
+    step = kernel.bind(w, **state)
+    hp = hparams_of(rule).at_step(1, **HYPER[name])
+    return lambda grad: step(grad, hp)
+
+
+def family(names: list[str], repeat: int, bandwidth: float, large: bool) -> None:
+    """bench_family.py's workloads for each rule of `names`, on the GPU (see the module)."""
+    rng = np.random.default_rng(0)
+    n, rows, dim, nnz = 16 << 20, 1_000_000, 64, 65_536
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    dense_grad = torch.randn(n // dim, dim, device="cuda", generator=gen)
+    indices = zipf_indices(rng, rows, nnz, 1.2)
+    idx = torch.from_numpy(indices).cuda()
+    vals = torch.randn(nnz, dim, device="cuda", generator=gen)
+    spread = torch.from_numpy(larger_table(indices, rows, rng)).cuda()
+    touched = np.unique(indices).size
+    zeros = (lambda shape: torch.zeros(shape, device="cuda"))  # noqa: E731
+    print("targets: dense at least 0.8 of the copy bandwidth; sparse within 2x of the limit; "
+          "the 40x table at most 1.2x the time")
+    for name in names:
+        rule = RULES[name]
+        spec = rule.spec(sparse=True, **OPTIONS[name])
+        ours = family_step(name, False, torch.randn(n // dim, dim, device="cuda", generator=gen))
+        theirs, label = torch_rule_step(name, torch.randn(n // dim, dim, device="cuda",
+                                                          generator=gen), dense_grad, zeros)
+        t = gpu_times({"lazyadam": lambda: ours(dense_grad), "torch": theirs}, repeat)
+        limit = moved_bytes(rule, spec, n // dim, dim, n // dim, 0) / bandwidth
+        print(f"  {name:22s} dense {n:,}: lazyadam {t['lazyadam'] * 1e3:8.3f} ms  {label} "
+              f"{t['torch'] * 1e3:8.3f} ms  torch/lazyadam {t['torch'] / t['lazyadam']:6.2f}  "
+              f"limit/lazyadam {limit / t['lazyadam']:5.2f}")
+        small = family_step(name, True, torch.zeros(rows, dim, device="cuda"))
+        contenders = {"lazyadam": lambda: small((idx, vals))}
+        contenders["torch"], label = torch_rule_step(name, torch.zeros(rows, dim, device="cuda"),
+                                                     (idx, vals), zeros)
+        if large:
+            big = family_step(name, True, torch.zeros(40 * rows, dim, device="cuda"))
+            contenders["lazyadam 40x"] = lambda: big((spread, vals))
+        t = gpu_times(contenders, repeat)
+        limit = moved_bytes(rule, spec, touched, dim, nnz, indices.nbytes) / bandwidth
+        print(f"  {name:22s} sparse {rows:,} x {dim}: lazyadam {t['lazyadam'] * 1e3:8.3f} ms  "
+              f"{label} {t['torch'] * 1e3:8.3f} ms  torch/lazyadam "
+              f"{t['torch'] / t['lazyadam']:6.2f}  lazyadam/limit {t['lazyadam'] / limit:5.2f}"
+              + (f"  40x table {t['lazyadam 40x'] / t['lazyadam']:5.2f}x" if large else ""))
+        del ours, small, contenders
+        torch.cuda.empty_cache()
+
+
+def arguments(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line (see the module).
+
+    Raises:
+        SystemExit: an unknown option or rule (argparse's message).
+    """
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=20)
-    args = parser.parse_args()
+    parser.add_argument("--family", action="store_true",
+                        help="the family of rules on bench_family.py's workloads, instead")
+    parser.add_argument("--rules", default=",".join(RULES),
+                        help=f"with --family, the rules to run, of {', '.join(RULES)}")
+    parser.add_argument("--skip-large", action="store_true",
+                        help="with --family, leave out the 40x table")
+    args = parser.parse_args(argv)
+    unknown = [name for name in args.rules.split(",") if name not in RULES]
+    if unknown:
+        parser.error(f"unknown rule {unknown[0]!r}; choose from {', '.join(RULES)}")
+    if args.repeat < 1:
+        parser.error(f"--repeat must be >= 1, got {args.repeat}")
+    return args
+
+
+def main() -> None:
+    args = arguments()
     if not torch.cuda.is_available():
         raise SystemExit("bench_cuda.py needs PyTorch with a CUDA GPU")
     print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}, "
           f"lazyadam {lazyadam.__version__}")
     bandwidth = copy_bandwidth(args.repeat)
     print(f"device-to-device copy: {bandwidth / 1e9:.0f} GB/s (read + written)")
+    if args.family:
+        family(args.rules.split(","), args.repeat, bandwidth, not args.skip_large)
+        return
     for n in (16 << 20, 256 << 20):
         dense(n, args.repeat, bandwidth)
         torch.cuda.empty_cache()

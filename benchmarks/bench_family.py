@@ -1,7 +1,7 @@
 """The family of rules (lazyadam/rules) on CPU, kernel against torch, in one process.
 
     .venv/bin/python benchmarks/bench_family.py [--rounds 15] [--warmup 3] [--rules sgd,lion]
-                                                [--skip-large] [--small]
+                                                [--skip-large] [--small] [--threads N]
 
 For every rule of the family, one step each of
     lazyadam    the rule's generated C kernel (`lazyadam.compile(rule.spec(...))`, bound)
@@ -9,29 +9,50 @@ For every rule of the family, one step each of
                 sparse on a sparse COO gradient), else the rule written with torch's own ops (a
                 "composite": `unique` and `index_add_` sum a sparse gradient's duplicates, the
                 touched rows are gathered, updated and written back with `index_copy_`)
-on the workloads of bench_cpu.py: dense float32 16M elements; lazy sparse float32 1,000,000 x 64
-with 65,536 Zipf(1.2) indices; the same batch on a 40x larger table (`--skip-large` leaves it out).
-Against the traffic limit: the bytes a step must move (each touched row of var and of every
-per-element state array read and written once, per-row state once, every gradient row and index
-read once) at the bandwidth of a copy measured in the same run (bench_cpu.py's). Contenders run in
-rotating rounds after a warm-up; medians; ratios are of medians of the same run. `--small` runs
-100x smaller workloads (a check of the script, not a measurement).
+on the workloads of bench_cpu.py:
+- dense float32, 16M elements (a 262,144 x 64 table), against the rule's yardstick: bench_cpu.py's
+  traffic loop for the rule's arrays (read var, each per-element state array and the gradient,
+  write var and the state; per-row state read and written once a row) and no arithmetic, built with
+  the kernels' compiler, flags and OpenMP loop, timed in the same rounds;
+- lazy sparse float32, 1,000,000 x 64 with 65,536 Zipf(1.2) indices, against the traffic limit:
+  the bytes a step must move (each touched row of var and of every per-element state array read
+  and written once, per-row state once, every gradient row and index read once) at the bandwidth of
+  a copy measured in the same run (bench_cpu.py's);
+- the same batch on a 40x larger table (each row id r becomes 40 r + a random offset below 40,
+  drawn once per row, so that duplicates and bytes are the same: `larger_table`), timed in the same rounds as the 1x table
+  (`--skip-large` leaves it out). Tables and state are on 4 KiB pages made where a step touches
+  them, as PyTorch allocates (bench_cpu.py's `zeros`).
+Contenders run in rotating rounds after a warm-up; medians; ratios are of medians of the same run.
+`--small` runs 100x smaller workloads (a check of the script, not a measurement). The load average
+is printed before and after: on a machine shared with other jobs, the kernels' steps run on one
+thread while more tasks are runnable than there are processors (docs/threads.md), torch's and the
+yardsticks' on all of theirs, whose barriers then wait for the scheduler: `--threads 1` runs every
+contender on one thread (OMP_NUM_THREADS and torch's), for ratios that such a machine can give,
+and then times the CPU time of the calling thread (`time.thread_time`: every contender runs on it),
+which leaves out the time the scheduler gives other jobs.
 
-Also printed: the state bytes per parameter element of every rule and state dtype.
+Also printed: the state bytes per parameter element of every rule and state dtype
+(`lazyadam.rules.memory.state_table`).
 """
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
 import tempfile
+import time
 from pathlib import Path
 from typing import Callable
 
+import cffi
 import numpy as np
 import torch
 
 import lazyadam
 from bench_cpu import Yardsticks, machine, medians, zeros, zipf_indices
 from lazyadam.rules import ADAGRAD, LION, PARTIAL_ROWWISE_ADAM, ROWWISE_ADAGRAD, SGD
+from lazyadam.rules.memory import state_table
+from lazyadam.targets import c
 from lazyadam.targets.base import hparams_of
 
 RULES = {r.name: r for r in (SGD, ADAGRAD, ROWWISE_ADAGRAD, PARTIAL_ROWWISE_ADAM, LION)}
@@ -43,51 +64,124 @@ HYPER = {"sgd": dict(lr=0.01, mu=0.9), "adagrad": dict(lr=0.01, eps=1e-10),
          "lion": dict(lr=1e-4)}
 
 
-def state_of(rule, spec, shape) -> list[np.ndarray]:
-    """var's state arrays, zeros (pages made where a step touches them), in the kernel's order."""
+def state_of(rule, spec, shape, huge_pages: bool) -> list[np.ndarray]:
+    """var's state arrays, zeros (on huge pages as numpy makes them, or on 4 KiB pages made where a
+    step touches them: bench_cpu.py's `zeros`), in the kernel's order."""
     kept = rule.arrays(spec)[1:] + rule.row_arrays(spec)
     per = {s.name: s.per for s in rule.state}
-    return [zeros(shape if per[name] == "element" else shape[:1], False) for name in kept]
+    return [zeros(shape if per[name] == "element" else shape[:1], huge_pages) for name in kept]
+
+
+def array_counts(rule, spec) -> tuple[int, int]:
+    """(arrays of the parameter's shape that a step reads and writes, var included; per-row ones)."""
+    per = {s.name: s.per for s in rule.state}
+    kept = rule.arrays(spec)[1:] + rule.row_arrays(spec)
+    return 1 + sum(per[name] == "element" for name in kept), sum(per[name] == "row" for name in kept)
 
 
 def moved_bytes(rule, spec, touched_rows: int, dim: int, grad_rows: int, index_bytes: int) -> int:
     """The traffic limit's bytes: var and each per-element state row read and written once, each
     per-row state value read and written once, the gradient (and indices) read once."""
-    per = {s.name: s.per for s in rule.state}
-    kept = rule.arrays(spec)[1:] + rule.row_arrays(spec)
-    elements = 1 + sum(per[name] == "element" for name in kept)
-    rows = sum(per[name] == "row" for name in kept)
+    elements, rows = array_counts(rule, spec)
     return 4 * (2 * touched_rows * (elements * dim + rows) + grad_rows * dim) + index_bytes
+
+
+def traffic_source(elements: int, rows: int) -> str:
+    """bench_cpu.py's dense yardstick for `elements` arrays of the parameter's shape and `rows`
+    per-row arrays: chunks of var's cache lines split over the threads, each element of every array
+    read, the gradient added, written back; then each per-row value read and written."""
+    arrays = [f"float *restrict a{k}" for k in range(elements)] + [
+        f"float *restrict r{k}" for k in range(rows)]
+    body = "\n".join(f"            a{k}[i] += g;" for k in range(elements))
+    per_row = "\n".join(f"        r{k}[row] += 1.0f;" for k in range(rows))
+    return f"""
+#include <stdint.h>
+#define CHUNK 4096
+void traffic_{elements}_{rows}({", ".join(arrays)}, const float *restrict grad, int64_t nrows,
+                   int64_t row_size)
+{{
+    const int64_t n = nrows * row_size;
+    const int64_t skew = (int64_t)(((uintptr_t)a0 / sizeof *a0) % (64 / sizeof *a0));
+    const int64_t chunks = (n + skew + CHUNK - 1) / CHUNK;
+#pragma omp parallel for schedule(static)
+    for (int64_t c = 0; c < chunks; c++) {{
+        const int64_t begin = c * CHUNK - skew > 0 ? c * CHUNK - skew : 0;
+        const int64_t end = (c + 1) * CHUNK - skew < n ? (c + 1) * CHUNK - skew : n;
+#pragma omp simd
+        for (int64_t i = begin; i < end; i++) {{
+            const float g = grad[i];
+{body}
+        }}
+    }}
+{"#pragma omp parallel for simd schedule(static)" if rows else ""}
+{"    for (int64_t row = 0; row < nrows; row++) {" if rows else ""}
+{per_row}
+{"    }" if rows else ""}
+}}
+"""
+
+
+class DenseYardstick:
+    """`traffic_source(elements, rows)` built as bench_cpu.py builds its yardsticks (the C target's
+    compiler and flags), called on its own copy of a table and the rule's state."""
+
+    def __init__(self, folder: Path, elements: int, rows: int):
+        src, lib = folder / f"traffic_{elements}_{rows}.c", folder / f"traffic_{elements}_{rows}.so"
+        src.write_text(traffic_source(elements, rows))
+        subprocess.run([*c.compiler(), *c.flags(), str(src), "-o", str(lib)], check=True)
+        self.ffi = cffi.FFI()
+        self.ffi.cdef(f"void traffic_{elements}_{rows}({', '.join(['float *'] * (elements + rows))}, "
+                      "const float *, int64_t, int64_t);")
+        self.fn = getattr(self.ffi.dlopen(str(lib)), f"traffic_{elements}_{rows}")
+        self.elements, self.rows = elements, rows
+
+    def step(self, table: np.ndarray, grad: np.ndarray) -> Callable[[], None]:
+        arrays = [table] + [np.zeros_like(table) for _ in range(self.elements - 1)] + [
+            np.zeros(table.shape[0], np.float32) for _ in range(self.rows)]  # as `ours` makes them
+        pointers = [self.ffi.from_buffer("float[]", a) for a in arrays]
+        g = self.ffi.from_buffer("float[]", grad)
+        return lambda: self.fn(*pointers, g, table.shape[0], table.shape[1])
 
 
 # --- torch's side: the optimizer where torch has one, else the rule in torch ops --------------
 
 def torch_step(name: str, table: np.ndarray, grad) -> tuple[Callable[[], None], str]:
     """One step of the rule on a torch tensor over `table`'s memory; grad is dense or
-    (indices, values)."""
+    (indices, values), numpy arrays. A composite's state is made as `ours` makes the kernel's:
+    on huge pages for a dense step, else on 4 KiB pages (`zeros`)."""
+    tensors = (tuple(torch.from_numpy(a) for a in grad) if isinstance(grad, tuple)
+               else torch.from_numpy(grad))
+    huge_pages = not isinstance(grad, tuple)
+    return torch_rule_step(name, torch.from_numpy(table), tensors,
+                           lambda shape: torch.from_numpy(zeros(shape, huge_pages)))
+
+
+def torch_rule_step(name: str, w: torch.Tensor, grad, zeros_like: Callable[[tuple], torch.Tensor]
+                    ) -> tuple[Callable[[], None], str]:
+    """One step of the rule in torch on `w` (any device), and its label: torch's optimizer where it
+    has the rule, else the rule in torch ops; grad is a dense tensor or (indices, values) tensors,
+    and `zeros_like(shape)` makes the composite's state."""
     h = HYPER[name]
-    w = torch.from_numpy(table)
     if name in ("sgd", "adagrad"):
         param = torch.nn.Parameter(w)
         if isinstance(grad, tuple):
             indices, values = grad
-            param.grad = torch.sparse_coo_tensor(torch.from_numpy(indices)[None],
-                                                 torch.from_numpy(values), table.shape)
+            param.grad = torch.sparse_coo_tensor(indices[None], values, w.shape)
         else:
-            param.grad = torch.from_numpy(grad)
+            param.grad = grad
         opt = (torch.optim.SGD([param], lr=h["lr"], momentum=h["mu"]) if name == "sgd"
                else torch.optim.Adagrad([param], lr=h["lr"], eps=h["eps"]))
         label = "torch SGD(momentum)" if name == "sgd" else "torch Adagrad"
         return opt.step, label + (" sparse" if isinstance(grad, tuple) else "")
-    state = {"m": torch.from_numpy(zeros(table.shape, False)),
-             "row": torch.from_numpy(zeros(table.shape[:1], False))}
+    state = {"m": zeros_like(tuple(w.shape)), "row": zeros_like(tuple(w.shape[:1]))}
 
     def gathered():
         if not isinstance(grad, tuple):
-            return None, torch.from_numpy(grad)
-        indices, values = (torch.from_numpy(a) for a in grad)
+            return None, grad
+        indices, values = grad
         rows, inverse = torch.unique(indices, return_inverse=True)
-        g = torch.zeros((rows.numel(), values.shape[1])).index_add_(0, inverse, values)
+        g = torch.zeros((rows.numel(), values.shape[1]), device=values.device).index_add_(
+            0, inverse, values)
         return rows, g
 
     def take(x, rows):
@@ -121,39 +215,62 @@ def torch_step(name: str, table: np.ndarray, grad) -> tuple[Callable[[], None], 
     return step, "torch ops (composite)"
 
 
-def run(name: str, workload: str, fresh: Callable[[], np.ndarray], grad, rounds: int,
-        warmup: int, bandwidth: float, moved: int) -> dict[str, float]:
-    """Times the rule's kernel and torch's step on tables from `fresh()` each."""
+def ours(name: str, sparse: bool, table: np.ndarray) -> Callable[[object], None]:
+    """The rule's kernel bound to `table` and fresh state: a function of the gradient."""
     rule = RULES[name]
-    sparse = isinstance(grad, tuple)
     spec = rule.spec(sparse=sparse, **OPTIONS[name]).validate()
-    kernel = lazyadam.compile(spec)
-    table = fresh()
-    ours = [table, *state_of(rule, spec, table.shape)]
-    step = kernel.bind(*ours)
+    # Dense steps: state on huge pages, as numpy makes var and the yardstick's arrays (and
+    # bench_cpu.py's dense arrays); sparse steps: on 4 KiB pages, as their tables.
+    step = lazyadam.compile(spec).bind(table, *state_of(rule, spec, table.shape, not sparse))
     hp = hparams_of(rule).at_step(1, **HYPER[name]).as_tuple()
-    theirs, label = torch_step(name, fresh(), grad)
-    t = medians({"lazyadam": lambda: step(grad, hp), "torch": theirs}, rounds, warmup)
+    return lambda grad: step(grad, hp)
+
+
+def dense(name: str, table: np.ndarray, grad: np.ndarray, rounds: int, warmup: int,
+          folder: Path, clock: Callable[[], float]) -> dict[str, float]:
+    """The rule's dense kernel, torch's step and the rule's yardstick, in one run; their medians."""
+    rule = RULES[name]
+    spec = rule.spec(sparse=False, **OPTIONS[name]).validate()
+    step = ours(name, False, table.copy())
+    theirs, label = torch_step(name, table.copy(), grad)
+    yardstick = DenseYardstick(folder, *array_counts(rule, spec)).step(table.copy(), grad)
+    t = medians({"lazyadam": lambda: step(grad), "torch": theirs, "yardstick": yardstick},
+                rounds, warmup, clock=clock)
+    print(f"  {name:22s} dense {table.size:,}: lazyadam {t['lazyadam'] * 1e3:7.2f} ms   {label} "
+          f"{t['torch'] * 1e3:7.2f} ms ({t['torch'] / t['lazyadam']:5.2f}x)   yardstick "
+          f"{t['yardstick'] * 1e3:7.2f} ms: lazyadam speed / yardstick speed "
+          f"{t['yardstick'] / t['lazyadam']:5.3f} (target >= 0.95)")
+    return t | {"label": label}
+
+
+def sparse(name: str, shape: tuple[int, int], batch: tuple[np.ndarray, np.ndarray],
+           spread: np.ndarray | None, rounds: int, warmup: int, bandwidth: float,
+           moved: int, clock: Callable[[], float]) -> dict[str, float]:
+    """The rule's sparse kernel and torch's step on the table of `shape`, and with `spread` (the
+    batch's rows on a 40x larger table) the kernel on that table, in one run; their medians."""
+    indices, values = batch
+    contenders = {"lazyadam": (lambda step: lambda: step(batch))(
+        ours(name, True, zeros(shape, False)))}
+    theirs, label = torch_step(name, zeros(shape, False), batch)
+    contenders["torch"] = theirs
+    if spread is not None:
+        large = ours(name, True, zeros((40 * shape[0], shape[1]), False))
+        contenders["lazyadam 40x"] = lambda: large((spread, values))
+    t = medians(contenders, rounds, warmup, clock=clock)
     limit = moved / bandwidth
-    print(f"  {name:22s} {workload:26s} lazyadam {t['lazyadam'] * 1e3:8.2f} ms   "
-          f"{label} {t['torch'] * 1e3:8.2f} ms   torch/lazyadam {t['torch'] / t['lazyadam']:6.2f}"
-          f"   lazyadam/limit {t['lazyadam'] / limit:5.2f}")
-    return t
+    print(f"  {name:22s} sparse {shape[0]:,} x {shape[1]}: lazyadam {t['lazyadam'] * 1e3:7.3f} ms"
+          f"   {label} {t['torch'] * 1e3:7.2f} ms ({t['torch'] / t['lazyadam']:5.2f}x)   "
+          f"lazyadam / limit {t['lazyadam'] / limit:5.2f} (target <= 2)")
+    if spread is not None:
+        print(f"  {name:22s} 40x table: {t['lazyadam 40x'] * 1e3:7.3f} ms, "
+              f"{t['lazyadam 40x'] / t['lazyadam']:5.2f}x the 1x table's (target <= 1.2)")
+    return t | {"label": label, "limit": limit}
 
 
 def state_bytes() -> None:
-    print("state bytes per parameter element (D = 64 elements a row):")
-    for name, rule in RULES.items():
-        for state_dtype in (None, "bfloat16"):
-            dtype = "bfloat16" if state_dtype else "float32"
-            spec = rule.spec(sparse=True, dtype=dtype, state_dtype=state_dtype,
-                             **OPTIONS[name]).validate()
-            per = {s.name: s.per for s in rule.state}
-            size = {"float32": 4, "float64": 8, "bfloat16": 2, "float16": 2}
-            kept = rule.arrays(spec)[1:] + rule.row_arrays(spec)
-            total = sum(size[spec.storage(a)] / (64 if per[a] == "row" else 1) for a in kept)
-            print(f"  {name:22s} {dtype:9s} state {spec.storage(kept[0]) if kept else '-':9s} "
-                  f"{total:7.3f} B")
+    print("state bytes per parameter element, D = 64 elements a row (lazyadam.rules.memory):")
+    for line in state_table(64):
+        print("  " + line)
 
 
 def main() -> None:
@@ -163,38 +280,61 @@ def main() -> None:
     parser.add_argument("--rules", default=",".join(RULES))
     parser.add_argument("--skip-large", action="store_true")
     parser.add_argument("--small", action="store_true")
+    parser.add_argument("--threads", type=int,
+                        help="threads of every contender (OpenMP's and torch's); default: theirs")
     args = parser.parse_args()
+    if args.threads:  # read by OpenMP when the first kernel or yardstick loads it
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)
+        torch.set_num_threads(args.threads)
+    clock = time.thread_time if args.threads == 1 else time.perf_counter
     scale = 100 if args.small else 1
     print(machine())
+    print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     state_bytes()
-    with tempfile.TemporaryDirectory() as folder:
-        yardsticks = Yardsticks(Path(folder))
-        bandwidth = yardsticks.copy_bandwidth(args.rounds, lambda: None)
-    print(f"copy bandwidth {bandwidth / 1e9:.1f} GB/s (read + written)")
     rng = np.random.default_rng(0)
     n, rows, dim, nnz = 16 * 2**20 // scale, 1_000_000 // scale, 64, 65_536 // scale
     dense_table = rng.standard_normal((n // dim, dim), dtype=np.float32)
     dense_grad = rng.standard_normal(dense_table.shape, dtype=np.float32)
     indices = zipf_indices(rng, rows, nnz, 1.2)
     values = rng.standard_normal((nnz, dim), dtype=np.float32)
+    spread = None if args.skip_large else larger_table(indices, rows, rng)
     touched = np.unique(indices).size
-    for name in args.rules.split(","):
-        rule = RULES[name]
-        spec = rule.spec(sparse=True, **OPTIONS[name])
-        run(name, f"dense {n:,}", dense_table.copy, dense_grad, args.rounds, args.warmup, bandwidth,
-            moved_bytes(rule, spec, n // dim, dim, n // dim, 0))
-        small = run(name, f"sparse {rows:,} x {dim}", lambda: zeros((rows, dim), False),
-                    (indices, values), args.rounds,
-                    args.warmup, bandwidth, moved_bytes(rule, spec, touched, dim, nnz,
-                                                        indices.nbytes))
-        if not args.skip_large:
-            spread = indices * 40 + rng.integers(0, 40, indices.size)
-            large = run(name, f"sparse {40 * rows:,} x {dim}",
-                        lambda: zeros((40 * rows, dim), False), (spread, values),
-                        args.rounds, args.warmup, bandwidth,
-                        moved_bytes(rule, spec, touched, dim, nnz, indices.nbytes))
-            print(f"  {name:22s} 40x table / 1x table: "
-                  f"{large['lazyadam'] / small['lazyadam']:5.2f} (target <= 1.2)")
+    table = []
+    with tempfile.TemporaryDirectory() as folder:
+        bandwidth = Yardsticks(Path(folder)).copy_bandwidth(args.rounds, lambda: None, clock)
+        print(f"copy bandwidth {bandwidth / 1e9:.1f} GB/s (read + written); times are "
+              + ("CPU times of the calling thread" if clock is time.thread_time else "wall times"))
+        for name in args.rules.split(","):
+            rule = RULES[name]
+            spec = rule.spec(sparse=True, **OPTIONS[name])
+            d = dense(name, dense_table, dense_grad, args.rounds, args.warmup, Path(folder), clock)
+            s = sparse(name, (rows, dim), (indices, values), spread, args.rounds, args.warmup,
+                       bandwidth, moved_bytes(rule, spec, touched, dim, nnz, indices.nbytes),
+                       clock)
+            table.append(row_of(name, d, s))
+    print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print("\n| rule | dense 16M: lazyadam / torch (x) | / yardstick speed | sparse 1M x 64: "
+          "lazyadam / torch (x) | / limit | 40x table / 1x |\n|---|---|---|---|---|---|")
+    print("\n".join(table))
+
+
+def larger_table(indices: np.ndarray, rows: int, rng: np.random.Generator) -> np.ndarray:
+    """The batch on a 40x larger table, as bench_cpu.py's `table_size` makes it: row r becomes
+    40 r plus an offset below 40 drawn once per row, so that a row's occurrences stay one row and
+    the duplicates and bytes are the same (an offset drawn per occurrence would spread the 10,544
+    rows of the 1M x 64 batch over 22,817)."""
+    return (40 * np.arange(rows) + rng.integers(0, 40, rows))[indices]
+
+
+def row_of(name: str, d: dict, s: dict) -> str:
+    """A line of the figures' markdown table (times in ms)."""
+    def versus(t: dict) -> str:
+        ops = ", ops" if "composite" in t["label"] else ""
+        return (f"{t['lazyadam'] * 1e3:.2f} / {t['torch'] * 1e3:.2f} "
+                f"({t['torch'] / t['lazyadam']:.2f}x{ops})")
+    large = f"{s['lazyadam 40x'] / s['lazyadam']:.2f}" if "lazyadam 40x" in s else "-"
+    return (f"| {name} | {versus(d)} | {d['yardstick'] / d['lazyadam']:.3f} | {versus(s)} | "
+            f"{s['lazyadam'] / s['limit']:.2f} | {large} |")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,5 @@
 """The family's rules (lazyadam/rules: SGD, Adagrad, rowwise Adagrad, partial-rowwise Adam, Lion)
-as C kernels, and as emulated CUDA kernels where the CUDA templates print them (per-element
-state), against the numpy references of tests/reference_family.py over three steps.
+as C kernels and as emulated CUDA kernels, against the numpy references of tests/reference_family.py over three steps.
 
 Dense and lazy sparse (duplicates, untouched rows), float32 and float64, and bfloat16 with
 stochastic rounding. Each rule's kernels are a sample of its flag product (every value of every
@@ -121,7 +120,7 @@ class Kernels:
             i = ffi.cast("void *", indices.ctypes.data)
             return fn(*ptrs, rows, row_size, i, g, len(indices), hp, *cuda)
         if _has_rows(self.rule, spec):
-            return fn(*ptrs, g, rows, row_size, hp)
+            return fn(*ptrs, g, rows, row_size, hp, *cuda)
         return fn(*ptrs, g, rows * row_size, hp, *cuda)
 
     def arrays(self, spec):
@@ -137,23 +136,17 @@ def kernels(tmp_path_factory):
     def get(rule, target):
         if (rule.name, target) not in built:
             specs = specs_of(rule)
-            if target == "cuda":
-                if emulation.host_compiler() is None:
-                    pytest.skip("no host C++ compiler (c++ or g++) to build the CUDA emulation")
-                specs = [s for s in specs if _on_cuda(rule, s)]
+            if target == "cuda" and emulation.host_compiler() is None:
+                pytest.skip("no host C++ compiler (c++ or g++) to build the CUDA emulation")
             built[rule.name, target] = Kernels(rule, specs, target,
                                                tmp_path_factory.mktemp(rule.name))
         return built[rule.name, target]
     return get
 
 
-def _on_cuda(rule, spec) -> bool:
-    """Whether the CUDA templates print the kernel: all but dense kernels that run rows."""
-    return spec.sparse or not _has_rows(rule, spec)
-
-
 def _has_rows(rule, spec) -> bool:
-    """Whether the rule's kernel of `spec` keeps per-row state or sums rows (C only)."""
+    """Whether the rule's kernel of `spec` keeps per-row state or sums rows: its dense form
+    takes (rows, row_size)."""
     return optimize(spec).per_row
 
 
@@ -258,19 +251,19 @@ def test_c_kernels_match_the_reference(kernels, rule, spec):
     run_and_compare(kernels, rule, spec, "c")
 
 
-@pytest.mark.parametrize("rule, spec", [p for p in _cases("cuda") if _on_cuda(*p.values)])
+@pytest.mark.parametrize("rule, spec", list(_cases("cuda")))
 def test_emulated_cuda_kernels_match_the_reference(kernels, rule, spec):
     run_and_compare(kernels, rule, spec, "cuda")
 
 
 @pytest.mark.parametrize("name", RULES)
 def test_cuda_sources_compile_with_nvcc(name, pulse):
-    """Every sampled kernel of the rule that the CUDA templates print, compiled to PTX for sm_90
-    as test_cuda_codegen compiles LazyAdam's; a passing build is remembered in the kernel cache."""
+    """Every sampled kernel of the rule, compiled to PTX for sm_90 as test_cuda_codegen compiles
+    LazyAdam's; a passing build is remembered in the kernel cache."""
     from test_cuda_codegen import compile_units, nvcc_or_skip
     nvcc = nvcc_or_skip()
     rule = RULES[name]
-    sources = [generate(s, "cuda") for s in specs_of(rule) if _on_cuda(rule, s)]
+    sources = [generate(s, "cuda") for s in specs_of(rule)]
     key = cache.make_key({"test": "family-ptx", "sources": [s.text + s.header for s in sources],
                           "nvcc": subprocess.run([nvcc, "--version"], capture_output=True,
                                                  text=True).stdout})

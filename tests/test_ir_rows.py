@@ -6,7 +6,7 @@ docs/semantics.md, with its L2 decay behind a switch so that dead-term removal h
 
 import pytest
 
-from lazyadam import Spec, SpecError
+from lazyadam import Spec
 from lazyadam.codegen import ir
 from lazyadam.codegen.passes import PIPELINE, drop_dead_terms
 from lazyadam.codegen.pipeline import format_kernel
@@ -141,10 +141,9 @@ def test_the_stage_listing_shows_the_row_sections():
     assert "per row" not in adam and not optimized_adam.per_row
 
 
-def test_the_cuda_dense_template_refuses_a_kernel_with_rows_rather_than_drop_them():
-    """C kernels and the CUDA sparse kernel print rows (tests/test_row_rules.py,
-    tests/test_family_kernels.py); the CUDA dense kernel goes element by element, so a rule with
-    rows is refused there by name."""
-    with pytest.raises(SpecError, match="'test_partial_rowwise' keeps per-row state"):
-        render_cuda(optimized(Spec(sparse=False)))
+def test_the_cuda_kernels_print_rows_dense_and_sparse():
+    """Both CUDA kernels of a rule with rows sum them by warp shuffles (tests/test_cuda_dense_rows.py
+    and tests/test_family_kernels.py run them); the dense one takes (rows, row_size)."""
+    dense = render_cuda(optimized(Spec(sparse=False)))
+    assert "__shfl_down_sync" in dense.text and "int64_t rows,\n" in dense.cdef
     assert "__shfl_down_sync" in render_cuda(optimized(Spec(sparse=True))).text

@@ -148,6 +148,8 @@ def row_context(kernel: Kernel, printer: CPrinter) -> dict:
         # ir.RowSize, where the rule reads it: the row's length in the arithmetic type.
         row_length=any(isinstance(e, RowSize) for s in statements for e in walk(s.expr)),
         row_lanes=ROW_LANES,
+        # ROW_LANES/2, ..., 2, 1: the strides at which lanes_sum adds the lanes pairwise.
+        lane_halves=[ROW_LANES >> k for k in range(1, ROW_LANES.bit_length())],
         row_locals=lambda row: ", ".join(
             [printer.row_load(loaded[a], f"{a}[{row}]") for a in kernel.row_arrays] + fresh),
         sums=[(f"lanes_{s.target}", printer.row(s.target), printer.expr(s.expr))
@@ -191,7 +193,7 @@ def render_c(kernel: Kernel, symbol: str | None = None) -> Source:
     """C99 source and header for an optimized kernel (all passes applied)."""
     symbol = symbol or kernel.spec.symbol()
     printer = CPrinter(kernel.spec.compute_dtype)
-    inverted = kernel if kernel.spec.sparse or kernel.per_row else invert_loss_scale(kernel)
+    inverted = kernel if kernel.spec.sparse else invert_loss_scale(kernel)
     ctx = template_context(inverted, printer, symbol)
     # Dense: a second loop that multiplies by the inverse of a power-of-two loss scale.
     ctx["grad_inverted"] = None if inverted is kernel else ctx["grad"]

@@ -14,14 +14,12 @@ from __future__ import annotations
 from .ir import Kernel, Let, Row, Scalar, walk
 from .printer import CudaPrinter
 from .render import ENV, Source, template_context
-from .spec import SpecError
+from .spec import ITEMSIZE
 
 #: Threads per block of every kernel; a multiple of the warp size.
 THREADS = 256
 #: Bytes moved by one vector load or store of the dense kernel.
 VECTOR_BYTES = 16
-#: Bytes of one element of each storage dtype.
-_ITEMSIZE = {"float32": 4, "float64": 8, "bfloat16": 2, "float16": 2}
 #: Tensors updated by one launch of the dense kernel (their pointers travel as a kernel argument,
 #: which holds at most 4 KiB: 48 tensors take 3.4 KiB with amsgrad).
 TENSORS_PER_LAUNCH = 48
@@ -44,17 +42,13 @@ def _scalars_read(kernel: Kernel, stmts) -> list[Let]:
 def render_cuda(kernel: Kernel, symbol: str | None = None) -> Source:
     """CUDA C++ source and header for an optimized kernel (all passes applied)."""
     spec = kernel.spec
-    if kernel.per_row and not spec.sparse:
-        raise SpecError(f"rule {kernel.rule.name!r} keeps per-row state or sums over rows, which "
-                        "the CUDA dense kernel does not run (it goes element by element): take a "
-                        "sparse kernel, or the C target")
     symbol = symbol or spec.symbol()
     printer = CudaPrinter(spec.compute_dtype)
     ctx = template_context(kernel, printer, symbol, indent=4)
     types = ctx["types"]
     # A vector load moves VECTOR_BYTES of the widest array: 4 elements of float32 state, 8 of
     # bfloat16 state and gradient.
-    vector = VECTOR_BYTES // max(_ITEMSIZE[spec.storage(a)] for a in types)
+    vector = VECTOR_BYTES // max(ITEMSIZE[spec.storage(a)] for a in types)
 
     rows = list(dict.fromkeys(e.name for st in kernel.update for e in walk(st.expr)
                               if isinstance(e, Row)))
@@ -87,7 +81,8 @@ def render_cuda(kernel: Kernel, symbol: str | None = None) -> Source:
         update_scalars=unpack(kernel.update),
         store_scalars=unpack(kernel.stores),
     )
-    body = "cuda_sparse.cu.j2" if spec.sparse else "cuda_dense.cu.j2"
+    body = ("cuda_sparse.cu.j2" if spec.sparse else
+            "cuda_dense_rows.cu.j2" if kernel.per_row else "cuda_dense.cu.j2")
     header = ENV.get_template("cuda_header.h.j2")
     return Source(
         symbol=symbol,

@@ -31,6 +31,8 @@ DEFAULT_RULE = "adam"
 DTYPES = {"float32": "f32", "float64": "f64", "bfloat16": "bf16", "float16": "f16"}
 #: Parameter dtypes stored in 16 bits: their steps compute in float32 and round every write.
 HALF_DTYPES = ("bfloat16", "float16")
+#: Bytes of one element of each storage dtype.
+ITEMSIZE = {"float32": 4, "float64": 8, "bfloat16": 2, "float16": 2}
 #: State dtypes (of a rule's "state" arrays) that half-precision parameters may take; float32 is
 #: the default.
 STATE_DTYPES = ("float32", "bfloat16")

@@ -206,7 +206,11 @@ class MultiPlan:
         self.kernel, self.bindings, self.count = kernel, tuple(bindings), len(bindings)
         self.columns = [ffi.new(f"{kernel._ctypes[name]}[]", [b.ptrs[k] for b in bindings])
                         for k, name in enumerate(kernel.arrays)]
-        self.sizes = ffi.new("int64_t[]", [b.size for b in bindings])
+        # Each tensor's size: its element count, or for a kernel that runs rows (`per_row`) its
+        # rows and row size.
+        self.sizes = ((ffi.new("int64_t[]", [b.rows for b in bindings]),
+                       ffi.new("int64_t[]", [b.row_size for b in bindings]))
+                      if kernel.per_row else (ffi.new("int64_t[]", [b.size for b in bindings]),))
 
     def launch(self, grads: Sequence[int], hparams: Sequence[tuple] | Any,
                which: Sequence[int] | None, stream: int) -> None:
@@ -229,7 +233,7 @@ class MultiPlan:
         table = hparams if on_device else ffi.new(f"{kernel.hparams_type}[]", hparams)
         kernel._raise_for(kernel._multi_hparams(
             self.count, *self.columns, ffi.cast(f"{kernel._ctypes['grad']} *", addresses),
-            self.sizes, table, ffi.NULL if which is None else ffi.new("int32_t[]", which),
+            *self.sizes, table, ffi.NULL if which is None else ffi.new("int32_t[]", which),
             int(on_device), ffi.cast("cudaStream_t", stream)))
 
 

@@ -10,6 +10,16 @@
  *   live thread of its block (or warp) has arrived. __nanosleep yields too, which lets a spinning
  *   lock waiter hand over to the lock holder. __shfl_down_sync and __shfl_sync exchange values
  *   through the warp's slots between two such meetings, as a warp's lanes do.
+ * - Warp collectives are checked as a GPU needs them: a __syncwarp or shuffle (full mask) must find
+ *   every lane of its warp there, at the same kind of collective. A lane that has returned while
+ *   the others wait at one, a lane arriving at one that another lane has left by returning, or a
+ *   shuffle met by a __syncwarp, is a fault: the launch reports cudaErrorLaunchFailure (from
+ *   cudaGetLastError, with what happened in cudaGetErrorString) instead of hanging, as a GPU might,
+ *   or reading a value no lane gave.
+ * - The threads of a block run in order (lane 0 first after each meeting), or with
+ *   LAZYADAM_EMULATION_REVERSE defined in reverse order, blocks too: a result that depends on the
+ *   interleaving (a lane reading what another writes with no barrier between them, two warps on one
+ *   row) differs between the two builds.
  * - Atomics are the host compiler's atomics, so separate OS threads running launches at once (as
  *   use_locking allows) see real atomicity.
  * - Small LAZYADAM_CHUNK and LAZYADAM_MAX_BLOCKS make small test arrays cross chunk edges and make
@@ -78,6 +88,7 @@ enum cudaError_t {
     cudaErrorInvalidValue = 1,
     cudaErrorMemoryAllocation = 2,
     cudaErrorInvalidConfiguration = 9,
+    cudaErrorLaunchFailure = 719,
     cudaErrorStreamCaptureUnsupported = 900,
 };
 enum cudaMemcpyKind { cudaMemcpyHostToDevice = 1, cudaMemcpyDeviceToHost = 2, cudaMemcpyDeviceToDevice = 3 };
@@ -101,6 +112,8 @@ inline std::vector<std::function<void()>> graph;
 /* Device memory allocated while capturing: the graph's own, freed with it (its frees are no-ops). */
 inline std::set<void *> graph_memory;
 inline thread_local cudaError_t last_error = cudaSuccess;
+/* What the first fault of a launch on this OS thread was (see the top), for cudaGetErrorString. */
+inline thread_local char fault_message[192];  /* fits the kernels' messages after the error name */
 
 inline cudaError_t record(cudaError_t err)
 {
@@ -204,11 +217,14 @@ inline const char *cudaGetErrorName(cudaError_t err)
     case cudaErrorMemoryAllocation: return "cudaErrorMemoryAllocation";
     case cudaErrorInvalidConfiguration: return "cudaErrorInvalidConfiguration";
     case cudaErrorStreamCaptureUnsupported: return "cudaErrorStreamCaptureUnsupported";
+    case cudaErrorLaunchFailure: return "cudaErrorLaunchFailure";
     }
     return "cudaErrorUnknown";
 }
 inline const char *cudaGetErrorString(cudaError_t err)
 {
+    if (err == cudaErrorLaunchFailure)
+        return emu::fault_message;
     return err == cudaErrorMemoryAllocation ? "out of memory (emulated)" : "emulated CUDA error";
 }
 inline cudaError_t cudaGetDevice(int *device) { *device = 0; return cudaSuccess; }
@@ -267,8 +283,13 @@ namespace emu {
 constexpr unsigned WARP = 32;
 constexpr size_t STACK_BYTES = 64 * 1024;
 
+/* What a warp's lanes meet at (a block's threads meet at NONE: __syncthreads is not checked). */
+enum Collective { NONE, SYNCWARP, SHUFFLE };
+
 struct Barrier {
     unsigned live = 0, arrived = 0, generation = 0;
+    unsigned size = 0;              /* the threads launched into it */
+    Collective kind = NONE;         /* what the lanes that arrived in this generation meet at */
 };
 
 struct Thread {
@@ -304,8 +325,24 @@ inline void release_if_complete(Barrier &b)
     }
 }
 
-inline void wait(Barrier &b)
+/* Records the first fault of a launch: the launch reports cudaErrorLaunchFailure. */
+inline void fault(const char *what)
 {
+    if (last_error != cudaErrorLaunchFailure)
+        snprintf(fault_message, sizeof fault_message, "emulated fault in block %u, thread %u: %s",
+                 block_idx.x, current->linear, what);
+    last_error = cudaErrorLaunchFailure;
+}
+
+inline void wait(Barrier &b, Collective kind = NONE)
+{
+    if (kind != NONE) {
+        if (b.live < b.size)
+            fault("a warp collective that a lane of the warp has left by returning");
+        else if (b.arrived > 0 && b.kind != kind)
+            fault("lanes of a warp at different collectives (a shuffle and a __syncwarp)");
+        b.kind = kind;
+    }
     const unsigned generation = b.generation;
     b.arrived++;
     release_if_complete(b);
@@ -322,6 +359,8 @@ inline void thread_main()
                                                                  __ATOMIC_RELAXED, __ATOMIC_RELAXED))
         ;
     Barrier &warp = block->warps[current->linear / WARP];
+    if (warp.arrived > 0 && warp.kind != NONE)
+        fault("a lane returned while the other lanes of its warp wait at a warp collective");
     block->block.live--;
     warp.live--;
     release_if_complete(block->block);
@@ -349,7 +388,12 @@ inline void run(dim3 grid, dim3 threads, const std::function<void()> &body)
     block_dim = threads;
     for (unsigned bz = 0; bz < grid.z; bz++)
         for (unsigned by = 0; by < grid.y; by++)
-            for (unsigned bx = 0; bx < grid.x; bx++) {
+            for (unsigned x = 0; x < grid.x; x++) {
+#ifdef LAZYADAM_EMULATION_REVERSE
+                const unsigned bx = grid.x - 1 - x;
+#else
+                const unsigned bx = x;
+#endif
                 block_idx = dim3(bx, by, bz);
                 b.block = Barrier{n, 0, 0};
                 b.warps.assign((n + WARP - 1) / WARP, Barrier{});
@@ -361,6 +405,7 @@ inline void run(dim3 grid, dim3 threads, const std::function<void()> &body)
                     t.done = false;
                     t.adds = 0;
                     b.warps[i / WARP].live++;
+                    b.warps[i / WARP].size++;
                     getcontext(&t.context);
                     t.context.uc_stack.ss_sp = &stacks[i * STACK_BYTES];
                     t.context.uc_stack.ss_size = STACK_BYTES;
@@ -369,7 +414,12 @@ inline void run(dim3 grid, dim3 threads, const std::function<void()> &body)
                 }
                 for (unsigned live = n; live > 0;) {
                     live = 0;
-                    for (Thread &t : b.threads) {
+                    for (unsigned i = 0; i < n; i++) {
+#ifdef LAZYADAM_EMULATION_REVERSE
+                        Thread &t = b.threads[n - 1 - i];
+#else
+                        Thread &t = b.threads[i];
+#endif
                         if (t.done)
                             continue;
                         current = &t;
@@ -410,7 +460,10 @@ struct Launch {
     ::emu::Launch<decltype(kernel)>{&kernel, dim3(grid), dim3(block)}
 
 inline void __syncthreads() { emu::wait(emu::block->block); }
-inline void __syncwarp(unsigned = 0xffffffffu) { emu::wait(emu::block->warps[emu::current->linear / emu::WARP]); }
+inline void __syncwarp(unsigned = 0xffffffffu)
+{
+    emu::wait(emu::block->warps[emu::current->linear / emu::WARP], emu::SYNCWARP);
+}
 inline void __nanosleep(unsigned) { emu::yield(); }
 
 namespace emu {
@@ -422,12 +475,13 @@ inline T exchange(T value, unsigned from)
 {
     static_assert(sizeof(T) <= sizeof(unsigned long long), "shuffles move up to 8 bytes");
     auto &slots = block->exchange[current->linear / WARP];
+    Barrier &warp = block->warps[current->linear / WARP];
     std::memcpy(&slots[current->linear % WARP], &value, sizeof(T));
-    __syncwarp();
+    wait(warp, SHUFFLE);
     T out = value;
     if (from < WARP)
         std::memcpy(&out, &slots[from], sizeof(T));
-    __syncwarp();
+    wait(warp, SHUFFLE);
     return out;
 }
 }  // namespace emu
