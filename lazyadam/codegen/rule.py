@@ -33,7 +33,7 @@ RESERVED = frozenset("""
     j j0 k key l lane last last_run lo magnitude mantissa mask max_chunks max_long mid mine n next
     nlong nnz o p pad part pass passes pos_bits position positions_in previous r record rounded
     row row_size rows run run_blocks run_chunks runs s seed segments shift shifted sign skew slot
-    sort_bytes sorted source state_row status step stop stream stride sums t threads
+    sort_bytes sorted source state_row status step stop stream stride sums t team threads
     threads_needed to total u value values var wanted warp_per_item warps which width workspace
     workspace_bytes x""".split())
 

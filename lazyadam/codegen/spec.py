@@ -42,9 +42,10 @@ GRAD_DTYPES = ("float32",)
 ROUNDINGS = ("nearest", "stochastic")
 INDEX_DTYPES = {"int32": "i32", "int64": "i64"}
 #: Elements (dense: n; sparse: indices x row size) below which a C step runs on one thread, when
-#: neither the spec nor LAZYADAM_PARALLEL_MIN says otherwise: below them, waking a second thread cost
-#: more than it saved on 2 cores (benchmarks/bench_busy.py --sweep; docs/threads.md).
-PARALLEL_MIN = {"dense": 1 << 19, "sparse": 1 << 20}
+#: neither the spec nor LAZYADAM_PARALLEL_MIN says otherwise: below them, waking a second thread
+#: never paid on 2 cores (benchmarks/bench_busy.py --sweep; docs/threads.md). Above them a kernel
+#: learns from its own step times whether its team pays (c_parallel.j2).
+PARALLEL_MIN = {"dense": 1 << 16, "sparse": 1 << 16}
 
 class SpecError(ValueError):
     """An illegal spec: the message says what to change."""
