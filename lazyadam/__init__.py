@@ -9,9 +9,12 @@ from .errors import (CompilationError, CompilerNotFoundError, KernelError,  # no
                      TargetUnavailableError, UntrustedCacheWarning)
 from .targets import compile  # noqa: E402
 from .targets.base import HParams  # noqa: E402
-from .runtime import LazyAdam, Parameter, RowTensor  # noqa: E402
+from .runtime import (Adagrad, LazyAdam, Lion, Momentum, Optimizer, Parameter,  # noqa: E402
+                      PartialRowWiseAdam, RowTensor, RowWiseAdagrad)
+from .runtime.classes import optimizer  # noqa: E402
 
-__all__ = ["LazyAdam", "Parameter", "RowTensor",
+__all__ = ["LazyAdam", "Parameter", "RowTensor", "Optimizer", "optimizer", "Momentum", "Adagrad",
+           "RowWiseAdagrad", "PartialRowWiseAdam", "Lion",
            "Spec", "SpecError", "Source", "HParams", "generate", "stages", "compile",
            "CompilationError", "CompilerNotFoundError", "KernelError", "TargetUnavailableError",
            "UntrustedCacheWarning", "__version__"]
