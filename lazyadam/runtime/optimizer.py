@@ -227,6 +227,9 @@ class Optimizer:
             if not isinstance(centralize, bool):
                 raise TypeError(f"{where} grad_centralization must be a bool, got "
                                 f"{type(centralize).__name__}: {centralize!r}")
+            if (wd.dynamic or wd.value > 0.0) and "weight_decay" not in settable(self.RULE):
+                raise ValueError(f"{where} weight_decay: the rule {self.RULE.name!r} has no "
+                                 "weight decay")
             self._groups.append(Group(lr, wd))
             for param in group["params"]:
                 decayed = wd.dynamic or wd.value > 0.0
