@@ -169,6 +169,11 @@ def test_bad_arguments_are_refused_by_name(make, error, message):
         make([Parameter(np.ones((3, 2), np.float32), name="w")])
 
 
+def test_the_base_class_has_no_rule_of_its_own():
+    with pytest.raises(TypeError, match=r"lazyadam.optimizer\(rule\)"):
+        lazyadam.Optimizer([Parameter(np.ones(2, np.float32), name="w")])
+
+
 # --- the family's classes against tests/reference_family.py ------------------------------------
 
 def _momentum(params):
@@ -328,3 +333,36 @@ def test_an_empty_sparse_gradient_steps_nothing_but_the_count():
     opt([RowTensor(np.zeros(0, np.int64), np.zeros((0, DIM), np.float32), (ROWS, DIM))])
     assert opt.global_step == 1 and opt.beta1_power == 0.9
     assert (opt.parameters[0].data == table).all() and not opt.moment1[0].data.any()
+
+
+# --- on a CUDA device (the emulated CUDA kernels) ------------------------------------------------
+
+@pytest.mark.parametrize("name", CLASSES)
+def test_device_parameters_step_as_host_ones(emulated_cuda, name):
+    """Each class on device arrays (the emulated CUDA kernels) gives the host's numbers over 3
+    steps: sparse and dense for per-element rules, sparse for the rules with per-row state, whose
+    dense gradients the CUDA target refuses (it has no dense kernel that runs rows)."""
+    from test_runtime_device import FakeLibrary as lib
+    table, dense, grads = data(np.float32, seed=8)
+    rows = name in ("rowwise", "partial")
+    kept = 1 if rows else 2
+    host = CLASSES[name]([Parameter(table.copy(), name="table"),
+                          Parameter(dense.copy(), name="dense")][:kept])
+    device = CLASSES[name]([Parameter(lib.put(table), name="table"),
+                            Parameter(lib.put(dense), name="dense")][:kept])
+    for batch in grads[:3]:
+        host(step_of(batch)[:kept])
+        sparse = step_of(batch)[0]
+        device([RowTensor(lib.put(sparse.indices), lib.put(sparse.values), (ROWS, DIM)),
+                lib.put(batch[2])][:kept])
+    for key, value in host.state_dict().items():
+        if isinstance(value, dict):
+            for param in value:
+                np.testing.assert_allclose(device.state_dict()[key][param], value[param],
+                                           rtol=1e-6, atol=1e-7, err_msg=key)
+    assert {s.sparse for s in emulated_cuda} == ({True} if rows else {False, True})
+    if rows:
+        before = device.state_dict()
+        with pytest.raises(lazyadam.SpecError, match="CUDA dense kernel does not run"):
+            device([lib.put(table)])
+        assert_same_state(before, device.state_dict())

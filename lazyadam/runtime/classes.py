@@ -12,7 +12,8 @@ from typing import Any
 from ..codegen.rule import Rule
 from ..rules import ADAGRAD, LION, PARTIAL_ROWWISE_ADAM, ROWWISE_ADAGRAD, SGD
 from .layout import settable
-from .optimizer import RATES, Optimizer
+from .arguments import RATES
+from .optimizer import Optimizer
 from .rates import check_loss_scale, is_float
 
 #: The arguments every class `optimizer` makes takes after the rule's own, keyword only.

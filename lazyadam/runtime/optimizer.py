@@ -20,12 +20,13 @@ from __future__ import annotations
 from typing import Any, ClassVar, Mapping, Sequence
 
 from ..codegen.rule import Rule
+from .arguments import fixed_hparams, rule_options
 from .checks import check_phase
 from .engine import Engine, Prepared
 from .groups import parse_params
 from .launcher import Launcher, capturing
 from .layout import entry, powered, settable
-from .options import choice, flag, number, rounding_options
+from .options import flag, rounding_options
 from .parameter import Parameter
 from .rates import Group, Rate, parse_rate, parse_weight_decay
 from .slot import Slot
@@ -34,9 +35,6 @@ from .specs import SEED_STRIDE, spec_for, state_names, target_for
 from . import snapshot
 
 __all__ = ["Optimizer", "decays_by_default", "target_for"]
-
-#: The hyperparameters an optimizer reads per group, each step (`Rate`s), not as fixed values.
-RATES = ("lr", "weight_decay")
 
 
 def decays_by_default(param: Parameter) -> bool:
@@ -111,13 +109,20 @@ class Optimizer:
                  options: Mapping[str, Any] | None = None, use_locking: bool = False,
                  state_dtype: str | None = None, rounding: str = "nearest", seed: int = 0,
                  capturable: bool = False, inits: Mapping[str, float] | None = None):
-        rule = self.RULE
+        rule = getattr(type(self), "RULE", None)
+        if rule is None:
+            raise TypeError("Optimizer is the base of the MindSpore-style classes and has no "
+                            "rule: make one with lazyadam.optimizer(rule), or take a class such "
+                            "as lazyadam.LazyAdam")
         self.use_locking = flag(use_locking, "", "use_locking")
         self.capturable = flag(capturable, "", "capturable")
         self.state_dtype, self.rounding, self.seed = rounding_options(state_dtype, rounding,
                                                                       seed, "")
-        self._fixed = self._check_hparams(dict(hparams or {}))
-        self._options, self._decay = self._check_options(dict(options or {}))
+        self._fixed = fixed_hparams(rule, hparams or {}, self.name_of)
+        self._options, self._decay = rule_options(rule, options or {}, self.name_of)
+        for name, value in (*self._fixed.items(), *self._options.items()):
+            if not hasattr(self, self.name_of(name)):  # a hyperparameter first, as Momentum's
+                setattr(self, self.name_of(name), value)
         self._inits = dict(inits) if inits else None
         self._powered = tuple(powered(rule).items())
         self._powers = {name: 1.0 for name, _ in self._powered}
@@ -154,55 +159,6 @@ class Optimizer:
     def name_of(self, name: str) -> str:
         """The front end's name of the rule's hyperparameter or option `name`."""
         return self.NAMES.get(name, name)
-
-    def _check_hparams(self, given: dict[str, Any]) -> dict[str, float]:
-        """The fixed hyperparameters (all settable ones but the rates), checked in their domains.
-
-        Raises:
-            TypeError: an unknown hyperparameter, or a value that is not a real number.
-            ValueError: a value outside its domain.
-        """
-        rule = self.RULE
-        names = [n for n in settable(rule) if n not in RATES]
-        unknown = [n for n in given if n not in names]
-        if unknown:
-            raise TypeError(f"rule {rule.name!r} has no settable hyperparameter {unknown[0]!r}; "
-                            f"choose from {', '.join(names)}")
-        fixed = {}
-        for name in names:
-            h = rule.hparam(name)
-            fixed[name] = number(given.get(name, h.default), h.domain, "", self.name_of(name))
-            setattr(self, self.name_of(name), fixed[name])
-        return fixed
-
-    def _check_options(self, given: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
-        """The rule's options but "decay", and the form of weight decay of a decayed parameter.
-
-        Raises:
-            TypeError: an unknown option, or a flag that is not a bool.
-            ValueError: a value the option does not take.
-        """
-        rule = self.RULE
-        known = {o.name: o for o in rule.options}
-        unknown = [n for n in given if n not in known]
-        if unknown:
-            raise TypeError(f"rule {rule.name!r} has no option {unknown[0]!r}; choose from "
-                            f"{', '.join(known) or 'none'}")
-        options, decay = {}, None
-        for name, option in known.items():
-            value = given.get(name, option.default)
-            if name == "decay":
-                forms = tuple(v for v in option.values if v != "none")
-                decay = choice(given.get(name, forms[0]), forms, "", "decay")
-                continue
-            if isinstance(option.default, bool):
-                flag(value, "", self.name_of(name))
-            else:
-                choice(value, option.values, "", self.name_of(name))
-            options[name] = value
-            if not hasattr(self, self.name_of(name)):
-                setattr(self, self.name_of(name), value)
-        return options, decay
 
     def _spec_options(self, decayed: bool) -> dict[str, Any]:
         """The rule's options of a parameter's spec, decayed or not."""
