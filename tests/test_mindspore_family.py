@@ -169,6 +169,25 @@ def test_bad_arguments_are_refused_by_name(make, error, message):
         make([Parameter(np.ones((3, 2), np.float32), name="w")])
 
 
+def test_the_class_of_adam_steps_as_lazyadam_bitwise():
+    """`lazyadam.optimizer(ADAM)`, made from the rule alone, and the hand-written LazyAdam take
+    the same steps: the generic front end is LazyAdam's."""
+    from lazyadam.rules import ADAM
+    Adam = lazyadam.optimizer(ADAM)
+    assert list(inspect.signature(Adam).parameters)[:8] == [
+        "params", "learning_rate", "beta1", "beta2", "eps", "weight_decay", "loss_scale",
+        "use_nesterov"]
+    table, dense, grads = data(np.float32, seed=10)
+    opts = [make([Parameter(table.copy(), name="table"), Parameter(dense.copy(), name="gamma")],
+                 learning_rate=0.01, weight_decay=0.1, use_nesterov=True, amsgrad=True, **decay)
+            for make, decay in ((Adam, {"decay": "decoupled"}),
+                                (lazyadam.LazyAdam, {"decoupled_weight_decay": True}))]
+    for batch in grads:
+        for opt in opts:
+            opt(step_of(batch))
+    assert_same_state(*(opt.state_dict() for opt in opts))
+
+
 def test_the_base_class_has_no_rule_of_its_own():
     with pytest.raises(TypeError, match=r"lazyadam.optimizer\(rule\)"):
         lazyadam.Optimizer([Parameter(np.ones(2, np.float32), name="w")])

@@ -75,7 +75,7 @@ def optimizer(rule: Rule, name: str | None = None) -> type[Optimizer]:
         bound.apply_defaults()
         given = bound.arguments
         Optimizer.__init__(
-            self, given["params"], given["learning_rate"],
+            self, given["params"], given[names["lr"]],
             given.get(names.get("weight_decay", "weight_decay"), 0.0),
             hparams={h: given[n] for n, h in hparams.items() if h not in RATES},
             options={o: given[n] for o, n in shown.items()},

@@ -321,9 +321,10 @@ class Optimizer:
         Raises:
             IndexError, TypeError, ValueError: as `__call__`, for the learning rate or weight decay.
         """
-        step = self._step
-        fixed = self._fixed
-        powers = {name: self._powers[name] * fixed[base] for name, base in self._powered}
+        step, fixed, last = self._step, self._fixed, self._powers
+        powers = {}
+        for name, base in self._powered:  # a loop: a comprehension is a call of its own (3.11)
+            powers[name] = last[name] * fixed[base]
         return ([entry(self.RULE, {**fixed, "lr": g.lr.at(step), "weight_decay": g.wd.at(step)},
                        step + 1, self.seed, powers) for g in self._groups], powers)
 
