@@ -161,3 +161,26 @@ def test_a_damaged_format_4_header_is_refused(tmp_path):
     np.savez(path, **members)
     with pytest.raises(ValueError, match="damaged"):
         opt.load(path)
+
+
+def test_a_checkpoint_keeps_each_state_arrays_own_dtype(tmp_path):
+    """A bfloat16 table under partial-rowwise Adam with bfloat16 state: moment1 is bfloat16 (per
+    element), moment2 float32 (per row, the arithmetic's dtype); both round-trip bitwise."""
+    def make(seed):
+        rng = np.random.default_rng(seed)
+        table = Parameter(rng.standard_normal((5, 4)).astype(ml_dtypes.bfloat16), name="table")
+        return lazyadam.PartialRowWiseAdam([table], learning_rate=0.01, state_dtype="bfloat16",
+                                           rounding="stochastic", seed=11)
+    opt = make(0)
+    for k in range(2):
+        opt([RowTensor(np.array([k, 3]), np.ones((2, 4), np.float32), (5, 4))])
+    state = opt.state_dict()
+    assert state["moment1"]["table"].dtype == ml_dtypes.bfloat16
+    assert state["moment2"]["table"].dtype == np.float32 and state["moment2"]["table"].shape == (5,)
+    opt.save(tmp_path / "half.npz")
+    header = json.loads(np.load(tmp_path / "half.npz")["header"].tobytes())
+    assert header["parameters"][0]["state_dtypes"] == {"moment1": "bfloat16",
+                                                       "moment2": "float32"}
+    resumed = make(1)
+    resumed.load(tmp_path / "half.npz")
+    assert_same(opt, resumed)
