@@ -385,3 +385,4 @@ def test_device_parameters_step_as_host_ones(emulated_cuda, name):
         with pytest.raises(lazyadam.SpecError, match="CUDA dense kernel does not run"):
             device([lib.put(table)])
         assert_same_state(before, device.state_dict())
+
