@@ -1,4 +1,5 @@
-"""lazyadam: a compiler for LazyAdam optimizer kernels (C/OpenMP and CUDA) and the optimizer over them."""
+"""lazyadam: a compiler of lazy optimizer kernels (C/OpenMP and CUDA) from update rules, and the
+optimizers over them (`LazyAdam` and the MindSpore-style classes here, `lazyadam.torch`)."""
 
 __version__ = "0.1.0"
 
