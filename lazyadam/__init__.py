@@ -1,4 +1,5 @@
-"""lazyadam: a compiler for LazyAdam optimizer kernels (C/OpenMP and CUDA) and the optimizer over them."""
+"""lazyadam: a compiler of lazy optimizer kernels (C/OpenMP and CUDA) from update rules, and the
+optimizers over them (`LazyAdam` and the MindSpore-style classes here, `lazyadam.torch`)."""
 
 __version__ = "0.1.0"
 
@@ -9,9 +10,12 @@ from .errors import (CompilationError, CompilerNotFoundError, KernelError,  # no
                      TargetUnavailableError, UntrustedCacheWarning)
 from .targets import compile  # noqa: E402
 from .targets.base import HParams  # noqa: E402
-from .runtime import LazyAdam, Parameter, RowTensor  # noqa: E402
+from .runtime import (Adagrad, LazyAdam, Lion, Momentum, Optimizer, Parameter,  # noqa: E402
+                      PartialRowWiseAdam, RowTensor, RowWiseAdagrad)
+from .runtime.classes import optimizer  # noqa: E402
 
-__all__ = ["LazyAdam", "Parameter", "RowTensor",
+__all__ = ["LazyAdam", "Parameter", "RowTensor", "Optimizer", "optimizer", "Momentum", "Adagrad",
+           "RowWiseAdagrad", "PartialRowWiseAdam", "Lion",
            "Spec", "SpecError", "Source", "HParams", "generate", "stages", "compile",
            "CompilationError", "CompilerNotFoundError", "KernelError", "TargetUnavailableError",
            "UntrustedCacheWarning", "__version__"]

@@ -1,38 +1,48 @@
-"""`LazyAdam`: MindSpore's `nn.LazyAdam` API over the generated kernels (docs/semantics.md).
+"""`Optimizer`: MindSpore's optimizer API over the generated kernels of any `Rule`
+(docs/mindspore.md); `lazyadam.LazyAdam`, `lazyadam.Momentum`, `lazyadam.Adagrad` and the classes
+`lazyadam.optimizer(rule)` makes are its subclasses.
 
-A call `optimizer(gradients)` works in two phases, so that a failed call changes nothing:
+A call `optimizer(gradients)` works in two phases (`Engine.step`), so that a failed call changes
+nothing:
 
     check    gradients, indices, learning rate and weight decay of step k; compile missing kernels
-    apply    k += 1, beta powers *= beta, every parameter's kernels with this step's `HParams`
-             (on CUDA: one multi-tensor launch per kernel for the dense parameters)
+    apply    k += 1, the rule's running powers *= their base (MindSpore's beta powers), every
+             parameter's kernels with this step's hyperparameters (`layout.entry`)
 
-Each parameter gets a `Spec` from its dtype and the optimizer's flags; the gradient picks the dense
-or the lazy sparse kernel (and the index dtype). Kernels are compiled once (`lazyadam.targets`) and
-kept per parameter; hyperparameters travel as runtime arguments, so no value of lr or weight decay
-ever recompiles.
+Each parameter gets a spec of the rule from its dtype and the optimizer's options; the gradient
+picks the dense or the lazy sparse kernel (and the index dtype). Kernels are compiled once
+(`lazyadam.targets`) and kept per parameter; hyperparameters travel as runtime arguments, so no
+value of lr or weight decay ever recompiles.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Mapping
-from typing import Any, Sequence
+from typing import Any, ClassVar, Mapping, Sequence
 
-import numpy as np
-
-from ..codegen.spec import ROUNDINGS, STATE_DTYPES
-from ..interop.arrays import dtype_of, is_device_array, to_host
-from ..rules.adam import ADAM
+from ..codegen.rule import Rule
+from ..targets.cuda import HPARAMS_BYTES
+from .arguments import fixed_hparams, rule_options
 from .checks import check_phase
-from .groups import parse_params
 from .engine import Engine, Prepared
+from .groups import parse_params
 from .launcher import Launcher, capturing
-from .layout import entry
+from .layout import entry, powered, settable
+from .options import flag, rounding_options
 from .parameter import Parameter
-from .rates import Group, Rate, is_float, is_number, parse_rate, parse_weight_decay
+from .rates import Group, Rate, parse_rate, parse_weight_decay
 from .slot import Slot
 from .state import allocate
-from .specs import SEED_STRIDE, check_seed, spec_for, target_for
+from .specs import SEED_STRIDE, spec_for, state_names, target_for
+from . import snapshot
+
+__all__ = ["Optimizer", "decays_by_default", "target_for"]
+
+
+def tabled_by_the_launcher(rule: Rule) -> bool:
+    """Whether `Launcher.tables`, the device tables that capturable steps read their
+    hyperparameters from, hold `rule`'s struct: they are laid out as LazyAdam's
+    (`targets.cuda.HPARAMS_BYTES` each, cast to `lazyadam_hparams *`)."""
+    return rule.hparams_type == "lazyadam_hparams" and 8 * len(rule.fields) == HPARAMS_BYTES
 
 
 def decays_by_default(param: Parameter) -> bool:
@@ -40,145 +50,100 @@ def decays_by_default(param: Parameter) -> bool:
     return "beta" not in param.name and "gamma" not in param.name
 
 
-class LazyAdam:
-    """Adam that updates only the rows a sparse gradient touches (MindSpore's `nn.LazyAdam`).
+class Optimizer:
+    """MindSpore's optimizer conventions over the kernels of the rule `RULE`.
 
-    Each call `optimizer(gradients)` takes one gradient per parameter, in parameter order: an array
-    of the parameter's shape and dtype (dense update) or a `RowTensor` (lazy sparse update: rows
-    not in `indices` keep their value and moments). It returns True. With step `k` counted from 0,
-    learning rate `lr = lr_at(k)`, `beta^t` the running products after this step's multiply:
+    Each call `optimizer(gradients)` takes one gradient per parameter, in parameter order: an
+    array of the parameter's shape and dtype (dense update) or a `RowTensor` (lazy sparse update:
+    rows not in `indices` keep their value and state). It returns True. Every gradient is
+    checked before anything is written: a call that raises leaves parameters, state, running
+    powers and the step exactly as they were.
 
-        g   = g/loss_scale + wd*w              (sparse: per occurrence, duplicates then summed)
-        lr_t = lr * sqrt(1 - beta2^t) / (1 - beta1^t)
-        m   = beta1*m + (1-beta1)*g
-        v   = beta2*v + (1-beta2)*g*g
-        w   = w - lr_t * m / (sqrt(v) + eps)  (nesterov: beta1*m + (1-beta1)*g in the numerator)
-
-    Every gradient is checked before anything is written: a call that raises leaves parameters,
-    moments, beta powers and the step exactly as they were.
-
-    Gradient centralization (a group's `grad_centralization`) subtracts from each dense gradient
-    of rank >= 2 its mean over every axis but the first, on a copy, before the kernel adds the
-    `wd*w` term. (MindSpore's `Optimizer` centralizes after adding the decay term: where a
-    parameter is both decayed and centralized, the two differ by the mean of `wd*w`.)
-
-    Devices: a parameter whose array lives on a CUDA device (`__cuda_array_interface__`: PyTorch,
-    CuPy, pycuda) is updated by the CUDA target's kernels, and its moments are allocated on the same
-    device by the array's own library. Its gradients must be on that device too. Every gradient
-    check, the index range included (a min/max reduced on the device), runs before the first
-    kernel of the call, so a bad device gradient changes nothing either; only a failure of the CUDA
-    runtime itself (a `KernelError`, or device memory running out) can stop a call half applied.
-    `state_dict()` and checkpoints hold host copies; loading copies them back into the device
-    arrays in place.
-
-    CUDA graphs: with `capturable=True`, a call on PyTorch CUDA tensors made while PyTorch
-    captures its current stream into a graph records the step's launches and counts nothing (CuPy
-    and pycuda arrays are stepped on the legacy default stream, which cannot be captured); before
-    each
-    `graph.replay()`, `prepare_replay()` counts the step and stores its hyperparameters where the
-    captured kernels read them. The gradients' arrays are the graph's: replays read the same
-    memory. Capturable steps, captured or not, check the indices of sparse gradients on the
-    device and never wait: a bad index makes that parameter's step, and its later ones, write
-    nothing, and `check_indices()` raises it (every other check still runs first).
-
-    Threads: kernels run without the GIL, so several threads may call one optimizer at once. With
-    `use_locking=True` the optimizer holds one lock over the step bookkeeping and all kernels of a
-    call, so calls are atomic: k threads give bitwise what k sequential calls give (the kernels
-    also take striped row locks, which exclude concurrent calls of the same compiled kernel, e.g.
-    from C code sharing the arrays). With `use_locking=False`
-    the bookkeeping (step, beta powers) is still taken under the lock, but kernels of different
-    calls may interleave on the same rows (Hogwild); memory is never corrupted. Either way,
-    `state_dict()`/`save()` and `load_state_dict()`/`load()` wait for the calls applying their
-    kernels (and calls that begin meanwhile wait for them): a checkpoint is a consistent snapshot.
+    A subclass sets `RULE` (and `NAMES`, the front end's names of the rule's hyperparameters and
+    options, by default the rule's `frontends["mindspore"]` with `lr` as `learning_rate`) and
+    translates its own arguments into the keywords of `__init__`. The state arrays of each
+    parameter are the rule's (`State`), named `<MindSpore name>.<parameter name>`; a subclass
+    gets a property per state array under its MindSpore name (a tuple, one array per parameter)
+    and one per "power:" hyperparameter (its running product, 1.0 before the first step).
 
     Args:
         params: a list of `Parameter`s, or of group dicts with keys `params` (required), `lr`,
-            `weight_decay`, `grad_centralization`; one more dict holding only `order_params` fixes
-            the order of parameters (and of gradients) to exactly the grouped parameters.
-        learning_rate: float or int (fixed; np.float64, a subclass of float, is one, other numpy
-            scalars are not); 0-d array (fixed); 1-d array or sequence, read
-            once here, or an iterator (a generator, `itertools.repeat`), read as the steps need
-            it (step k uses `lr[k]`); or a `LearningRateSchedule` (step k uses `schedule(k)`).
-        beta1, beta2: moment decay rates, Python floats in (0, 1) (np.float64, a subclass of
-            float, is one; np.float32 is not).
-        eps: Python float > 0, added to `sqrt(v)`.
-        use_locking: make concurrent calls atomic (see Threads).
-        use_nesterov: Nesterov momentum.
-        weight_decay: float or int >= 0, or a `LearningRateSchedule` (dynamic, `wd_at(k)`).
-            Without groups it applies to parameters whose names contain neither `beta` nor `gamma`.
-        loss_scale: gradients are divided by it (float or int > 0).
-        amsgrad: keep `vmax = max(vmax, v)` and divide by `sqrt(vmax) + eps`.
-        decoupled_weight_decay: AdamW, `w -= lr*wd*w`, instead of adding `wd*w` to the gradient.
-        maximize: ascend instead of descend.
-        eps_mode: "mindspore" (eps added to `sqrt(v)`) or "pytorch" (eps added to the
-            bias-corrected `sqrt(v_hat)`, as `torch.optim.Adam`).
-        state_dtype: the dtype of the moments of bfloat16 and float16 parameters: None or
-            "float32" (the default), or "bfloat16". float32 and float64 parameters keep their
-            moments in their own dtype.
-        rounding: how every write to a bfloat16 or float16 array rounds: "nearest" (even) or
-            "stochastic" (unbiased; see docs/semantics.md "Half precision").
-        seed: the seed of stochastic rounding, an int in [0, 2**64): with the step and each
-            element's position it makes the random bits, so a seed reproduces a run bit for bit.
-            Part of `state_dict()` and checkpoints.
-        capturable: steps that can be captured in a CUDA graph (every parameter on a device):
-            their kernels read the hyperparameters from device memory, and they never wait (see
-            CUDA graphs).
-
-    Half precision: a bfloat16 or float16 parameter (numpy through ml_dtypes, or a torch tensor)
-    takes gradients in its own dtype or in float32; a step computes in float32 and rounds what it
-    stores. Parameter number i (in the order of gradients) rounds stochastically with seed
-    `seed + i * SEED_STRIDE` (mod 2**64).
+            `weight_decay`, `grad_centralization`; one more dict holding only `order_params`
+            fixes the order of parameters (and of gradients) to exactly the grouped parameters.
+        learning_rate: as `lazyadam.LazyAdam`'s: a number, an array or sequence, an iterator or
+            a `LearningRateSchedule`.
+        weight_decay: a number >= 0 or a schedule; without groups it applies to parameters whose
+            names contain neither `beta` nor `gamma` (`decays`).
+        hparams: the rule's other settable hyperparameters by the rule's names, checked against
+            their domains; a missing one takes the rule's default.
+        options: the rule's options by the rule's names; a missing one takes its default. The
+            option "decay" names the form of weight decay of a decayed parameter ("l2" or
+            "decoupled"); a parameter that is not decayed takes "none".
+        use_locking, state_dtype, rounding, seed, capturable: as `lazyadam.LazyAdam`'s.
+        inits: first values of state arrays, by the rule's names (Adagrad's accumulator).
 
     Raises:
-        TypeError, ValueError, KeyError, RuntimeError: as the table of bad input in
-            docs/semantics.md.
+        TypeError, ValueError, KeyError, RuntimeError: bad parameters or arguments, naming them.
+        SpecError: options the rule refuses together.
     """
 
-    def __init__(self, params: Any, learning_rate: Any = 1e-3, beta1: float = 0.9,
-                 beta2: float = 0.999, eps: float = 1e-8, use_locking: bool = False,
-                 use_nesterov: bool = False, weight_decay: Any = 0.0, loss_scale: float = 1.0, *,
-                 amsgrad: bool = False, decoupled_weight_decay: bool = False,
-                 maximize: bool = False, eps_mode: str = "mindspore",
+    RULE: ClassVar[Rule]
+    NAMES: ClassVar[Mapping[str, str]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        rule = cls.__dict__.get("RULE")
+        if rule is None:
+            return
+        if "lr" not in settable(rule):
+            raise TypeError(f"rule {rule.name!r} has no hyperparameter 'lr': a MindSpore-style "
+                            "optimizer needs its learning rate")
+        if "NAMES" not in cls.__dict__:
+            cls.NAMES = {"lr": "learning_rate", **rule.frontends.get("mindspore", {})}
+        for state in rule.state:
+            name = state.names.get("mindspore", state.name)
+            if not hasattr(cls, name):
+                setattr(cls, name, property(
+                    lambda self, s=state.name: self.states(s),
+                    doc=f"The {state.name} state arrays, one per parameter, named "
+                        f"`{name}.<parameter name>`; () where the options keep none."))
+        for power in powered(rule):
+            if not hasattr(cls, power):
+                setattr(cls, power, property(lambda self, p=power: self._powers[p],
+                                             doc=f"{power} after t calls (1.0 before the first)."))
+
+    def __init__(self, params: Any, learning_rate: Any = 1e-3, weight_decay: Any = 0.0, *,
+                 hparams: Mapping[str, Any] | None = None,
+                 options: Mapping[str, Any] | None = None, use_locking: bool = False,
                  state_dtype: str | None = None, rounding: str = "nearest", seed: int = 0,
-                 capturable: bool = False):
-        for name, value in (("beta1", beta1), ("beta2", beta2), ("eps", eps)):
-            if not is_float(value):
-                raise TypeError(f"{name} must be a Python float, got {type(value).__name__}: "
-                                f"{value!r}")
-        for name, value in (("beta1", beta1), ("beta2", beta2)):
-            if not 0.0 < value < 1.0:
-                raise ValueError(f"{name} must lie in the open interval (0, 1), got {value!r}")
-        if not (math.isfinite(eps) and eps > 0.0):
-            raise ValueError(f"eps must be a finite number > 0, got {eps!r}")
-        if not (is_float(loss_scale) or isinstance(loss_scale, int)):
-            raise TypeError(f"loss_scale must be a float or an int, got "
-                            f"{type(loss_scale).__name__}: {loss_scale!r}")
-        if not (math.isfinite(loss_scale) and loss_scale > 0):
-            raise ValueError(f"loss_scale must be a finite number > 0, got {loss_scale!r}")
-        for name, value in (("use_locking", use_locking), ("use_nesterov", use_nesterov),
-                            ("amsgrad", amsgrad), ("decoupled_weight_decay", decoupled_weight_decay),
-                            ("maximize", maximize), ("capturable", capturable)):
-            if not isinstance(value, bool):
-                raise TypeError(f"{name} must be a bool, got {type(value).__name__}: {value!r}")
-        if eps_mode not in ("mindspore", "pytorch"):
-            raise ValueError(f"eps_mode must be 'mindspore' or 'pytorch', got {eps_mode!r}")
+                 capturable: bool = False, inits: Mapping[str, float] | None = None):
+        rule = getattr(type(self), "RULE", None)
+        if rule is None:
+            raise TypeError("Optimizer is the base of the MindSpore-style classes and has no "
+                            "rule: make one with lazyadam.optimizer(rule), or take a class such "
+                            "as lazyadam.LazyAdam")
+        self.use_locking = flag(use_locking, "", "use_locking")
+        self.capturable = flag(capturable, "", "capturable")
+        if capturable and not tabled_by_the_launcher(rule):
+            raise NotImplementedError(
+                f"capturable=True: the device tables of a capturable step's hyperparameters "
+                f"(runtime/launcher.py) are laid out as LazyAdam's lazyadam_hparams, not as the "
+                f"{rule.name} rule's {rule.hparams_type}")
+        self.state_dtype, self.rounding, self.seed = rounding_options(state_dtype, rounding,
+                                                                      seed, "")
+        self._fixed = fixed_hparams(rule, hparams or {}, self.name_of)
+        self._options, self._decay = rule_options(rule, options or {}, self.name_of)
+        for name, value in (*self._fixed.items(), *self._options.items()):
+            if not hasattr(self, self.name_of(name)):  # a hyperparameter first, as Momentum's
+                setattr(self, self.name_of(name), value)
+        self._inits = dict(inits) if inits else None
+        self._powered = tuple(powered(rule).items())
+        self._powers = {name: 1.0 for name, _ in self._powered}
+        # The rule refuses some options together: before any parameter is looked at.
+        rule.spec(**self._spec_options(True)).validate()
 
-        self.beta1, self.beta2, self.eps = float(beta1), float(beta2), float(eps)
-        self.use_locking, self.use_nesterov = use_locking, use_nesterov
-        self.loss_scale = float(loss_scale)
-        self.amsgrad, self.decoupled_weight_decay = amsgrad, decoupled_weight_decay
-        self.maximize, self.eps_mode = maximize, eps_mode
-        self.capturable = capturable
-        if state_dtype not in (None, *STATE_DTYPES):
-            raise ValueError(f"state_dtype must be None or one of {', '.join(STATE_DTYPES)}, got "
-                             f"{state_dtype!r}")
-        if rounding not in ROUNDINGS:
-            raise ValueError(f"rounding must be one of {', '.join(ROUNDINGS)}, got {rounding!r}")
-        self.state_dtype, self.rounding = state_dtype, rounding
-        self.seed = check_seed(seed)
-
-        default_lr = parse_rate(learning_rate, "learning_rate")
-        default_wd = parse_weight_decay(weight_decay, "weight_decay")
+        default_lr = parse_rate(learning_rate, self.name_of("lr"))
+        default_wd = parse_weight_decay(weight_decay, self.name_of("weight_decay"))
         self.learning_rate, self.weight_decay = default_lr.source, default_wd.source
         groups, order = parse_params(params)
         self.is_group = groups is not None
@@ -200,16 +165,30 @@ class LazyAdam:
         self._engine = Engine()
         self.is_group_lr = len({id(g.lr) for g in self._groups}) > 1
         self.dynamic_lr = any(g.lr.dynamic for g in self._groups)
-
         self._step = 0
-        self._beta1_power = 1.0
-        self._beta2_power = 1.0
+
+    # -- arguments -------------------------------------------------------------------------------
+
+    def name_of(self, name: str) -> str:
+        """The front end's name of the rule's hyperparameter or option `name`."""
+        return self.NAMES.get(name, name)
+
+    def _spec_options(self, decayed: bool) -> dict[str, Any]:
+        """The rule's options of a parameter's spec, decayed or not."""
+        if self._decay is None:
+            return self._options
+        return {**self._options, "decay": self._decay if decayed else "none"}
+
+    def decays(self, param: Parameter) -> bool:
+        """Whether weight decay applies to `param` when parameters are not grouped
+        (`decays_by_default`)."""
+        return decays_by_default(param)
 
     def _make_slots(self, groups: list[dict], slots: dict[int, Slot], positions: dict[int, int],
                     default_lr: Rate, default_wd: Rate) -> None:
         """Parses each group's options into `self._groups` and makes its parameters' slots."""
-        for number, group in enumerate(groups):
-            where = f"group {number}" if self.is_group else "params"
+        for number_, group in enumerate(groups):
+            where = f"group {number_}" if self.is_group else "params"
             lr = parse_rate(group["lr"], f"{where} lr") if "lr" in group else default_lr
             wd = (parse_weight_decay(group["weight_decay"], f"{where} weight_decay")
                   if "weight_decay" in group else default_wd)
@@ -217,23 +196,24 @@ class LazyAdam:
             if not isinstance(centralize, bool):
                 raise TypeError(f"{where} grad_centralization must be a bool, got "
                                 f"{type(centralize).__name__}: {centralize!r}")
+            if (wd.dynamic or wd.value > 0.0) and "weight_decay" not in settable(self.RULE):
+                raise ValueError(f"{where} weight_decay: the rule {self.RULE.name!r} has no "
+                                 "weight decay")
             self._groups.append(Group(lr, wd))
             for param in group["params"]:
                 decayed = wd.dynamic or wd.value > 0.0
                 if not self.is_group:
-                    decayed = decayed and decays_by_default(param)
-                slots[id(param)] = self._slot(param, number, decayed, centralize,
+                    decayed = decayed and self.decays(param)
+                slots[id(param)] = self._slot(param, number_, decayed, centralize,
                                               positions[id(param)])
 
     def _slot(self, param: Parameter, group: int, decayed: bool, centralize: bool,
               position: int) -> Slot:
-        decay = ("decoupled" if self.decoupled_weight_decay else "l2") if decayed else "none"
-        options = dict(nesterov=self.use_nesterov, decay=decay, amsgrad=self.amsgrad,
-                       maximize=self.maximize, eps_mode=self.eps_mode)
-        spec = spec_for(param, ADAM, options, use_locking=self.use_locking,
-                        state_dtype=self.state_dtype, rounding=self.rounding)
+        spec = spec_for(param, self.RULE, self._spec_options(decayed),
+                        use_locking=self.use_locking, state_dtype=self.state_dtype,
+                        rounding=self.rounding)
         return Slot(param, group, centralize, spec, target_for(param.data),
-                    allocate(param, spec, "mindspore"),
+                    allocate(param, spec, "mindspore", self._inits),
                     seed_offset=position * SEED_STRIDE % 2**64)
 
     # -- state -----------------------------------------------------------------------------------
@@ -243,30 +223,19 @@ class LazyAdam:
         """The parameters, in the order gradients are expected."""
         return tuple(s.param for s in self._slots)
 
-    @property
-    def moment1(self) -> tuple[Parameter, ...]:
-        """First moments, named `moment1.<parameter name>`."""
-        return tuple(s.state("m") for s in self._slots)
+    def states(self, name: str) -> tuple[Parameter, ...]:
+        """The state arrays the rule names `name`, one per parameter (in parameter order), named
+        `<MindSpore name>.<parameter name>`; () where the options keep none.
 
-    @property
-    def moment2(self) -> tuple[Parameter, ...]:
-        """Second moments, named `moment2.<parameter name>`."""
-        return tuple(s.state("v") for s in self._slots)
-
-    @property
-    def vmax(self) -> tuple[Parameter, ...]:
-        """Running maxima of the second moments (amsgrad), named `vmax.<parameter name>`; else ()."""
-        return tuple(s.state("vmax") for s in self._slots) if self.amsgrad else ()
-
-    @property
-    def beta1_power(self) -> float:
-        """beta1^t after t calls (1.0 before the first)."""
-        return self._beta1_power
-
-    @property
-    def beta2_power(self) -> float:
-        """beta2^t after t calls (1.0 before the first)."""
-        return self._beta2_power
+        Raises:
+            KeyError: the rule has no state array `name`.
+        """
+        if name not in {s.name for s in self.RULE.state}:
+            raise KeyError(f"rule {self.RULE.name!r} keeps no state {name!r}; it keeps "
+                           f"{', '.join(s.name for s in self.RULE.state)}")
+        if name not in state_names(self._slots[0].spec):
+            return ()
+        return tuple(s.state(name) for s in self._slots)
 
     @property
     def global_step(self) -> int:
@@ -293,95 +262,30 @@ class LazyAdam:
         for slot in self._slots:
             if slot.param is param:
                 return self._groups[slot.group].lr.at(self._step)
-        raise ValueError(f"parameter {param.name!r} is not optimized by this LazyAdam")
+        raise ValueError(f"parameter {param.name!r} is not optimized by this "
+                         f"{type(self).__name__}")
 
     def state_dict(self) -> dict[str, Any]:
-        """A copy of the whole training state: parameters, moments, beta powers, step, seed.
+        """A copy of the whole training state (`snapshot.state_dict`): the rule's name, step,
+        running powers and their bases, the options that keep state, the seed, and the
+        parameters and state arrays by MindSpore name, as host numpy copies.
 
         A consistent snapshot whatever `use_locking`: it waits for the steps applying their
         kernels, and steps that begin meanwhile wait for it.
-
-        Returns:
-            `{"global_step", "beta1_power", "beta2_power", "beta1", "beta2", "amsgrad", "seed",
-            "parameters": {name: array}, "moment1": {...}, "moment2": {...}[, "vmax": {...}]}`,
-            arrays as numpy copies in host memory (device arrays are copied to the host), keyed
-            by parameter name, in parameter order.
         """
         with self._engine.quiescent():
-            state: dict[str, Any] = {
-                "global_step": self._step, "beta1_power": self._beta1_power,
-                "beta2_power": self._beta2_power, "beta1": self.beta1, "beta2": self.beta2,
-                "amsgrad": self.amsgrad, "seed": self.seed,
-            }
-            for key, attr in _STATE_ARRAYS[: 4 if self.amsgrad else 3]:
-                state[key] = {s.param.name: _array(s, attr).asnumpy() for s in self._slots}
-        return state
+            return snapshot.state_dict(self)
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restores a `state_dict()`, in place; checks all of it before writing anything.
-
-        Parameters and moments keep their array objects: device arrays receive the saved values
-        through host memory (`Parameter.set_data`) and stay on their device.
-
-        A state without a seed (a checkpoint of format 2) keeps this optimizer's seed.
+        """Restores a `state_dict()` in place (`snapshot.load_state_dict`); checks all of it
+        before writing anything.
 
         Raises:
-            ValueError: a missing entry, other parameter names, shapes or dtypes (moments of
-                another dtype than this optimizer's state), other betas, amsgrad state present or
-                absent where this optimizer differs, a seed that is not an int in [0, 2**64), a
-                global_step that is not an int in [0, 2**64 - 1) (the next step must fit the
-                kernels' 64-bit count); the message says what differs.
+            ValueError: another rule, a missing entry, other names, shapes or dtypes, other bases
+                of the running powers, state kept or not where this optimizer differs; the
+                message says what differs.
         """
-        missing = [k for k in ("global_step", "beta1_power", "beta2_power") if k not in state]
-        if missing:
-            raise ValueError(f"state has no {', '.join(missing)}")
-        for name in ("beta1", "beta2"):
-            if name in state and state[name] != getattr(self, name):
-                raise ValueError(f"state was saved with {name}={state[name]!r}, this optimizer "
-                                 f"has {name}={getattr(self, name)!r}")
-        step = state["global_step"]
-        if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or not (
-                0 <= step < 2**64 - 1):
-            raise ValueError(f"global_step must be an int in [0, 2**64 - 1): the next step, "
-                             f"global_step + 1, is counted in 64 bits; got {step!r}")
-        try:
-            seed = check_seed(state["seed"]) if "seed" in state else self.seed
-        except (TypeError, ValueError) as error:
-            raise ValueError(f"state {error}") from None
-        powers = [state["beta1_power"], state["beta2_power"]]
-        if not all(is_number(p) and 0.0 <= p <= 1.0 for p in powers):  # beta^t underflows to 0
-            raise ValueError(f"beta powers must lie in [0, 1], got {powers}")
-        wanted = _STATE_ARRAYS[: 4 if self.amsgrad else 3]
-        if "vmax" in state and not self.amsgrad:
-            raise ValueError("state holds amsgrad's vmax, this optimizer has amsgrad=False")
-        names = [s.param.name for s in self._slots]
-        arrays = []
-        for key, attr in wanted:
-            saved = state.get(key)
-            if saved is None:
-                raise ValueError(f"state has no {key!r}" + (" (saved with amsgrad=False?)"
-                                                            if key == "vmax" else ""))
-            extra = [n for n in saved if n not in names]
-            absent = [n for n in names if n not in saved]
-            if extra or absent:
-                raise ValueError(f"state {key!r} does not match the parameters: not in this "
-                                 f"optimizer: {extra}, missing from the state: {absent}")
-            for slot in self._slots:
-                value, target = saved[slot.param.name], _array(slot, attr)
-                if not is_device_array(value):
-                    value = to_host(value)
-                value_shape, value_dtype = tuple(value.shape), dtype_of(value)
-                if value_shape != target.shape or value_dtype != target.dtype:
-                    raise ValueError(f"state {key}[{slot.param.name!r}] has shape {value_shape} "
-                                     f"and dtype {value_dtype}, the optimizer has {target.shape} "
-                                     f"and {target.dtype}")
-                arrays.append((target, value))
-        with self._engine.quiescent():
-            for target, value in arrays:
-                target.set_data(value)
-            self._step = int(step)
-            self._beta1_power, self._beta2_power = (float(p) for p in powers)
-            self.seed = seed
+        snapshot.load_state_dict(self, state)
 
     def save(self, path: Any) -> None:
         """Writes `state_dict()` to `path` atomically (see `lazyadam.runtime.checkpoint.save`)."""
@@ -403,16 +307,7 @@ class LazyAdam:
                 array (dense) or a `RowTensor` (lazy sparse).
 
         Raises:
-            TypeError: gradients not a tuple or list; a gradient of the wrong type or dtype, or
-                not where its parameter lives (host memory or a CUDA device); indices that are not
-                integers; grad_centralization of a device array whose library has no mean().
-            ValueError: the wrong number of gradients; a shape that does not fit its parameter;
-                a device gradient on another GPU than its parameter; a gradient that shares
-                memory with its parameter or moments; a schedule that fails (overflows) or gives
-                a negative or non-finite value, or such a value of a learning-rate iterator.
-            IndexError: an index outside its parameter's rows (the first one is named); a
-                learning-rate sequence that has no value for this step.
-            CompilationError: a kernel failed to build.
+            TypeError, ValueError, IndexError, CompilationError: as `lazyadam.LazyAdam.__call__`.
             Nothing was changed when any of these is raised.
         """
         capture = self._on_device and capturing(self._slots)
@@ -426,31 +321,30 @@ class LazyAdam:
         return True
 
     def _count(self) -> list[tuple]:
-        """Counts the step (under the engine's lock): the step and the beta powers move on;
+        """Counts the step (under the engine's lock): the step and the running powers move on;
         returns the step's hparams entries, by group."""
         hparams, powers = self._next_hparams()
         self._step += 1
-        self._beta1_power, self._beta2_power = powers
+        self._powers = powers
         return hparams
 
-    def _next_hparams(self) -> tuple[list[tuple], tuple[float, float]]:
-        """The `HParams` fields of each group for the next step, and its beta powers.
+    def _next_hparams(self) -> tuple[list[tuple], dict[str, float]]:
+        """The hyperparameters of each group for the next step, and its running powers.
 
         Raises:
             IndexError, TypeError, ValueError: as `__call__`, for the learning rate or weight decay.
         """
-        step = self._step
-        powers = {"beta1_power": self._beta1_power * self.beta1,
-                  "beta2_power": self._beta2_power * self.beta2}
-        values = dict(beta1=self.beta1, beta2=self.beta2, eps=self.eps, loss_scale=self.loss_scale)
-        return ([entry(ADAM, {**values, "lr": g.lr.at(step), "weight_decay": g.wd.at(step)},
-                       step + 1, self.seed, powers) for g in self._groups],
-                (powers["beta1_power"], powers["beta2_power"]))
+        step, fixed, last = self._step, self._fixed, self._powers
+        powers = {}
+        for name, base in self._powered:  # a loop: a comprehension is a call of its own (3.11)
+            powers[name] = last[name] * fixed[base]
+        return ([entry(self.RULE, {**fixed, "lr": g.lr.at(step), "weight_decay": g.wd.at(step)},
+                       step + 1, self.seed, powers) for g in self._groups], powers)
 
     def prepare_replay(self) -> None:
         """Counts one replay of the captured step as a step, and stores its hyperparameters
-        (learning rate and weight decay of the step, beta powers, step) in the device memory that
-        the captured kernels read; call it before each `graph.replay()`, on the stream that
+        (learning rate and weight decay of the step, running powers, step) in the device memory
+        that the captured kernels read; call it before each `graph.replay()`, on the stream that
         replays (PyTorch's current stream). Nothing waits.
 
         Raises:
@@ -462,10 +356,6 @@ class LazyAdam:
 
     def check_indices(self) -> None:
         """Waits for the queued steps and raises what a capturable step's index check found.
-
-        A capturable step checks its sparse gradients' indices on the device and never waits: an
-        index outside its table makes that parameter's step, and its later ones, write nothing,
-        and is reported here (then cleared).
 
         Raises:
             IndexError: naming the parameter, the first bad position and its value.
@@ -487,14 +377,6 @@ class LazyAdam:
                         hparams=self._next_hparams()[0] if capture else None)
 
     def __repr__(self) -> str:
-        return (f"LazyAdam({len(self._slots)} parameters, {len(self._groups)} groups, "
-                f"beta1={self.beta1}, beta2={self.beta2}, eps={self.eps}, "
-                f"global_step={self._step})")
-
-
-_STATE_ARRAYS = (("parameters", None), ("moment1", "m"), ("moment2", "v"), ("vmax", "vmax"))
-
-
-def _array(slot: Slot, name: str | None) -> Parameter:
-    """The parameter (`name` None) or the state array `name` of a slot."""
-    return slot.param if name is None else slot.state(name)
+        fixed = ", ".join(f"{self.name_of(k)}={v}" for k, v in self._fixed.items())
+        return (f"{type(self).__name__}({len(self._slots)} parameters, {len(self._groups)} "
+                f"groups, {fixed}, global_step={self._step})")

@@ -129,6 +129,20 @@ def is_number(value: Any) -> bool:
     return is_float(value) or (isinstance(value, int) and not isinstance(value, bool))
 
 
+def check_loss_scale(value: Any) -> float:
+    """MindSpore's loss_scale: a Python float or an int (a bool is an int), finite and > 0.
+
+    Raises:
+        TypeError, ValueError: naming loss_scale.
+    """
+    if not (is_float(value) or isinstance(value, int)):
+        raise TypeError(f"loss_scale must be a float or an int, got {type(value).__name__}: "
+                        f"{value!r}")
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"loss_scale must be a finite number > 0, got {value!r}")
+    return float(value)
+
+
 def parse_rate(value: Any, what: str) -> Rate:
     """Parses a learning rate (docs/semantics.md "Learning rate and weight decay").
 
