@@ -16,11 +16,11 @@ from .specs import check_seed
 
 
 def within(domain: Interval) -> str:
-    """What a value of `domain` must be, as errors say it: "finite and >= 0", "finite and > 0",
-    "lie in [0, 1)"."""
+    """What a value of `domain` must do, as errors say it: "be finite and >= 0", "be finite and
+    > 0", "lie in [0, 1)"."""
     low = f"{domain.low:g}"
     if domain.high == math.inf:
-        return f"finite and {'>=' if domain.closed[0] == '[' else '>'} {low}"
+        return f"be finite and {'>=' if domain.closed[0] == '[' else '>'} {low}"
     return f"lie in {domain.closed[0]}{low}, {domain.high:g}{domain.closed[1]}"
 
 
@@ -59,7 +59,7 @@ def number(value: Any, domain: Interval, where: str, name: str,
     """
     value = real(value, where, name, tensor_type)
     if value not in domain:
-        raise ValueError(f"{_named(where, name)} must be {within(domain)}, got {value!r}")
+        raise ValueError(f"{_named(where, name)} must {within(domain)}, got {value!r}")
     return value
 
 
@@ -74,7 +74,7 @@ def flag(value: Any, where: str, name: str) -> bool:
 def choice(value: Any, values: Sequence[Any], where: str, name: str) -> Any:
     """Raises ValueError unless `value` is one of `values`; returns it."""
     if value not in values:
-        raise ValueError(f"{_named(where, name)} must be one of {', '.join(map(repr, values))}, "
+        raise ValueError(f"{_named(where, name)} must be one of {', '.join(map(str, values))}, "
                          f"got {value!r}")
     return value
 
