@@ -54,6 +54,9 @@ class OnDevice(torch.Tensor):
     def new_empty(self, *args, **kwargs):  # scratch of a CUDA tensor is on its device
         return super().new_empty(*args, **kwargs).as_subclass(OnDevice)
 
+    def new_full(self, *args, **kwargs):  # and so is its state (`interop.arrays.full_beside`)
+        return super().new_full(*args, **kwargs).as_subclass(OnDevice)
+
     def __getitem__(self, key):
         return super().__getitem__(key).as_subclass(OnDevice)
 
