@@ -180,3 +180,25 @@ def test_the_family_on_emulated_cuda_matches_its_reference(on_device, cls, optio
             assert_close(param.detach().numpy(), w, "float64", f"step {step}")
     assert {spec.RULE.name for spec in on_device} == {cls.RULE.name}
     assert {spec.sparse for spec in on_device} == {False, True}  # both went through the emulation
+
+
+def test_a_capturable_step_of_another_rule_reads_its_own_struct_from_the_table(on_device):
+    """A capturable step's hyperparameters go through a device table of one entry per distinct
+    hyperparameters, SGD's struct (7 fields, 56 bytes; Adam's has 10): two groups, two learning
+    rates, and the sparse step of the second group's table must read the second entry where it
+    was stored."""
+    dense, table = nn.Parameter(grad_of((3, 2), 60)), nn.Parameter(grad_of((6, 2), 61))
+    opt = lazyadam.torch.SGD([{"params": [dense], "lr": 0.1}, {"params": [table], "lr": 0.3}],
+                             momentum=0.9, capturable=True)
+    w, b, seen = dense.detach().numpy().copy(), np.zeros((3, 2)), np.zeros(3, bool)
+    tw, tb, tseen = table.detach().numpy().copy(), np.zeros((6, 2)), np.zeros(6, bool)
+    for step in range(2):
+        dense.grad = grad_of((3, 2), 20 + step)
+        indices, values = torch.tensor([step, 4, 4]), grad_of((3, 2), 30 + step)
+        table.grad = torch.sparse_coo_tensor(indices[None], values, (6, 2))
+        w, b, seen = sgd_step(w, b, seen, dense.grad.numpy(), lr=0.1, momentum=0.9)
+        tw, tb, tseen = sgd_step(tw, tb, tseen, values.numpy(), lr=0.3, momentum=0.9,
+                                 indices=indices.numpy())
+        opt.step()
+        assert_close(dense.detach().numpy(), w, "float64", f"step {step}")
+        assert_close(table.detach().numpy(), tw, "float64", f"step {step}")

@@ -71,8 +71,7 @@ class SGD(RuleOptimizer):
                 capturable=capturable)))
 
     def _values(self, group: dict[str, Any], where: str) -> dict[str, float]:
-        return read_values(self.RULE, {**group, "mu": group["momentum"]}, where,
-                           ("lr", "mu", "dampening", "weight_decay"))
+        return read_values(self.RULE, group, where, {"mu": group["momentum"]})
 
     def _choices(self, group: dict[str, Any], where: str, values: dict[str, float]) -> tuple:
         nesterov = check.flag(group["nesterov"], where, "nesterov")

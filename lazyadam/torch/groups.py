@@ -63,6 +63,25 @@ def read_common(group: dict[str, Any], where: str, options: tuple) -> tuple[int,
     return seed, flags, group["capturable"]
 
 
+#: The types of the values a group may hold that nobody changes in place.
+_IMMUTABLE = (type(None), bool, int, float, str)
+
+
+def immutable(group: dict[str, Any]) -> bool:
+    """Whether every option of `group` (its params and param_names aside) is a number, a string,
+    None or a tuple of them: values that stay what they were while they are the same objects
+    (a one-element tensor, or a list of betas, may change in place)."""
+    for key, value in group.items():
+        if key in ("params", "param_names"):
+            continue
+        if type(value) is tuple:
+            if not all(type(item) in _IMMUTABLE for item in value):
+                return False
+        elif type(value) not in _IMMUTABLE:
+            return False
+    return True
+
+
 def hparam_names(rule: Rule) -> tuple[str, ...]:
     """The hyperparameters a torch optimizer of `rule` takes as keywords: the settable ones but
     loss_scale (torch scales losses with a `GradScaler`; the kernels take 1)."""
@@ -70,19 +89,40 @@ def hparam_names(rule: Rule) -> tuple[str, ...]:
 
 
 def read_values(rule: Rule, group: dict[str, Any], where: str,
-                names: tuple[str, ...] | None = None) -> dict[str, float]:
-    """The rule's settable hyperparameters from `group` (`names`, by default `hparam_names`),
-    each a real number or a one-element tensor in its domain, and loss_scale 1.
+                given: dict[str, Any] | None = None) -> dict[str, float]:
+    """The rule's settable hyperparameters (`hparam_names`) from `group`, or from `given` where
+    it has them (under the rule's names: `betas` read as beta1 and beta2), each a real number or
+    a one-element tensor in its domain; and loss_scale 1.
 
     Raises:
         TypeError, ValueError: as `runtime.options.number`.
     """
-    values = {name: check.number(group[name], rule.hparam(name).domain, where, name,
-                                 torch.Tensor)
-              for name in (hparam_names(rule) if names is None else names)}
-    if "loss_scale" in settable(rule):
+    domains, scaled = _domains(rule)
+    given = given or _NONE
+    values = {name: check.number(given[name] if name in given else group[name], domain, where,
+                                 name, torch.Tensor)
+              for name, domain in domains}
+    if scaled:
         values["loss_scale"] = 1.0
     return values
+
+
+_NONE: dict[str, Any] = {}
+
+
+def _domains(rule: Rule) -> tuple[tuple[tuple[str, Any], ...], bool]:
+    """`(name, domain)` of each of `hparam_names(rule)`, and whether the rule has a loss_scale:
+    made once a rule (read every step, for every group)."""
+    found = _DOMAINS.get(id(rule))
+    if found is None or found[0] is not rule:
+        found = _DOMAINS[id(rule)] = (rule, (
+            tuple((name, rule.hparam(name).domain) for name in hparam_names(rule)),
+            "loss_scale" in settable(rule)))
+    return found[1]
+
+
+#: `_domains` of each rule read so far, by its id (with the rule, which keeps the id its own).
+_DOMAINS: dict[int, tuple[Rule, tuple]] = {}
 
 
 def read_option(option: Option, value: Any, where: str) -> Any:
@@ -112,4 +152,4 @@ def read_betas(rule: Rule, group: dict[str, Any], where: str) -> dict[str, float
     if isinstance(betas[0], torch.Tensor) != isinstance(betas[1], torch.Tensor):
         raise ValueError(f"{where}: betas must be both floats or both tensors (as in "
                          f"torch.optim.Adam), got {betas!r}")
-    return read_values(rule, {**group, "beta1": betas[0], "beta2": betas[1]}, where)
+    return read_values(rule, group, where, {"beta1": betas[0], "beta2": betas[1]})

@@ -20,6 +20,7 @@ microsecond or two a parameter (`fast.recheck`).
 
 from __future__ import annotations
 
+import operator
 from typing import Any, Callable, Iterable
 
 import torch
@@ -34,6 +35,7 @@ from ..runtime.specs import spec_for
 from . import binding as binder
 from . import fast, groups, tensors
 from .binding import Binding
+from .fast import Captured, Checked
 from .groups import Flags, Options
 
 
@@ -57,22 +59,23 @@ class RuleOptimizer(torch.optim.Optimizer):
         cls._valid: set[Flags] = set()
 
     def __init__(self, params: Iterable[Any], defaults: dict[str, Any]):
+        self._reset()
         self._read(defaults, type(self).__name__)
         #: Holds the lock of every step and snapshot; made once: a load keeps it, so that it
         #: goes on excluding.
         self._engine = Engine()
-        self._reset()
         super().__init__(params, defaults)
 
     def _reset(self) -> None:
         """What a fresh, loaded or unpickled optimizer holds besides torch's state and its
         engine: no bindings yet."""
         self._bindings: dict[torch.Tensor, Binding] = {}
-        #: The parameters of the captured step: (binding, param group number, parameter, the
-        #: address of the gradient the graph reads).
-        self._captured: list[tuple] = []
+        #: The parameters of the captured step.
+        self._captured: list[Captured] = []
         #: What the last full check of an all-CUDA dense step found, for `fast.recheck`.
         self._memo: fast.Memo | None = None
+        #: The last reading of each group (`_read`), by its id: (group, its values, `Options`).
+        self._readings: dict[int, tuple[dict, tuple, Options]] = {}
 
     # -- a subclass's options ----------------------------------------------------------------
 
@@ -94,12 +97,25 @@ class RuleOptimizer(torch.optim.Optimizer):
         return True
 
     def _read(self, group: dict[str, Any], where: str) -> Options:
-        """Reads and checks a group's options (`where` names the group in errors).
+        """Reads and checks a group's options (`where` names the group in errors), every step:
+        the last reading again while the group holds the same objects (and they are numbers,
+        strings, None or tuples of them, which nobody changes in place), in a microsecond.
 
         Raises:
             TypeError, ValueError: a bad option, or options the rule refuses together (the
                 rule's `SpecError`, a ValueError, with `where`).
         """
+        held = tuple(group.values())
+        last = self._readings.get(id(group))
+        if (last is not None and last[0] is group and len(last[1]) == len(held)
+                and all(map(operator.is_, held, last[1]))):
+            return last[2]
+        options = self._read_anew(group, where)
+        if groups.immutable(group):
+            self._readings[id(group)] = (group, held, options)
+        return options
+
+    def _read_anew(self, group: dict[str, Any], where: str) -> Options:
         values = self._values(group, where)
         choices = self._choices(group, where, values)
         seed, flags, capturable = groups.read_common(group, where, choices)
@@ -286,33 +302,31 @@ class RuleOptimizer(torch.optim.Optimizer):
 
     def _prepare(self, capture: bool) -> Prepared:
         """The check phase (`Engine.step`'s `check`): the fast recheck, or the full one."""
-        found = None if capture else fast.recheck(self)
-        if found is None:
+        checked = None if capture else fast.recheck(self)
+        full = checked is None
+        if full:
             self._memo = None
-            work, hparams, pending, counts, capturable = self._check(capture)
-        else:
-            (work, hparams, counts, capturable), pending = found, ()
-        copies = [binding.copy for binding, _, _, _ in counts if binding.copy is not None]
+            checked = self._check(capture)
+        copies = [binding.copy for binding in checked.bindings if binding.copy is not None]
 
         def store() -> None:
-            for param, binding, created in pending:
+            for param, binding, created in checked.pending:
                 if created:
                     self.state[param].update(created)
                 self._bindings[param] = binding
 
         def commit() -> dict:
             store()
-            if found is None:
-                self._memo = fast.Memo.of(self, work, counts, capturable)
-            for binding, _, _, t in counts:
+            if full:
+                self._memo = fast.Memo.of(self, checked)
+            for binding, t in zip(checked.bindings, checked.ts):
                 binding.step.fill(t)
-            return hparams
+            return checked.hparams
 
         if capture:  # recorded, not run: prepare_replay counts each replay
             store()
-            self._captured = [(binding, number, param, item[2][0])
-                              for item, (binding, number, param, _) in zip(work, counts)]
-        return Prepared(work, capturable, commit, hparams=hparams,
+            self._captured = checked.captured
+        return Prepared(checked.work, checked.capturable, commit, hparams=checked.hparams,
                         around=(lambda: _copy_in(copies), lambda: _copy_back(copies))
                         if copies else None)
 
@@ -358,7 +372,8 @@ class RuleOptimizer(torch.optim.Optimizer):
                                "optimizer inside a CUDA graph capture first")
         hparams = {}
         counts = []
-        for binding, number, param, grad_address in self._captured:
+        for captured in self._captured:
+            binding, number, param = captured.binding, captured.group, captured.param
             options = self._read(self.param_groups[number], f"param group {number}")
             name = binding.slot.param.name
             if not binding.matches(param, self.state.get(param), options.flags, binding.key[-1]):
@@ -366,7 +381,8 @@ class RuleOptimizer(torch.optim.Optimizer):
                                    "group's options change its kernel, since the step was "
                                    "captured: capture the step again")
             grad = param.grad
-            if grad is None or grad.layout != torch.strided or grad.data_ptr() != grad_address:
+            if (grad is None or grad.layout != torch.strided
+                    or grad.data_ptr() != captured.address):
                 raise RuntimeError(f"the gradient of parameter {name!r} is not the tensor the "
                                    "captured step reads: keep it (zero_grad(set_to_none=False) "
                                    "zeroes it in place) or capture the step again")
@@ -392,7 +408,7 @@ class RuleOptimizer(torch.optim.Optimizer):
         """
         Launcher.check_indices(binding.slot for binding in self._bindings.values())
 
-    def _check(self, capture: bool = False) -> tuple[list, dict, list, list, bool]:
+    def _check(self, capture: bool = False) -> Checked:
         """The full check phase: every parameter with a gradient prepared; nothing written
         (bindings that no longer match a parameter without a gradient are dropped: they are a
         cache).
@@ -401,16 +417,15 @@ class RuleOptimizer(torch.optim.Optimizer):
             capture: the step is being captured: a parameter without state is refused.
 
         Returns:
-            `(work, hparams, pending, counts, capturable)`: the prepared kernel calls, hparams
-            entries by slot key, the `(param, binding, new state entries)` to store, the
-            `(binding, group number, param, t)` whose step counts become t, and whether the step
-            is capturable.
+            The checked step, with the new state entries to store (`pending`) and, captured, the
+            parameters of the capture.
 
         Raises:
             ValueError: groups with a gradient disagree on capturable.
             RuntimeError: captured, with a parameter that has no state yet.
         """
-        work, hparams, pending, counts, entries = [], {}, [], [], {}
+        checked = Checked()
+        work, hparams, pending, entries = checked.work, checked.hparams, checked.pending, {}
         bindings, states, rule = self._bindings, self.state, self.RULE
         position = 0
         capturable = None
@@ -465,17 +480,22 @@ class RuleOptimizer(torch.optim.Optimizer):
                                      "working copy; make it contiguous first (param.data = "
                                      "param.data.contiguous())")
                 t = int(binding.step) + 1
-                work.append(binding.slot.prepare(position, tensors.gradient(grad, name),
-                                                 options.capturable, capture))
+                item = binding.slot.prepare(position, tensors.gradient(grad, name),
+                                            options.capturable, capture)
+                work.append(item)
+                if capture:
+                    checked.captured.append(Captured(binding, number, param, item.grad[0]))
                 # one entry a step for each (group, t): 100,000 parameters at their first step
                 # share one tuple, not one each (about 170 bytes a parameter while it runs)
                 hp = entries.get((number, t))
                 if hp is None:
                     hp = entries[number, t] = entry(rule, options.values, t, options.seed)
                 hparams[id(param)] = hp
-                counts.append((binding, number, param, t))
+                checked.bindings.append(binding)
+                checked.ts.append(t)
                 position += 1
-        return work, hparams, pending, counts, bool(capturable)
+        checked.capturable = bool(capturable)
+        return checked
 
 
 def _copy_in(copies: list) -> None:
