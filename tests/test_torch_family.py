@@ -16,8 +16,7 @@ import itertools
 import numpy as np
 import pytest
 
-from reference_family import (adagrad_step, lion_step, partial_rowwise_adam_step,
-                              rowwise_adagrad_step, sgd_step)
+from reference_family import lion_step, partial_rowwise_adam_step, rowwise_adagrad_step, sgd_step
 from tolerance import assert_close
 
 torch = pytest.importorskip("torch", reason="lazyadam.torch needs torch")
