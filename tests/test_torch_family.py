@@ -444,3 +444,50 @@ def test_bad_input_raises_and_changes_nothing(cls, options, case):
 def test_nan_options_are_refused_at_construction(cls, options):
     with pytest.raises(ValueError, match="lr must be finite"):
         cls([nn.Parameter(torch.ones(2, 2))], **{**options, "lr": float("nan")})
+
+
+# -- half precision ----------------------------------------------------------------------------------
+
+STATE_DTYPES = {  # per class: each state key's dtype for a bfloat16 table, with state_dtype bfloat16
+    lazyadam.torch.SGD: {"momentum_buffer": torch.bfloat16, "seen": torch.float32,
+                         "step": torch.float32},
+    lazyadam.torch.Adagrad: {"sum": torch.bfloat16, "step": torch.float32},
+    lazyadam.torch.RowWiseAdagrad: {"sum": torch.float32, "step": torch.float32},
+    lazyadam.torch.PartialRowWiseAdam: {"exp_avg": torch.bfloat16, "exp_avg_sq": torch.float32,
+                                        "max_exp_avg_sq": torch.float32, "step": torch.float32},
+    lazyadam.torch.Lion: {"exp_avg": torch.bfloat16, "step": torch.float32},
+}
+
+
+@pytest.mark.parametrize("cls, options", CLASSES, ids=CLASS_IDS)
+def test_a_half_precision_table_resumes_bitwise_with_stochastic_rounding(cls, options):
+    """bfloat16 tables, bfloat16 state where the rule keeps it by the state dtype (per-row state
+    is float32, the arithmetic's), stochastic rounding: a resume from a saved state gives the
+    straight run's bits (SGD keeps a `step` count for the rounding's bits)."""
+    options = {**options, "state_dtype": "bfloat16", "rounding": "stochastic", "seed": 7}
+
+    def make():
+        net = model().to(torch.bfloat16)
+        return net, cls(net.parameters(), **options)
+
+    straight, straight_opt = make()
+    first, first_opt = make()
+    for step in range(5):
+        backward_both(straight, step)
+        straight_opt.step()
+        if step < 3:
+            backward_both(first, step)
+            first_opt.step()
+    table = straight["table"].weight
+    assert set(straight_opt.state[table]) == set(STATE_DTYPES[cls])
+    for key, value in straight_opt.state[table].items():
+        assert value.dtype == STATE_DTYPES[cls][key], key
+    resumed, resumed_opt = make()
+    resumed.load_state_dict(first.state_dict())
+    resumed_opt.load_state_dict(saved(first_opt))
+    for step in range(3, 5):
+        backward_both(resumed, step)
+        resumed_opt.step()
+    for p, q in zip(resumed.parameters(), straight.parameters()):
+        assert torch.equal(p, q)
+    assert_same_state(resumed_opt.state_dict(), straight_opt.state_dict())
