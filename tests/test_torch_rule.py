@@ -203,3 +203,27 @@ def test_a_capturable_step_of_another_rule_reads_its_own_struct_from_the_table(o
         opt.step()
         assert_close(dense.detach().numpy(), w, "float64", f"step {step}")
         assert_close(table.detach().numpy(), tw, "float64", f"step {step}")
+
+
+# -- a group's options, read again when they may have changed -------------------------------------
+
+
+def test_options_changed_in_place_are_read_again():
+    """A step reads a group's options again unless it holds the same immutable objects: a list
+    of betas changed in place, or a one-element tensor lr changed in place, is noticed."""
+    weight = nn.Parameter(torch.ones(3, dtype=torch.float64))
+    lr = torch.tensor(0.1, dtype=torch.float64)
+    opt = lazyadam.torch.SGD([weight], lr=lr)
+    weight.grad = torch.ones(3, dtype=torch.float64)
+    opt.step()
+    lr.fill_(0.5)
+    opt.step()
+    assert torch.allclose(weight, torch.full((3,), 1 - 0.1 - 0.5, dtype=torch.float64))
+    betas = [0.9, 0.99]
+    lion = lazyadam.torch.Lion([weight], betas=betas)
+    lion.step()
+    betas[0] = 1.5
+    before = weight.detach().clone()
+    with pytest.raises(ValueError, match=r"beta1 must lie in \[0, 1\), got 1.5"):
+        lion.step()
+    assert torch.equal(weight, before)
