@@ -78,7 +78,7 @@ def host_side_only() -> None:
         return emulation.build([spec], {"LAZYADAM_EMULATION_NO_KERNELS": 1})[spec]
 
     targets.compile = compile_
-    lazyadam.torch._view = lambda tensor, memory=None: tensor.detach().as_subclass(OnDevice)
+    lazyadam.torch.tensors.view = lambda tensor, memory=None: tensor.detach().as_subclass(OnDevice)
     zeros_like = torch.zeros_like
 
     def zeros_like_on_device(tensor, *args, **kwargs):

@@ -255,7 +255,7 @@ def set_gradients(model, step):
 @pytest.fixture
 def on_device(monkeypatch):
     """`lazyadam.torch` sees every tensor as a device array (see tests/test_torch_device.py)."""
-    monkeypatch.setattr(lazyadam.torch, "_view",
+    monkeypatch.setattr(lazyadam.torch.tensors, "view",
                         lambda tensor, memory=None: tensor.detach().as_subclass(TorchOnDevice))
 
 

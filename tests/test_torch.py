@@ -447,7 +447,7 @@ def test_parameters_and_moments_are_updated_in_place_without_copies():
     pointers = [p.data_ptr() for p in model.parameters()]
     backward(model, 0)
     grad = model.users.weight.grad
-    row = lazyadam.torch._gradient(grad, "users")
+    row = lazyadam.torch.tensors.gradient(grad, "users")
     assert np.shares_memory(row.indices, grad._indices().numpy())
     assert np.shares_memory(row.values, grad._values().numpy())
     before = model.users.weight.detach().clone()

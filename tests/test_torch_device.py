@@ -1,6 +1,6 @@
 """`lazyadam.torch.LazyAdam` on CUDA tensors: emulated on the CPU, and on a GPU when there is one.
 
-Emulated: `lazyadam.torch._view` (how kernels see a tensor) presents every tensor as a device
+Emulated: `lazyadam.torch.tensors.view` (how kernels see a tensor) presents every tensor as a device
 array (tests/test_runtime_device.py's `TorchOnDevice`, host memory behind
 `__cuda_array_interface__`), and `targets.compile(spec, "cuda")` gives the host-emulation build of
 the CUDA kernels (tests/cuda_emulation). So the optimizer's CUDA path runs here: the device checks,
@@ -42,7 +42,7 @@ def emulated(monkeypatch, emulated_cuda):
         return tensor.detach().as_subclass(TorchOnDevice)
 
     monkeypatch.setattr(cuda_binding.MultiPlan, "launch", launch)
-    monkeypatch.setattr(lazyadam.torch, "_view", view)
+    monkeypatch.setattr(lazyadam.torch.tensors, "view", view)
     return launches, host
 
 
@@ -275,6 +275,6 @@ def test_emulated_plans_let_go_of_storage_the_parameters_left(emulated):
     model.weight.data = model.weight.data.clone()
     opt.step()
     opt.step()
-    bound = [b.arrays[0].data_ptr() for plan in opt._launcher.plans.values()
+    bound = [b.arrays[0].data_ptr() for plan in opt._engine.launcher.plans.values()
              for b in plan.bindings]
     assert model.weight.data_ptr() in bound and address not in bound

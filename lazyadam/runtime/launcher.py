@@ -14,9 +14,9 @@ from __future__ import annotations
 from typing import Any
 
 from ..interop.device import DeviceArray, capturing as stream_capturing, stream_handle
-from ..targets.cuda import HPARAMS_BYTES
 from ..targets.cuda_binding import CudaBinding
 from .checks import allocate
+from .work import Work
 
 
 def capturing(slots: Any) -> bool:
@@ -49,10 +49,11 @@ class Launcher:
         self._previous: dict[tuple, Any] = {}
         self.captured: _Captured | None = None
 
-    def tables(self, work: list[tuple]) -> dict[Any, tuple[Any, int]]:
+    def tables(self, work: list[Work]) -> dict[Any, tuple[Any, int]]:
         """The device tables of a capturable step's hyperparameters, one per device, with room
-        for an entry per device step: allocated in the check phase, so that running out of
-        memory, too, changes nothing.
+        for an entry per device step (each of its kernel's struct, `hparams_bytes`: one rule's
+        steps share it): allocated in the check phase, so that running out of memory, too,
+        changes nothing.
 
         Returns:
             `{device: (table array, its address)}`, for `run`.
@@ -61,21 +62,21 @@ class Launcher:
             MemoryError: naming the device and the bytes.
         """
         out = {}
-        on_device = [item for item in work if item[0].target == "cuda"]
+        on_device = [item for item in work if item.slot.target == "cuda"]
         for device, items in _by_device(on_device).items():
-            nbytes = len(items) * HPARAMS_BYTES
-            table = allocate(items[0][0].param.data, nbytes, f"out of memory on CUDA device "
+            nbytes = len(items) * items[0].call.kernel.hparams_bytes
+            table = allocate(items[0].slot.param.data, nbytes, f"out of memory on CUDA device "
                               f"{device}: a capturable step needs {nbytes:,} bytes for its "
                               "hyperparameters")
             out[device] = (table, DeviceArray(table, "hyperparameters").ptr)
         return out
 
-    def run(self, work: list[tuple], hparams: Any, tables: dict | None = None,
+    def run(self, work: list[Work], hparams: Any, tables: dict | None = None,
             capture: bool = False) -> None:
         """Queues (or, for host slots, runs) the prepared steps.
 
         Args:
-            work: `Slot.prepare`'s tuples.
+            work: `Slot.prepare`'s work items.
             hparams: `hparams[group]` holds the fields of `HParams` in order, for each slot's
                 `group` (a list by group, or a dict).
             tables: a capturable step's `tables(work)`: device slots read their
@@ -89,41 +90,49 @@ class Launcher:
             KernelError: the CUDA runtime failed (earlier launches may have run).
         """
         if capture:
-            host = next((item[0] for item in work if item[0].target != "cuda"), None)
+            host = next((item.slot for item in work if item.slot.target != "cuda"), None)
             if host is not None:
                 raise RuntimeError(f"parameter {host.param.name!r} is in host memory: a step "
                                    "captured in a CUDA graph updates device parameters only")
-        on_device = []
-        for slot, call, grad, group, scratch in work:
-            hp = slot.entry(hparams[group])
+        on_device, entries = [], []  # the device steps, and the entry each takes
+        for item in work:
+            slot = item.slot
+            hp = slot.entry(hparams[item.group])
             if slot.target == "cuda":
-                on_device.append((slot, call, grad, hp, scratch, group))
-            elif scratch is None:
-                call(grad, hp)
+                on_device.append(item)
+                entries.append(hp)
+            elif item.scratch is None:
+                item.call(item.grad, hp)
             else:
-                call(grad, hp, workspace=scratch)
+                item.call(item.grad, hp, workspace=item.scratch)
         if not on_device:
             return
         self._previous, self.plans = self.plans, {}
         streams: dict[Any, int] = {}
         if tables is None:
-            self._eager(on_device, streams)
+            self._eager(on_device, entries, streams)
             return
-        filled = [self._tabled(items, streams, tables[device], capture)
-                  for device, items in _by_device(on_device).items()]
+        by_device: dict[Any, tuple[list, list]] = {}
+        for item, hp in zip(on_device, entries):
+            items, hps = by_device.setdefault(item.call.device, ([], []))
+            items.append(item)
+            hps.append(hp)
+        filled = [self._tabled(items, hps, streams, tables[device], capture)
+                  for device, (items, hps) in by_device.items()]
         if capture:
             self.captured = _Captured(filled, work)
 
-    def _eager(self, items: list[tuple], streams: dict) -> None:
-        """Launches with their hyperparameters copied in: a plan per (kernel, device) for the
-        dense steps, the deferred launcher for the sparse ones."""
+    def _eager(self, items: list[Work], entries: list[tuple], streams: dict) -> None:
+        """Launches with their hyperparameters (`entries`, one per item) copied in: a plan per
+        (kernel, device) for the dense steps, the deferred launcher for the sparse ones."""
         dense: dict[tuple, list] = {}
-        for _, call, grad, hp, scratch, _ in items:
-            if scratch is None:
-                dense.setdefault((call.kernel, call.device), []).append((call, grad, hp))
+        for item, hp in zip(items, entries):
+            call = item.call
+            if item.scratch is None:
+                dense.setdefault((call.kernel, call.device), []).append((call, item.grad, hp))
                 continue
-            workspace, record = scratch
-            call.deferred(grad, hp, _stream(streams, call), workspace,
+            workspace, record = item.scratch
+            call.deferred(item.grad, hp, _stream(streams, call), workspace,
                           call.kernel.ffi.cast("lazyadam_index_record *", record))
         for batch in dense.values():
             entries: dict[tuple, int] = {}
@@ -131,8 +140,8 @@ class Launcher:
             self._plan([c for c, _, _ in batch]).launch(
                 [g[0] for _, g, _ in batch], list(entries), which, _stream(streams, batch[0][0]))
 
-    def _tabled(self, items: list[tuple], streams: dict, table: tuple[Any, int],
-                capture: bool) -> tuple:
+    def _tabled(self, items: list[Work], hps: list[tuple], streams: dict,
+                table: tuple[Any, int], capture: bool) -> tuple:
         """The launches of one device's steps with their hyperparameters in its device table,
         filled first unless the launches are being captured. Entries are shared by steps with
         equal hyperparameters; captured, by the steps of one group and seed, which stay equal.
@@ -146,7 +155,8 @@ class Launcher:
         sources: list[tuple] = []
         values: list[tuple] = []
         which = []
-        for slot, _, _, hp, _, group in items:
+        for item, hp in zip(items, hps):
+            slot, group = item.slot, item.group
             key = (group, slot.seed_offset) if capture else hp
             k = entries.get(key)
             if k is None:
@@ -154,7 +164,7 @@ class Launcher:
                 sources.append((group, slot))
                 values.append(hp)
             which.append(k)
-        first_call = items[0][1]
+        first_call = items[0].call
         example = first_call.home
         stream = _stream(streams, first_call)
         table, address = table
@@ -162,19 +172,21 @@ class Launcher:
         if not capture:
             kernel.store_at(address, values, stream)
         dense: dict[Any, list] = {}
-        for (_, call, grad, _, scratch, _), k in zip(items, which):
-            if scratch is None:
-                dense.setdefault(call.kernel, []).append((call, grad, k))
+        for item, k in zip(items, which):
+            call = item.call
+            if item.scratch is None:
+                dense.setdefault(call.kernel, []).append((call, item.grad, k))
                 continue
-            workspace, record = scratch
+            workspace, record = item.scratch
+            entry = address + k * call.kernel.hparams_bytes
             ffi = call.kernel.ffi
-            call.deferred(grad, ffi.cast("lazyadam_hparams *", address + k * HPARAMS_BYTES),
-                          stream, workspace, ffi.cast("lazyadam_index_record *", record))
+            call.deferred(item.grad, ffi.cast(f"{call.kernel.hparams_type} *", entry), stream,
+                          workspace, ffi.cast("lazyadam_index_record *", record))
         for batch_kernel, batch in dense.items():
             self._plan([c for c, _, _ in batch]).launch(
                 [g[0] for _, g, _ in batch],
-                batch_kernel.ffi.cast("lazyadam_hparams *", address), [k for _, _, k in batch],
-                stream)
+                batch_kernel.ffi.cast(f"{batch_kernel.hparams_type} *", address),
+                [k for _, _, k in batch], stream)
         return table, address, kernel, sources, example
 
     def _plan(self, bindings: list[CudaBinding]) -> Any:
@@ -196,10 +208,10 @@ class Launcher:
         if captured is None:
             raise RuntimeError("no step has been captured: call the step of a capturable "
                                "optimizer inside a CUDA graph capture first")
-        for slot, call, *_ in captured.work:
-            if not call.current():
-                raise RuntimeError(f"parameter {slot.param.name!r} or its state moved since the "
-                                   "step was captured: the graph would write where they were; "
+        for item in captured.work:
+            if not item.call.current():
+                raise RuntimeError(f"parameter {item.slot.param.name!r} or its state moved since "
+                                   "the step was captured: the graph would write where they were; "
                                    "capture the step again")
         for table, address, kernel, sources, example in captured.tables:
             kernel.store_at(address, [slot.entry(hparams[group]) for group, slot in sources],
@@ -231,14 +243,14 @@ class _Captured:
 
     __slots__ = ("tables", "work")
 
-    def __init__(self, tables: list[tuple], work: list[tuple]):
-        self.tables, self.work = tables, [item for item in work if item[0].target == "cuda"]
+    def __init__(self, tables: list[tuple], work: list[Work]):
+        self.tables, self.work = tables, [item for item in work if item.slot.target == "cuda"]
 
 
-def _by_device(items: list[tuple]) -> dict[Any, list]:
-    grouped: dict[Any, list] = {}
+def _by_device(items: list[Work]) -> dict[Any, list[Work]]:
+    grouped: dict[Any, list[Work]] = {}
     for item in items:
-        grouped.setdefault(item[1].device, []).append(item)
+        grouped.setdefault(item.call.device, []).append(item)
     return grouped
 
 

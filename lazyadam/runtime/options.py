@@ -74,7 +74,7 @@ def flag(value: Any, where: str, name: str) -> bool:
 def choice(value: Any, values: Sequence[Any], where: str, name: str) -> Any:
     """Raises ValueError unless `value` is one of `values`; returns it."""
     if value not in values:
-        raise ValueError(f"{_named(where, name)} must be one of {', '.join(map(repr, values))}, "
+        raise ValueError(f"{_named(where, name)} must be one of {', '.join(map(str, values))}, "
                          f"got {value!r}")
     return value
 

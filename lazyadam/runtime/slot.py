@@ -34,6 +34,7 @@ from ..targets.cuda_binding import CudaBinding
 from .checks import allocate
 from .parameter import Parameter, RowTensor
 from .specs import shared, state_names, variant
+from .work import Work
 
 INDEX_DTYPES = {np.dtype(np.int32): "int32", np.dtype(np.int64): "int64"}
 
@@ -150,7 +151,7 @@ class Slot:
         return dtype
 
     def prepare(self, position: int, grad: Any, capturable: bool = False,
-                capture: bool = False) -> tuple[Any, ...]:
+                capture: bool = False) -> Work:
         """The kernel call for gradient number `position`, after checking it against the parameter.
 
         Args:
@@ -162,7 +163,7 @@ class Slot:
                 needs a copy from the host).
 
         Returns:
-            `(slot, call, grad, group, scratch)`, which `Launcher.run` takes: host slots run
+            The `Work` that `Launcher.run` takes: host slots run
             `call(grad, hparams[, workspace=scratch])`; device slots hand the launcher their
             `CudaBinding` and the gradient: `(address, array)` dense, `DeviceArray` views of the
             indices and values sparse, with the step's `(workspace view, record address)`.
@@ -180,7 +181,7 @@ class Slot:
             return self._sparse(where, grad, capturable, capture)
         return self._dense(where, grad)
 
-    def _dense(self, where: str, grad: Any) -> tuple[Any, ...]:
+    def _dense(self, where: str, grad: Any) -> Work:
         if not (hasattr(grad, "shape") and hasattr(grad, "dtype")):
             raise TypeError(f"{where} must be an array or a RowTensor, got {type(grad).__name__}")
         grad_dtype = self._grad_dtype(where, "", grad)
@@ -201,14 +202,14 @@ class Slot:
             if taken and call.torch and torch_kind(type(grad)):
                 self.fast = self.fast or {}
                 self.fast[grad.dtype] = (call, grad.get_device(), view.nbytes)
-            return (self, call, (view.ptr, grad), self.group, None)
+            return Work(self, call, (view.ptr, grad), self.group)
         grad = contiguous(grad)
         if self.centralize and len(grad.shape) >= 2:
             grad = contiguous(centralized(grad))
         self._check_disjoint(where, "", grad)
-        return (self, self.call(False, grad_dtype=grad_dtype), grad, self.group, None)
+        return Work(self, self.call(False, grad_dtype=grad_dtype), grad, self.group)
 
-    def _fast_dense(self, grad: Any) -> tuple[Any, ...] | None:
+    def _fast_dense(self, grad: Any) -> Work | None:
         """`_dense` of a PyTorch device gradient of a dtype this slot took before, read straight
         from PyTorch's attributes (a microsecond, not several); None where anything differs from
         what the full check accepted (the full check then says what).
@@ -236,10 +237,10 @@ class Slot:
         for first, last in call.spans:
             if start < last and first < end:
                 return None
-        return (self, call, (start, grad), self.group, None)
+        return Work(self, call, (start, grad), self.group)
 
     def _sparse(self, where: str, grad: RowTensor, capturable: bool,
-                capture: bool) -> tuple[Any, ...]:
+                capture: bool) -> Work:
         param = self.param
         indices, values = grad.indices, grad.values
         if grad.dense_shape != self.shape:
@@ -272,14 +273,14 @@ class Slot:
         if not self.on_device:
             self._check_disjoint(where, "indices", indices)
             self._check_disjoint(where, "values", values)
-            return (self, call, (indices, values), self.group,
-                    self._scratch(where, kernel, rows, indices.shape[0]))
+            return Work(self, call, (indices, values), self.group,
+                        self._scratch(where, kernel, rows, indices.shape[0]))
         views = (DeviceArray(indices, f"{where}: indices"), DeviceArray(values, f"{where}: values"))
         for what, view in zip(("indices", "values"), views):
             self._check_disjoint_device(where, what, view, call.spans)
         scratch = DeviceArray(self._scratch(where, kernel, rows, indices.shape[0]), "scratch")
-        return (self, call, views, self.group,
-                (scratch, self._record(where, kernel, capturable, capture)))
+        return Work(self, call, views, self.group,
+                    (scratch, self._record(where, kernel, capturable, capture)))
 
     def _record(self, where: str, kernel: Any, capturable: bool, capture: bool) -> int:
         """The address of this slot's zeroed device record for deferred sparse steps, one for
