@@ -157,7 +157,7 @@ def test_the_signatures_are_mindspores():
     (lambda p: lazyadam.Momentum(p, 0.1, 0.9, loss_scale=0.0), ValueError, "loss_scale"),
     (lambda p: lazyadam.Lion(p, beta1=math.nan), ValueError, r"beta1 must lie in \[0, 1\)"),
     (lambda p: lazyadam.Lion(p, weight_decay=math.nan), ValueError, "weight_decay"),
-    (lambda p: lazyadam.Lion(p, decay="l2"), ValueError, "decay must be one of 'decoupled'"),
+    (lambda p: lazyadam.Lion(p, decay="l2"), ValueError, "decay must be one of decoupled, got 'l2'"),
     (lambda p: lazyadam.RowWiseAdagrad(p, maximize=1), TypeError, "maximize must be a bool"),
     (lambda p: lazyadam.PartialRowWiseAdam(p, eps_mode="torch"), ValueError, "eps_mode"),
     (lambda p: lazyadam.PartialRowWiseAdam(p, bogus=True), TypeError, "bogus"),
@@ -359,25 +359,22 @@ def test_an_empty_sparse_gradient_steps_nothing_but_the_count():
 @pytest.mark.parametrize("name", CLASSES)
 def test_device_parameters_step_as_host_ones(emulated_cuda, name):
     """Each class on device arrays (the emulated CUDA kernels) gives the host's numbers over 3
-    steps: sparse and dense for per-element rules, sparse for the rules with per-row state (the
-    CUDA target of this branch has no dense kernel that runs rows)."""
+    steps, sparse and dense (the rules with per-row state through the CUDA dense row kernels)."""
     from test_runtime_device import FakeLibrary as lib
     table, dense, grads = data(np.float32, seed=8)
-    rows = name in ("rowwise", "partial")
-    kept = 1 if rows else 2
     host = CLASSES[name]([Parameter(table.copy(), name="table"),
-                          Parameter(dense.copy(), name="dense")][:kept])
+                          Parameter(dense.copy(), name="dense")])
     device = CLASSES[name]([Parameter(lib.put(table), name="table"),
-                            Parameter(lib.put(dense), name="dense")][:kept])
+                            Parameter(lib.put(dense), name="dense")])
     for batch in grads[:3]:
-        host(step_of(batch)[:kept])
+        host(step_of(batch))
         sparse = step_of(batch)[0]
         device([RowTensor(lib.put(sparse.indices), lib.put(sparse.values), (ROWS, DIM)),
-                lib.put(batch[2])][:kept])
+                lib.put(batch[2])])
     for key, value in host.state_dict().items():
         if isinstance(value, dict):
             for param in value:
                 np.testing.assert_allclose(device.state_dict()[key][param], value[param],
                                            rtol=1e-6, atol=1e-7, err_msg=key)
-    assert {s.sparse for s in emulated_cuda} == ({True} if rows else {False, True})
+    assert {s.sparse for s in emulated_cuda} == {False, True}
 

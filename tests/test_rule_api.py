@@ -6,7 +6,8 @@ defined here and nowhere else (not even registered), gets with no other change
 - sources from `lazyadam generate --rule test_rule_api:SIGN_SGD` that build with plain
   `cc -std=c99 -Wall -Werror`;
 - a MindSpore-style optimizer, `lazyadam.optimizer(SIGN_SGD)`, stepped 3 times against the model,
-  with a checkpoint round trip; and a place for the torch front end's optimizer.
+  with a checkpoint round trip; and a torch optimizer, `lazyadam.torch.optimizer(SIGN_SGD)`,
+  stepped dense and sparse against the model, with a checkpoint round trip.
 
 The rule, per element: `m = beta*m + (1-beta)*g;  w -= lr*sign(m)` (sign(0) = 0). docs/rules.md
 walks through it as the tutorial.
@@ -14,6 +15,7 @@ walks through it as the tutorial.
 
 from __future__ import annotations
 
+import io
 import os
 import subprocess
 import sys
@@ -211,17 +213,32 @@ def test_the_torch_optimizer_steps_the_rule():
     """`lazyadam.torch.optimizer(rule)`: the torch half of the proof, written beside this one."""
     torch = pytest.importorskip("torch", reason="the torch front end needs torch")
     import lazyadam.torch as lazyadam_torch
-    if not hasattr(lazyadam_torch, "optimizer"):
-        pytest.skip("lazyadam.torch.optimizer(rule) is not written yet (issue 16's torch half)")
     rng = np.random.default_rng(4)
     start = rng.standard_normal((ROWS, DIM)).astype(np.float32)
     weight = torch.nn.Parameter(torch.from_numpy(start.copy()))
     opt = lazyadam_torch.optimizer(SIGN_SGD)([weight], lr=LR, beta=BETA)
     expected = (start, np.zeros_like(start))
-    for _, values in batches(np.float32, False, seed=5):
-        weight.grad = torch.from_numpy(values)
+    steps = batches(np.float32, False, seed=5) + batches(np.float32, True, seed=6)
+    for indices, values in steps:  # 3 dense steps, then 3 lazy sparse ones
+        weight.grad = (torch.from_numpy(values) if indices is None else torch.sparse_coo_tensor(
+            torch.from_numpy(indices)[None], torch.from_numpy(values), (ROWS, DIM)))
         opt.step()
-        expected = numpy_step(*expected, values, lr=LR, beta=BETA)
+        expected = numpy_step(*expected, values, lr=LR, beta=BETA, indices=indices)
     np.testing.assert_allclose(weight.detach().numpy(), expected[0], rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(opt.state[weight]["momentum_buffer"].numpy(), expected[1],
                                rtol=1e-6, atol=1e-7)
+    # A checkpoint round trip (torch.save, then torch.load as weights only): a new optimizer
+    # resumes bitwise.
+    buffer = io.BytesIO()
+    torch.save(opt.state_dict(), buffer)
+    buffer.seek(0)
+    saved = torch.load(buffer, weights_only=True)
+    again = torch.nn.Parameter(weight.detach().clone())
+    resumed = lazyadam_torch.optimizer(SIGN_SGD)([again], lr=LR, beta=BETA)
+    resumed.load_state_dict(saved)
+    grad = torch.from_numpy(rng.standard_normal((ROWS, DIM)).astype(np.float32))
+    weight.grad, again.grad = grad.clone(), grad.clone()
+    opt.step()
+    resumed.step()
+    assert torch.equal(weight, again)
+    assert torch.equal(opt.state[weight]["momentum_buffer"], resumed.state[again]["momentum_buffer"])

@@ -82,8 +82,8 @@ def optimizer(rule: Rule, name: str | None = None) -> type[Optimizer]:
             **{n: given[n] for n, _ in COMMON})
 
     __init__.__signature__ = signature  # type: ignore[attr-defined]
-    __init__.__doc__ = (f"Makes the optimizer; see `lazyadam.optimizer` for the arguments and "
-                        f"`lazyadam.runtime.optimizer.Optimizer` for their meaning.")
+    __init__.__doc__ = ("Makes the optimizer; see `lazyadam.optimizer` for the arguments and "
+                        "`lazyadam.runtime.optimizer.Optimizer` for their meaning.")
     cls = type(name, (Optimizer,), {
         "RULE": rule, "NAMES": {**names, **shown}, "__init__": __init__,
         "__module__": __name__,

@@ -20,7 +20,6 @@ from __future__ import annotations
 from typing import Any, ClassVar, Mapping, Sequence
 
 from ..codegen.rule import Rule
-from ..targets.cuda import HPARAMS_BYTES
 from .arguments import fixed_hparams, rule_options
 from .checks import check_phase
 from .engine import Engine, Prepared
@@ -36,13 +35,6 @@ from .specs import SEED_STRIDE, spec_for, state_names, target_for
 from . import snapshot
 
 __all__ = ["Optimizer", "decays_by_default", "target_for"]
-
-
-def tabled_by_the_launcher(rule: Rule) -> bool:
-    """Whether `Launcher.tables`, the device tables that capturable steps read their
-    hyperparameters from, hold `rule`'s struct: they are laid out as LazyAdam's
-    (`targets.cuda.HPARAMS_BYTES` each, cast to `lazyadam_hparams *`)."""
-    return rule.hparams_type == "lazyadam_hparams" and 8 * len(rule.fields) == HPARAMS_BYTES
 
 
 def decays_by_default(param: Parameter) -> bool:
@@ -124,11 +116,6 @@ class Optimizer:
                             "as lazyadam.LazyAdam")
         self.use_locking = flag(use_locking, "", "use_locking")
         self.capturable = flag(capturable, "", "capturable")
-        if capturable and not tabled_by_the_launcher(rule):
-            raise NotImplementedError(
-                f"capturable=True: the device tables of a capturable step's hyperparameters "
-                f"(runtime/launcher.py) are laid out as LazyAdam's lazyadam_hparams, not as the "
-                f"{rule.name} rule's {rule.hparams_type}")
         self.state_dtype, self.rounding, self.seed = rounding_options(state_dtype, rounding,
                                                                       seed, "")
         self._fixed = fixed_hparams(rule, hparams or {}, self.name_of)
