@@ -13,7 +13,8 @@ import pytest
 
 from lazyadam.codegen.ir import Assign, Elem, Param, Switch, sign
 from lazyadam.codegen.rule import HParam, Interval, Lowering, Option, Rule, State
-from reference_family import adagrad_step, lion_step, sgd_step
+from reference_family import (adagrad_step, lion_step, partial_rowwise_adam_step,
+                              rowwise_adagrad_step, sgd_step)
 from tolerance import assert_close
 
 torch = pytest.importorskip("torch", reason="lazyadam.torch needs torch")
@@ -156,9 +157,25 @@ def _lion(w, state, grad, indices, t):
     return lion_step(w, m, grad, lr=0.01, weight_decay=0.1, indices=indices)
 
 
+def _rowwise(w, state, grad, indices, t):
+    a = np.zeros(len(w)) if state is None else state
+    return rowwise_adagrad_step(w, a, grad, lr=0.1, eps=1e-10, weight_decay=0.01, decay="l2",
+                                indices=indices)
+
+
+def _partial(w, state, grad, indices, t):
+    m, v = (np.zeros_like(w), np.zeros(len(w))) if state is None else state
+    w, m, v, _ = partial_rowwise_adam_step(w, m, v, grad, lr=0.01, beta1=0.9, beta2=0.999, eps=1e-8,
+                                           beta1_power=0.9 ** t, beta2_power=0.999 ** t,
+                                           indices=indices)
+    return w, (m, v)
+
+
 EMULATED = [(lazyadam.torch.SGD, dict(lr=0.1, momentum=0.9, weight_decay=0.01), _sgd),
             (lazyadam.torch.Adagrad, dict(lr=0.1, lr_decay=0.01), _adagrad),
-            (lazyadam.torch.Lion, dict(lr=0.01, weight_decay=0.1), _lion)]
+            (lazyadam.torch.Lion, dict(lr=0.01, weight_decay=0.1), _lion),
+            (lazyadam.torch.RowWiseAdagrad, dict(lr=0.1, weight_decay=0.01), _rowwise),
+            (lazyadam.torch.PartialRowWiseAdam, dict(lr=0.01), _partial)]
 
 
 @pytest.mark.parametrize("cls, options, reference", EMULATED,
