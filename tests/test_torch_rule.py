@@ -35,8 +35,8 @@ def lower(spec) -> Lowering:
 
 #: Not registered: a rule a user keeps in a module of their own.
 SIGN_SGD = Rule(
-    name="sign_sgd",
-    prefix="lazyadam_test_sign_sgd",
+    name="signum",
+    prefix="lazyadam_test_signum",
     options=(Option("nesterov", (False, True), False), Option("maximize", (False, True), False)),
     hparams=(HParam("lr", 0.01, Interval(0.0), static=False),
              HParam("mu", 0.9, Interval(0.0, 1.0))),
@@ -71,7 +71,7 @@ def grad_of(shape, step):
 
 def test_a_rule_gets_a_class_with_its_keywords_and_defaults():
     cls = lazyadam.torch.optimizer(SIGN_SGD)
-    assert cls is lazyadam.torch.optimizer(SIGN_SGD) and cls.__name__ == "SignSgd"
+    assert cls is lazyadam.torch.optimizer(SIGN_SGD) and cls.__name__ == "Signum"
     assert issubclass(cls, torch.optim.Optimizer)
     opt = cls([nn.Parameter(torch.ones(2))])
     group = opt.param_groups[0]
