@@ -1,6 +1,7 @@
 """The family's rules (lazyadam/rules: SGD, Adagrad, rowwise Adagrad, partial-rowwise Adam, Lion)
 as kernel objects: `lazyadam.compile` and its call against the numpy references of
-tests/reference_family.py, per-row state shapes, and the same sums on C and emulated CUDA.
+tests/reference_family.py, and the same sums on C and emulated CUDA (bad per-row state:
+tests/test_kernel_errors.py).
 
 Every kernel of each rule's product (tests/product.py, `FAMILY`: the flag product in float32 and
 float64, a half-precision sample) runs against the references on C and emulated CUDA in
@@ -64,20 +65,6 @@ def test_lazyadam_compile_gives_each_rule_a_kernel_object(name, sparse):
         expected = product.family_step(spec, expected, grad, indices, t)
         for a in kernel.arrays:
             np.testing.assert_allclose(state[a], expected[a], **TOLERANCE["float64"])
-
-
-def test_per_row_state_must_have_one_value_per_row():
-    spec = ROWWISE_ADAGRAD.spec(sparse=False, dtype="float64").validate()
-    kernel = lazyadam.compile(spec)
-    var, grad = np.ones((4, 3)), np.ones((4, 3))
-    hp = hparams_of(ROWWISE_ADAGRAD).at_step(1)
-    for acc, message in [(np.zeros((4, 3)), r"acc has shape \(4, 3\), expected \(4,\)"),
-                         (np.zeros(5), r"acc has shape \(5,\), expected \(4,\)")]:
-        with pytest.raises(ValueError, match=message):
-            kernel(var, acc, grad, hp)
-    assert (var == 1).all()
-    with pytest.raises(ValueError, match="keeps state per row: var needs rank >= 1"):
-        kernel(np.ones(()), np.zeros(()), np.ones(()), hp)
 
 
 @pytest.mark.parametrize("rule", [ROWWISE_ADAGRAD, PARTIAL_ROWWISE_ADAM], ids=lambda r: r.name)
