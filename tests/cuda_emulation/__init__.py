@@ -22,7 +22,7 @@ import numpy as np
 
 from lazyadam import Spec
 from lazyadam.errors import CompilerNotFoundError
-from lazyadam.targets import batch
+from lazyadam.targets import batch, cache
 from lazyadam.targets.cuda import CudaTarget
 
 HEADER = Path(__file__).with_name("cuda_emulation.h")
@@ -100,22 +100,28 @@ def build(specs: Iterable[Spec], defines: Mapping[str, int] | None = None,
     return {spec: emulated.load(spec) for spec in specs}
 
 
-def compile_library(sources: Iterable, folder: Path) -> Path:
-    """The .cu `sources` built for the host as one translation unit into `folder/emulation.so`
-    (what a test that needs several kernels, or several rules, in one unit builds); returns its
-    path.
+def compile_library(sources: Iterable) -> Path:
+    """The .cu `sources` built for the host as one translation unit (what a test that needs
+    several kernels, or several rules, in one unit builds), kept in the kernel cache keyed by the
+    sources and the emulation's compiler and flags; returns the library's path.
 
     Raises:
         CompilationError: the host compiler failed (the log says why).
     """
     sources = list(sources)
-    for source in sources:
-        (folder / source.filename).write_text(source.text)
-        (folder / f"{source.symbol}.h").write_text(source.header)
-    unit = folder / "emulation.cu"
-    unit.write_text("".join(f'#include "{s.filename}"\n' for s in sources))
-    return target().run_compiler([unit], folder / "emulation.so",
-                                 f"{len(sources)} emulated CUDA kernels in one unit")
+    emulated = target()
+
+    def build(folder: Path) -> Path:
+        for source in sources:
+            (folder / source.filename).write_text(source.text)
+            (folder / f"{source.symbol}.h").write_text(source.header)
+        unit = folder / "emulation.cu"
+        unit.write_text("".join(f'#include "{s.filename}"\n' for s in sources))
+        return emulated.run_compiler([unit], folder / "emulation.so",
+                                     f"{len(sources)} emulated CUDA kernels in one unit")
+    key = cache.make_key({"test": "emulation-unit", **emulated.key_parts(),
+                          "sources": [s.text + s.header for s in sources]})
+    return cache.fetch(key, "emulation.so", build)
 
 
 def control() -> ctypes.CDLL:
