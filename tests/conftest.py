@@ -13,6 +13,7 @@ import pytest
 
 import cuda_emulation as emulation
 import product
+import quick_c
 from lazyadam import targets
 from lazyadam.targets import batch
 
@@ -75,11 +76,40 @@ def c_variants(pulse):
 
 
 @pytest.fixture(scope="session")
+def family_c(pulse):
+    """`load(spec)`, the C kernel of a spec of `product.FAMILY` (1404): the C target's own build
+    for `product.FAMILY_SAMPLE`, tests/quick_c.py's for the others; a cold cache builds them all
+    here, in batches."""
+    sample = set(product.FAMILY_SAMPLE)
+    batch.build(product.FAMILY_SAMPLE, targets.get("c"), report=pulse)
+    batch.build([spec for spec in product.FAMILY if spec not in sample], quick_c.TARGET,
+                report=pulse)
+    return lambda spec: (targets.get("c") if spec in sample else quick_c.TARGET).load(spec)
+
+
+@pytest.fixture(scope="session")
+def family_emulated(emulated_variants):
+    """`load(spec)`, the emulated CUDA kernel of a spec of `product.FAMILY` (built at -O0, see
+    `cuda_emulation.target`); a skip that quotes the CUDA target's SpecError where it refuses the
+    spec (today the dense kernels that keep per-row state or sum rows: their kernels join the
+    product when the CUDA templates print them)."""
+    rendered = [spec for spec in product.FAMILY if product.cuda_refusal(spec) is None]
+    kernels = emulated_variants(rendered, optimize="-O0")
+
+    def load(spec):
+        if spec not in kernels:
+            pytest.skip(f"the CUDA target refuses this spec: {product.cuda_refusal(spec)}")
+        return kernels[spec]
+    return load
+
+
+@pytest.fixture(scope="session")
 def emulated_variants(pulse):
     """`emulation.build(specs)`, with the kernels the cache lacks built in batches that report."""
     if emulation.host_compiler() is None:
         pytest.skip("no host C++ compiler (c++ or g++) to build the CUDA emulation")
-    return lambda specs, defines=None: emulation.build(specs, defines, report=pulse)
+    return lambda specs, defines=None, optimize="-O1": emulation.build(specs, defines, report=pulse,
+                                                                        optimize=optimize)
 
 
 @pytest.fixture

@@ -44,7 +44,7 @@ def _touched(var, grad, indices, *, loss_scale, maximize):
 
 def _row_mean(x):
     """The mean over each row's elements (axis 0 is the row): shape `(len(x),)`."""
-    return x.reshape(len(x), -1).mean(axis=1)
+    return x.reshape(len(x), math.prod(x.shape[1:])).mean(axis=1)  # also with no rows
 
 
 def _per_row(values, like):

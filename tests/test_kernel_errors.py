@@ -1,8 +1,9 @@
 """Bad input to a kernel, on every target: a clear error naming the problem, and nothing written.
 
 The kernel API's checks (the optimizers' are in tests/test_optimizer_errors.py, after the table of
-docs/semantics.md): bad indices, wrong dtypes, shapes, layouts and byte orders, overlapping or
-misaligned arrays and workspaces, sizes a step cannot take, on the C kernels; bad indices, host
+docs/semantics.md): bad indices, wrong dtypes, shapes (per-row state too), layouts and byte
+orders, overlapping or misaligned arrays and workspaces, sizes a step cannot take, on the C
+kernels; bad indices, host
 arrays, bad pointers and sizes, failed scratch allocations and deferred bad indices on the CUDA
 kernels built for the CPU (tests/cuda_emulation) and on a GPU (marked cuda).
 """
@@ -17,6 +18,8 @@ import pytest
 import cuda_emulation as emulation
 import lazyadam
 from lazyadam import HParams, Spec
+from lazyadam.rules import ROWWISE_ADAGRAD
+from lazyadam.targets.base import hparams_of
 from test_cuda_emulation import check, dev, hparams, library, new_state, reference_step  # noqa: F401
 from test_cuda_gpu import device  # noqa: F401  (a fixture)
 from test_kernels import KNOWN_HP
@@ -243,6 +246,20 @@ def test_arrays_of_the_wrong_dtype_are_refused_before_anything_is_written():
     assert (var == 1).all() and not m.any() and (table == 1).all() and not state[0].any()
 
 
+def test_per_row_state_must_have_one_value_per_row():
+    spec = ROWWISE_ADAGRAD.spec(sparse=False, dtype="float64").validate()
+    kernel = lazyadam.compile(spec)
+    var, grad = np.ones((4, 3)), np.ones((4, 3))
+    hp = hparams_of(ROWWISE_ADAGRAD).at_step(1)
+    for acc, message in [(np.zeros((4, 3)), r"acc has shape \(4, 3\), expected \(4,\)"),
+                         (np.zeros(5), r"acc has shape \(5,\), expected \(4,\)")]:
+        with pytest.raises(ValueError, match=message):
+            kernel(var, acc, grad, hp)
+    assert (var == 1).all() and not acc.any()
+    with pytest.raises(ValueError, match="keeps state per row: var needs rank >= 1"):
+        kernel(np.ones(()), np.zeros(()), np.ones(()), hp)
+
+
 # -- CUDA kernels, emulated on the CPU ------------------------------------------------------------
 
 @pytest.mark.parametrize("bad, match", [
@@ -302,6 +319,15 @@ def test_launchers_check_pointers_and_sizes(library):
             assert kernel.fn(buf, buf, buf, buf, -4, hp, null) == lib.LAZYADAM_ESIZE
             assert kernel.fn(null, null, null, null, 0, hp, null) == lib.LAZYADAM_OK
             assert kernel.fn(null, buf, buf, buf, 4, hp, null) == lib.LAZYADAM_ENULL
+
+
+def test_multi_rejects_mismatched_lists(library):
+    spec = Spec(sparse=False)
+    var = np.ones(3, np.float32)
+    a = emulation.Emulated(var)
+    with pytest.raises(ValueError, match="one entry per tensor"):
+        library[spec].multi([a, a], [a, a], [a], [a, a], hparams(spec, 1))
+    assert (var == 1).all()
 
 
 def test_host_arrays_are_refused_with_a_clear_error(library):

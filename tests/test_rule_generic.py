@@ -29,7 +29,7 @@ from lazyadam.codegen.rule import HParam, Interval, Lowering, Option, Rule, Stat
 from lazyadam.codegen.spec import SpecBase
 from lazyadam.codegen.variants import specs_from_json, variants
 from lazyadam.sources import write_sources
-from lazyadam.targets import c
+from lazyadam.targets import batch, c
 from lazyadam.targets.base import hparams_of
 
 
@@ -84,28 +84,37 @@ def assert_names_no_adam(source):
         assert not ADAM_NAMES.search(text), ADAM_NAMES.search(text)
 
 
-def build(spec, tmp_path):
+#: The C kernels of `test_a_rule_defined_here_gets_c_kernels_from_the_templates`.
+C_SPECS = [HEAVY_BALL.spec(sparse=sparse, dtype=dtype, use_locking=locking, nesterov=nesterov)
+           for sparse in (False, True) for dtype in ("float32", "float64")
+           for locking in (False, True) for nesterov in (False, True)]
+
+
+@pytest.fixture(scope="module")
+def c_kernels(pulse):
+    """C_SPECS built by the C target in one batch, kept in the kernel cache."""
+    if c.unavailable():
+        pytest.skip(c.unavailable())
+    batch.build(C_SPECS, c.TARGET, report=pulse)
+
+
+def build(spec):
+    """The kernel's source, and its library (the C target's, from the cache) opened by cffi on
+    the declarations of the source alone."""
     source = generate(spec)
-    (tmp_path / f"{source.symbol}.h").write_text(source.header)
-    (tmp_path / source.filename).write_text(source.text)
-    library = tmp_path / f"{source.symbol}.so"
-    subprocess.run([*c.compiler(), *c.flags(), str(tmp_path / source.filename), "-o",
-                    str(library), "-lm"], check=True, capture_output=True)
     ffi = cffi.FFI()
     ffi.cdef(source.cdef)
-    return source, ffi, ffi.dlopen(str(library))
+    return source, ffi, ffi.dlopen(str(c.TARGET.load(spec).path))
 
 
 @pytest.mark.parametrize("sparse", [False, True], ids=["dense", "sparse"])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("locking", [False, True], ids=["", "locking"])
 @pytest.mark.parametrize("nesterov", [False, True], ids=["", "nesterov"])
-def test_a_rule_defined_here_gets_c_kernels_from_the_templates(tmp_path, sparse, dtype, locking,
+def test_a_rule_defined_here_gets_c_kernels_from_the_templates(c_kernels, sparse, dtype, locking,
                                                                nesterov):
-    if c.unavailable():
-        pytest.skip(c.unavailable())
     spec = HEAVY_BALL.spec(sparse=sparse, dtype=dtype, use_locking=locking, nesterov=nesterov)
-    source, ffi, lib = build(spec, tmp_path)
+    source, ffi, lib = build(spec)
     assert hparams_struct(HEAVY_BALL) in source.header
     assert_names_no_adam(source)
     rng = np.random.default_rng(7)
@@ -134,7 +143,7 @@ def test_a_rule_defined_here_gets_c_kernels_from_the_templates(tmp_path, sparse,
     np.testing.assert_array_equal(got_var, want[0])
 
 
-def test_its_cuda_sources_build_in_the_host_emulation(tmp_path):
+def test_its_cuda_sources_build_in_the_host_emulation():
     """Dense and sparse, one translation unit (the CUDA sources as the emulation build compiles
     them for the host, tests/cuda_emulation)."""
     if emulation.host_compiler() is None:
@@ -144,7 +153,7 @@ def test_its_cuda_sources_build_in_the_host_emulation(tmp_path):
     for source in sources:
         assert hparams_struct(HEAVY_BALL) in source.header
         assert_names_no_adam(source)
-    assert emulation.compile_library(sources, tmp_path).exists()
+    assert emulation.compile_library(sources).exists()
 
 
 def test_its_spec_class_is_made_from_its_options():
@@ -297,7 +306,7 @@ def test_headers_of_two_rules_go_in_one_c_file(tmp_path):
                     "-lm"], cwd=tmp_path, check=True, capture_output=True)
 
 
-def test_cuda_sources_of_two_rules_form_one_translation_unit(tmp_path):
+def test_cuda_sources_of_two_rules_form_one_translation_unit():
     """LazyAdam's and this rule's CUDA sources in one emulation library (one translation unit):
     the shared store of hyperparameters is a template on the struct. This rule's dense kernel
     steps from hyperparameters stored in device memory (`store_hparams`, `device_hparams=`)."""
@@ -305,7 +314,7 @@ def test_cuda_sources_of_two_rules_form_one_translation_unit(tmp_path):
         pytest.skip("no host C++ compiler (c++ or g++) to build the CUDA emulation")
     specs = [Spec(sparse=False), Spec(), HEAVY_BALL.spec(sparse=False), HEAVY_BALL.spec()]
     kernels = emulation.build(specs)
-    assert emulation.compile_library([generate(s, "cuda") for s in specs], tmp_path).exists()
+    assert emulation.compile_library([generate(s, "cuda") for s in specs]).exists()
     kernel = kernels[HEAVY_BALL.spec(sparse=False)]
     table = np.zeros(kernel.hparams_bytes, np.uint8)
     wrap = emulation.Emulated

@@ -120,13 +120,20 @@ class Shipped:
 
 @pytest.fixture(scope="module")
 def libraries(tmp_path_factory) -> dict[str, Path]:
-    """The representative specs, written with write_sources, built with and without OpenMP."""
+    """The representative specs, written with write_sources, built with and without OpenMP; each
+    library is kept in the kernel cache, keyed by the files written, the compiler and the mode."""
     folder = tmp_path_factory.mktemp("shipped")
     sources = [write_sources(spec, "c", folder)[0] for spec in SPECS]
+    written = {path.name: path.read_text() for path in sorted(folder.iterdir())}
     modes = openmp_modes()
+
+    def build(mode: str) -> Path:
+        key = cache.make_key({"test": "shipped-c", "mode": mode, "strict": STRICT,
+                              "files": written, **c.identity()})
+        return cache.fetch(key, f"kernels_{'omp' if mode == 'openmp' else 'serial'}.so",
+                           lambda entry: compile_library(entry, sources, mode == "openmp"))
     with ThreadPoolExecutor(max_workers=2) as pool:
-        built = pool.map(lambda mode: compile_library(folder, sources, mode == "openmp"), modes)
-        return dict(zip(modes, built))
+        return dict(zip(modes, pool.map(build, modes)))
 
 
 def kernel_hparams(spec: Spec, t: int) -> tuple[tuple, dict]:
