@@ -14,15 +14,14 @@ order of docs/semantics.md by shuffles.
   memory; the C kernel's exact inverse loss scale against CUDA's division.
 - What the emulation shows of a broken kernel: a missing __syncwarp, lanes leaving a row before
   its shuffles, lanes reading past their row.
-- An nvcc build of every sampled kernel (PTX for sm_90).
+Every dense row kernel of the family's product also compiles with nvcc, with the rest of the
+product, in tests/test_cuda_codegen.py.
 """
 
 from __future__ import annotations
 
 import ctypes
-import itertools
 import random
-import subprocess
 
 import cffi
 import ml_dtypes
@@ -37,9 +36,9 @@ from lazyadam.codegen.render import Source
 from lazyadam.codegen.render_cuda import HPARAMS_PER_LAUNCH, TENSORS_PER_LAUNCH
 from lazyadam.codegen.variants import variants
 from lazyadam.rules import PARTIAL_ROWWISE_ADAM, ROWWISE_ADAGRAD, SGD
-from lazyadam.targets import batch, cache
+from lazyadam.targets import batch
 from lazyadam.targets.base import hparams_of
-from test_family_kernels import HYPER, reference
+from product import FAMILY_HYPER as HYPER, family_step
 
 #: Storage of parameter, state and gradient, and rounding, dealt to each rule's flag sample.
 STORAGES = [dict(dtype="float32"), dict(dtype="float64"),
@@ -156,7 +155,7 @@ def check_against_c_and_reference(c_kernel, cuda_kernel, spec, row_size, seed):
     for t in (1, 2, 3):
         grad = rng.standard_normal((ROWS, row_size)).astype(NUMPY[spec.storage("grad")])
         step_both(c_kernel, cuda_kernel, spec, c_state, cuda_state, grad, t)
-        expected = reference(spec.RULE, spec, expected, grad.astype(np.float64), None, t)
+        expected = family_step(spec, expected, grad.astype(np.float64), None, t)
         for name, got in cuda_state.items():
             assert got.tobytes() == c_state[name].tobytes(), \
                 f"{spec.symbol()} row_size={row_size} step {t}: {name} differs from the C kernel's"
@@ -269,10 +268,7 @@ def test_the_emulation_shows_a_broken_row_kernel(kernels, breakage, tmp_path):
     assert source.text.count(good) >= 1
     broken = Source(source.symbol, source.lang, source.text.replace(good, bad, 1),
                           source.header, source.cdef)
-    key = cache.make_key({"test": "broken-rows", "text": broken.text,
-                          "emulation": emulation.HEADER.read_text()})
-    library = cache.fetch(key, "emulation.so",
-                          lambda folder: emulation.compile_library([broken], folder))
+    library = emulation.compile_library([broken])  # cached, keyed by its text
     ffi = cffi.FFI()
     ffi.cdef(source.cdef)
     lib = ffi.dlopen(str(library))
@@ -323,31 +319,13 @@ def test_the_emulation_reports_lanes_at_different_collectives(tmp_path):
         "", "int mixed(float *out); const char *mixed_error(void);")
     if emulation.host_compiler() is None:
         pytest.skip("no host C++ compiler (c++ or g++) to build the CUDA emulation")
-    library = emulation.compile_library([source], tmp_path)
+    library = emulation.compile_library([source])
     ffi = cffi.FFI()
     ffi.cdef(source.cdef)
     lib = ffi.dlopen(str(library))
     out = np.zeros(32, np.float32)
     assert lib.mixed(ffi.cast("float *", out.ctypes.data)) == 719   # cudaErrorLaunchFailure
     assert "different collectives" in ffi.string(lib.mixed_error()).decode()
-
-
-# --- nvcc --------------------------------------------------------------------------------------
-
-def test_every_sampled_kernel_compiles_with_nvcc(pulse):
-    """PTX for sm_90, as test_cuda_codegen compiles LazyAdam's; a passing build is remembered in
-    the kernel cache."""
-    from test_cuda_codegen import compile_units, nvcc_or_skip
-    nvcc = nvcc_or_skip()
-    extra = list(itertools.islice(
-        (s for s in variants(rule=SGD, sparse=False, dtype="float16", state_dtype="bfloat16")
-         if s.dampening), 1))
-    sources = [generate(s, "cuda") for s in SPECS + extra]
-    key = cache.make_key({"test": "dense-rows-ptx", "sources": [s.text + s.header for s in sources],
-                          "nvcc": subprocess.run([nvcc, "--version"], capture_output=True,
-                                                 text=True).stdout})
-    assert cache.fetch(key, "ptx.ok", lambda folder: compile_units(nvcc, "90", sources, folder,
-                                                                       pulse))
 
 
 @pytest.mark.parametrize("shape", [(3, 0), (0, 4)])
