@@ -72,8 +72,9 @@ class Slot:
         #: None (as `fast`) until the first is made, as most slots never need one.
         self.records: dict[bool, tuple] | None = None
         #: PyTorch dtype of a dense device gradient that the full check took as it was (not
-        #: copied) -> (its CudaBinding, device index, bytes): the next gradients of that dtype
-        #: take `_fast_dense`.
+        #: copied) -> (its CudaBinding, device index, bytes, and what `_fast_dense` compares: the
+        #: bound var, its address, shape and dtype, each state array with its array and address,
+        #: the byte spans): the next gradients of that dtype take `_fast_dense`.
         self.fast: dict[Any, tuple] | None = None
         self.spec, self.target = spec, target
         self.state_names = state_names(spec)
@@ -201,7 +202,11 @@ class Slot:
             self._check_disjoint_device(where, "", view, call.spans)
             if taken and call.torch and torch_kind(type(grad)):
                 self.fast = self.fast or {}
-                self.fast[grad.dtype] = (call, grad.get_device(), view.nbytes)
+                address, shape, dtype = call.keys[0]
+                states = tuple((state, array, key[0]) for state, array, key
+                               in zip(self.states, call.arrays[1:], call.keys[1:]))
+                self.fast[grad.dtype] = (call, grad.get_device(), view.nbytes, call.arrays[0],
+                                         address, shape, dtype, states, call.spans)
             return Work(self, call, (view.ptr, grad), self.group)
         grad = contiguous(grad)
         if self.centralize and len(grad.shape) >= 2:
@@ -221,20 +226,17 @@ class Slot:
         found = self.fast.get(getattr(grad, "dtype", None))
         if found is None:
             return None
-        call, device, nbytes = found
-        arrays, keys = call.arrays, call.keys
-        var = arrays[0]
-        address, shape, dtype = keys[0]
+        call, device, nbytes, var, address, shape, dtype, states, spans = found
         if (grad.shape != shape or not grad.is_contiguous() or grad.get_device() != device
                 or self.param.data is not var or var.data_ptr() != address
                 or var.shape != shape or var.dtype is not dtype):
             return None
-        for state, array, key in zip(self.states, arrays[1:], keys[1:]):
-            if state.data is not array or array.data_ptr() != key[0]:
+        for state, array, at in states:
+            if state.data is not array or array.data_ptr() != at:
                 return None
         start = grad.data_ptr()
         end = start + nbytes
-        for first, last in call.spans:
+        for first, last in spans:
             if start < last and first < end:
                 return None
         return Work(self, call, (start, grad), self.group)
