@@ -145,14 +145,8 @@ def test_sgd_refuses_nesterov_with_dampening_as_torch():
 def test_a_torch_sgd_state_loads_and_goes_on_as_torch():
     """With dampening: torch's buffers (and no `seen`) mean every row was stepped."""
     options = dict(lr=0.05, momentum=0.9, dampening=0.3)
-    ours, theirs = dense_twins()
-    reference = torch.optim.SGD([theirs], **options)
-    theirs.grad = gradient(theirs.shape, 0)
-    reference.step()
-    with torch.no_grad():
-        ours.copy_(theirs)
-    opt = lazyadam.torch.SGD([ours], **options)
-    opt.load_state_dict(saved(reference))
+    opt, reference, ours, theirs = resumed_from_torch(lazyadam.torch.SGD, torch.optim.SGD,
+                                                      options)
     for step in range(1, 3):
         ours.grad = gradient(ours.shape, step)
         theirs.grad = ours.grad.clone()
@@ -206,14 +200,8 @@ def test_adagrad_state_is_made_at_construction_as_torch_makes_it():
 
 def test_adagrad_states_load_both_ways_with_torch():
     options = dict(lr=0.1, lr_decay=0.01)
-    ours, theirs = dense_twins()
-    reference = torch.optim.Adagrad([theirs], **options)
-    theirs.grad = gradient(theirs.shape, 0)
-    reference.step()
-    with torch.no_grad():
-        ours.copy_(theirs)
-    opt = lazyadam.torch.Adagrad([ours], **options)
-    opt.load_state_dict(saved(reference))
+    opt, reference, ours, theirs = resumed_from_torch(lazyadam.torch.Adagrad,
+                                                      torch.optim.Adagrad, options)
     ours.grad = theirs.grad = gradient(ours.shape, 1)
     opt.step()
     reference.step()
@@ -226,6 +214,20 @@ def test_adagrad_states_load_both_ways_with_torch():
     opt.step()
     again.step()
     assert_close(ours.detach().numpy(), theirs.detach().numpy(), "float64")
+
+
+def resumed_from_torch(ours_class, torch_class, options):
+    """A torch optimizer stepped once on one of `dense_twins`, and ours on the other (given the
+    same values) resuming from its saved state: (ours, torch's, our parameter, torch's)."""
+    ours, theirs = dense_twins()
+    reference = torch_class([theirs], **options)
+    theirs.grad = gradient(theirs.shape, 0)
+    reference.step()
+    with torch.no_grad():
+        ours.copy_(theirs)
+    opt = ours_class([ours], **options)
+    opt.load_state_dict(saved(reference))
+    return opt, reference, ours, theirs
 
 
 def saved(opt):
