@@ -137,6 +137,30 @@ def test_emulated_a_change_of_strides_or_negative_bit_is_followed(emulated):
     assert ours.is_neg()
 
 
+def test_emulated_confirmed_steps_give_each_parameter_the_entry_of_its_own_count(emulated):
+    """Two parameters of one group at different counts (one had no gradient for a step): the
+    steps that the memo confirms (`fast.recheck`) give each the bias corrections of its own
+    `step`, as torch.optim.Adam does."""
+    gen = torch.Generator().manual_seed(11)
+    starts = [torch.randn(4, 3, generator=gen, dtype=torch.float64) for _ in range(2)]
+    ours = [torch.nn.Parameter(s.clone()) for s in starts]
+    theirs = [torch.nn.Parameter(s.clone()) for s in starts]
+    opt, adam = LazyAdam(ours, lr=0.05), torch.optim.Adam(theirs, lr=0.05)
+    for step in range(5):
+        for k in range(2):
+            grad = torch.randn(4, 3, generator=gen, dtype=torch.float64)
+            ours[k].grad = None if step == 0 and k == 1 else grad
+            theirs[k].grad = None if step == 0 and k == 1 else grad.clone()
+        opt.step()
+        adam.step()
+        if step >= 2:
+            assert opt._memo is not None  # this step was confirmed by the memo
+        for k in range(2):
+            assert_close(ours[k].detach().numpy(), theirs[k].detach().numpy(), "float64",
+                         f"step {step} param {k}")
+    assert [int(opt.state[p]["step"]) for p in ours] == [5, 4]
+
+
 def test_emulated_bad_input_changes_nothing(emulated):
     _, host = emulated
     model = Recommender()

@@ -97,7 +97,9 @@ class Launcher:
         on_device, entries = [], []  # the device steps, and the entry each takes
         for item in work:
             slot = item.slot
-            hp = slot.entry(hparams[item.group])
+            hp = hparams[item.group]
+            if slot.seed_offset:  # `Slot.entry`, called only where it changes the entry
+                hp = slot.entry(hp)
             if slot.target == "cuda":
                 on_device.append(item)
                 entries.append(hp)
@@ -129,7 +131,7 @@ class Launcher:
         for item, hp in zip(items, entries):
             call = item.call
             if item.scratch is None:
-                dense.setdefault((call.kernel, call.device), []).append((call, item.grad, hp))
+                dense.setdefault(call.batch, []).append((call, item.grad, hp))
                 continue
             workspace, record = item.scratch
             call.deferred(item.grad, hp, _stream(streams, call), workspace,

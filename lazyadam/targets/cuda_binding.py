@@ -33,8 +33,8 @@ class CudaBinding:
         spans: `(first byte, past the last byte)` of each state array.
     """
 
-    __slots__ = ("kernel", "arrays", "keys", "torch", "ptrs", "spans", "shape", "size", "rows",
-                 "row_size", "device", "grad_dtype", "index_dtype", "home")
+    __slots__ = ("kernel", "batch", "arrays", "keys", "torch", "ptrs", "spans", "shape", "size",
+                 "rows", "row_size", "device", "grad_dtype", "index_dtype", "home")
 
     def __init__(self, kernel: CudaKernel, var: Any, states: Mapping[str, Any]):
         spec = kernel.spec
@@ -61,6 +61,8 @@ class CudaBinding:
         self.spans = tuple((view.ptr, view.ptr + view.nbytes) for view in views)
         self.shape, self.size = views[0].shape, views[0].size
         self.device = devices.pop() if devices else None
+        #: The launcher batches the dense steps of one kernel on one device in one plan.
+        self.batch = (kernel, self.device)
         self.rows = self.shape[0] if self.shape else 1
         self.row_size = int(np.prod(self.shape[1:], dtype=np.int64))
         self.grad_dtype = spec.storage("grad")

@@ -5,7 +5,7 @@ the last full check found (`Memo`), confirmed for an all-CUDA dense step.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -47,12 +47,14 @@ class Checked:
     captured: list[Captured] = field(default_factory=list)
 
 
-@dataclass(slots=True)
-class Record:
+class Record(NamedTuple):
     """What the last full check found of one parameter with a gradient, for `recheck`: the
     parameter, where its elements were (address, strides, shape), its gradient's dtype and
-    device index, its state dict and state tensors (`(key, tensor, address)`), its binding, slot
-    and bound call, the byte spans the call writes and the gradient's bytes."""
+    device index, its state dict and state tensors (`(key, tensor, address)`), the byte spans
+    its call writes, its gradient's bytes, and its binding, slot and bound call.
+
+    A named tuple, which `recheck` unpacks at once: reading its 13 fields one by one took longer
+    than the rest of a parameter's recheck but the gradient's own reads."""
     param: torch.Tensor
     ptr: int
     strides: tuple
@@ -61,11 +63,11 @@ class Record:
     device: int
     state: Any
     tensors: tuple
+    spans: tuple
+    nbytes: int
     binding: Binding
     slot: Any
     call: Any
-    spans: tuple
-    nbytes: int
 
 
 @dataclass(slots=True)
@@ -120,8 +122,8 @@ class Memo:
                                 if tensor is not None)
                 records.append(Record(param, param.data_ptr(), param.stride(), param.shape,
                                       param.grad.dtype, param.grad.get_device(), state, tensors,
-                                      binding, slot, call, call.spans,
-                                      param.grad.numel() * param.grad.element_size()))
+                                      call.spans, param.grad.numel() * param.grad.element_size(),
+                                      binding, slot, call))
             groups.append(GroupRecord(group, group["params"], flags, tuple(records)))
         return Memo(tuple(groups), checked.capturable)
 
@@ -142,7 +144,7 @@ def recheck(optimizer: Any) -> Checked | None:
     rule, read = optimizer.RULE, optimizer._read
     states, strided = optimizer.state, torch.strided
     checked = Checked(capturable=memo.capturable)
-    hparams, entries = checked.hparams, {}
+    hparams = checked.hparams
     # bound once: this loop's fraction of a microsecond a parameter is most of a step's host time
     add_work, add_binding, add_t = checked.work.append, checked.bindings.append, checked.ts.append
     for number, (group, known) in enumerate(zip(groups, memo.groups)):
@@ -156,35 +158,38 @@ def recheck(optimizer: Any) -> Checked | None:
         options = read(group, f"param group {number}")
         if options.flags != flags or options.capturable != memo.capturable:
             return None
+        entries, last_t, hp = {}, None, None  # the group's entry for each count t
         for param, record in zip(members, records):
             grad = param.grad
             if record is None:
                 if grad is not None:
                     return None
                 continue
-            shape, state = record.shape, record.state
-            if (param is not record.param or grad is None or grad.layout is not strided
-                    or grad.dtype is not record.grad_dtype or grad.shape != shape
-                    or not grad.is_contiguous() or grad.get_device() != record.device
-                    or param.data_ptr() != record.ptr or param.stride() != record.strides
+            (bound, ptr, strides, shape, dtype, device, state, tensors, spans, nbytes,
+             binding, slot, call) = record
+            if (param is not bound or grad is None or grad.layout is not strided
+                    or grad.dtype is not dtype or grad.shape != shape
+                    or not grad.is_contiguous() or grad.get_device() != device
+                    or param.data_ptr() != ptr or param.stride() != strides
                     or param.shape != shape or param.is_neg()
                     or states.get(param) is not state):
                 return None
-            for key, tensor, address in record.tensors:
+            for key, tensor, address in tensors:
                 if state.get(key) is not tensor or tensor.data_ptr() != address:
                     return None
             start = grad.data_ptr()
-            end = start + record.nbytes
-            for first, last in record.spans:
+            end = start + nbytes
+            for first, last in spans:
                 if start < last and first < end:
                     return None
-            binding = record.binding
             t = int(binding.step) + 1
-            hp = entries.get((number, t))
-            if hp is None:
-                hp = entries[number, t] = entry(rule, options.values, t, options.seed)
+            if t != last_t:  # a group's parameters mostly share their count, and so the entry
+                hp = entries.get(t)
+                if hp is None:
+                    hp = entries[t] = entry(rule, options.values, t, options.seed)
+                last_t = t
             hparams[id(param)] = hp
-            add_work(Work(record.slot, record.call, (start, grad), id(param)))
+            add_work(Work(slot, call, (start, grad), id(param)))
             add_binding(binding)
             add_t(t)
     return checked
