@@ -18,8 +18,7 @@ state), `RowWiseAdagrad`, `PartialRowWiseAdam`, `Lion`; and `optimizer(rule)`, t
 `Rule`. Each is a `RuleOptimizer` (`optimizer.py`: groups, checks, state, the step on the
 runtime's `Engine`); `binding.py` binds a parameter's tensors to a `Slot`, `tensors.py` decides how
 kernels see a tensor, `check.py` checks a step in full and `fast.py` confirms a step like the
-last one, `groups.py` reads a group's
-options, `capture.py` holds the CUDA graph methods.
+last one, `groups.py` reads a group's options, `capture.py` holds the CUDA graph methods.
 """
 
 from .adam import EPS_MODES, LazyAdam
