@@ -195,27 +195,27 @@ def test_the_base_class_has_no_rule_of_its_own():
 
 # --- the family's classes against tests/reference_family.py ------------------------------------
 
-def _momentum(params):
-    return lazyadam.Momentum(params, 0.05, 0.9, weight_decay=0.01, loss_scale=2.0)
+def _momentum(params, **options):
+    return lazyadam.Momentum(params, 0.05, 0.9, weight_decay=0.01, loss_scale=2.0, **options)
 
 
-def _adagrad(params):
+def _adagrad(params, **options):
     return lazyadam.Adagrad(params, accum=0.1, learning_rate=0.05, weight_decay=0.01,
-                            loss_scale=2.0, eps=1e-3)
+                            loss_scale=2.0, eps=1e-3, **options)
 
 
-def _rowwise(params):
+def _rowwise(params, **options):
     return lazyadam.RowWiseAdagrad(params, learning_rate=0.05, eps=1e-3, weight_decay=0.01,
-                                   loss_scale=2.0, decay="decoupled")
+                                   loss_scale=2.0, decay="decoupled", **options)
 
 
-def _partial(params):
+def _partial(params, **options):
     return lazyadam.PartialRowWiseAdam(params, learning_rate=0.01, beta1=0.8, beta2=0.9, eps=1e-3,
-                                       weight_decay=0.01, loss_scale=2.0, amsgrad=True)
+                                       weight_decay=0.01, loss_scale=2.0, amsgrad=True, **options)
 
 
-def _lion(params):
-    return lazyadam.Lion(params, learning_rate=0.01, weight_decay=0.01, loss_scale=2.0)
+def _lion(params, **options):
+    return lazyadam.Lion(params, learning_rate=0.01, weight_decay=0.01, loss_scale=2.0, **options)
 
 
 def _reference(name, state, g, indices, t):
