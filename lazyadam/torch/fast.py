@@ -51,7 +51,8 @@ class Record(NamedTuple):
     """What the last full check found of one parameter with a gradient, for `recheck`: the
     parameter, where its elements were (address, strides, shape), its gradient's dtype and
     device index, its state dict and state tensors (`(key, tensor, address)`), the byte spans
-    its call writes, its gradient's bytes, and its binding, slot and bound call.
+    its call writes, its gradient's bytes, its binding, slot and bound call, and the slot's key
+    in a step's hparams (`id(param)`).
 
     A named tuple, which `recheck` unpacks at once: reading its 13 fields one by one took longer
     than the rest of a parameter's recheck but the gradient's own reads."""
@@ -68,6 +69,7 @@ class Record(NamedTuple):
     binding: Binding
     slot: Any
     call: Any
+    group: int
 
 
 @dataclass(slots=True)
@@ -123,7 +125,7 @@ class Memo:
                 records.append(Record(param, param.data_ptr(), param.stride(), param.shape,
                                       param.grad.dtype, param.grad.get_device(), state, tensors,
                                       call.spans, param.grad.numel() * param.grad.element_size(),
-                                      binding, slot, call))
+                                      binding, slot, call, item.group))
             groups.append(GroupRecord(group, group["params"], flags, tuple(records)))
         return Memo(tuple(groups), checked.capturable)
 
@@ -166,7 +168,7 @@ def recheck(optimizer: Any) -> Checked | None:
                     return None
                 continue
             (bound, ptr, strides, shape, dtype, device, state, tensors, spans, nbytes,
-             binding, slot, call) = record
+             binding, slot, call, slot_key) = record
             if (param is not bound or grad is None or grad.layout is not strided
                     or grad.dtype is not dtype or grad.shape != shape
                     or not grad.is_contiguous() or grad.get_device() != device
@@ -188,8 +190,8 @@ def recheck(optimizer: Any) -> Checked | None:
                 if hp is None:
                     hp = entries[t] = entry(rule, options.values, t, options.seed)
                 last_t = t
-            hparams[id(param)] = hp
-            add_work(Work(slot, call, (start, grad), id(param)))
+            hparams[slot_key] = hp
+            add_work(Work(slot, call, (start, grad), slot_key))
             add_binding(binding)
             add_t(t)
     return checked
