@@ -27,6 +27,7 @@ import copy
 import math
 import subprocess
 import sys
+import zipfile
 
 import cffi
 import ml_dtypes
@@ -38,12 +39,15 @@ import lazyadam
 from lazyadam import HParams, LazyAdam, Parameter, RowTensor, Spec
 from lazyadam.rules import ROWWISE_ADAGRAD
 from lazyadam.schedules import ExponentialDecayLR
+from lazyadam.targets import c
 from lazyadam.targets.base import hparams_of
+from test_checkpoint import assert_same_state, build as checkpoint_build, small_checkpoint
 from test_cuda_emulation import check, dev, hparams, library, new_state, reference_step  # noqa: F401
 from test_cuda_gpu import device  # noqa: F401  (a fixture)
 from test_kernels import KNOWN_HP
 from test_mindspore_family import CLASSES as MINDSPORE_CLASSES, DIM, ROWS, data, step_of
 from test_optimizer_errors import good_gradients, params  # noqa: F401  (params: a fixture)
+from test_rule_generic import HEAVY_BALL, _inputs as rule_inputs
 from test_shipped_c import ENULL, EINDEX, ESIZE, SPECS as SHIPPED_SPECS, Shipped
 from test_shipped_c import libraries  # noqa: F401  (a fixture)
 from unchanged import assert_unchanged, snapshot
@@ -61,6 +65,7 @@ if torch is not None:
     from test_runtime_device import TorchOnDevice, lib  # noqa: F401  (lib: a fixture)
     from test_optimizer_mixed import HYPER as MIXED_HYPER, model as mixed_model
     from test_torch import Recommender, backward
+    from test_torch_conventions import family, gradient, step_with_gradients  # noqa: F401
     from test_torch_device import emulated, groups  # noqa: F401  (emulated: a fixture)
     from test_torch_family import CLASS_IDS, CLASSES as TORCH_CLASSES, ROWS as TORCH_ROWS
     from test_torch_family import backward_both, model as family_model
@@ -305,6 +310,22 @@ def test_per_row_state_must_have_one_value_per_row():
         assert_unchanged([var, acc], before)
     with pytest.raises(ValueError, match="keeps state per row: var needs rank >= 1"):
         kernel(np.ones(()), np.zeros(()), np.ones(()), hp)
+
+
+def test_a_call_that_does_not_fit_the_rule_names_what_it_takes():
+    if c.unavailable():
+        pytest.skip(c.unavailable())
+    kernel = lazyadam.compile(HEAVY_BALL.spec(sparse=False))
+    var, buf, grad, _ = rule_inputs("float32", False)
+    hp = hparams_of(HEAVY_BALL).at_step(1)
+    before = snapshot([var, buf])
+    with pytest.raises(TypeError, match="heavy_ball kernel takes var, buf, grad and hp"):
+        kernel(var, grad, hp)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'm'"):
+        kernel(var, buf, grad, hp, m=buf)
+    with pytest.raises(TypeError, match="buf has dtype float64"):
+        kernel(var, buf.astype(np.float64), grad, hp)
+    assert_unchanged([var, buf], before)
 
 
 # == raw kernels: CUDA, emulated on the CPU =======================================================
@@ -721,6 +742,89 @@ def test_a_step_over_a_memory_limit_fails_before_writing_anything():
 
 
 
+# == the MindSpore-style front end: saved state that cannot be loaded ===============================
+
+def damage(path, how):
+    data = bytearray(path.read_bytes())
+    if how == "truncated":
+        data = data[: len(data) // 2]
+    elif how == "flipped byte":
+        with zipfile.ZipFile(path) as archive:
+            info = archive.getinfo("moment2/0.npy")  # of the first parameter, "embedding"
+        data[info.header_offset + len(info.FileHeader()) + 200] ^= 0x40
+    elif how == "not a zip":
+        data = b"definitely not a checkpoint" * 10
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("how", ["truncated", "flipped byte", "not a zip"])
+def test_damaged_file_is_refused_and_nothing_changes(tmp_path, how):
+    opt = checkpoint_build()
+    path = tmp_path / "state.npz"
+    opt.save(path)
+    damage(path, how)
+    target = checkpoint_build(seed=9)
+    before = snapshot(target)
+    with pytest.raises(ValueError, match="damaged"):
+        target.load(path)
+    assert_unchanged(target, before)
+    assert target.global_step == 0
+
+
+@pytest.mark.parametrize("where, field, offset", [
+    ("local", "compression method", 8), ("local", "flags", 6),
+    ("central", "compression method", 10), ("central", "flags", 8)])
+def test_a_flipped_method_or_flags_byte_is_a_damaged_checkpoint(tmp_path, where, field, offset):
+    """Every value of the byte, in the member's local header or its central directory entry (the
+    name ends a central entry's 46 fixed bytes): the load is refused as damaged with nothing
+    loaded, or reads the checkpoint as saved. zipfile reads the method and flags from the central
+    directory, so most values there are refused."""
+    opt, path = small_checkpoint(tmp_path)
+    good = path.read_bytes()
+    with zipfile.ZipFile(path) as archive:
+        info = archive.getinfo("moment1/0.npy")
+    header = info.header_offset if where == "local" else good.rindex(b"moment1/0.npy") - 46
+    assert good[header:header + 4] == (b"PK\x03\x04" if where == "local" else b"PK\x01\x02")
+    refused = 0
+    for value in range(256):
+        data = bytearray(good)
+        data[header + offset] = value
+        damaged = tmp_path / "damaged.npz"
+        damaged.write_bytes(bytes(data))
+        target = LazyAdam([Parameter(np.zeros((3, 2), np.float32), name="table"),
+                           Parameter(np.zeros(2), name="bias")], learning_rate=0.1)
+        before = snapshot(target)
+        try:
+            target.load(damaged)
+        except ValueError as error:
+            assert "damaged" in str(error), error
+            assert_unchanged(target, before)  # refused: nothing was loaded
+            refused += 1
+            continue
+        assert_same_state(target, opt)  # read fine: it is the checkpoint as saved
+    if where == "central":
+        assert refused > 200
+
+
+@pytest.mark.parametrize("maker, other", [
+    (lambda p: lazyadam.Lion(p), lambda p: LazyAdam(p)),
+    (lambda p: LazyAdam(p), lambda p: lazyadam.Lion(p)),
+    (lambda p: lazyadam.Momentum(p, 0.1, 0.9), lambda p: lazyadam.Adagrad(p)),
+], ids=["lion-into-adam", "adam-into-lion", "sgd-into-adagrad"])
+def test_a_checkpoint_of_another_rule_is_refused_naming_both(tmp_path, maker, other):
+    saver = maker([Parameter(np.ones((3, 2), np.float32), name="w")])
+    saver([np.ones((3, 2), np.float32)])
+    saver.save(tmp_path / "other.npz")
+    target = other([Parameter(np.full((3, 2), 5.0, np.float32), name="w")])
+    before = snapshot(target)
+    mine, theirs = target.RULE.name, saver.RULE.name
+    with pytest.raises(ValueError, match=rf"rule '{theirs}'.*rule '{mine}'"):
+        target.load(tmp_path / "other.npz")
+    with pytest.raises(ValueError, match=rf"rule '{theirs}'.*rule '{mine}'"):
+        target.load_state_dict(saver.state_dict())
+    assert_unchanged(target, before)
+
+
 # == the MindSpore-style front end: bfloat16 parameters ============================================
 
 def _float16_gradient_of_a_bfloat16_parameter(opt, table, good):
@@ -1064,6 +1168,128 @@ def test_torch_family_bad_input_raises_and_changes_nothing(cls, options, case):
     (spoil_grads or spoil_opt)(net if spoil_grads else opt)
     before = snapshot(opt)
     with pytest.raises(error, match=match):
+        opt.step()
+    assert_unchanged(opt, before)
+
+
+# == the torch front end: torch's conventions (sparse COO layouts, parameters listed twice, state)
+
+def _fully_sparse(indices):
+    return torch.sparse_coo_tensor(torch.tensor(indices), torch.ones(2, dtype=torch.float64),
+                                   (4, 3), check_invariants=False)
+
+
+#: Sparse COO gradients of a (4, 3) parameter that cannot be stepped: (the gradient, error,
+#: message). Fully sparse ones are checked before coalescing, which would fold an index outside
+#: into another element.
+SPARSE_COO_BAD = {
+    "column": (lambda: _fully_sparse([[0, 1], [2, 5]]), IndexError,
+               r"sparse dimension 1: indices\[1\] = 5 is outside \[0, 3\)"),
+    "negative-column": (lambda: _fully_sparse([[0, 1], [-1, 0]]), IndexError,
+                        r"sparse dimension 1: indices\[0\] = -1 is outside \[0, 3\)"),
+    "row": (lambda: _fully_sparse([[0, 4], [0, 0]]), IndexError,
+            r"indices\[1\] = 4 is outside \[0, 4\)"),
+    "no sparse dimension": (lambda: torch.sparse_coo_tensor(
+        torch.zeros(0, 1, dtype=torch.long), torch.ones(1, 4, 3, dtype=torch.float64), (4, 3),
+        check_invariants=True), ValueError, "sparse_dim 0"),
+}
+
+
+@needs_torch
+@pytest.mark.parametrize("case", SPARSE_COO_BAD)
+def test_a_sparse_gradient_that_cannot_be_stepped_is_refused(family, case):  # noqa: F811
+    make_gradient, error, match = SPARSE_COO_BAD[case]
+    cls = family[0]
+    param = torch.nn.Parameter(torch.ones(4, 3, dtype=torch.float64))
+    opt = cls([param])
+    param.grad = make_gradient()
+    before = snapshot(opt)
+    with pytest.raises(error, match=match):
+        opt.step()
+    assert_unchanged(opt, before)
+    assert not opt.state
+
+
+@needs_torch
+def test_a_parameter_listed_twice_is_refused_naming_it(family):  # noqa: F811
+    """torch warns and steps it twice (and says this will become an error): refused up front."""
+    cls = family[0]
+    p, q = torch.nn.Parameter(torch.ones(2)), torch.nn.Parameter(torch.ones(2))
+    with pytest.raises(ValueError, match="'param group 0 param 1' is param 0 of param group 0"):
+        cls([p, p])
+    with pytest.raises(ValueError, match="'v' is param 0 of param group 0"):
+        cls([("w", p), ("v", p)])
+    opt = cls([p])
+    before = snapshot(opt)
+    with pytest.raises(ValueError, match="'param group 1 param 1' is param 0 of param group 0"):
+        opt.add_param_group({"params": [q, p]})
+    assert_unchanged(opt, before)
+    assert len(opt.param_groups) == 1
+    opt.add_param_group({"params": [q]})
+    opt.param_groups[1]["params"].append(p)  # by hand
+    p.grad, q.grad = torch.ones(2), torch.ones(2)
+    before = snapshot(opt)
+    with pytest.raises(ValueError,
+                       match="is listed twice: as group 0 param 0 and as group 1 param 1"):
+        opt.step()
+    assert_unchanged(opt, before)
+    assert not opt.state
+
+
+#: A state entry of parameter 1 (of two): (its key, a maker of the corrupt value, the message).
+CORRUPT = {
+    "step None": ("step", lambda: None, "state 'step' of parameter 'group 0 param 1' is None"),
+    "step 2**64": ("step", lambda: torch.tensor(2.0 ** 64),
+                   r"'step' of parameter 'group 0 param 1' is 1.8446\d+e\+19, not a count"),
+    "step 1e300": ("step", lambda: torch.tensor(1e300, dtype=torch.float64),
+                   "is 1e\\+300, not a count"),
+    "step -1": ("step", lambda: -1, "is -1.0, not a count"),
+    "step of two elements": ("step", lambda: torch.tensor([1.0, 2.0]),
+                             "state 'step' of parameter 'group 0 param 1' has 2 elements"),
+    "step a string": ("step", lambda: "3", "state 'step' of parameter 'group 0 param 1' is a str"),
+    "sparse exp_avg": ("exp_avg", lambda: torch.zeros(3, 2).to_sparse(),
+                       "state 'exp_avg' of parameter 'group 0 param 1' has layout "
+                       "torch.sparse_coo"),
+    "complex exp_avg_sq": ("exp_avg_sq", lambda: torch.zeros(3, 2, dtype=torch.complex64),
+                           "state 'exp_avg_sq' of parameter 'group 0 param 1' has dtype "
+                           "torch.complex64"),
+    "exp_avg a list": ("exp_avg", lambda: [0.0], "state 'exp_avg' of parameter 'group 0 param 1' "
+                       "is a list"),
+}
+
+
+def trained(cls):
+    params = [torch.nn.Parameter(gradient((3, 2), k)) for k in range(2)]
+    opt = cls(params, lr=0.1)
+    step_with_gradients(opt, params, 0)
+    return params, opt
+
+
+@needs_torch
+@pytest.mark.parametrize("case", CORRUPT)
+def test_a_corrupt_state_is_refused_at_load_naming_the_field(family, case):  # noqa: F811
+    key, value, match = CORRUPT[case]
+    params, opt = trained(family[0])
+    corrupt = copy.deepcopy(opt.state_dict())
+    corrupt["state"][1][key] = value()
+    before = snapshot(opt)
+    with pytest.raises(ValueError, match=match):
+        opt.load_state_dict(corrupt)
+    assert_unchanged(opt, before)
+
+
+@needs_torch
+@pytest.mark.parametrize("case", CORRUPT)
+def test_a_corrupt_state_set_by_hand_is_refused_before_anything_is_written(family,  # noqa: F811
+                                                                           case):
+    """Parameter 0 comes first: had its kernel run, it would have moved."""
+    key, value, match = CORRUPT[case]
+    params, opt = trained(family[0])
+    opt.state[params[1]][key] = value()
+    for p in params:
+        p.grad = torch.ones(3, 2, dtype=torch.float64)
+    before = snapshot(opt)
+    with pytest.raises(ValueError, match=match):
         opt.step()
     assert_unchanged(opt, before)
 

@@ -6,13 +6,13 @@
 - a MindSpore-style optimizer (`lazyadam.LazyAdam`, `lazyadam.Momentum`, ...): its whole
   `state_dict()`, that is every parameter and state array, the step, the running powers and the
   seed;
-- a `torch.optim.Optimizer` (`lazyadam.torch.*`): every parameter of its groups, and every state
-  entry of every parameter (which entries exist, too);
+- a `torch.optim.Optimizer` (`lazyadam.torch.*`): every parameter of its groups, every state
+  entry of every parameter (which entries exist, too), and every group's options;
 - anything else: arrays, tensors, device arrays and scalars, alone or in lists, tuples and dicts
   (a raw kernel's arrays).
 
-Arrays and tensors are compared bit for bit (dtype, shape and bytes: a NaN equals itself, -0.0
-differs from 0.0), scalars with `==`; a difference names where it is.
+Arrays, tensors and floats are compared bit for bit (dtype, shape and bytes: a NaN equals itself,
+-0.0 differs from 0.0), other values with `==`; a difference names where it is.
 """
 
 from __future__ import annotations
@@ -48,7 +48,9 @@ def _writable(x: Any) -> Any:
     if hasattr(x, "param_groups") and hasattr(x, "state"):  # a torch.optim.Optimizer
         params = [p for group in x.param_groups for p in group["params"]]
         return {"parameters": params,
-                "state": {k: dict(x.state[p]) for k, p in enumerate(params) if p in x.state}}
+                "state": {k: dict(x.state[p]) for k, p in enumerate(params) if p in x.state},
+                "options": [{key: value for key, value in group.items() if key != "params"}
+                            for group in x.param_groups]}
     if hasattr(x, "state_dict") and hasattr(x, "global_step"):  # a MindSpore-style optimizer
         return x.state_dict()
     return x
@@ -61,9 +63,12 @@ def _frozen(value: Any) -> Any:
         return tuple(_frozen(item) for item in value)
     torch = sys.modules.get("torch")
     if torch is not None and isinstance(value, torch.Tensor):
-        host = value.detach().as_subclass(torch.Tensor).cpu().contiguous()
-        return ("tensor", str(host.dtype), tuple(host.shape),
+        dense = value.detach() if value.layout == torch.strided else value.detach().to_dense()
+        host = dense.as_subclass(torch.Tensor).cpu().contiguous()
+        return ("tensor", str(value.layout), str(host.dtype), tuple(host.shape),
                 host.reshape(-1).view(torch.uint8).numpy().tobytes())
+    if isinstance(value, (float, np.floating)):  # bitwise: a NaN equals itself
+        return ("float", type(value).__name__, float(value).hex())
     if isinstance(value, np.ndarray) or interop.is_device_array(value):
         host = np.ascontiguousarray(interop.to_host(value))
         return ("array", host.dtype.str, host.shape, host.tobytes())
@@ -79,7 +84,7 @@ def _first_difference(before: Any, after: Any, where: str) -> str | None:
                      if (found := _first_difference(before[key], after[key], f"{where}[{key!r}]"))),
                     None)
     if isinstance(before, tuple) and isinstance(after, tuple) and len(before) == len(after) \
-            and not (before and before[0] in ("array", "tensor")):
+            and not (before and before[0] in ("array", "tensor", "float")):
         return next((found for k, (b, a) in enumerate(zip(before, after))
                      if (found := _first_difference(b, a, f"{where}[{k}]"))), None)
     return None if before == after else where or "the snapshot"
