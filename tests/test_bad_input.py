@@ -1179,9 +1179,9 @@ def _fully_sparse(indices):
                                    (4, 3), check_invariants=False)
 
 
-#: Sparse COO gradients of a (4, 3) parameter that cannot be stepped: (the gradient, error,
-#: message). Fully sparse ones are checked before coalescing, which would fold an index outside
-#: into another element.
+#: Fully sparse COO gradients of a (4, 3) parameter with an index outside: (the gradient, error,
+#: message). Checked before coalescing, which would fold an index outside into another element.
+#: (A gradient with no sparse dimension: TORCH_BAD's "sparse in no dimension".)
 SPARSE_COO_BAD = {
     "column": (lambda: _fully_sparse([[0, 1], [2, 5]]), IndexError,
                r"sparse dimension 1: indices\[1\] = 5 is outside \[0, 3\)"),
@@ -1189,15 +1189,12 @@ SPARSE_COO_BAD = {
                         r"sparse dimension 1: indices\[0\] = -1 is outside \[0, 3\)"),
     "row": (lambda: _fully_sparse([[0, 4], [0, 0]]), IndexError,
             r"indices\[1\] = 4 is outside \[0, 4\)"),
-    "no sparse dimension": (lambda: torch.sparse_coo_tensor(
-        torch.zeros(0, 1, dtype=torch.long), torch.ones(1, 4, 3, dtype=torch.float64), (4, 3),
-        check_invariants=True), ValueError, "sparse_dim 0"),
 }
 
 
 @needs_torch
 @pytest.mark.parametrize("case", SPARSE_COO_BAD)
-def test_a_sparse_gradient_that_cannot_be_stepped_is_refused(family, case):  # noqa: F811
+def test_a_fully_sparse_gradient_with_an_index_outside_is_refused(family, case):  # noqa: F811
     make_gradient, error, match = SPARSE_COO_BAD[case]
     cls = family[0]
     param = torch.nn.Parameter(torch.ones(4, 3, dtype=torch.float64))
