@@ -42,7 +42,8 @@ from lazyadam.schedules import ExponentialDecayLR
 from lazyadam.targets import c
 from lazyadam.targets.base import hparams_of
 from test_checkpoint import assert_same_state, build as checkpoint_build, small_checkpoint
-from test_cuda_emulation import check, dev, hparams, library, new_state, reference_step  # noqa: F401
+from test_cuda_emulation import (check, dev, hparams, library,  # noqa: F401  (library: a fixture)
+                                 new_state, reference_step)
 from test_cuda_gpu import device  # noqa: F401  (a fixture)
 from test_kernels import KNOWN_HP
 from test_mindspore_family import CLASSES as MINDSPORE_CLASSES, DIM, ROWS, data, step_of
@@ -62,8 +63,8 @@ if torch is not None:
     import test_runtime_device
     from test_capture import (StaticGradients, batches, capture, device_model,  # noqa: F401
                               mlp, on_device, set_gradients, torch_groups)
-    from test_runtime_device import TorchOnDevice, lib  # noqa: F401  (lib: a fixture)
     from test_optimizer_mixed import HYPER as MIXED_HYPER, model as mixed_model
+    from test_runtime_device import TorchOnDevice, lib  # noqa: F401  (lib: a fixture)
     from test_torch import Recommender, backward
     from test_torch_conventions import family, gradient, step_with_gradients  # noqa: F401
     from test_torch_device import emulated, groups  # noqa: F401  (emulated: a fixture)
@@ -73,7 +74,7 @@ else:
     TORCH_CLASSES, CLASS_IDS, TORCH_ROWS = [], [], 0
 
 
-# == raw kernels: C ==============================================================================
+# == raw kernels: C ================================================================================
 
 def kernel_state(shape=(4, 3), dtype=np.float32):
     var = np.arange(np.prod(shape), dtype=dtype).reshape(shape) / 10
@@ -328,7 +329,7 @@ def test_a_call_that_does_not_fit_the_rule_names_what_it_takes():
     assert_unchanged([var, buf], before)
 
 
-# == raw kernels: CUDA, emulated on the CPU =======================================================
+# == raw kernels: CUDA, emulated on the CPU ========================================================
 
 @pytest.mark.parametrize("bad, match", [
     ([0, 4, 9], r"indices\[1\] = 4 is outside \[0, 4\)"),
@@ -456,7 +457,7 @@ def test_a_deferred_bad_index_turns_steps_into_no_ops_until_checked(library, spe
     check(arrays, reference_step(ref, good, hparams(spec, 2), spec), spec)
 
 
-# == raw kernels: CUDA on a GPU ===================================================================
+# == raw kernels: CUDA on a GPU ====================================================================
 
 def test_gpu_bad_index_raises_and_writes_nothing(device):
     kernel = lazyadam.compile(Spec(sparse=True), "cuda")
@@ -495,8 +496,8 @@ SHIPPED_SPARSE_BAD = [
 
 @pytest.mark.parametrize("what, bad, status", SHIPPED_SPARSE_BAD,
                          ids=[b[0] for b in SHIPPED_SPARSE_BAD])
-def test_shipped_sparse_bad_input_returns_its_code_and_writes_nothing(libraries, what, bad,  # noqa: F811
-                                                                      status):
+def test_shipped_sparse_bad_input_returns_its_code_and_writes_nothing(  # noqa: F811
+        libraries, what, bad, status):
     spec = SHIPPED_SPECS[2]  # amsgrad: vmax is an argument too
     kernel = Shipped(spec, libraries["serial"])
     state = shipped_state(spec)
@@ -519,8 +520,8 @@ SHIPPED_DENSE_BAD = [
 
 @pytest.mark.parametrize("what, bad, status", SHIPPED_DENSE_BAD,
                          ids=[b[0] for b in SHIPPED_DENSE_BAD])
-def test_shipped_dense_bad_input_returns_its_code_and_writes_nothing(libraries, what, bad,  # noqa: F811
-                                                                     status):
+def test_shipped_dense_bad_input_returns_its_code_and_writes_nothing(  # noqa: F811
+        libraries, what, bad, status):
     spec = SHIPPED_SPECS[5]  # dense amsgrad
     kernel = Shipped(spec, libraries["serial"])
     state = shipped_state(spec)
@@ -532,7 +533,8 @@ def test_shipped_dense_bad_input_returns_its_code_and_writes_nothing(libraries, 
 
 # == the MindSpore-style front end: LazyAdam on host arrays ========================================
 
-#: docs/semantics.md's table of bad gradients: (the call's gradients from good ones, error, message).
+#: docs/semantics.md's table of bad gradients: (the call's gradients made from good ones, error,
+#: message).
 BAD_CALLS = {
     "not a sequence": (lambda t, d: {"table": 1}, TypeError, "tuple or list"),
     "too few": (lambda t, d: [t], ValueError, "1 gradients for 2 parameters"),
@@ -742,7 +744,7 @@ def test_a_step_over_a_memory_limit_fails_before_writing_anything():
 
 
 
-# == the MindSpore-style front end: saved state that cannot be loaded ===============================
+# == the MindSpore-style front end: saved state that cannot be loaded ==============================
 
 def damage(path, how):
     data = bytearray(path.read_bytes())
@@ -885,7 +887,7 @@ def test_bfloat16_bad_gradients_state_and_options_change_nothing(rng, case):
     assert opt.global_step == 0
 
 
-# == the MindSpore-style front end: every class of the family =====================================
+# == the MindSpore-style front end: every class of the family ======================================
 
 @pytest.mark.parametrize("bad, error, message", [
     (lambda b: [RowTensor(b[0], b[1].astype(np.float64), (ROWS, DIM)), b[2]], TypeError,
@@ -1172,7 +1174,7 @@ def test_torch_family_bad_input_raises_and_changes_nothing(cls, options, case):
     assert_unchanged(opt, before)
 
 
-# == the torch front end: torch's conventions (sparse COO layouts, parameters listed twice, state)
+# == the torch front end: torch's conventions (sparse COO, a parameter listed twice, state) ========
 
 def _fully_sparse(indices):
     return torch.sparse_coo_tensor(torch.tensor(indices), torch.ones(2, dtype=torch.float64),
