@@ -1,4 +1,5 @@
-"""Checkpoints: state_dict round trips, bitwise resumption, atomic saves, refused files."""
+"""Checkpoints: state_dict round trips, bitwise resumption, atomic saves, refused files (those
+that must also leave the optimizer as it was: tests/test_bad_input.py)."""
 
 from __future__ import annotations
 
@@ -134,34 +135,6 @@ def test_killed_process_mid_save_keeps_the_old_checkpoint(tmp_path):
     build(seed=2).load(path)
 
 
-def damage(path, how):
-    data = bytearray(path.read_bytes())
-    if how == "truncated":
-        data = data[: len(data) // 2]
-    elif how == "flipped byte":
-        with zipfile.ZipFile(path) as archive:
-            info = archive.getinfo("moment2/0.npy")  # of the first parameter, "embedding"
-        data[info.header_offset + len(info.FileHeader()) + 200] ^= 0x40
-    elif how == "not a zip":
-        data = b"definitely not a checkpoint" * 10
-    path.write_bytes(bytes(data))
-
-
-@pytest.mark.parametrize("how", ["truncated", "flipped byte", "not a zip"])
-def test_damaged_file_is_refused_and_nothing_changes(tmp_path, how):
-    opt = build()
-    path = tmp_path / "state.npz"
-    opt.save(path)
-    damage(path, how)
-    target = build(seed=9)
-    before = arrays(target)
-    with pytest.raises(ValueError, match="damaged"):
-        target.load(path)
-    for key, array in arrays(target).items():
-        np.testing.assert_array_equal(array, before[key])
-    assert target.global_step == 0
-
-
 def test_bad_checksum_is_refused(tmp_path):
     """Arrays that are valid zip members but differ from what the header's sha256 covers."""
     opt = build()
@@ -256,42 +229,6 @@ def test_any_flip_of_the_zip_structure_is_refused_as_damaged_or_harmless(tmp_pat
             else:
                 assert state[key] == expected[key]
     assert refused > 100
-
-
-@pytest.mark.parametrize("where, field, offset", [
-    ("local", "compression method", 8), ("local", "flags", 6),
-    ("central", "compression method", 10), ("central", "flags", 8)])
-def test_a_flipped_method_or_flags_byte_is_a_damaged_checkpoint(tmp_path, where, field, offset):
-    """Every value of the byte, in the member's local header or its central directory entry (the
-    name ends a central entry's 46 fixed bytes): the load is refused as damaged with nothing
-    loaded, or reads the checkpoint as saved. zipfile reads the method and flags from the central
-    directory, so most values there are refused."""
-    opt, path = small_checkpoint(tmp_path)
-    good = path.read_bytes()
-    with zipfile.ZipFile(path) as archive:
-        info = archive.getinfo("moment1/0.npy")
-    header = info.header_offset if where == "local" else good.rindex(b"moment1/0.npy") - 46
-    assert good[header:header + 4] == (b"PK\x03\x04" if where == "local" else b"PK\x01\x02")
-    refused = 0
-    for value in range(256):
-        data = bytearray(good)
-        data[header + offset] = value
-        damaged = tmp_path / "damaged.npz"
-        damaged.write_bytes(bytes(data))
-        target = LazyAdam([Parameter(np.zeros((3, 2), np.float32), name="table"),
-                           Parameter(np.zeros(2), name="bias")], learning_rate=0.1)
-        before = arrays(target)
-        try:
-            target.load(damaged)
-        except ValueError as error:
-            assert "damaged" in str(error), error
-            for key, array in arrays(target).items():  # refused: nothing was loaded
-                np.testing.assert_array_equal(array, before[key], err_msg=key)
-            refused += 1
-            continue
-        assert_same_state(target, opt)  # read fine: it is the checkpoint as saved
-    if where == "central":
-        assert refused > 200
 
 
 NAMES = ["a", "a.npy", "with\0nul", "x/../y", "é ü 名", "", "\udc80", "header"]

@@ -1,7 +1,7 @@
 """The family's rules (lazyadam/rules: SGD, Adagrad, rowwise Adagrad, partial-rowwise Adam, Lion)
 as kernel objects: `lazyadam.compile` and its call against the numpy references of
 tests/reference_family.py, and the same sums on C and emulated CUDA (bad per-row state:
-tests/test_kernel_errors.py).
+tests/test_bad_input.py).
 
 Every kernel of each rule's product (tests/product.py, `FAMILY`: the flag product in float32 and
 float64, a half-precision sample) runs against the references on C and emulated CUDA in

@@ -1,5 +1,5 @@
 """The C kernels: known values, long rows, workspaces, thread counts and torch cross-checks. Every
-variant against the reference: tests/test_kernel_reference.py; bad input: tests/test_kernel_errors.py."""
+variant against the reference: tests/test_kernel_reference.py; bad input: tests/test_bad_input.py."""
 
 from __future__ import annotations
 

@@ -9,7 +9,7 @@ rounding) on the C target, against the reference that rounds what it stores as t
 - Stochastic rounding is unbiased where rounding to nearest stalls, and its bits do not depend on
   the thread count; a seed gives the same bits on every run, another seed other bits.
 - float16 overflow stores inf, as documented. Bad input (another half type, a state of the wrong
-  dtype): tests/test_kernel_errors.py.
+  dtype): tests/test_bad_input.py.
 The CUDA kernels run the same checks in tests/test_cuda_emulation.py.
 """
 

@@ -243,22 +243,6 @@ def test_its_c_kernels_through_the_c_target(sparse):
     np.testing.assert_array_equal(var, want_var)
 
 
-def test_a_call_that_does_not_fit_the_rule_names_what_it_takes():
-    if c.unavailable():
-        pytest.skip(c.unavailable())
-    kernel = lazyadam.compile(HEAVY_BALL.spec(sparse=False))
-    var, buf, grad, _ = _inputs("float32", False)
-    hp = hparams_of(HEAVY_BALL).at_step(1)
-    before = var.copy()
-    with pytest.raises(TypeError, match="heavy_ball kernel takes var, buf, grad and hp"):
-        kernel(var, grad, hp)
-    with pytest.raises(TypeError, match="unexpected keyword argument 'm'"):
-        kernel(var, buf, grad, hp, m=buf)
-    with pytest.raises(TypeError, match="buf has dtype float64"):
-        kernel(var, buf.astype(np.float64), grad, hp)
-    np.testing.assert_array_equal(var, before)
-
-
 def test_its_cuda_kernels_in_the_host_emulation():
     """The CUDA target's `CudaKernel` over the emulation build: a sparse step, and a dense
     multi-tensor step (`multi(variables, bufs, grads, hp)`), against the model."""

@@ -202,64 +202,6 @@ def test_duplicate_row_is_decayed_per_occurrence_and_loss_scaled(libraries):
     assert var[0, 0] == 2.0 and m[0, 0] == 0.0
 
 
-def _state(spec: Spec, shape=(4, 3)):
-    rng = np.random.default_rng(0)
-    arrays = [rng.standard_normal(shape).astype(spec.dtype) for _ in range(4)]
-    return arrays[:3] + [arrays[3] if spec.amsgrad else None]
-
-
-SPARSE_BAD = [
-    ("null var", dict(null="var"), ENULL),
-    ("null m", dict(null="m"), ENULL),
-    ("null v", dict(null="v"), ENULL),
-    ("null vmax", dict(null="vmax"), ENULL),
-    ("null indices", dict(null="indices"), ENULL),
-    ("null values", dict(null="values"), ENULL),
-    ("null hp", dict(null="hp"), ENULL),
-    ("negative rows", dict(rows=-1), ESIZE),
-    ("negative row_size", dict(row_size=-3), ESIZE),
-    ("negative nnz", dict(nnz=-2), ESIZE),
-    ("index -1", dict(indices=[0, -1, 2]), EINDEX),
-    ("index == rows", dict(indices=[0, 4]), EINDEX),
-    ("index past rows", dict(indices=[3, 2, 1000]), EINDEX),
-]
-
-
-@pytest.mark.parametrize("what, bad, status", SPARSE_BAD, ids=[b[0] for b in SPARSE_BAD])
-def test_sparse_bad_input_returns_its_code_and_writes_nothing(libraries, what, bad, status):
-    spec = SPECS[2]  # amsgrad: vmax is an argument too
-    kernel = Shipped(spec, libraries["serial"])
-    state = _state(spec)
-    before = [a.copy() for a in state]
-    indices = np.array(bad.pop("indices", [2, 0, 2]), spec.index_dtype)
-    values = np.ones((len(indices), 3), spec.dtype)
-    hp = HParams.at_step(1).as_tuple()
-    assert kernel(*state, (indices, values), hp, **bad) == status
-    for a, b in zip(state, before):
-        np.testing.assert_array_equal(a, b)
-
-
-DENSE_BAD = [
-    ("null var", dict(null="var"), ENULL),
-    ("null vmax", dict(null="vmax"), ENULL),
-    ("null grad", dict(null="grad"), ENULL),
-    ("null hp", dict(null="hp"), ENULL),
-    ("negative n", dict(n=-1), ESIZE),
-]
-
-
-@pytest.mark.parametrize("what, bad, status", DENSE_BAD, ids=[b[0] for b in DENSE_BAD])
-def test_dense_bad_input_returns_its_code_and_writes_nothing(libraries, what, bad, status):
-    spec = SPECS[5]  # dense amsgrad
-    kernel = Shipped(spec, libraries["serial"])
-    state = _state(spec)
-    before = [a.copy() for a in state]
-    hp = HParams.at_step(1).as_tuple()
-    assert kernel(*state, np.ones((4, 3), spec.dtype), hp, **bad) == status
-    for a, b in zip(state, before):
-        np.testing.assert_array_equal(a, b)
-
-
 CPP_MAIN = r"""
 #include "lazyadam_sparse_f32_i64.h"
 #include "lazyadam_dense_f64.h"

@@ -19,6 +19,7 @@ from lazyadam.interop.arrays import to_host
 from reference import lazyadam_step
 from runtime_reference import simulate
 from tolerance import assert_close
+from unchanged import assert_unchanged, snapshot
 
 torch = pytest.importorskip("torch", reason="lazyadam.torch needs torch")
 import lazyadam.torch  # noqa: E402  (after the skip: it imports torch)
@@ -278,25 +279,6 @@ def test_lr_schedulers_drive_it_as_they_drive_adam(name):
     assert len(rates) > 2
 
 
-def snapshot(model, opt):
-    """Every parameter and state tensor, copied, and which state entries exist."""
-    params = [p.detach().clone() for p in model.parameters()]
-    state = {id(p): {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in s.items()}
-             for p, s in opt.state.items()}
-    return params, state
-
-
-def assert_unchanged(model, opt, before):
-    params, state = snapshot(model, opt)
-    for now, then in zip(params, before[0]):
-        assert torch.equal(now, then)
-    assert state.keys() == before[1].keys()
-    for key, entries in state.items():
-        assert entries.keys() == before[1][key].keys()
-        for name, value in entries.items():
-            assert torch.equal(torch.as_tensor(value), torch.as_tensor(before[1][key][name]))
-
-
 def test_grad_scaler_skips_inf_steps_and_otherwise_matches_torch():
     ours, theirs = twins()
     opt = LazyAdam([{"params": ours.tables(), "eps_mode": "mindspore"},
@@ -314,12 +296,12 @@ def test_grad_scaler_skips_inf_steps_and_otherwise_matches_torch():
                 model.items.weight.grad._values()[0, 0] = float("inf")
                 model.mlp[0].bias.grad[1] = float("nan")
             if model is ours and step == 2:
-                before = snapshot(ours, opt)
+                before = snapshot(opt)
             for o in opts:
                 scaler.step(o)
             scaler.update()
             if model is ours and step == 2:
-                assert_unchanged(ours, opt, before)
+                assert_unchanged(opt, before)
         assert scalers[0].get_scale() == scalers[1].get_scale()
         assert_models_close(ours, theirs, torch.float32, f"step {step}")
         assert_state_close(opt, torch_opts, ours, theirs, torch.float32)
@@ -480,103 +462,7 @@ def test_a_dtype_change_is_followed():
     assert all(opt.state[p]["exp_avg"].dtype == torch.float64 for p in ours.dense())
 
 
-# -- bad input: a clear error, and nothing changes -------------------------------------------------
-
-
-def _float64_grad(model):
-    model.mlp[2].weight.grad_dtype = None
-    model.mlp[2].weight.grad = model.mlp[2].weight.grad.double()
-
-
-def _grad_of_another_shape(model):
-    model.mlp[2].weight.grad.data = torch.ones(2, 6)
-
-
-def _index_out_of_range(model):
-    model.items.weight.grad = torch.sparse_coo_tensor(torch.tensor([[3, 20, 1]]),
-                                                      torch.ones(3, 4), (20, 4),
-                                                      check_invariants=False)
-
-
-def _sparse_in_no_dimension(model):
-    model.items.weight.grad = torch.sparse_coo_tensor(torch.zeros(0, 1, dtype=torch.long),
-                                                      torch.ones(1, 20, 4), (20, 4),
-                                                      check_invariants=True)
-
-
-def _complex_parameter(model):
-    model.mlp[2].weight.data = model.mlp[2].weight.data.to(torch.complex64)
-
-
-def _half_parameter_with_bfloat16_gradient(model):
-    weight = model.mlp[2].weight
-    weight.data = weight.data.half()
-    weight.grad_dtype = None  # torch refuses a gradient of another dtype unless told
-    weight.grad = weight.grad.bfloat16()
-
-
-def _negative_lr(opt):
-    opt.param_groups[1]["lr"] = -0.1
-
-
-def _beta_of_one(opt):
-    opt.param_groups[1]["betas"] = (1.0, 0.999)
-
-
-def _unknown_eps_mode(opt):
-    opt.param_groups[1]["eps_mode"] = "tensorflow"
-
-
-def _state_of_another_shape(opt):
-    state = opt.state[opt.param_groups[1]["params"][-1]]
-    state["exp_avg"] = torch.zeros(3)
-
-
-BAD = {
-    "float64 gradient": (_float64_grad, None, TypeError,
-                         "has dtype float64, the parameter has float32"),
-    "gradient of another shape": (_grad_of_another_shape, None, ValueError,
-                                  r"has shape \(2, 6\), the parameter has \(1, 6\)"),
-    "index out of range": (_index_out_of_range, None, IndexError,
-                           r"indices\[1\] = 20 is outside \[0, 20\)"),
-    "sparse in no dimension": (_sparse_in_no_dimension, None, ValueError,
-                               "sparse_dim 0; lazy updates take sparse COO gradients"),
-    "complex parameter": (_complex_parameter, None, ValueError,
-                          "has dtype torch.complex64; lazyadam.torch.LazyAdam updates float32, "
-                          "float64, bfloat16 and float16"),
-    "bfloat16 gradient of a float16 parameter": (
-        _half_parameter_with_bfloat16_gradient, None, TypeError,
-        r"has dtype bfloat16, the parameter has float16 \(a float16 parameter takes float16 or "
-        r"float32 gradients\)"),
-    "negative lr": (None, _negative_lr, ValueError, "param group 1: lr must be finite and >= 0"),
-    "beta of one": (None, _beta_of_one, ValueError, r"beta1 must lie in \[0, 1\), got 1.0"),
-    "unknown eps_mode": (None, _unknown_eps_mode, ValueError, "eps_mode must be one of"),
-    "state of another shape": (None, _state_of_another_shape, ValueError,
-                               r"state 'exp_avg' of parameter .* is \(3,\)"),
-}
-
-
-@pytest.mark.parametrize("fresh", [True, False], ids=["first-step", "later-step"])
-@pytest.mark.parametrize("case", BAD)
-def test_bad_input_raises_and_changes_nothing(case, fresh):
-    """Every other parameter has a good gradient, the tables' come first: had any kernel run
-    before the bad input was seen, something would have moved."""
-    spoil_model, spoil_opt, error, match = BAD[case]
-    if fresh and spoil_opt is _state_of_another_shape:
-        pytest.skip("there is no state before the first step")
-    model = Recommender()
-    opt = LazyAdam([{"params": model.tables(), "eps_mode": "mindspore"},
-                    {"params": model.dense(), "amsgrad": True}], lr=0.1)
-    if not fresh:
-        backward(model, 0)
-        opt.step()
-        opt.zero_grad()
-    backward(model, 1)
-    (spoil_model or spoil_opt)(model if spoil_model else opt)
-    before = snapshot(model, opt)
-    with pytest.raises(error, match=match):
-        opt.step()
-    assert_unchanged(model, opt, before)
+# -- bad options (bad input at a step, changing nothing: tests/test_bad_input.py) ---------------
 
 
 @pytest.mark.parametrize("options, error, match", [

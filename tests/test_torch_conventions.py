@@ -296,35 +296,6 @@ def test_a_fully_sparse_gradient_updates_the_rows_it_touches(family):
     assert_close(param.detach().numpy(), expected[0], "float64")
 
 
-@pytest.mark.parametrize("indices, match", [
-    ([[0, 1], [2, 5]], r"sparse dimension 1: indices\[1\] = 5 is outside \[0, 3\)"),
-    ([[0, 1], [-1, 0]], r"sparse dimension 1: indices\[0\] = -1 is outside \[0, 3\)"),
-    ([[0, 4], [0, 0]], r"indices\[1\] = 4 is outside \[0, 4\)"),
-], ids=["column", "negative-column", "row"])
-def test_a_fully_sparse_gradient_with_an_index_outside_is_refused(family, indices, match):
-    """Checked before coalescing, which would fold an index outside into another element."""
-    cls = family[0]
-    param = nn.Parameter(torch.ones(4, 3, dtype=torch.float64))
-    opt = cls([param])
-    param.grad = torch.sparse_coo_tensor(torch.tensor(indices), torch.ones(2, dtype=torch.float64),
-                                         (4, 3), check_invariants=False)
-    with pytest.raises(IndexError, match=match):
-        opt.step()
-    assert torch.equal(param, torch.ones(4, 3, dtype=torch.float64)) and not opt.state
-
-
-def test_a_sparse_gradient_with_no_sparse_dimension_is_refused(family):
-    cls = family[0]
-    param = nn.Parameter(torch.ones(4, 3, dtype=torch.float64))
-    opt = cls([param])
-    param.grad = torch.sparse_coo_tensor(torch.zeros(0, 1, dtype=torch.long),
-                                         torch.ones(1, 4, 3, dtype=torch.float64), (4, 3),
-                                         check_invariants=True)
-    with pytest.raises(ValueError, match="sparse_dim 0"):
-        opt.step()
-    assert torch.equal(param, torch.ones(4, 3, dtype=torch.float64)) and not opt.state
-
-
 # -- torch's error types and keywords -------------------------------------------------------------
 
 
@@ -380,88 +351,6 @@ def test_options_are_not_checked_in_a_step_without_gradients(family):
     with pytest.raises(ValueError, match=r"param group 1: beta1 must lie in \[0, 1\)"):
         opt.step()
     assert float(opt.state[params[0]]["step"]) == 1
-
-
-# -- a parameter listed twice ---------------------------------------------------------------------
-
-
-def test_a_parameter_listed_twice_is_refused_naming_it(family):
-    """torch warns and steps it twice (and says this will become an error): refused up front."""
-    cls = family[0]
-    p, q = nn.Parameter(torch.ones(2)), nn.Parameter(torch.ones(2))
-    with pytest.raises(ValueError, match="'param group 0 param 1' is param 0 of param group 0"):
-        cls([p, p])
-    with pytest.raises(ValueError, match="'v' is param 0 of param group 0"):
-        cls([("w", p), ("v", p)])
-    opt = cls([p])
-    with pytest.raises(ValueError, match="'param group 1 param 1' is param 0 of param group 0"):
-        opt.add_param_group({"params": [q, p]})
-    assert len(opt.param_groups) == 1
-    opt.add_param_group({"params": [q]})
-    opt.param_groups[1]["params"].append(p)  # by hand
-    p.grad, q.grad = torch.ones(2), torch.ones(2)
-    with pytest.raises(ValueError,
-                       match="is listed twice: as group 0 param 0 and as group 1 param 1"):
-        opt.step()
-    assert torch.equal(p, torch.ones(2)) and torch.equal(q, torch.ones(2)) and not opt.state
-
-
-# -- corrupt state ---------------------------------------------------------------------------------
-
-CORRUPT = {
-    "step None": ("step", None, "state 'step' of parameter 'group 0 param 1' is None"),
-    "step 2**64": ("step", torch.tensor(2.0 ** 64), r"'step' of parameter 'group 0 param 1' is "
-                                                      r"1.8446\d+e\+19, not a count"),
-    "step 1e300": ("step", torch.tensor(1e300, dtype=torch.float64), "is 1e\\+300, not a count"),
-    "step -1": ("step", -1, "is -1.0, not a count"),
-    "step of two elements": ("step", torch.tensor([1.0, 2.0]), "state 'step' of parameter "
-                             "'group 0 param 1' has 2 elements"),
-    "step a string": ("step", "3", "state 'step' of parameter 'group 0 param 1' is a str"),
-    "sparse exp_avg": ("exp_avg", torch.zeros(3, 2).to_sparse(),
-                       "state 'exp_avg' of parameter 'group 0 param 1' has layout "
-                       "torch.sparse_coo"),
-    "complex exp_avg_sq": ("exp_avg_sq", torch.zeros(3, 2, dtype=torch.complex64),
-                           "state 'exp_avg_sq' of parameter 'group 0 param 1' has dtype "
-                           "torch.complex64"),
-    "exp_avg a list": ("exp_avg", [0.0], "state 'exp_avg' of parameter 'group 0 param 1' is a "
-                       "list"),
-}
-
-
-def trained(cls):
-    params = [nn.Parameter(gradient((3, 2), k)) for k in range(2)]
-    opt = cls(params, lr=0.1)
-    step_with_gradients(opt, params, 0)
-    return params, opt
-
-
-@pytest.mark.parametrize("case", CORRUPT)
-def test_a_corrupt_state_is_refused_at_load_naming_the_field(family, case):
-    key, value, match = CORRUPT[case]
-    params, opt = trained(family[0])
-    saved = opt.state_dict()
-    corrupt = copy.deepcopy(saved)
-    corrupt["state"][1][key] = value
-    before = copy.deepcopy(saved)
-    with pytest.raises(ValueError, match=match):
-        opt.load_state_dict(corrupt)
-    assert_same_state_dict(opt.state_dict(), before)
-
-
-@pytest.mark.parametrize("case", CORRUPT)
-def test_a_corrupt_state_set_by_hand_is_refused_before_anything_is_written(family, case):
-    """Parameter 0 comes first: had its kernel run, it would have moved."""
-    key, value, match = CORRUPT[case]
-    params, opt = trained(family[0])
-    opt.state[params[1]][key] = value
-    before = [p.detach().clone() for p in params]
-    steps = float(opt.state[params[0]]["step"])
-    for p in params:
-        p.grad = torch.ones(3, 2, dtype=torch.float64)
-    with pytest.raises(ValueError, match=match):
-        opt.step()
-    assert all(torch.equal(p, b) for p, b in zip(params, before))
-    assert float(opt.state[params[0]]["step"]) == steps
 
 
 # -- use_locking across a load ---------------------------------------------------------------------
