@@ -117,11 +117,11 @@ def test_a_step_whose_row_and_position_pairs_would_not_fit_64_bits_is_refused():
     """Occurrences are sorted as (row, position) packed in 64 bits: 2^62 rows and 5 indices need
     62 + 3 bits. The ABI says LAZYADAM_ESIZE, having written nothing (nothing of var is read)."""
     kernel = lazyadam.compile(Spec(sparse=True))
-    ffi, lib = kernel.ffi, kernel.lib
+    ffi = kernel.ffi
     buf = ffi.new("float[5]")
     indices = ffi.new("int64_t[]", [0, 1, 2, 3, 2**62 - 1])
     hp = ffi.new("lazyadam_hparams *", KNOWN_HP.as_tuple())
-    assert kernel.fn(buf, buf, buf, 2**62, 1, indices, buf, 5, hp) == lib.LAZYADAM_ESIZE
+    assert kernel.fn(buf, buf, buf, 2**62, 1, indices, buf, 5, hp) == kernel.lib.LAZYADAM_ESIZE
     assert list(buf) == [0.0] * 5
     # The runtime asks for the workspace in its check phase, before any kernel of a call runs.
     with pytest.raises(ValueError, match="5 indices into 4,611,686,018,427,387,904 rows: a sparse "
