@@ -241,7 +241,8 @@ def dense(name: str, table: np.ndarray, grad: np.ndarray, rounds: int, warmup: i
     yardstick = DenseYardstick(folder, *array_counts(rule, spec)).step(table.copy(), grad)
     t = medians({"lazyadam": lambda: step(grad), "torch": theirs, "yardstick": yardstick},
                 rounds, warmup, clock=clock)
-    print(f"  {name:22s} dense {table.shape[0]:,} x {table.shape[1]}: lazyadam {t['lazyadam'] * 1e3:7.2f} ms   {label} "
+    print(f"  {name:22s} dense {table.shape[0]:,} x {table.shape[1]}: lazyadam "
+          f"{t['lazyadam'] * 1e3:7.2f} ms   {label} "
           f"{t['torch'] * 1e3:7.2f} ms ({t['torch'] / t['lazyadam']:5.2f}x)   yardstick "
           f"{t['yardstick'] * 1e3:7.2f} ms: lazyadam speed / yardstick speed "
           f"{t['yardstick'] / t['lazyadam']:5.3f} (target >= 0.95)")

@@ -5,8 +5,8 @@ is multiplied by its inverse, any other divides), keeps the bits of the contract
 
 - the per-row state after one step from zero is the row sum in docs/semantics.md's lane order
   (a float32 numpy model of it, on data where left to right gives other bits), divided by D;
-- the whole step (var and every state array) equals the lazy sparse kernel's, which has no copy
-  per width, on the same gradient with every row named once.
+- the whole step (var and every state array), in float32 and float64, equals the lazy sparse
+  kernel's, which has no copy per width, on the same gradient with every row named once.
 """
 
 from __future__ import annotations
@@ -28,15 +28,16 @@ ROWS = 6
 
 
 def step(rule, sparse: bool, var, grad, loss_scale: float) -> list[np.ndarray]:
-    """One step of the rule's float32 kernel from zero state; [var, *state] after it."""
+    """One step of the rule's kernel of var's dtype from zero state; [var, *state] after it."""
     if c.unavailable():
         pytest.skip(c.unavailable())
-    kernel = lazyadam.compile(rule.spec(sparse=sparse).validate())
+    kernel = lazyadam.compile(rule.spec(sparse=sparse, dtype=var.dtype.name).validate())
     arrays = [var.copy()] + [np.zeros(var.shape if s.per == "element" else var.shape[0],
-                                      np.float32)
+                                      var.dtype)
                              for s in rule.state if s.name in kernel.arrays[1:]]
     rows = np.arange(var.shape[0], dtype=np.int64)
-    hp = hparams_of(rule).at_step(1, **{**product.FAMILY_HYPER[rule.name], "loss_scale": loss_scale})
+    values = {**product.FAMILY_HYPER[rule.name], "loss_scale": loss_scale}
+    hp = hparams_of(rule).at_step(1, **values)
     kernel(*arrays, (rows, grad) if sparse else grad, hp)
     return arrays
 
@@ -70,10 +71,12 @@ def test_rowwise_adagrad_row_state_is_the_lanes_sum_at_every_width(width, loss_s
 
 @pytest.mark.parametrize("loss_scale", [4.0, 3.0], ids=["inverse", "divide"])
 @pytest.mark.parametrize("width", WIDTHS)
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("rule", [ROWWISE_ADAGRAD, PARTIAL_ROWWISE_ADAM], ids=lambda r: r.name)
-def test_dense_step_is_the_sparse_step_of_every_row_at_every_width(rule, width, loss_scale):
-    var, grad = data(width)
+def test_dense_step_is_the_sparse_step_of_every_row_at_every_width(rule, dtype, width,
+                                                                   loss_scale):
+    var, grad = (a.astype(dtype) for a in data(width))
     dense = step(rule, False, var, grad, loss_scale)
     sparse = step(rule, True, var, grad, loss_scale)
     for d, s in zip(dense, sparse):
-        assert np.array_equal(d.view(np.uint32), s.view(np.uint32))
+        assert d.tobytes() == s.tobytes()
