@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/bench_family.py [--rounds 15] [--warmup 3] [--rules sgd,lion]
                                                 [--skip-large] [--small] [--threads N]
+                                                [--width D] [--dense-only]
 
 For every rule of the family, one step each of
     lazyadam    the rule's generated C kernel (`lazyadam.compile(rule.spec(...))`, bound)
@@ -30,6 +31,10 @@ yardsticks' on all of theirs, whose barriers then wait for the scheduler: `--thr
 contender on one thread (OMP_NUM_THREADS and torch's), for ratios that such a machine can give,
 and then times the CPU time of the calling thread (`time.thread_time`: every contender runs on it),
 which leaves out the time the scheduler gives other jobs.
+
+`--width D` makes the dense table's rows D elements long (16M / D rows; the row kernels compile
+a copy of a row's step for some widths, docs/kernels.md), `--dense-only` leaves the sparse
+workloads out.
 
 Also printed: the state bytes per parameter element of every rule and state dtype
 (`lazyadam.rules.memory.state_table`).
@@ -236,7 +241,8 @@ def dense(name: str, table: np.ndarray, grad: np.ndarray, rounds: int, warmup: i
     yardstick = DenseYardstick(folder, *array_counts(rule, spec)).step(table.copy(), grad)
     t = medians({"lazyadam": lambda: step(grad), "torch": theirs, "yardstick": yardstick},
                 rounds, warmup, clock=clock)
-    print(f"  {name:22s} dense {table.size:,}: lazyadam {t['lazyadam'] * 1e3:7.2f} ms   {label} "
+    print(f"  {name:22s} dense {table.shape[0]:,} x {table.shape[1]}: lazyadam "
+          f"{t['lazyadam'] * 1e3:7.2f} ms   {label} "
           f"{t['torch'] * 1e3:7.2f} ms ({t['torch'] / t['lazyadam']:5.2f}x)   yardstick "
           f"{t['yardstick'] * 1e3:7.2f} ms: lazyadam speed / yardstick speed "
           f"{t['yardstick'] / t['lazyadam']:5.3f} (target >= 0.95)")
@@ -282,6 +288,9 @@ def main() -> None:
     parser.add_argument("--small", action="store_true")
     parser.add_argument("--threads", type=int,
                         help="threads of every contender (OpenMP's and torch's); default: theirs")
+    parser.add_argument("--width", type=int, default=64,
+                        help="elements a row of the dense table (of 16M elements in all)")
+    parser.add_argument("--dense-only", action="store_true")
     args = parser.parse_args()
     if args.threads:  # read by OpenMP when the first kernel or yardstick loads it
         os.environ["OMP_NUM_THREADS"] = str(args.threads)
@@ -293,7 +302,7 @@ def main() -> None:
     state_bytes()
     rng = np.random.default_rng(0)
     n, rows, dim, nnz = 16 * 2**20 // scale, 1_000_000 // scale, 64, 65_536 // scale
-    dense_table = rng.standard_normal((n // dim, dim), dtype=np.float32)
+    dense_table = rng.standard_normal((n // args.width, args.width), dtype=np.float32)
     dense_grad = rng.standard_normal(dense_table.shape, dtype=np.float32)
     indices = zipf_indices(rng, rows, nnz, 1.2)
     values = rng.standard_normal((nnz, dim), dtype=np.float32)
@@ -308,9 +317,9 @@ def main() -> None:
             rule = RULES[name]
             spec = rule.spec(sparse=True, **OPTIONS[name])
             d = dense(name, dense_table, dense_grad, args.rounds, args.warmup, Path(folder), clock)
-            s = sparse(name, (rows, dim), (indices, values), spread, args.rounds, args.warmup,
-                       bandwidth, moved_bytes(rule, spec, touched, dim, nnz, indices.nbytes),
-                       clock)
+            s = None if args.dense_only else sparse(
+                name, (rows, dim), (indices, values), spread, args.rounds, args.warmup, bandwidth,
+                moved_bytes(rule, spec, touched, dim, nnz, indices.nbytes), clock)
             table.append(row_of(name, d, s))
     print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     print("\n| rule | dense 16M: lazyadam / torch (x) | / yardstick speed | sparse 1M x 64: "
@@ -326,12 +335,14 @@ def larger_table(indices: np.ndarray, rows: int, rng: np.random.Generator) -> np
     return (40 * np.arange(rows) + rng.integers(0, 40, rows))[indices]
 
 
-def row_of(name: str, d: dict, s: dict) -> str:
-    """A line of the figures' markdown table (times in ms)."""
+def row_of(name: str, d: dict, s: dict | None) -> str:
+    """A line of the figures' markdown table (times in ms; "-" for sparse steps not run)."""
     def versus(t: dict) -> str:
         ops = ", ops" if "composite" in t["label"] else ""
         return (f"{t['lazyadam'] * 1e3:.2f} / {t['torch'] * 1e3:.2f} "
                 f"({t['torch'] / t['lazyadam']:.2f}x{ops})")
+    if s is None:
+        return f"| {name} | {versus(d)} | {d['yardstick'] / d['lazyadam']:.3f} | - | - | - |"
     large = f"{s['lazyadam 40x'] / s['lazyadam']:.2f}" if "lazyadam 40x" in s else "-"
     return (f"| {name} | {versus(d)} | {d['yardstick'] / d['lazyadam']:.3f} | {versus(s)} | "
             f"{s['lazyadam'] / s['limit']:.2f} | {large} |")

@@ -25,6 +25,7 @@ from lazyadam.codegen.render import render_c
 from lazyadam.codegen.rule import HParam, Interval, Lowering, Rule, State
 from lazyadam.targets import c
 from reference_family import partial_rowwise_adam_step
+from row_order import lanes_sum
 
 P, E, R = ir.Param, ir.Elem, ir.Row
 ONE = ir.Const(1.0)
@@ -155,18 +156,6 @@ def test_a_row_seen_more_than_a_chunk_matches_the_reference(build):
     assert status == 0
     for a, b in zip(got, reference(var, np.zeros_like(var), np.zeros(4), grad, 1, indices)):
         np.testing.assert_allclose(a, b, rtol=1e-11, atol=1e-14)
-
-
-def lanes_sum(x: np.ndarray) -> np.float32:
-    """The row sum of docs/semantics.md in float32: 32 lanes from zero, then halves pairwise."""
-    lanes = np.zeros(ir.ROW_LANES, np.float32)
-    for j, value in enumerate(x.astype(np.float32)):
-        lanes[j % ir.ROW_LANES] = np.float32(lanes[j % ir.ROW_LANES] + value)
-    s = ir.ROW_LANES // 2
-    while s:
-        lanes[:s] = lanes[:s] + lanes[s:2 * s]
-        s //= 2
-    return lanes[0]
 
 
 @pytest.mark.parametrize("sparse", [False, True], ids=["dense", "sparse"])
