@@ -1,10 +1,11 @@
 """The C sparse kernels' chunk sums (docs/kernels.md): each thread lists the runs of one row that
-start in its share of the sorted pairs, sums the chunks of those runs while reading the gradient in
-input order, and the rows are then updated from their chunk sums. The shares are cut by position,
-so on 2, 3 and 4 threads their edges fall inside a row seen 700 times (a share can then hold no
-run at all) and between the two occurrences of a row seen twice; the sums must still follow the
-documented order (tests/test_summation_order.py's float32 model), and every array must come out
-bitwise as on one thread."""
+start in its share of the sorted pairs, sums the chunks that start in its share while reading the
+gradient in input order, and the rows are then updated from their chunk sums. The shares are cut
+by position, so on 2, 3 and 4 threads their edges fall inside a row seen 1,500 times (its chunks
+summed by two threads; on 3 threads a share holds no run at all) and between the two occurrences
+of a row seen twice; the sums must still follow the documented order
+(tests/test_summation_order.py's float32 model), and every array must come out bitwise as on one
+thread."""
 
 from __future__ import annotations
 
@@ -16,9 +17,9 @@ import openmp
 from lazyadam import HParams, Spec
 from test_summation_order import HYPER, ROW_SIZE, expected_m
 
-#: Rows 0-999 seen once, row 1000 700 times, rows 1001-1299 twice, row 1300 256 and row 1301 257
-#: times: sorted by row, the 2,813 occurrences have the long run across the middle.
-COUNTS = [1] * 1000 + [700] + [2] * 299 + [256, 257]
+#: Rows 0-999 seen once, row 1000 1,500 times, rows 1001-1299 twice, row 1300 256 and row 1301 257
+#: times: sorted by row, the 3,611 occurrences have the long run at 1,000-2,499.
+COUNTS = [1] * 1000 + [1500] + [2] * 299 + [256, 257]
 
 
 def gradient(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
