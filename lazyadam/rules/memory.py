@@ -4,7 +4,8 @@ each array is stored in, `Spec.storage`).
 Counted: the optimizer's state arrays that a kernel of the spec keeps (per element: the parameter's
 shape; per row: one value per row, so 1/D of a value per element for rows of D elements), in
 their storage dtypes. Not counted: the parameter itself (`footprint` adds it), the gradient, and
-the scratch of a sparse step (O(nnz), freed after the step).
+the scratch of a sparse step (O(nnz), and on the CPU chunk sums of at most half the gradient's
+elements; freed after the step).
 """
 
 from __future__ import annotations
