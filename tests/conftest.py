@@ -99,9 +99,8 @@ def family_c(pulse):
 @pytest.fixture(scope="session")
 def family_emulated(emulated_variants):
     """`load(spec)`, the emulated CUDA kernel of a spec of `product.FAMILY` (built at -O0, see
-    `cuda_emulation.target`); a skip that quotes the CUDA target's SpecError where it refuses the
-    spec (today the dense kernels that keep per-row state or sum rows: their kernels join the
-    product when the CUDA templates print them)."""
+    `cuda_emulation.target`, loaded when first asked for); a skip that quotes the CUDA target's
+    SpecError where it refuses the spec (today it renders them all)."""
     rendered = [spec for spec in product.FAMILY if product.cuda_refusal(spec) is None]
     kernels = emulated_variants(rendered, optimize="-O0")
 
