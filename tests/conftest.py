@@ -5,6 +5,7 @@ random data."""
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 import threading
 
@@ -52,14 +53,21 @@ def gpu():
 
 @pytest.fixture(scope="session")
 def pulse(pytestconfig):
-    """`pulse(line)` shows `line` on the terminal at once, also under capture and from threads:
-    what a cold run is building, so that it never sits silent for minutes."""
+    """`pulse(line)` shows `line` on the terminal at once, also under capture, from threads and
+    from pytest-xdist's workers: what a cold run is building, so that it never sits silent for
+    minutes. A worker's stdout goes nowhere and its stderr is the terminal's, so a worker writes
+    `[lazyadam gw0] line` there, on a line of its own."""
     reporter = pytestconfig.pluginmanager.get_plugin("terminalreporter")
     capture = pytestconfig.pluginmanager.get_plugin("capturemanager")
+    worker = getattr(pytestconfig, "workerinput", {}).get("workerid")
     lock = threading.Lock()
 
     def say(line: str) -> None:
         with lock, capture.global_and_fixture_disabled():
+            if worker:
+                sys.stderr.write(f"\n[lazyadam {worker}] {line}\n")
+                sys.stderr.flush()
+                return
             reporter.ensure_newline()
             reporter.write_line(f"[lazyadam] {line}")
             reporter.flush()
@@ -70,7 +78,8 @@ def pulse(pytestconfig):
 @pytest.fixture(scope="session")
 def c_variants(pulse):
     """Every C variant of tests/product.py (864) in the kernel cache: a cold cache builds them 48
-    to a compiler call, one call per core at a time."""
+    to a compiler call, one call per core at a time, each batch by one of the workers that ask
+    (`batch.build`)."""
     batch.build(product.ALL, targets.get("c"), report=pulse)
     return product.ALL
 
@@ -90,9 +99,8 @@ def family_c(pulse):
 @pytest.fixture(scope="session")
 def family_emulated(emulated_variants):
     """`load(spec)`, the emulated CUDA kernel of a spec of `product.FAMILY` (built at -O0, see
-    `cuda_emulation.target`); a skip that quotes the CUDA target's SpecError where it refuses the
-    spec (today the dense kernels that keep per-row state or sum rows: their kernels join the
-    product when the CUDA templates print them)."""
+    `cuda_emulation.target`, loaded when first asked for); a skip that quotes the CUDA target's
+    SpecError where it refuses the spec (today it renders them all)."""
     rendered = [spec for spec in product.FAMILY if product.cuda_refusal(spec) is None]
     kernels = emulated_variants(rendered, optimize="-O0")
 

@@ -27,9 +27,11 @@ from lazyadam.errors import CompilationError
 from lazyadam.targets import batch, cache, cuda, nvcc
 
 ARCHS = ("80", "90")
-#: Variants per nvcc call: nvcc's fixed cost (about 2 CPU-seconds of headers, cub's included) is
-#: small beside 100 variants, and 40-odd calls share two cores evenly.
-UNIT_SIZE = 100
+#: Variants per nvcc call at most: each call costs about 2.9 CPU-seconds of headers (cub's
+#: included) and 0.023 a variant (10 variants took 3.1 CPU-seconds, 100 took 5.1, 400 took
+#: 11.9), so 400 to a call take 140 CPU-seconds for both archs where 100 took 245; a dozen calls
+#: still share two cores evenly.
+UNIT_SIZE = 400
 #: NVVM's optimizer off: a variant is parsed, type-checked, instantiated (cub's templates too) and
 #: lowered to PTX for each arch as at -O3, where every error and warning of the sources shows,
 #: in a fifth of the time (100 variants: 4.6 CPU-seconds against 14.3). The optimized device
@@ -70,11 +72,10 @@ def compile_unit(nvcc: str, arch: str, sources: list, folder: Path) -> Path:
 def units() -> list[tuple[str, list]]:
     """(arch, sources) of each nvcc call: LazyAdam's product (tests/product.py: the float32 and
     float64 product, 576, and a half sample of 288) and the family's (`FAMILY`, where the CUDA
-    target renders it), UNIT_SIZE variants to a call, for each arch."""
+    target renders it), in even parts of at most UNIT_SIZE variants to a call, for each arch."""
     sources = [generate(spec, "cuda") for spec in product.ALL] + [
         generate(spec, "cuda") for spec in product.FAMILY if product.cuda_refusal(spec) is None]
-    return [(arch, sources[at:at + UNIT_SIZE]) for arch in ARCHS
-            for at in range(0, len(sources), UNIT_SIZE)]
+    return [(arch, unit) for arch in ARCHS for unit in batch.even_parts(sources, UNIT_SIZE)]
 
 
 @pytest.mark.slow

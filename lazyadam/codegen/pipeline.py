@@ -8,6 +8,7 @@ Set `LAZYADAM_DUMP=DIR` to write every stage of every kernel generated into `DIR
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 from typing import Callable
@@ -34,6 +35,20 @@ def lower(spec: Spec, rule: Rule | None = None) -> ir.Kernel:
 
 def optimize(spec: Spec) -> ir.Kernel:
     """[Spec] -> [ir.Kernel]: lowered and with every pass applied."""
+    return _optimized(spec, repr(spec.static))
+
+
+#: How many specs' kernels and sources the pipeline remembers (`_optimized`, `_generated`): a
+#: source is 30-45 KB, so a full memo holds about 150 MB.
+MEMO_SIZE = 4096
+
+
+@functools.lru_cache(maxsize=MEMO_SIZE)
+def _optimized(spec: Spec, static: str) -> ir.Kernel:
+    """`optimize`, made once per spec (an `ir.Kernel` is immutable) for the last `MEMO_SIZE`
+    asked for: loading a kernel again skips lowering and the passes (about 1 ms). `static` (its
+    repr) tells apart static values that compare equal but print differently (0.0 and -0.0, 1
+    and 1.0)."""
     kernel = lower(spec)
     for _, run in PIPELINE:
         kernel = run(kernel)
@@ -58,13 +73,20 @@ def generate(spec: Spec, target: str = "c", symbol: str | None = None) -> Source
         SpecError: an illegal spec.
         ValueError: an unknown target, or a `symbol` the kernel cannot take (`names.check_symbol`).
     """
-    render, kernel = renderer(target), optimize(spec)
-    if symbol is not None:
-        _check_symbol(symbol, render, kernel)
-    source = render(kernel, symbol)
+    source = _generated(spec, repr(spec.static), target, symbol)
     if os.environ.get("LAZYADAM_DUMP"):
         dump(spec, Path(os.environ["LAZYADAM_DUMP"]), target, symbol)
     return source
+
+
+@functools.lru_cache(maxsize=MEMO_SIZE)
+def _generated(spec: Spec, static: str, target: str, symbol: str | None) -> Source:
+    """`generate`'s source, made once per (spec, target, symbol) for the last `MEMO_SIZE` asked
+    for (a `Source` is immutable; `static` as in `_optimized`)."""
+    render, kernel = renderer(target), optimize(spec)
+    if symbol is not None:
+        _check_symbol(symbol, render, kernel)
+    return render(kernel, symbol)
 
 
 def stages(spec: Spec, target: str = "c", symbol: str | None = None) -> dict[str, str]:

@@ -10,7 +10,8 @@ once: its sources are compiled as separate files of one call (the C kernels, who
 names), or as one translation unit that includes them all where the target says they may share one
 (`Target.one_unit`). Each kernel's source is the one `generate` gives for a single build, compiled
 with the same command and flags, and its entry holds that source, its header and the batch's log.
-Batches are built `jobs` at a time (one per core by default).
+Batches are built `jobs` at a time (one per core by default), each under a lock of the cache, so
+that processes building the same kernels at once (test workers) share the batches between them.
 
 The library of a batch is hard-linked into every entry (copied where a link cannot be made), so
 the loader maps one library per batch, however many of its kernels are loaded.
@@ -32,9 +33,14 @@ from ..errors import CompilationError
 from . import cache
 from .target import Target
 
-#: Kernels per compiler call at most: large enough that the fixed cost of a call is small beside its
-#: kernels, small enough that two cores share the work evenly and a cold run reports often.
+#: Kernels per compiler call at most, where each kernel is a file of its own: a C compiler's cost is
+#: per file (at -O3, 0.33-0.44 CPU-seconds a kernel, all of it the optimizer's), so a larger call
+#: saves little; 48 lets two cores share the work evenly and a cold run report often.
 BATCH_SIZE = 48
+#: The same where a batch is one translation unit (`Target.one_unit`): each call pays the
+#: headers once (the CUDA emulation's 1.1 CPU-seconds, then 0.05 a kernel at -O0: 48 kernels
+#: took 3.4 CPU-seconds, 200 took 11.2).
+UNIT_BATCH_SIZE = 160
 
 
 @dataclass(frozen=True)
@@ -45,18 +51,27 @@ class Job:
     source: Source
     key: str
 
+    def built(self) -> bool:
+        return (cache.entry(self.key) / f"{self.source.symbol}.so").exists()
 
-def build(specs: Sequence[Spec], target: Target, *, batch_size: int = BATCH_SIZE,
+
+def build(specs: Sequence[Spec], target: Target, *, batch_size: int | None = None,
           jobs: int | None = None, report: Callable[[str], None] | None = None) -> list[Spec]:
     """Builds every spec of `specs` that the cache lacks, `batch_size` to a compiler call and
     `jobs` calls at a time, into the kernel cache.
+
+    The batches are cut from `specs` as given (in even parts of at most `batch_size`), built or
+    not, so that processes asking for the same specs at once cut the same batches: each batch is
+    built under a lock of the cache (`cache.lock`), a process builds the batches no other is
+    building, then waits for the others' and builds what any of them left unbuilt.
 
     Nothing is built with the cache disabled (`LAZYADAM_DISABLE_CACHE`): every load builds afresh.
 
     Args:
         specs: the kernels to build (duplicates and those already cached are skipped).
         target: the target to build them for (`targets.get(name)`).
-        batch_size: kernels per compiler call at most.
+        batch_size: kernels per compiler call at most (default `UNIT_BATCH_SIZE` for a target
+            that compiles a batch as one unit, else `BATCH_SIZE`).
         jobs: compiler calls at a time (default: the CPUs this process may use).
         report: called with a line before each batch starts, e.g. "building 48 c kernels
             (batch 3/18)", and for each batch that failed.
@@ -74,31 +89,52 @@ def build(specs: Sequence[Spec], target: Target, *, batch_size: int = BATCH_SIZE
     problem = target.unavailable()
     if problem:
         raise target.unavailable_error(problem)
-    missing: dict[str, Job] = {}
+    unique: dict[str, Job] = {}
     for spec in dict.fromkeys(specs):
         source = generate(spec.validate(), target.name)
         key = target.cache_key(source)
-        if not (cache.entry(key) / f"{source.symbol}.so").exists():
-            missing.setdefault(key, Job(spec, source, key))
-    todo = list(missing.values())
-    batches = [todo[at:at + batch_size] for at in range(0, len(todo), batch_size)]
+        unique.setdefault(key, Job(spec, source, key))
+    size = batch_size or (UNIT_BATCH_SIZE if target.one_unit else BATCH_SIZE)
+    batches = [batch for batch in even_parts(list(unique.values()), size)
+               if not all(job.built() for job in batch)]
     jobs = jobs or len(os.sched_getaffinity(0))
 
-    def one(numbered: tuple[int, list[Job]]) -> list[Spec]:
+    def one(numbered: tuple[int, list[Job]], wait: bool) -> list[Spec] | None:
+        """Builds what the cache lacks of a batch, under its lock; None where another process
+        holds the lock (and `wait` is False)."""
         number, batch = numbered
-        if report:
-            report(f"building {len(batch)} {target.name} kernels (batch {number}/{len(batches)})")
-        try:
-            _build_batch(target, batch)
-        except CompilationError as error:
+        name = cache.make_key({"batch": [job.key for job in batch]})
+        with cache.lock(f"batch-{name}", wait=wait) as held:
+            if not held:
+                return None
+            missing = [job for job in batch if not job.built()]
+            if not missing:
+                return []
             if report:
-                report(f"batch {number}/{len(batches)} failed ({error}); its kernels build one "
-                       "by one when loaded")
-            return [job.spec for job in batch]
-        return []
+                report(f"building {len(missing)} {target.name} kernels (batch {number}/"
+                       f"{len(batches)})")
+            try:
+                _build_batch(target, missing)
+            except CompilationError as error:
+                if report:
+                    report(f"batch {number}/{len(batches)} failed ({error}); its kernels build "
+                           "one by one when loaded")
+                return [job.spec for job in missing]
+            return []
 
+    numbered = list(enumerate(batches, 1))
     with ThreadPoolExecutor(max_workers=max(1, min(jobs, len(batches) or 1))) as pool:
-        return [spec for failed in pool.map(one, enumerate(batches, 1)) for spec in failed]
+        first = list(pool.map(lambda item: one(item, wait=False), numbered))
+        others = [item for item, failed in zip(numbered, first) if failed is None]
+        rest = list(pool.map(lambda item: one(item, wait=True), others))
+    return [spec for failed in first + rest if failed for spec in failed]
+
+
+def even_parts(items: list, most: int) -> list[list]:
+    """`items` in order, cut into as few parts of at most `most` items as hold them, all but the
+    last of one size (331 by 160: 111, 111, 109), so that a few workers share them evenly."""
+    size = -(-len(items) // -(-len(items) // most)) if items else most
+    return [items[at:at + size] for at in range(0, len(items), size)]
 
 
 def _build_batch(target: Target, batch: list[Job]) -> None:

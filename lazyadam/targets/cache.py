@@ -35,6 +35,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import errno
+import fcntl
 import hashlib
 import json
 import os
@@ -46,7 +47,7 @@ import threading
 import time
 import warnings
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import Callable, Iterator, TypeVar
 
 from .. import processes
 from ..errors import CompilationError, UntrustedCacheWarning
@@ -115,12 +116,8 @@ def scratch() -> Path:
     Raises:
         OSError: the root cannot be created.
     """
-    base = root()
     try:
-        if not base.is_dir():
-            base.parent.mkdir(parents=True, exist_ok=True)
-            _mkdir_private(base)
-        _check(base, is_root=True)
+        base = _make_root()
     except _Refused:
         return Path(tempfile.mkdtemp(prefix="lazyadam-"))
     return Path(tempfile.mkdtemp(prefix="build-", dir=base))
@@ -138,6 +135,35 @@ def clear() -> int:
     for entry in found:
         shutil.rmtree(entry, ignore_errors=True)
     return len(found)
+
+
+@contextlib.contextmanager
+def lock(name: str, wait: bool = True) -> Iterator[bool]:
+    """Holds the lock `name` of this cache (`flock` on `<root>/locks/<name>`), shared by every
+    process that uses the cache: yields True once held, or, with `wait=False`, False at once where
+    another holder has it. It is released on leaving, or when its process dies.
+
+    What many kernels at once (`batch.build`) claim, where `fetch` claims one entry. Where the
+    root is not to be trusted, or the lock cannot be made, it yields True at once: every process
+    then builds for itself, as `fetch` does there.
+    """
+    try:
+        folder = _make_root() / "locks"
+        _mkdir_private(folder)
+        _check(folder)
+        fd = os.open(folder / name, os.O_CREAT | os.O_RDWR | os.O_NOFOLLOW, 0o600)
+    except (_Refused, OSError):
+        yield True
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)
 
 
 def load(key: str, artifact: str, build: Callable[[Path], Path],
@@ -432,14 +458,24 @@ def _make_folders(entry: Path) -> None:
     Raises:
         _Refused: one is not to be trusted. OSError: one cannot be created.
     """
+    _make_root()
+    for folder in (entry.parent, entry):
+        _mkdir_private(folder)
+        _check(folder)
+
+
+def _make_root() -> Path:
+    """The root, created 0700 where missing (with the folders above it), and checked.
+
+    Raises:
+        _Refused: it is not to be trusted. OSError: it cannot be created.
+    """
     base = root()
     if not base.is_dir():
         base.parent.mkdir(parents=True, exist_ok=True)
         _mkdir_private(base)
     _check(base, is_root=True)
-    for folder in (entry.parent, entry):
-        _mkdir_private(folder)
-        _check(folder)
+    return base
 
 
 def _mkdir_private(folder: Path) -> None:

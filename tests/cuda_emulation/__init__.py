@@ -16,7 +16,7 @@ import functools
 import shutil
 import subprocess
 from pathlib import Path
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 
 import numpy as np
 
@@ -86,9 +86,9 @@ def target(defines: Mapping[str, int] | None = None, optimize: str = "-O1") -> E
 
 
 def build(specs: Iterable[Spec], defines: Mapping[str, int] | None = None,
-          report=None, optimize: str = "-O1") -> dict:
-    """The emulated kernel of every spec, built in batches where the kernel cache lacks them and
-    loaded once in this process (as `lazyadam.compile` loads them).
+          report=None, optimize: str = "-O1") -> Kernels:
+    """The emulated kernel of every spec, built in batches where the kernel cache lacks them; each
+    is loaded once in this process (as `lazyadam.compile` loads them), when first looked up.
 
     Raises:
         CompilationError: the host compiler failed (the log says why).
@@ -97,7 +97,30 @@ def build(specs: Iterable[Spec], defines: Mapping[str, int] | None = None,
     specs = list(dict.fromkeys(specs))
     if len(specs) > 1:
         batch.build(specs, emulated, report=report)
-    return {spec: emulated.load(spec) for spec in specs}
+    return Kernels(emulated, specs)
+
+
+class Kernels(Mapping):
+    """The emulated kernel of each of `specs`, loaded at its first lookup: a test worker that runs
+    a few of a thousand kernels loads those (about 10 ms each)."""
+
+    def __init__(self, emulated: EmulatedCuda, specs: list):
+        self.emulated = emulated
+        self.specs = dict.fromkeys(specs)
+
+    def __getitem__(self, spec: Spec):
+        if spec not in self.specs:
+            raise KeyError(spec)
+        return self.emulated.load(spec)
+
+    def __contains__(self, spec: object) -> bool:
+        return spec in self.specs
+
+    def __iter__(self) -> Iterator[Spec]:
+        return iter(self.specs)
+
+    def __len__(self) -> int:
+        return len(self.specs)
 
 
 def compile_library(sources: Iterable) -> Path:
