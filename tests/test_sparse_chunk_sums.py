@@ -1,9 +1,8 @@
-"""The C sparse kernels' chunk sums (docs/kernels.md): each thread lists the runs of one row that
-start in its share of the sorted pairs, sums the chunks that start in its share while reading the
-gradient in input order, and the rows are then updated from their chunk sums. The shares are cut
-by position, so on 2, 3 and 4 threads their edges fall inside a row seen 1,500 times (its chunks
-summed by two threads; on 3 threads a share holds no run at all) and between the two occurrences
-of a row seen twice; the sums must still follow the documented order
+"""The C sparse kernels' two ways of summing a row's occurrences (docs/kernels.md): on one thread,
+chunk sums made while reading the gradient in input order, the rows then updated from them; on a
+team, segments of the sorted pairs, each row summed by the thread that updates it, whose segment
+edges fall inside a row seen 1,500 times on 2, 3 and 4 threads, and between the two occurrences
+of a row seen twice. Either way the sums must follow the documented order
 (tests/test_summation_order.py's float32 model), and every array must come out bitwise as on one
 thread."""
 
