@@ -59,6 +59,18 @@ def dense_twins(shape=(5, 4)):
     return a, nn.Parameter(a.detach().clone())
 
 
+def step_dense_twins(ours, theirs, opt, reference, steps, check=lambda: None):
+    """Steps `opt` on `ours` and torch's `reference` on `theirs` with the same dense gradients,
+    the parameters close after each step (and `check()`)."""
+    for step in steps:
+        ours.grad = gradient(ours.shape, step)
+        theirs.grad = ours.grad.clone()
+        opt.step()
+        reference.step()
+        assert_close(ours.detach().numpy(), theirs.detach().numpy(), "float64", f"step {step}")
+        check()
+
+
 # -- against torch: SGD ----------------------------------------------------------------------------
 
 SGD_OPTIONS = [dict(lr=0.1)] + [
@@ -73,15 +85,12 @@ SGD_OPTIONS = [dict(lr=0.1)] + [
 def test_sgd_matches_torch_dense(options):
     ours, theirs = dense_twins()
     opt, reference = lazyadam.torch.SGD([ours], **options), torch.optim.SGD([theirs], **options)
-    for step in range(4):
-        ours.grad = gradient(ours.shape, step)
-        theirs.grad = ours.grad.clone()
-        opt.step()
-        reference.step()
-        assert_close(ours.detach().numpy(), theirs.detach().numpy(), "float64", f"step {step}")
+
+    def same_buffer():
         if options.get("momentum"):
             assert_close(opt.state[ours]["momentum_buffer"].numpy(),
                          reference.state[theirs]["momentum_buffer"].numpy(), "float64")
+    step_dense_twins(ours, theirs, opt, reference, range(4), same_buffer)
 
 
 def test_sgd_keeps_torch_state_names_and_none_before_the_first_step():
@@ -147,12 +156,7 @@ def test_a_torch_sgd_state_loads_and_goes_on_as_torch():
     options = dict(lr=0.05, momentum=0.9, dampening=0.3)
     opt, reference, ours, theirs = resumed_from_torch(lazyadam.torch.SGD, torch.optim.SGD,
                                                       options)
-    for step in range(1, 3):
-        ours.grad = gradient(ours.shape, step)
-        theirs.grad = ours.grad.clone()
-        opt.step()
-        reference.step()
-        assert_close(ours.detach().numpy(), theirs.detach().numpy(), "float64", f"step {step}")
+    step_dense_twins(ours, theirs, opt, reference, range(1, 3))
 
 
 # -- against torch: Adagrad ------------------------------------------------------------------------
@@ -166,12 +170,7 @@ def test_adagrad_matches_torch_dense(options):
     ours, theirs = dense_twins()
     opt = lazyadam.torch.Adagrad([ours], **options)
     reference = torch.optim.Adagrad([theirs], **options)
-    for step in range(4):
-        ours.grad = gradient(ours.shape, step)
-        theirs.grad = ours.grad.clone()
-        opt.step()
-        reference.step()
-        assert_close(ours.detach().numpy(), theirs.detach().numpy(), "float64", f"step {step}")
+    step_dense_twins(ours, theirs, opt, reference, range(4))
     assert_close(opt.state[ours]["sum"].numpy(), reference.state[theirs]["sum"].numpy(),
                  "float64")
     assert float(opt.state[ours]["step"]) == float(reference.state[theirs]["step"]) == 4
