@@ -23,7 +23,7 @@ import numpy as np
 from reference import DECAYS, EPS_MODES, _check_indices
 
 
-def _touched(var, grad, indices, *, loss_scale, maximize):
+def touched(var, grad, indices, *, loss_scale, maximize):
     """The rows a step reads and writes and their summed gradient `g` (`grad/loss_scale`, negated
     when maximizing): every row of a dense step, the distinct rows of a sparse one, in increasing
     order."""
@@ -70,7 +70,7 @@ def sgd_step(var, momentum_buffer, seen, grad, *, lr, momentum=0.0, dampening=0.
     """
     var, b = _copies(var, momentum_buffer)
     seen = np.array(seen, dtype=bool)
-    rows, g = _touched(var, grad, indices, loss_scale=loss_scale, maximize=maximize)
+    rows, g = touched(var, grad, indices, loss_scale=loss_scale, maximize=maximize)
     w = var[rows]
     g = g + weight_decay * w
     if momentum != 0:
@@ -93,7 +93,7 @@ def adagrad_step(var, state_sum, grad, *, lr, step, lr_decay=0.0, weight_decay=0
         (var, state_sum).
     """
     var, s = _copies(var, state_sum)
-    rows, g = _touched(var, grad, indices, loss_scale=loss_scale, maximize=maximize)
+    rows, g = touched(var, grad, indices, loss_scale=loss_scale, maximize=maximize)
     w = var[rows]
     g = g + weight_decay * w
     clr = lr / (1 + (step - 1) * lr_decay)
@@ -114,7 +114,7 @@ def rowwise_adagrad_step(var, accumulator, grad, *, lr, eps=1e-8, weight_decay=0
     if decay not in DECAYS:
         raise ValueError(f"decay must be one of {DECAYS}, got {decay!r}")
     var, a = _copies(var, accumulator)
-    rows, g = _touched(var, grad, indices, loss_scale=loss_scale, maximize=maximize)
+    rows, g = touched(var, grad, indices, loss_scale=loss_scale, maximize=maximize)
     w = var[rows]
     if decay == "l2":
         g = g + weight_decay * w
@@ -149,7 +149,7 @@ def partial_rowwise_adam_step(var, m, v, grad, *, lr, beta1, beta2, eps, beta1_p
     var, m, v = _copies(var, m, v)
     vmax = (np.zeros(len(var)) if vmax is None else np.array(vmax, dtype=np.float64)) \
         if amsgrad else None
-    rows, g = _touched(var, grad, indices, loss_scale=loss_scale, maximize=maximize)
+    rows, g = touched(var, grad, indices, loss_scale=loss_scale, maximize=maximize)
     w = var[rows]
     if decay == "l2":
         g = g + weight_decay * w
@@ -182,7 +182,7 @@ def lion_step(var, m, grad, *, lr, beta1=0.9, beta2=0.99, weight_decay=0.0, maxi
         (var, m).
     """
     var, m = _copies(var, m)
-    rows, g = _touched(var, grad, indices, loss_scale=loss_scale, maximize=maximize)
+    rows, g = touched(var, grad, indices, loss_scale=loss_scale, maximize=maximize)
     w, mm = var[rows], m[rows]
     c = beta1 * mm + (1 - beta1) * g
     sign = np.where(c > 0, 1.0, np.where(c < 0, -1.0, c))

@@ -28,6 +28,7 @@ import lazyadam
 from lazyadam.codegen.ir import Assign, Elem, Param, sign
 from lazyadam.codegen.rule import HParam, Interval, Lowering, Rule, State
 from lazyadam.targets.base import hparams_of
+from reference_family import touched
 
 
 def lower(spec) -> Lowering:
@@ -62,13 +63,7 @@ def numpy_step(w, m, grad, *, lr, beta, indices=None):
     """One step of the rule in float64 on copies: on a sparse step only the rows in `indices`,
     each row's occurrences summed first."""
     w, m = np.array(w, dtype=np.float64), np.array(m, dtype=np.float64)
-    grad = np.asarray(grad, dtype=np.float64)
-    if indices is None:
-        rows, g = np.arange(len(w)), grad
-    else:
-        rows = np.unique(indices)
-        g = np.zeros((len(rows),) + w.shape[1:])
-        np.add.at(g, np.searchsorted(rows, indices), grad)
+    rows, g = touched(w, grad, indices, loss_scale=1.0, maximize=False)
     m[rows] = beta * m[rows] + (1 - beta) * g
     w[rows] -= lr * np.sign(m[rows])
     return w, m

@@ -14,7 +14,7 @@ import pytest
 from lazyadam.codegen.ir import Assign, Elem, Param, Switch, sign
 from lazyadam.codegen.rule import HParam, Interval, Lowering, Option, Rule, State
 from reference_family import (adagrad_step, lion_step, partial_rowwise_adam_step,
-                              rowwise_adagrad_step, sgd_step)
+                              rowwise_adagrad_step, sgd_step, touched)
 from tolerance import assert_close
 
 torch = pytest.importorskip("torch", reason="lazyadam.torch needs torch")
@@ -51,13 +51,7 @@ def sign_sgd_step(w, buf, grad, *, lr, mu, nesterov=False, maximize=False, indic
     """The numpy model: on the rows a gradient touches (its occurrences summed),
     `b = mu*b + g`; `w -= lr * sign(nesterov ? g + mu*b : b)`."""
     w, buf = np.array(w, np.float64), np.array(buf, np.float64)
-    grad = -np.asarray(grad, np.float64) if maximize else np.asarray(grad, np.float64)
-    if indices is None:
-        rows, g = np.arange(len(w)), grad
-    else:
-        rows = np.unique(indices)
-        g = np.zeros((len(rows),) + w.shape[1:])
-        np.add.at(g, np.searchsorted(rows, indices), grad)
+    rows, g = touched(w, grad, indices, loss_scale=1.0, maximize=maximize)
     b = mu * buf[rows] + g
     buf[rows] = b
     w[rows] = w[rows] - lr * np.sign(g + mu * b if nesterov else b)
