@@ -28,6 +28,7 @@ from ..codegen.render import Source
 from ..codegen.spec import SpecBase
 from ..dtypes import storage_name
 from ..rules.adam import ADAM
+from .library import Library
 
 
 class RuleHParams:
@@ -350,7 +351,8 @@ class LoadedKernel:
 
     Attributes:
         spec, source, path: what was built, from what, and where the library lies.
-        ffi, lib: the cffi handle (declarations from `source.cdef`) and the opened library.
+        ffi, lib: the FFI of the kernel's declarations (`source.cdef`; shared by the kernels of
+            one signature) and the opened library's exports (`library.Library`).
         fn: the exported kernel function.
         arrays, hparams_type, hparams_bytes: var and the kept state arrays; the hyperparameter
             struct's C name and size.
@@ -360,11 +362,8 @@ class LoadedKernel:
         self.spec = spec
         self.source = source
         self.path = path
-        self.ffi = cffi.FFI()
-        self.ffi.cdef(source.cdef)
-        # Never unloaded: unloading an OpenMP kernel would unload libgomp under its idle worker
-        # threads, which crashes the process at exit.
-        self.lib = self.ffi.dlopen(str(path), self.ffi.RTLD_NOW | self.ffi.RTLD_NODELETE)
+        self.lib = Library(source.cdef, source.symbol, path)
+        self.ffi = self.lib.ffi
         self.fn = getattr(self.lib, source.symbol)
         #: var and the state arrays the kernel takes, in ABI order (`Rule.arrays`, then
         #: `Rule.row_arrays`: one value per row).
