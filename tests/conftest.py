@@ -1,6 +1,6 @@
 """Shared test setup: one kernel cache for the whole session, every variant of tests/product.py
-built into it in batches (with a line on the terminal per batch), the emulated CUDA target, and
-random data."""
+built into it in batches (with a line on the terminal per batch; most C variants at -O0, see
+tests/quick_c.py), the emulated CUDA target, and random data."""
 
 from __future__ import annotations
 
@@ -75,25 +75,29 @@ def pulse(pytestconfig):
     return say
 
 
+def c_product(specs: list, sample: list, report):
+    """`load(spec)`, the C kernel of a spec of `specs`: the C target's own build for those of
+    `sample`, tests/quick_c.py's (-O0) for the others; a cold cache builds them all here, 48 to a
+    compiler call, one call per core at a time, each batch by one of the workers that ask
+    (`batch.build`)."""
+    chosen = set(sample)
+    batch.build(sample, targets.get("c"), report=report)
+    batch.build([spec for spec in specs if spec not in chosen], quick_c.TARGET, report=report)
+    return lambda spec: (targets.get("c") if spec in chosen else quick_c.TARGET).load(spec)
+
+
 @pytest.fixture(scope="session")
 def c_variants(pulse):
-    """Every C variant of tests/product.py (864) in the kernel cache: a cold cache builds them 48
-    to a compiler call, one call per core at a time, each batch by one of the workers that ask
-    (`batch.build`)."""
-    batch.build(product.ALL, targets.get("c"), report=pulse)
-    return product.ALL
+    """`load(spec)`, the C kernel of a spec of LazyAdam's `product.ALL` (864; `product.SAMPLE`
+    by the C target's own build)."""
+    return c_product(product.ALL, product.SAMPLE, pulse)
 
 
 @pytest.fixture(scope="session")
 def family_c(pulse):
-    """`load(spec)`, the C kernel of a spec of `product.FAMILY` (1404): the C target's own build
-    for `product.FAMILY_SAMPLE`, tests/quick_c.py's for the others; a cold cache builds them all
-    here, in batches."""
-    sample = set(product.FAMILY_SAMPLE)
-    batch.build(product.FAMILY_SAMPLE, targets.get("c"), report=pulse)
-    batch.build([spec for spec in product.FAMILY if spec not in sample], quick_c.TARGET,
-                report=pulse)
-    return lambda spec: (targets.get("c") if spec in sample else quick_c.TARGET).load(spec)
+    """`load(spec)`, the C kernel of a spec of `product.FAMILY` (1515; `product.FAMILY_SAMPLE`
+    by the C target's own build)."""
+    return c_product(product.FAMILY, product.FAMILY_SAMPLE, pulse)
 
 
 @pytest.fixture(scope="session")

@@ -22,7 +22,7 @@ from lazyadam import Spec
 from lazyadam.codegen import generate
 from lazyadam.codegen.spec import HALF_DTYPES, SpecError
 from lazyadam.codegen.variants import STORAGE_FIELDS, choices, half_variants, variants
-from lazyadam.rules import ADAGRAD, LION, PARTIAL_ROWWISE_ADAM, ROWWISE_ADAGRAD, SGD
+from lazyadam.rules import ADAGRAD, ADAM, LION, PARTIAL_ROWWISE_ADAM, ROWWISE_ADAGRAD, SGD
 
 FULL = variants(dtype="float32") + variants(dtype="float64")
 HALF = half_variants()
@@ -121,11 +121,19 @@ def covering(specs: list, flags: tuple) -> list:
     return chosen
 
 
-#: The family's kernels that the C target builds with its own flags (tests/quick_c.py builds the
-#: rest): for each rule, a few that show every value of every flag and storage field.
-FAMILY_SAMPLE = [spec for rule in RULES.values() for spec in covering(
-    [s for s in FAMILY if s.RULE is rule], ("sparse", *rule.flags, "dtype", "index_dtype",
-                                            "state_dtype", "grad_dtype", "rounding"))]
+def sample(specs: list, rule) -> list:
+    """The specs of `specs` of `rule` that the C target builds with its own flags (tests/quick_c.py
+    builds the rest): a few that show every value of every flag and storage field."""
+    return covering([spec for spec in specs if spec.RULE is rule],
+                    ("sparse", *rule.flags, "dtype", "index_dtype", "state_dtype", "grad_dtype",
+                     "rounding"))
+
+
+#: LazyAdam's kernels that the C target builds with its own flags (16 of `ALL`).
+SAMPLE = sample(ALL, ADAM)
+
+#: The family's (68 of `FAMILY`).
+FAMILY_SAMPLE = [spec for rule in RULES.values() for spec in sample(FAMILY, rule)]
 
 #: The hyperparameters of the family's reference runs, by rule (every option's effect shows).
 FAMILY_HYPER = {

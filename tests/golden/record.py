@@ -120,11 +120,14 @@ EMULATED = [spec for spec in product.ALL
             and spec.index_dtype == "int64" and spec.eps_mode == "mindspore"]
 
 
-def kernel_digests(specs=None, threads: int | None = None) -> dict[str, str]:
-    """{spec JSON: digest of `kernel_state(spec)`} for `specs` (by default `product.ALL`), on
-    `threads` OpenMP threads (by default OpenMP's own count). The numbers do not depend on it."""
+def kernel_digests(specs=None, threads: int | None = None,
+                   load: Callable = lazyadam.compile) -> dict[str, str]:
+    """{spec JSON: digest of `kernel_state(spec, load(spec))`} for `specs` (by default
+    `product.ALL`), on `threads` OpenMP threads (by default OpenMP's own count). The numbers do
+    not depend on it, nor on the optimization level that `load`'s build took."""
     with contextlib.nullcontext() if threads is None else openmp.threads(threads):
-        return {spec.to_json(): digest(kernel_state(spec)) for spec in (specs or product.ALL)}
+        return {spec.to_json(): digest(kernel_state(spec, load(spec)))
+                for spec in (specs or product.ALL)}
 
 
 class _Halving(LearningRateSchedule):
