@@ -52,12 +52,14 @@ needs_root = pytest.mark.skipif(os.getuid() != 0, reason="os.chown to another ui
 @pytest.fixture
 def counting_cc(tmp_path, monkeypatch):
     """A cache of its own, nothing loaded yet, and a compiler wrapper that logs each kernel build:
-    the mode of the claim it was built under, or "none" outside the cache."""
+    the mode of the claim it was built under, or "none" outside the cache. It compiles at -O0
+    (the last -O wins; the cache key is the target's own command): these tests check where a
+    kernel is built and loaded from, and a kernel takes an eighth of -O3's time."""
     log = tmp_path / "cc.log"
     wrapper = tmp_path / "cc"
     wrapper.write_text('#!/bin/sh\ncase "$*" in *-shared*) '
                        f'(stat -c %a ../claim 2>/dev/null || echo none) >> {log};; esac\n'
-                       'exec cc "$@"\n')
+                       'exec cc "$@" -O0\n')
     wrapper.chmod(0o755)
     monkeypatch.setenv("LAZYADAM_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("LAZYADAM_CC", str(wrapper))
