@@ -111,10 +111,11 @@ QUIET, OVERLOADED = "0.10 0.20 0.30 1/300 4242\n", "9.00 9.00 9.00 100000/100300
 
 def threads_started(kind: str, spec_value: str, env_value: str | None, elements: int,
                     loadavg: Path) -> int:
-    """The threads one step starts, in kernels built to read `loadavg` for /proc/loadavg."""
+    """The threads one step starts, in kernels built to read `loadavg` for /proc/loadavg (at -O0:
+    each test builds its own, and the threads a step starts do not depend on the level)."""
     env = {k: v for k, v in os.environ.items() if k != "LAZYADAM_PARALLEL_MIN"}
     env["OMP_NUM_THREADS"] = "2"
-    env["LAZYADAM_CFLAGS"] = shlex.quote(f'-DLAZYADAM_LOADAVG="{loadavg}"')
+    env["LAZYADAM_CFLAGS"] = "-O0 " + shlex.quote(f'-DLAZYADAM_LOADAVG="{loadavg}"')
     if env_value is not None:
         env["LAZYADAM_PARALLEL_MIN"] = env_value
     proc = subprocess.run([sys.executable, "-c", COUNT_THREADS, kind, spec_value, str(elements)],
