@@ -106,7 +106,7 @@ def family_emulated(emulated_variants):
     `cuda_emulation.target`, loaded when first asked for); a skip that quotes the CUDA target's
     SpecError where it refuses the spec (today it renders them all)."""
     rendered = [spec for spec in product.FAMILY if product.cuda_refusal(spec) is None]
-    kernels = emulated_variants(rendered, optimize="-O0")
+    kernels = emulated_variants(rendered)
 
     def load(spec):
         if spec not in kernels:
@@ -120,8 +120,7 @@ def emulated_variants(pulse):
     """`emulation.build(specs)`, with the kernels the cache lacks built in batches that report."""
     if emulation.host_compiler() is None:
         pytest.skip("no host C++ compiler (c++ or g++) to build the CUDA emulation")
-    return lambda specs, defines=None, optimize="-O1": emulation.build(specs, defines, report=pulse,
-                                                                        optimize=optimize)
+    return lambda specs, defines=None: emulation.build(specs, defines, report=pulse)
 
 
 @pytest.fixture

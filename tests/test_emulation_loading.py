@@ -16,7 +16,7 @@ def test_kernels_are_built_together_and_loaded_when_first_looked_up(monkeypatch)
     if emulation.host_compiler() is None:
         pytest.skip("no host C++ compiler (c++ or g++) to build the CUDA emulation")
     opened = []
-    target = emulation.target(optimize="-O0")
+    target = emulation.target()
     real = type(target).kernel
     monkeypatch.setattr(type(target), "kernel",
                         lambda self, spec, source, path: opened.append(spec) or real(
@@ -25,7 +25,7 @@ def test_kernels_are_built_together_and_loaded_when_first_looked_up(monkeypatch)
     real_build = batch.build
     monkeypatch.setattr(batch, "build", lambda specs, *a, **k: built.extend(specs) or real_build(
         specs, *a, **k))
-    kernels = emulation.build(SPECS, optimize="-O0")
+    kernels = emulation.build(SPECS)
     assert built == SPECS and opened == []
     assert list(kernels) == SPECS and len(kernels) == 2 and SPECS[1] in kernels
     assert kernels[SPECS[1]].spec == SPECS[1] and opened == [SPECS[1]]
