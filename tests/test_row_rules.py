@@ -67,7 +67,9 @@ PARTIAL_ROWWISE = Rule(
 
 @pytest.fixture(scope="module")
 def build(tmp_path_factory):
-    """(spec) -> (ffi, library, symbol): the spec's kernel of PARTIAL_ROWWISE, built once."""
+    """(spec) -> (ffi, library, symbol): the spec's kernel of PARTIAL_ROWWISE, built once, at -O0
+    (after the C target's flags: the last -O wins). Built on every run, outside the kernel cache;
+    the numbers do not depend on the level (no reassociation: see tests/quick_c.py)."""
     if c.unavailable():
         pytest.skip(c.unavailable())
     folder, built = tmp_path_factory.mktemp("rows"), {}
@@ -82,7 +84,7 @@ def build(tmp_path_factory):
             (folder / f"{symbol}.h").write_text(source.header)
             (folder / source.filename).write_text(source.text)
             library = folder / f"{symbol}.so"
-            subprocess.run([*c.compiler(), *c.flags(), "-Wall", "-Wshadow", "-Werror",
+            subprocess.run([*c.compiler(), *c.flags(), "-O0", "-Wall", "-Wshadow", "-Werror",
                             str(folder / source.filename), "-o", str(library), "-lm"],
                            check=True, capture_output=True)
             ffi = cffi.FFI()
