@@ -62,14 +62,15 @@ class Library:
         self._exports = ctypes.CDLL(str(path), mode=mode)  # the functions' addresses, by name
 
     def __getattr__(self, name: str) -> Any:
-        """A function of the kernel (kept in the instance once found), or a declared constant.
+        """A function of the kernel or a declared constant, kept in the instance once found.
 
         Raises:
             AttributeError: the library exports no such function, or nothing declares the name.
         """
-        if not name.startswith(self._symbol):
-            return getattr(self._constants, name)
-        address = ctypes.cast(getattr(self._exports, name), ctypes.c_void_p).value
-        function = self.ffi.cast(f"{PLACEHOLDER}{name[len(self._symbol):]}_fn *", address)
-        setattr(self, name, function)
-        return function
+        if name.startswith(self._symbol):
+            address = ctypes.cast(getattr(self._exports, name), ctypes.c_void_p).value
+            found = self.ffi.cast(f"{PLACEHOLDER}{name[len(self._symbol):]}_fn *", address)
+        else:
+            found = getattr(self._constants, name)
+        setattr(self, name, found)
+        return found
