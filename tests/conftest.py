@@ -15,6 +15,7 @@ import pytest
 import cuda_emulation as emulation
 import product
 import quick_c
+import warm_python
 from lazyadam import targets
 from lazyadam.targets import batch
 
@@ -84,6 +85,17 @@ def c_product(specs: list, sample: list, report):
     batch.build(sample, targets.get("c"), report=report)
     batch.build([spec for spec in specs if spec not in chosen], quick_c.TARGET, report=report)
     return lambda spec: (targets.get("c") if spec in chosen else quick_c.TARGET).load(spec)
+
+
+@pytest.fixture(scope="session")
+def warm(request):
+    """A `warm_python.WarmPython`, for runs that import torch first: started on first use in this
+    process, stopped at the session's end. Tests that take it are in the xdist group
+    "warm_python" (`pytest.mark.xdist_group`), so one worker starts it."""
+    pytest.importorskip("torch", reason="the warm Python server preloads PyTorch")
+    server = warm_python.WarmPython()
+    request.addfinalizer(server.close)
+    return server
 
 
 @pytest.fixture(scope="session")

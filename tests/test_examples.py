@@ -37,11 +37,16 @@ SMALL = {"matrix_factorization.py": ["--users", "300", "--items", "900", "--rati
                                   "--steps", "4", "--every", "2"]}
 
 
-def run_example(name: str, cache_dir: Path) -> str:
-    proc = subprocess.run([sys.executable, str(EXAMPLES / name), *SMALL[name]],
-                          env={**os.environ, "LAZYADAM_CACHE_DIR": str(cache_dir),
-                               "LAZYADAM_DISABLE_CACHE": ""},
-                          capture_output=True, text=True, timeout=300)
+def run_example(name: str, cache_dir: Path, warm=None) -> str:
+    """The example's output, run in a process of its own, or by `warm` (a
+    tests/warm_python.py server) for an example that imports torch first."""
+    env = {**os.environ, "LAZYADAM_CACHE_DIR": str(cache_dir), "LAZYADAM_DISABLE_CACHE": ""}
+    if warm is not None:
+        proc = warm.run(script=EXAMPLES / name, args=tuple(SMALL[name]), cwd=Path.cwd(), env=env,
+                        timeout=300)
+    else:
+        proc = subprocess.run([sys.executable, str(EXAMPLES / name), *SMALL[name]], env=env,
+                              capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     return proc.stdout
 
@@ -55,11 +60,11 @@ def test_the_main_example_says_whether_its_first_step_compiled_or_loaded(tmp_pat
                      "median", warm)
 
 
-def test_the_torch_example_gives_its_compiling_step_no_ratio(tmp_path):
-    pytest.importorskip("torch", reason="the torch example needs PyTorch")
+@pytest.mark.xdist_group("warm_python")
+def test_the_torch_example_gives_its_compiling_step_no_ratio(tmp_path, warm):
     for run, expected in (("cold", r"compiled [2-9] kernels"),
                           ("warm", r"loaded its kernels from the cache")):
-        lines = run_example("torch_recommender.py", tmp_path).splitlines()
+        lines = run_example("torch_recommender.py", tmp_path, warm).splitlines()
         first = next(line for line in lines if line.split()[:1] == ["1"])
         assert re.search(rf"first step: lazyadam {expected}$", first), (run, first)
         assert not re.search(r"\d+\.\dx", first), (run, first)

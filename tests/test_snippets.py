@@ -1,8 +1,10 @@
 """Every ```python block of README.md and docs/*.md runs on its own, as a reader would paste it.
 
 Each block runs in a fresh Python process, in an empty folder, with nothing from the blocks before
-it. A block whose fence says more than `python` names what it needs: `python gpu` needs an NVIDIA
-GPU that torch and the CUDA target both see, and is skipped, saying so, where there is none.
+it; a block whose first import is torch's runs in a child of tests/warm_python.py's server, which
+imported torch before it forked (3 of a torch block's 3.5 CPU-seconds), in a namespace of its own.
+A block whose fence says more than `python` names what it needs: `python gpu` needs an NVIDIA GPU
+that torch and the CUDA target both see, and is skipped, saying so, where there is none.
 """
 
 from __future__ import annotations
@@ -64,6 +66,15 @@ def snippets(page: Path) -> list[Snippet]:
 
 
 ALL = [snippet for page in PAGES for snippet in snippets(page)]
+#: An import statement's module.
+IMPORT = re.compile(r"^\s*(?:import|from)\s+([\w.]+)", re.M)
+
+
+def torch_first(code: str) -> bool:
+    """Whether `code` imports torch before anything else (and leaves the environment alone): a
+    warm server's child, with torch imported, runs it as a fresh process would."""
+    first = IMPORT.search(code)
+    return bool(first) and first.group(1).split(".")[0] == "torch" and "environ" not in code
 
 
 def test_the_front_page_and_every_doc_page_are_read():
@@ -86,7 +97,9 @@ def test_an_open_fence_or_an_unknown_need_is_refused(tmp_path):
         (4, frozenset(), "x = 1\n"), (7, frozenset({"gpu"}), "y = 2\n")]
 
 
-@pytest.mark.parametrize("snippet", ALL, ids=[s.name for s in ALL])
+@pytest.mark.parametrize("snippet", [
+    pytest.param(s, marks=pytest.mark.xdist_group("warm_python")) if torch_first(s.code) else s
+    for s in ALL], ids=[s.name for s in ALL])
 def test_snippet_runs_on_its_own(snippet, tmp_path, request):
     if "gpu" in snippet.needs:
         try:
@@ -95,8 +108,11 @@ def test_snippet_runs_on_its_own(snippet, tmp_path, request):
             pytest.skip(f"{snippet.name} needs a GPU: {missing.msg}")
     if re.search(r"^\s*import torch\b|^\s*import lazyadam\.torch", snippet.code, re.M):
         pytest.importorskip("torch", reason=f"{snippet.name} uses PyTorch, not installed here")
-    proc = subprocess.run([sys.executable, "-c", snippet.code], cwd=tmp_path, capture_output=True,
-                          text=True, timeout=600)
+    if torch_first(snippet.code):
+        proc = request.getfixturevalue("warm").run(code=snippet.code, cwd=tmp_path)
+    else:
+        proc = subprocess.run([sys.executable, "-c", snippet.code], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, f"{snippet.name} failed:\n{snippet.code}\n{proc.stderr}"
 
 
