@@ -99,3 +99,24 @@ def test_a_batch_lock_is_refused_while_held_and_freed_when_its_holder_dies(tmp_p
     lock = tmp_path / "cache" / "locks"
     assert (lock.stat().st_mode & 0o777) == 0o700
     assert not cache.entries(), "a lock is no cache entry"
+
+
+def test_clearing_the_cache_removes_the_lock_files_no_one_holds(tmp_path, monkeypatch):
+    monkeypatch.setenv("LAZYADAM_CACHE_DIR", str(tmp_path / "cache"))
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, "batch-held"],
+                              stdout=subprocess.PIPE, text=True, env=os.environ.copy())
+    try:
+        assert holder.stdout.readline().strip() == "True"
+        with cache.lock("batch-free"):
+            pass
+        locks = tmp_path / "cache" / "locks"
+        assert sorted(p.name for p in locks.iterdir()) == ["batch-free", "batch-held"]
+        assert cache.clear() == 0
+        assert [p.name for p in locks.iterdir()] == ["batch-held"]
+        with cache.lock("batch-held", wait=False) as held:
+            assert held is False  # its holder still has it
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    cache.clear()
+    assert list(locks.iterdir()) == []

@@ -130,10 +130,29 @@ def entries() -> list[Path]:
 
 
 def clear() -> int:
-    """Removes every entry; returns how many there were."""
+    """Removes every entry, and every lock file that no process holds; returns how many entries
+    there were.
+
+    A lock file is removed while this process holds it, so no other holder loses it; a process
+    that opened it before and takes it after holds a lock nobody else can see, and may build a
+    batch that another process builds too (each entry is still claimed on its own, by `fetch`).
+    """
     found = entries()
     for entry in found:
         shutil.rmtree(entry, ignore_errors=True)
+    locks = root() / "locks"
+    for path in locks.iterdir() if locks.is_dir() else ():
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            path.unlink()
+        except OSError:  # held by another process (BlockingIOError), or gone already
+            pass
+        finally:
+            os.close(fd)
     return len(found)
 
 
