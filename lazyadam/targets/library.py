@@ -67,6 +67,8 @@ class Library:
         Raises:
             AttributeError: the library exports no such function, or nothing declares the name.
         """
+        if name.startswith("_"):  # e.g. asked before __init__ set them (copy, pickle)
+            raise AttributeError(name)
         if name.startswith(self._symbol):
             address = ctypes.cast(getattr(self._exports, name), ctypes.c_void_p).value
             found = self.ffi.cast(f"{PLACEHOLDER}{name[len(self._symbol):]}_fn *", address)
