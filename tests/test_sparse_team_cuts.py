@@ -1,16 +1,15 @@
-"""The C sparse kernels' gradient read by shares of the positions (docs/kernels.md): on a team of
-T threads, thread t reads its share of the positions (`np.array_split(range(nnz), T)[t]`) in input
-order and adds each occurrence into its chunk's sum, except the occurrences of a chunk begun in an
-earlier share, which wait for a barrier and are then added after the chunk's earlier ones, share
-by share, in input order. The batches here cut chunks at those shares on 2, 3 and 4 threads:
+"""The C sparse kernels on teams of 2, 3 and 4 threads, on batches whose chunks of SUM_CHUNK
+occurrences cross every cut a team could make: of the positions (`np.array_split(range(nnz), T)`:
+a split of the gradient's reading by position, tried and not kept, benchmarks/README.md) and of the
+sorted pairs (the segments of SEGMENT pairs that a team takes today, docs/kernels.md):
 
 - `pair`: rows seen twice: on both sides of the middle (2 threads), across the second cut of 3
   threads, and across cuts of every team;
-- `hot`: a row seen 501 times (two chunks of SUM_CHUNK) at every even position, a row seen 300 times
-  at the odd positions below 600: their chunks cross every cut of 2, 3 and 4 threads, one chunk
-  of the first row crosses two cuts of 4 threads (its later occurrences wait in two shares), and
-  the second row's second chunk begins after the middle;
-- `few`: one, two and three occurrences (threads with no position of their own);
+- `hot`: a row seen 501 times (two chunks) at every even position, a row seen 300 times at the odd
+  positions below 600: their chunks cross every cut of the positions on 2, 3 and 4 threads, one
+  chunk of the first row two cuts of 4 threads, and the first segment's end (512) falls inside
+  the second row's run;
+- `few`: one, two and three occurrences (threads with nothing to do);
 - `zipf`: 3,001 Zipf(1.2) indices over 200 rows, an odd count.
 
 A chunk summed twice, an occurrence dropped or one added out of its order changes bits: every
@@ -45,6 +44,8 @@ FAMILY = [SGD.spec(sparse=True, momentum=True), ADAGRAD.spec(sparse=True),
           ROWWISE_ADAGRAD.spec(sparse=True), PARTIAL_ROWWISE_ADAM.spec(sparse=True),
           LION.spec(sparse=True)]
 ROWS = 1_100
+#: The sorted pairs a segment holds (SEGMENT in lazyadam/templates/c_sparse.c.j2).
+SEGMENT = 512
 
 
 def pair() -> np.ndarray:
@@ -103,13 +104,14 @@ def crossing_chunks(indices: np.ndarray, threads: int) -> int:
 
 
 def test_the_batches_cut_chunks_at_every_share():
-    """The cases the module names are there (else the tests below could not fail)."""
+    """The cases the module names are there."""
     assert [crossing_chunks(pair(), t) for t in THREADS] == [2, 2, 1]
     assert [crossing_chunks(hot(), t) for t in THREADS] == [2, 4, 4]
     assert crossing_chunks(np.array([4, 4], np.int64), 2) == 1
     assert min(crossing_chunks(zipf(np.random.default_rng(0)), t) for t in THREADS) > 10
     first_chunk = np.flatnonzero(hot() == 1)[:SUM_CHUNK]  # of row 1: across two cuts of 4 threads
     assert shares(1_001, 4)[first_chunk[[0, -1]]].tolist() == [0, 2]
+    assert np.sort(hot())[SEGMENT - 1:SEGMENT + 1].tolist() == [2, 2]  # a segment's end in a run
 
 
 #: LazyAdam plain, and with L2 decay: its effective gradient reads var (`g + wd*w` per occurrence)
