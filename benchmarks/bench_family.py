@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/bench_family.py [--rounds 15] [--warmup 3] [--rules sgd,lion]
                                                 [--skip-large] [--small] [--threads N]
-                                                [--width D] [--dense-only]
+                                                [--width D] [--dense-only | --sparse-only]
 
 For every rule of the family, one step each of
     lazyadam    the rule's generated C kernel (`lazyadam.compile(rule.spec(...))`, bound)
@@ -34,7 +34,7 @@ which leaves out the time the scheduler gives other jobs.
 
 `--width D` makes the dense table's rows D elements long (16M / D rows; the row kernels compile
 a copy of a row's step for some widths, docs/kernels.md), `--dense-only` leaves the sparse
-workloads out.
+workloads out, `--sparse-only` the dense one.
 
 Also printed: the state bytes per parameter element of every rule and state dtype
 (`lazyadam.rules.memory.state_table`).
@@ -290,7 +290,9 @@ def main() -> None:
                         help="threads of every contender (OpenMP's and torch's); default: theirs")
     parser.add_argument("--width", type=int, default=64,
                         help="elements a row of the dense table (of 16M elements in all)")
-    parser.add_argument("--dense-only", action="store_true")
+    only = parser.add_mutually_exclusive_group()
+    only.add_argument("--dense-only", action="store_true")
+    only.add_argument("--sparse-only", action="store_true")
     args = parser.parse_args()
     if args.threads:  # read by OpenMP when the first kernel or yardstick loads it
         os.environ["OMP_NUM_THREADS"] = str(args.threads)
@@ -316,7 +318,8 @@ def main() -> None:
         for name in args.rules.split(","):
             rule = RULES[name]
             spec = rule.spec(sparse=True, **OPTIONS[name])
-            d = dense(name, dense_table, dense_grad, args.rounds, args.warmup, Path(folder), clock)
+            d = None if args.sparse_only else dense(name, dense_table, dense_grad, args.rounds,
+                                                    args.warmup, Path(folder), clock)
             s = None if args.dense_only else sparse(
                 name, (rows, dim), (indices, values), spread, args.rounds, args.warmup, bandwidth,
                 moved_bytes(rule, spec, touched, dim, nnz, indices.nbytes), clock)
@@ -335,17 +338,18 @@ def larger_table(indices: np.ndarray, rows: int, rng: np.random.Generator) -> np
     return (40 * np.arange(rows) + rng.integers(0, 40, rows))[indices]
 
 
-def row_of(name: str, d: dict, s: dict | None) -> str:
-    """A line of the figures' markdown table (times in ms; "-" for sparse steps not run)."""
+def row_of(name: str, d: dict | None, s: dict | None) -> str:
+    """A line of the figures' markdown table (times in ms; "-" for steps not run)."""
     def versus(t: dict) -> str:
         ops = ", ops" if "composite" in t["label"] else ""
         return (f"{t['lazyadam'] * 1e3:.2f} / {t['torch'] * 1e3:.2f} "
                 f"({t['torch'] / t['lazyadam']:.2f}x{ops})")
+    dense_part = "- | -" if d is None else f"{versus(d)} | {d['yardstick'] / d['lazyadam']:.3f}"
     if s is None:
-        return f"| {name} | {versus(d)} | {d['yardstick'] / d['lazyadam']:.3f} | - | - | - |"
+        return f"| {name} | {dense_part} | - | - | - |"
     large = f"{s['lazyadam 40x'] / s['lazyadam']:.2f}" if "lazyadam 40x" in s else "-"
-    return (f"| {name} | {versus(d)} | {d['yardstick'] / d['lazyadam']:.3f} | {versus(s)} | "
-            f"{s['lazyadam'] / s['limit']:.2f} | {large} |")
+    return (f"| {name} | {dense_part} | {versus(s)} | {s['lazyadam'] / s['limit']:.2f} | "
+            f"{large} |")
 
 
 if __name__ == "__main__":
