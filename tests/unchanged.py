@@ -1,5 +1,6 @@
-"""One way to check that a refused call changed nothing: `before = snapshot(x)` ahead of the call,
-`assert_unchanged(x, before)` after it. `assert_same(x, y)` compares two of them the same way.
+"""One way to check that a refused call changed nothing: `with refused(x, Error, match=...):` around
+the call, or `before = snapshot(x)` ahead of it and `assert_unchanged(x, before)` after it.
+`assert_same(x, y)` compares two of them the same way.
 
 `x` is what the call may write:
 
@@ -17,11 +18,13 @@ Arrays, tensors and floats are compared bit for bit (dtype, shape and bytes: a N
 
 from __future__ import annotations
 
+import contextlib
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
+import pytest
 
 from lazyadam.interop import arrays as interop
 
@@ -35,6 +38,15 @@ def assert_unchanged(x: Any, before: Any) -> None:
     """Fails, naming the first difference, unless `snapshot(x)` is `before` bit for bit."""
     difference = _first_difference(before, snapshot(x), "")
     assert difference is None, f"a refused call changed {difference or 'the snapshot'}"
+
+
+@contextlib.contextmanager
+def refused(x: Any, error: type[BaseException], match: str | None = None) -> Iterator[None]:
+    """The block raises `error` (its message matching `match`) and leaves `x` as it was."""
+    before = snapshot(x)
+    with pytest.raises(error, match=match):
+        yield
+    assert_unchanged(x, before)
 
 
 def assert_same(x: Any, y: Any) -> None:
