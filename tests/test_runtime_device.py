@@ -26,7 +26,7 @@ from lazyadam import LazyAdam, Parameter, RowTensor
 from lazyadam.interop import arrays as interop
 from runtime_reference import simulate
 from tolerance import assert_close
-from unchanged import assert_same
+from unchanged import assert_same, refused
 
 torch = pytest.importorskip("torch", reason="TorchOnDevice stands in for PyTorch CUDA tensors")
 
@@ -491,3 +491,47 @@ def test_a_torch_parameter_given_new_storage_is_bound_again(emulated_cuda, rng):
     assert_close(opt.moment2[0].data.detach().numpy(), v, "float32", "moment2")
     step = fresh.astype(np.float64) - (after_two[0][0] - expected[0][0])
     assert_close(tensor.detach().numpy(), step, "float32", "w")
+
+
+@pytest.fixture
+def quick_results(monkeypatch):
+    """Whether each call of `runtime.slot.quick` (the one check of a gradient like the last,
+    which both front ends take) confirmed the gradient, in order."""
+    from lazyadam.runtime import slot
+    from lazyadam.torch import fast  # which imports quick from slot
+    real, results = slot.quick, []
+
+    def counted(*args):
+        work = real(*args)
+        results.append(work is not None)
+        return work
+
+    monkeypatch.setattr(slot, "quick", counted)
+    monkeypatch.setattr(fast, "quick", counted)
+    return results
+
+
+
+@pytest.mark.parametrize("change", ["not contiguous", "shares memory with moment1"])
+def test_a_device_gradient_unlike_the_last_takes_the_full_check(emulated_cuda, rng,
+                                                                quick_results, change):
+    """Gradients like the last one (new PyTorch tensors each step) are confirmed by `quick`; a
+    gradient it cannot confirm takes the full check: a transposed view is stepped through a
+    contiguous copy, as the reference steps it, and the parameter's own moment1 is refused,
+    naming the problem, with nothing changed."""
+    initial = rng.standard_normal((4, 5)).astype(np.float32)
+    opt = LazyAdam([Parameter(TorchLibrary.put(initial), name="w")], learning_rate=0.01)
+    grads = [rng.standard_normal((4, 5)).astype(np.float32) for _ in range(4)]
+    for g in grads[:3]:
+        opt([TorchLibrary.put(g)])
+    assert quick_results == [True, True]  # steps 2 and 3
+    if change == "shares memory with moment1":
+        with refused(opt, ValueError, match="shares memory with the moment1 of parameter 'w'"):
+            opt([opt.moment1[0].data])
+        steps = grads[:3]
+    else:
+        opt([TorchLibrary.put(grads[3].T.copy()).t()])
+        steps = grads
+    expected = simulate([initial], [[g] for g in steps], lr_at=lambda k, i: 0.01)
+    assert_matches(opt, expected, "float32", TorchLibrary.get)
+    assert quick_results == [True, True, False]

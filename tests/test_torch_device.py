@@ -20,7 +20,7 @@ torch = pytest.importorskip("torch", reason="lazyadam.torch needs torch")
 import lazyadam.torch  # noqa: E402  (after the skip: it imports torch)
 from lazyadam.targets import cuda_binding  # noqa: E402
 from lazyadam.torch import LazyAdam  # noqa: E402
-from test_runtime_device import TorchOnDevice  # noqa: E402
+from test_runtime_device import TorchOnDevice, quick_results  # noqa: E402,F401
 from test_torch import (Recommender, assert_models_close, backward, step_both,  # noqa: E402
                         train_both, twins)
 from unchanged import assert_unchanged, snapshot  # noqa: E402
@@ -161,6 +161,39 @@ def test_emulated_confirmed_steps_give_each_parameter_the_entry_of_its_own_count
                          f"step {step} param {k}")
     assert [int(opt.state[p]["step"]) for p in ours] == [5, 4]
 
+
+
+@pytest.mark.parametrize("change", ["not contiguous", "shares memory with exp_avg"])
+def test_emulated_a_gradient_unlike_the_last_takes_the_full_check(emulated, quick_results,
+                                                                  change):
+    """Steps like the last one are confirmed by `quick` (a new gradient tensor each step); a
+    gradient it cannot confirm takes the full check: a transposed view is stepped through a
+    contiguous copy, as torch.optim.Adam steps it, and a gradient that is the parameter's own
+    `exp_avg` is refused, naming the problem, with nothing changed."""
+    gen = torch.Generator().manual_seed(3)
+    start = torch.randn(4, 5, generator=gen, dtype=torch.float64)
+    ours, theirs = torch.nn.Parameter(start.clone()), torch.nn.Parameter(start.clone())
+    opt, adam = LazyAdam([ours], lr=0.05), torch.optim.Adam([theirs], lr=0.05)
+    for step in range(3):
+        grad = torch.randn(4, 5, generator=gen, dtype=torch.float64)
+        ours.grad, theirs.grad = grad, grad.clone()
+        opt.step()
+        adam.step()
+    assert quick_results == [True, True]  # steps 2 and 3, by the memo's recheck
+    if change == "shares memory with exp_avg":
+        ours.grad = opt.state[ours]["exp_avg"]
+        before = snapshot((ours, opt.state[ours]))
+        with pytest.raises(ValueError, match="shares memory with the exp_avg of parameter"):
+            opt.step()
+        assert_unchanged((ours, opt.state[ours]), before)
+    else:
+        grad = torch.randn(5, 4, generator=gen, dtype=torch.float64).t()
+        ours.grad, theirs.grad = grad, grad.clone()
+        opt.step()
+        adam.step()
+        assert_close(ours.detach().numpy(), theirs.detach().numpy(), "float64", "after")
+    # refused by the recheck, then by the slot's own check under the full one
+    assert quick_results == [True, True, False, False]
 
 # -- on a GPU ------------------------------------------------------------------------------------
 

@@ -19,7 +19,7 @@ half-precision parameter the gradient dtype: its own or float32).
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import numpy as np
 
@@ -72,10 +72,8 @@ class Slot:
         #: None (as `fast`) until the first is made, as most slots never need one.
         self.records: dict[bool, tuple] | None = None
         #: PyTorch dtype of a dense device gradient that the full check took as it was (not
-        #: copied) -> (its CudaBinding, device index, bytes, and what `_fast_dense` compares: the
-        #: bound var, its address, shape and dtype, each state array with its array and address,
-        #: the byte spans): the next gradients of that dtype take `_fast_dense`.
-        self.fast: dict[Any, tuple] | None = None
+        #: copied) -> its `Taken`: the next gradients of that dtype take `_fast_dense`.
+        self.fast: dict[Any, Taken] | None = None
         self.spec, self.target = spec, target
         self.state_names = state_names(spec)
         if len(states) != len(self.state_names):
@@ -202,11 +200,7 @@ class Slot:
             self._check_disjoint_device(where, "", view, call.spans)
             if taken and call.torch and torch_kind(type(grad)):
                 self.fast = self.fast or {}
-                address, shape, dtype = call.keys[0]
-                states = tuple((state, array, key[0]) for state, array, key
-                               in zip(self.states, call.arrays[1:], call.keys[1:]))
-                self.fast[grad.dtype] = (call, grad.get_device(), view.nbytes, call.arrays[0],
-                                         address, shape, dtype, states, call.spans)
+                self.fast[grad.dtype] = Taken.of(self, call, grad, view.nbytes)
             return Work(self, call, (view.ptr, grad), self.group)
         grad = contiguous(grad)
         if self.centralize and len(grad.shape) >= 2:
@@ -215,31 +209,21 @@ class Slot:
         return Work(self, self.call(False, grad_dtype=grad_dtype), grad, self.group)
 
     def _fast_dense(self, grad: Any) -> Work | None:
-        """`_dense` of a PyTorch device gradient of a dtype this slot took before, read straight
-        from PyTorch's attributes (a microsecond, not several); None where anything differs from
-        what the full check accepted (the full check then says what).
-
-        The binding holds while the parameter's array is the one bound, at its address, of its
-        shape and dtype, and the state arrays are the ones bound, at their addresses (they are
-        the optimizer's own, made with the parameter's shape and dtype).
-        """
-        found = self.fast.get(getattr(grad, "dtype", None))
-        if found is None:
+        """`_dense` of a PyTorch device gradient of a dtype this slot took before (a
+        microsecond, not several): the slot's arrays are the ones bound, where they were bound,
+        and `quick` confirms the gradient; None where anything differs from what the full check
+        accepted (the full check then says what)."""
+        taken = self.fast.get(getattr(grad, "dtype", None))
+        if taken is None:
             return None
-        call, device, nbytes, var, address, shape, dtype, states, spans = found
-        if (grad.shape != shape or not grad.is_contiguous() or grad.get_device() != device
-                or self.param.data is not var or var.data_ptr() != address
-                or var.shape != shape or var.dtype is not dtype):
+        var, address, shape, dtype, states = taken.arrays
+        if (self.param.data is not var or var.data_ptr() != address or var.shape != shape
+                or var.dtype is not dtype):
             return None
         for state, array, at in states:
             if state.data is not array or array.data_ptr() != at:
                 return None
-        start = grad.data_ptr()
-        end = start + nbytes
-        for first, last in spans:
-            if start < last and first < end:
-                return None
-        return Work(self, call, (start, grad), self.group)
+        return quick(self, taken, grad)
 
     def _sparse(self, where: str, grad: RowTensor, capturable: bool,
                 capture: bool) -> Work:
@@ -366,6 +350,55 @@ class Slot:
             if device is not None and home is not None and device != home:
                 raise ValueError(f"{_subject(where, what)} is on CUDA device {device}, the "
                                  f"parameter on device {home}")
+
+
+class Taken(NamedTuple):
+    """What a full check took of a slot's dense PyTorch device gradient of one dtype, as it was
+    (contiguous, not copied), for `quick` to confirm on the next steps: the bound call, the
+    gradient's dtype, layout, shape, device index and bytes, the byte spans the call writes; and
+    `arrays`, what the slot's own arrays were (the bound var, its address, shape and dtype, and
+    each state array with its array and address), which `Slot._fast_dense` compares (the torch
+    front end compares its tensors instead: `torch.fast.recheck`).
+
+    A named tuple, which `quick` unpacks at once."""
+    call: Any
+    dtype: Any
+    layout: Any
+    shape: Any
+    device: int
+    nbytes: int
+    spans: tuple
+    arrays: tuple
+
+    @staticmethod
+    def of(slot: Slot, call: Any, grad: Any, nbytes: int) -> Taken:
+        """The record of `grad`, which the full check took as it was for `call`."""
+        address, shape, dtype = call.keys[0]
+        states = tuple((state, array, key[0]) for state, array, key
+                       in zip(slot.states, call.arrays[1:], call.keys[1:]))
+        return Taken(call, grad.dtype, grad.layout, shape, grad.get_device(), nbytes, call.spans,
+                     (call.arrays[0], address, shape, dtype, states))
+
+
+def quick(slot: Slot, taken: Taken, grad: Any) -> Work | None:
+    """The slot's step on a dense PyTorch device gradient like the one the full check took
+    (`taken`), while its call's arrays are still where they were bound: the same dtype, layout,
+    shape and device, contiguous, and sharing no byte with what the call writes; None where
+    anything differs (the full check then says what).
+
+    The one check of a step like the last one that both front ends take: `Slot._fast_dense`
+    (after confirming the slot's arrays) and `torch.fast.recheck` (after confirming the
+    optimizer's tensors)."""
+    call, dtype, layout, shape, device, nbytes, spans, _ = taken
+    if (grad.dtype is not dtype or grad.layout is not layout or grad.shape != shape
+            or not grad.is_contiguous() or grad.get_device() != device):
+        return None
+    start = grad.data_ptr()
+    end = start + nbytes
+    for first, last in spans:
+        if start < last and first < end:
+            return None
+    return Work(slot, call, (start, grad), slot.group)
 
 
 def _subject(where: str, what: str) -> str:

@@ -1,5 +1,7 @@
 """The check phase of a step like the last one, in a microsecond a parameter (`recheck`): what
-the last full check found (`Memo`), confirmed for an all-CUDA dense step.
+the last full check found (`Memo`), confirmed for an all-CUDA dense step: the optimizer's groups,
+parameters and state tensors here, each gradient by `runtime.slot.quick`, the one check of a
+gradient like the last that both front ends take.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from typing import Any, NamedTuple
 import torch
 
 from ..runtime.layout import entry
+from ..runtime.slot import Taken, quick
 from ..runtime.work import Work
 from .binding import Binding
 
@@ -49,26 +52,22 @@ class Checked:
 
 class Record(NamedTuple):
     """What the last full check found of one parameter with a gradient, for `recheck`: the
-    parameter, where its elements were (address, strides, shape), its gradient's dtype and
-    device index, its state dict and state tensors (`(key, tensor, address)`), the byte spans
-    its call writes, its gradient's bytes, its binding, slot and bound call, and the slot's key
-    in a step's hparams (`id(param)`).
+    parameter, where its elements were (address, strides, shape), its state dict and state
+    tensors (`(key, tensor, address)`), what its slot took of its gradient (`slot.Taken`, which
+    `slot.quick` confirms), its binding and slot, and the slot's key in a step's hparams
+    (`id(param)`).
 
-    A named tuple, which `recheck` unpacks at once: reading its 13 fields one by one took longer
+    A named tuple, which `recheck` unpacks at once: reading its fields one by one took longer
     than the rest of a parameter's recheck but the gradient's own reads."""
     param: torch.Tensor
     ptr: int
     strides: tuple
     shape: Any
-    grad_dtype: torch.dtype
-    device: int
     state: Any
     tensors: tuple
-    spans: tuple
-    nbytes: int
+    taken: Taken
     binding: Binding
     slot: Any
-    call: Any
     group: int
 
 
@@ -113,9 +112,10 @@ class Memo:
                     records.append(None)
                     continue
                 item, binding = found
-                slot, call = item.slot, item.call
-                if (slot.target != "cuda" or item.scratch is not None or not call.torch
-                        or binding.copy is not None or item.grad[0] != param.grad.data_ptr()):
+                slot, grad = item.slot, param.grad
+                taken = slot.fast.get(grad.dtype) if slot.fast else None
+                if (taken is None or taken.call is not item.call or binding.copy is not None
+                        or item.scratch is not None or item.grad[0] != grad.data_ptr()):
                     return None
                 flags = binding.flags
                 state = optimizer.state.get(param)
@@ -123,9 +123,7 @@ class Memo:
                                 for key, tensor in zip(binding.keys, binding.tensors)
                                 if tensor is not None)
                 records.append(Record(param, param.data_ptr(), param.stride(), param.shape,
-                                      param.grad.dtype, param.grad.get_device(), state, tensors,
-                                      call.spans, param.grad.numel() * param.grad.element_size(),
-                                      binding, slot, call, item.group))
+                                      state, tensors, taken, binding, slot, item.group))
             groups.append(GroupRecord(group, group["params"], flags, tuple(records)))
         return Memo(tuple(groups), checked.capturable)
 
@@ -144,7 +142,7 @@ def recheck(optimizer: Any) -> Checked | None:
     if memo is None or len(groups) != len(memo.groups):
         return None
     rule, read = optimizer.RULE, optimizer._read
-    states, strided = optimizer.state, torch.strided
+    states = optimizer.state
     checked = Checked(capturable=memo.capturable)
     hparams = checked.hparams
     # bound once: this loop's fraction of a microsecond a parameter is most of a step's host time
@@ -167,23 +165,17 @@ def recheck(optimizer: Any) -> Checked | None:
                 if grad is not None:
                     return None
                 continue
-            (bound, ptr, strides, shape, dtype, device, state, tensors, spans, nbytes,
-             binding, slot, call, slot_key) = record
-            if (param is not bound or grad is None or grad.layout is not strided
-                    or grad.dtype is not dtype or grad.shape != shape
-                    or not grad.is_contiguous() or grad.get_device() != device
-                    or param.data_ptr() != ptr or param.stride() != strides
-                    or param.shape != shape or param.is_neg()
+            bound, ptr, strides, shape, state, tensors, taken, binding, slot, slot_key = record
+            if (param is not bound or grad is None or param.data_ptr() != ptr
+                    or param.stride() != strides or param.shape != shape or param.is_neg()
                     or states.get(param) is not state):
                 return None
             for key, tensor, address in tensors:
                 if state.get(key) is not tensor or tensor.data_ptr() != address:
                     return None
-            start = grad.data_ptr()
-            end = start + nbytes
-            for first, last in spans:
-                if start < last and first < end:
-                    return None
+            work = quick(slot, taken, grad)
+            if work is None:
+                return None
             t = int(binding.step) + 1
             if t != last_t:  # a group's parameters mostly share their count, and so the entry
                 hp = entries.get(t)
@@ -191,7 +183,7 @@ def recheck(optimizer: Any) -> Checked | None:
                     hp = entries[t] = entry(rule, options.values, t, options.seed)
                 last_t = t
             hparams[slot_key] = hp
-            add_work(Work(slot, call, (start, grad), slot_key))
+            add_work(work)
             add_binding(binding)
             add_t(t)
     return checked
