@@ -495,11 +495,11 @@ def test_a_torch_parameter_given_new_storage_is_bound_again(emulated_cuda, rng):
 
 @pytest.fixture
 def quick_results(monkeypatch):
-    """Whether each call of `runtime.slot.quick` (the one check of a gradient like the last,
+    """Whether each call of `runtime.quick.quick` (the one check of a gradient like the last,
     which both front ends take) confirmed the gradient, in order."""
-    from lazyadam.runtime import slot
-    from lazyadam.torch import fast  # which imports quick from slot
-    real, results = slot.quick, []
+    from lazyadam.runtime import quick, slot
+    from lazyadam.torch import fast
+    real, results = quick.quick, []
 
     def counted(*args):
         work = real(*args)

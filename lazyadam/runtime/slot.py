@@ -19,7 +19,7 @@ half-precision parameter the gradient dtype: its own or float32).
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -33,6 +33,7 @@ from ..targets.base import index_error
 from ..targets.cuda_binding import CudaBinding
 from .checks import allocate
 from .parameter import Parameter, RowTensor
+from .quick import Taken, quick
 from .specs import shared, state_names, variant
 from .work import Work
 
@@ -350,55 +351,6 @@ class Slot:
             if device is not None and home is not None and device != home:
                 raise ValueError(f"{_subject(where, what)} is on CUDA device {device}, the "
                                  f"parameter on device {home}")
-
-
-class Taken(NamedTuple):
-    """What a full check took of a slot's dense PyTorch device gradient of one dtype, as it was
-    (contiguous, not copied), for `quick` to confirm on the next steps: the bound call, the
-    gradient's dtype, layout, shape, device index and bytes, the byte spans the call writes; and
-    `arrays`, what the slot's own arrays were (the bound var, its address, shape and dtype, and
-    each state array with its array and address), which `Slot._fast_dense` compares (the torch
-    front end compares its tensors instead: `torch.fast.recheck`).
-
-    A named tuple, which `quick` unpacks at once."""
-    call: Any
-    dtype: Any
-    layout: Any
-    shape: Any
-    device: int
-    nbytes: int
-    spans: tuple
-    arrays: tuple
-
-    @staticmethod
-    def of(slot: Slot, call: Any, grad: Any, nbytes: int) -> Taken:
-        """The record of `grad`, which the full check took as it was for `call`."""
-        address, shape, dtype = call.keys[0]
-        states = tuple((state, array, key[0]) for state, array, key
-                       in zip(slot.states, call.arrays[1:], call.keys[1:]))
-        return Taken(call, grad.dtype, grad.layout, shape, grad.get_device(), nbytes, call.spans,
-                     (call.arrays[0], address, shape, dtype, states))
-
-
-def quick(slot: Slot, taken: Taken, grad: Any) -> Work | None:
-    """The slot's step on a dense PyTorch device gradient like the one the full check took
-    (`taken`), while its call's arrays are still where they were bound: the same dtype, layout,
-    shape and device, contiguous, and sharing no byte with what the call writes; None where
-    anything differs (the full check then says what).
-
-    The one check of a step like the last one that both front ends take: `Slot._fast_dense`
-    (after confirming the slot's arrays) and `torch.fast.recheck` (after confirming the
-    optimizer's tensors)."""
-    call, dtype, layout, shape, device, nbytes, spans, _ = taken
-    if (grad.dtype is not dtype or grad.layout is not layout or grad.shape != shape
-            or not grad.is_contiguous() or grad.get_device() != device):
-        return None
-    start = grad.data_ptr()
-    end = start + nbytes
-    for first, last in spans:
-        if start < last and first < end:
-            return None
-    return Work(slot, call, (start, grad), slot.group)
 
 
 def _subject(where: str, what: str) -> str:

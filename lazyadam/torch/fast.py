@@ -1,6 +1,6 @@
 """The check phase of a step like the last one, in a microsecond a parameter (`recheck`): what
 the last full check found (`Memo`), confirmed for an all-CUDA dense step: the optimizer's groups,
-parameters and state tensors here, each gradient by `runtime.slot.quick`, the one check of a
+parameters and state tensors here, each gradient by `runtime.quick`, the one check of a
 gradient like the last that both front ends take.
 """
 
@@ -12,7 +12,7 @@ from typing import Any, NamedTuple
 import torch
 
 from ..runtime.layout import entry
-from ..runtime.slot import Taken, quick
+from ..runtime.quick import Taken, quick
 from ..runtime.work import Work
 from .binding import Binding
 
@@ -53,8 +53,8 @@ class Checked:
 class Record(NamedTuple):
     """What the last full check found of one parameter with a gradient, for `recheck`: the
     parameter, where its elements were (address, strides, shape), its state dict and state
-    tensors (`(key, tensor, address)`), what its slot took of its gradient (`slot.Taken`, which
-    `slot.quick` confirms), its binding and slot, and the slot's key in a step's hparams
+    tensors (`(key, tensor, address)`), what its slot took of its gradient (`Taken`, which
+    `quick` confirms), its binding and slot, and the slot's key in a step's hparams
     (`id(param)`).
 
     A named tuple, which `recheck` unpacks at once: reading its fields one by one took longer
