@@ -163,13 +163,14 @@ def test_emulated_confirmed_steps_give_each_parameter_the_entry_of_its_own_count
 
 
 
-@pytest.mark.parametrize("change", ["not contiguous", "shares memory with exp_avg"])
+@pytest.mark.parametrize("change", ["not contiguous", "negative view", "zero tensor",
+                                    "shares memory with exp_avg"])
 def test_emulated_a_gradient_unlike_the_last_takes_the_full_check(emulated, quick_results,
                                                                   change):
     """Steps like the last one are confirmed by `quick` (a new gradient tensor each step); a
-    gradient it cannot confirm takes the full check: a transposed view is stepped through a
-    contiguous copy, as torch.optim.Adam steps it, and a gradient that is the parameter's own
-    `exp_avg` is refused, naming the problem, with nothing changed."""
+    gradient it cannot confirm takes the full check: a transposed view, a negative view and a
+    ZeroTensor (which has no memory) are stepped as torch.optim.Adam steps them, and a gradient
+    that is the parameter's own `exp_avg` is refused, naming the problem, with nothing changed."""
     gen = torch.Generator().manual_seed(3)
     start = torch.randn(4, 5, generator=gen, dtype=torch.float64)
     ours, theirs = torch.nn.Parameter(start.clone()), torch.nn.Parameter(start.clone())
@@ -188,12 +189,18 @@ def test_emulated_a_gradient_unlike_the_last_takes_the_full_check(emulated, quic
         assert_unchanged((ours, opt.state[ours]), before)
     else:
         grad = torch.randn(5, 4, generator=gen, dtype=torch.float64).t()
+        if change == "negative view":
+            grad = torch._neg_view(grad.contiguous())
+        if change == "zero tensor":
+            grad = torch._efficientzerotensor((4, 5), dtype=torch.float64)
         ours.grad, theirs.grad = grad, grad.clone()
         opt.step()
         adam.step()
         assert_close(ours.detach().numpy(), theirs.detach().numpy(), "float64", "after")
-    # refused by the recheck, then by the slot's own check under the full one
-    assert quick_results == [True, True, False, False]
+    # refused by the recheck; then the full check hands the slot a copy of a negative view, or
+    # zeros for a ZeroTensor, which the slot's own check takes, and the others as they are
+    resolved = change in ("negative view", "zero tensor")
+    assert quick_results == [True, True, False, resolved]
 
 # -- on a GPU ------------------------------------------------------------------------------------
 

@@ -49,13 +49,16 @@ class Taken(NamedTuple):
 def quick(slot: Slot, taken: Taken, grad: Any) -> Work | None:
     """The slot's step on a dense PyTorch device gradient like the one the full check took
     (`taken`), once the front end has confirmed that the call's arrays are still where they were
-    bound: the same dtype, layout, shape and device, contiguous, and sharing no byte with what
-    the call writes; None where anything differs (the full check then says what)."""
+    bound: the same dtype, layout, shape and device, contiguous, not a negative view, with
+    memory (not a ZeroTensor), and sharing no byte with what the call writes; None where anything
+    differs (the full check then says what, or resolves the view, or makes the zeros)."""
     call, dtype, layout, shape, device, nbytes, spans, _ = taken
     if (grad.dtype is not dtype or grad.layout is not layout or grad.shape != shape
-            or not grad.is_contiguous() or grad.get_device() != device):
+            or not grad.is_contiguous() or grad.get_device() != device or grad.is_neg()):
         return None
     start = grad.data_ptr()
+    if not start:  # a ZeroTensor: no memory (the full check makes zeros)
+        return None
     end = start + nbytes
     for first, last in spans:
         if start < last and first < end:
