@@ -535,3 +535,37 @@ def test_a_device_gradient_unlike_the_last_takes_the_full_check(emulated_cuda, r
     expected = simulate([initial], [[g] for g in steps], lr_at=lambda k, i: 0.01)
     assert_matches(opt, expected, "float32", TorchLibrary.get)
     assert quick_results == [True, True, False]
+
+
+#: PyTorch gradients that numpy refuses and whose memory is not their values, each with the
+#: values it stands for.
+TORCH_FORMS = {
+    "negative view": (torch._neg_view, np.negative),
+    "ZeroTensor": (lambda t: torch._efficientzerotensor(t.shape, dtype=t.dtype).as_subclass(type(t)),
+                   np.zeros_like),
+    "requires grad": (lambda t: t.clone().requires_grad_(), lambda a: a),
+}
+
+
+@pytest.mark.parametrize("form", TORCH_FORMS)
+@pytest.mark.parametrize("place", ["host", "device"])
+def test_torch_gradients_are_read_by_their_values(emulated_cuda, rng, form, place):
+    """A negative view, a ZeroTensor and a tensor that requires grad, as a dense gradient and as
+    a RowTensor's values, of CPU tensors and of (emulated) CUDA tensors: stepped as the values
+    they stand for, as torch.optim reads them (numpy refuses all three, and their memory holds
+    the un-negated values, or is at address 0)."""
+    make, values_of = TORCH_FORMS[form]
+    kind = TorchOnDevice if place == "device" else torch.Tensor
+    initial = initial_values(rng, np.float32)
+    table, dense = (torch.from_numpy(a.copy()).as_subclass(kind) for a in initial)
+    opt = LazyAdam([Parameter(table, name="embedding"), Parameter(dense, name="dense")],
+                   learning_rate=0.01)
+    steps = host_steps(rng, np.float32, steps=3)
+    for (indices, values), grad in steps:
+        opt([RowTensor(torch.from_numpy(indices).as_subclass(kind),
+                       make(torch.from_numpy(values).as_subclass(kind)), table.shape),
+             make(torch.from_numpy(grad).as_subclass(kind))])
+    meant = [[(indices, values_of(values)), values_of(grad)] for (indices, values), grad in steps]
+    expected = simulate(initial, meant, lr_at=lambda k, i: 0.01)
+    assert_matches(opt, expected, "float32", lambda a: a.detach().numpy().copy()
+                   if isinstance(a, torch.Tensor) else np.array(a))

@@ -10,6 +10,8 @@ the only places that look into an array's library, so the optimizers read every 
     copy_into     copy a value into an existing array in place, through host memory for devices
     full_beside   an array of one value on the same device, of a given shape and dtype: state
     empty_bytes   uninitialized bytes on the same device: a sparse step's scratch
+    readable      a PyTorch tensor as kernels read it: detached, a negative view resolved, a
+                  ZeroTensor made into zeros
     contiguous    a C-contiguous array (device arrays copied only where needed)
     index_bounds  min and max of an index array, computed where it lives
     centralized   g - mean(g over every axis but the first), computed where it lives
@@ -139,9 +141,10 @@ def to_host(data: Any) -> np.ndarray:
 
 
 def _torch_numpy(tensor: Any) -> np.ndarray:
-    """A CPU tensor as a numpy array over its memory; a bfloat16 one (which numpy lacks) as
-    ml_dtypes' bfloat16, through its bits."""
-    tensor = tensor.detach()
+    """A CPU tensor as a numpy array over its memory (over a copy for a negative view or a
+    ZeroTensor: `readable`); a bfloat16 one (which numpy lacks) as ml_dtypes' bfloat16, through
+    its bits."""
+    tensor = readable(tensor)
     if str(tensor.dtype) == "torch.bfloat16":
         import torch  # only reached with a torch tensor in hand
         return tensor.view(torch.int16).numpy().view(bfloat16())
@@ -252,6 +255,21 @@ def is_c_contiguous(data: Any) -> bool:
     if is_device_array(data):
         return DeviceArray(data, "array").flags.c_contiguous
     return np.asarray(data).flags.c_contiguous
+
+
+def readable(array: Any) -> Any:
+    """A PyTorch tensor as the kernels read its values: detached from autograd, a negative view
+    (`torch._neg_view`) resolved and a ZeroTensor (which has no memory) made into zeros, both
+    copies in its own library; any other array as it is. (numpy refuses all three, and a
+    kernel handed their memory would read the un-negated values, or address 0.)"""
+    if not is_torch(array):
+        return array
+    if array.requires_grad:
+        array = array.detach()
+    if array._is_zerotensor():
+        import torch  # only reached with a torch tensor in hand
+        return torch.zeros_like(array)
+    return array.resolve_neg()
 
 
 def contiguous(array: Any) -> Any:

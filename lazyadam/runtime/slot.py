@@ -27,7 +27,7 @@ from .. import targets
 from ..codegen.spec import GRAD_DTYPES, HALF_DTYPES, SpecBase
 from ..dtypes import native, storage_name
 from ..interop.arrays import (astype, centralized, contiguous, copy_into, device_of, dtype_of,
-                              index_bounds, is_device_array, to_host)
+                              index_bounds, is_device_array, readable, to_host)
 from ..interop.device import DeviceArray, torch_kind
 from ..targets.base import index_error
 from ..targets.cuda_binding import CudaBinding
@@ -184,6 +184,7 @@ class Slot:
     def _dense(self, where: str, grad: Any) -> Work:
         if not (hasattr(grad, "shape") and hasattr(grad, "dtype")):
             raise TypeError(f"{where} must be an array or a RowTensor, got {type(grad).__name__}")
+        grad = readable(grad)
         grad_dtype = self._grad_dtype(where, "", grad)
         if tuple(grad.shape) != self.shape:
             raise ValueError(f"{where} has shape {tuple(grad.shape)}, the parameter has "
@@ -229,7 +230,7 @@ class Slot:
     def _sparse(self, where: str, grad: RowTensor, capturable: bool,
                 capture: bool) -> Work:
         param = self.param
-        indices, values = grad.indices, grad.values
+        indices, values = readable(grad.indices), readable(grad.values)
         if grad.dense_shape != self.shape:
             raise ValueError(f"{where}: RowTensor has dense_shape {grad.dense_shape}, the "
                              f"parameter has {self.shape}")

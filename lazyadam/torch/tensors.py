@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..interop.arrays import index_bounds, to_host
+from ..interop.arrays import index_bounds, readable, to_host
 from ..runtime.parameter import Parameter, RowTensor
 from ..targets.base import index_error
 
@@ -130,9 +130,7 @@ def gradient(grad: torch.Tensor, name: str) -> Any:
         IndexError: an index outside the parameter, in a sparse dimension after the first.
     """
     if grad.layout == torch.strided:
-        if grad._is_zerotensor():
-            grad = torch.zeros_like(grad)
-        return view(grad.resolve_neg())
+        return view(readable(grad))
     if grad.layout != torch.sparse_coo or grad.sparse_dim() == 0:
         sparse_dim = grad.sparse_dim() if grad.layout == torch.sparse_coo else "-"
         raise ValueError(f"the gradient of parameter {name!r} is {grad.layout} with sparse_dim "
@@ -143,7 +141,7 @@ def gradient(grad: torch.Tensor, name: str) -> Any:
         indices, values = rows(grad, name)
     else:
         indices, values = grad._indices()[0], grad._values()
-    return RowTensor(view(indices), view(values.resolve_neg()), grad.shape)
+    return RowTensor(view(indices), view(readable(values)), grad.shape)
 
 
 def rows(grad: torch.Tensor, name: str) -> tuple[torch.Tensor, torch.Tensor]:
