@@ -136,6 +136,25 @@ def emulated_variants(pulse):
 
 
 @pytest.fixture
+def quick_results(monkeypatch):
+    """Whether each call of `runtime.quick.quick` (the one check of a gradient like the last,
+    which both front ends take) confirmed the gradient, in order."""
+    from lazyadam.runtime import quick, slot
+    from lazyadam.torch import fast
+    real, results = quick.quick, []
+
+    def counted(*args):
+        work = real(*args)
+        results.append(work is not None)
+        return work
+
+    monkeypatch.setattr(slot, "quick", counted)
+    monkeypatch.setattr(fast, "quick", counted)
+    return results
+
+
+
+@pytest.fixture
 def emulated_cuda(monkeypatch, emulated_variants):
     """`targets.compile(spec, "cuda")`, the optimizers' way to their kernels, gives the emulated
     CUDA kernel (tests/cuda_emulation) on the CPU. Returns the specs it was asked for, in order."""

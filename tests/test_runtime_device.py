@@ -493,25 +493,6 @@ def test_a_torch_parameter_given_new_storage_is_bound_again(emulated_cuda, rng):
     assert_close(tensor.detach().numpy(), step, "float32", "w")
 
 
-@pytest.fixture
-def quick_results(monkeypatch):
-    """Whether each call of `runtime.quick.quick` (the one check of a gradient like the last,
-    which both front ends take) confirmed the gradient, in order."""
-    from lazyadam.runtime import quick, slot
-    from lazyadam.torch import fast
-    real, results = quick.quick, []
-
-    def counted(*args):
-        work = real(*args)
-        results.append(work is not None)
-        return work
-
-    monkeypatch.setattr(slot, "quick", counted)
-    monkeypatch.setattr(fast, "quick", counted)
-    return results
-
-
-
 @pytest.mark.parametrize("change", ["not contiguous", "shares memory with moment1"])
 def test_a_device_gradient_unlike_the_last_takes_the_full_check(emulated_cuda, rng,
                                                                 quick_results, change):

@@ -20,7 +20,7 @@ torch = pytest.importorskip("torch", reason="lazyadam.torch needs torch")
 import lazyadam.torch  # noqa: E402  (after the skip: it imports torch)
 from lazyadam.targets import cuda_binding  # noqa: E402
 from lazyadam.torch import LazyAdam  # noqa: E402
-from test_runtime_device import TorchOnDevice, quick_results  # noqa: E402,F401
+from test_runtime_device import TorchOnDevice  # noqa: E402
 from test_torch import (Recommender, assert_models_close, backward, step_both,  # noqa: E402
                         train_both, twins)
 from unchanged import assert_unchanged, snapshot  # noqa: E402
