@@ -18,7 +18,9 @@ on the workloads of bench_cpu.py:
 - lazy sparse float32, 1,000,000 x 64 with 65,536 Zipf(1.2) indices, against the traffic limit:
   the bytes a step must move (each touched row of var and of every per-element state array read
   and written once, per-row state once, every gradient row and index read once) at the bandwidth of
-  a copy measured in the same run (bench_cpu.py's);
+  a copy measured in the same run (bench_cpu.py's), and against its floor: a loop that moves those
+  bytes as a lazy step must (the gradient in order, then the touched rows at their places) and
+  does nothing else, timed in the same rounds (`floor_source`);
 - the same batch on a 40x larger table (each row id r becomes 40 r + a random offset below 40,
   drawn once per row, so that duplicates and bytes are the same: `larger_table`), timed in the same rounds as the 1x table
   (`--skip-large` leaves it out). Tables and state are on 4 KiB pages made where a step touches
@@ -126,18 +128,25 @@ void traffic_{elements}_{rows}({", ".join(arrays)}, const float *restrict grad, 
 """
 
 
+def built(folder: Path, name: str, source: str, returns: str, rest: str, arrays: int
+          ) -> tuple[cffi.FFI, Callable]:
+    """`source`'s function `name` (`arrays` float pointers, then `rest`), built in `folder` with the
+    C target's compiler and flags, as bench_cpu.py builds its yardsticks; its ffi and function."""
+    src, lib = folder / f"{name}.c", folder / f"{name}.so"
+    src.write_text(source)
+    subprocess.run([*c.compiler(), *c.flags(), str(src), "-o", str(lib)], check=True)
+    ffi = cffi.FFI()
+    ffi.cdef(f"{returns} {name}({', '.join(['float *'] * arrays)}, {rest});")
+    return ffi, getattr(ffi.dlopen(str(lib)), name)
+
+
 class DenseYardstick:
     """`traffic_source(elements, rows)` built as bench_cpu.py builds its yardsticks (the C target's
     compiler and flags), called on its own copy of a table and the rule's state."""
 
     def __init__(self, folder: Path, elements: int, rows: int):
-        src, lib = folder / f"traffic_{elements}_{rows}.c", folder / f"traffic_{elements}_{rows}.so"
-        src.write_text(traffic_source(elements, rows))
-        subprocess.run([*c.compiler(), *c.flags(), str(src), "-o", str(lib)], check=True)
-        self.ffi = cffi.FFI()
-        self.ffi.cdef(f"void traffic_{elements}_{rows}({', '.join(['float *'] * (elements + rows))}, "
-                      "const float *, int64_t, int64_t);")
-        self.fn = getattr(self.ffi.dlopen(str(lib)), f"traffic_{elements}_{rows}")
+        self.ffi, self.fn = built(folder, f"traffic_{elements}_{rows}", traffic_source(
+            elements, rows), "void", "const float *, int64_t, int64_t", elements + rows)
         self.elements, self.rows = elements, rows
 
     def step(self, table: np.ndarray, grad: np.ndarray) -> Callable[[], None]:
@@ -146,6 +155,90 @@ class DenseYardstick:
         pointers = [self.ffi.from_buffer("float[]", a) for a in arrays]
         g = self.ffi.from_buffer("float[]", grad)
         return lambda: self.fn(*pointers, g, table.shape[0], table.shape[1])
+
+
+
+def floor_source(elements: int, rows: int) -> str:
+    """The sparse floor for `elements` arrays of the parameter's shape and `rows` per-row arrays:
+    the bytes of `moved_bytes`, moved as a lazy step must move them, and nothing else. The threads
+    read their shares of the indices and gradient rows in order (summing them, so that the reads
+    stay); then take the touched rows (given, sorted and unique: no sort, no sums) in blocks of 64,
+    each row of every array read and written (+1), their lines requested 8 rows ahead, as the
+    kernels take their runs."""
+    arrays = [f"float *restrict a{k}" for k in range(elements)] + [
+        f"float *restrict r{k}" for k in range(rows)]
+    ahead = "".join(f"\n                    __builtin_prefetch(a{k} + next * row_size + j, 1);"
+                    for k in range(elements))
+    ahead_rows = "".join(f"\n                __builtin_prefetch(r{k} + next, 1);" for k in range(rows))
+    body = "".join(f"\n                a{k}[row * row_size + j] += 1.0f;" for k in range(elements))
+    per_row = "".join(f"\n            r{k}[row] += 1.0f;" for k in range(rows))
+    return f"""
+#include <stdint.h>
+float floor_{elements}_{rows}({", ".join(arrays)}, const int64_t *restrict touched,
+                 int64_t n_touched, const int64_t *restrict indices, const float *restrict values,
+                 int64_t nnz, int64_t row_size)
+{{
+    float total = 0.0f;
+#pragma omp parallel reduction(+ : total)
+    {{
+        int64_t index_sum = 0;
+#pragma omp for schedule(static)
+        for (int64_t k = 0; k < nnz; k++) {{
+            float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+            for (int64_t j = 0; j < row_size; j++)
+                sum += values[k * row_size + j];
+            total += sum;
+            index_sum += indices[k];
+        }}
+        total += (float)index_sum;
+#pragma omp for schedule(dynamic, 64)
+        for (int64_t r = 0; r < n_touched; r++) {{
+            const int64_t row = touched[r];
+            if (r + 8 < n_touched) {{
+                const int64_t next = touched[r + 8];
+                for (int64_t j = 0; j < row_size && j < 128; j += 16) {{{ahead}
+                }}{ahead_rows}
+            }}
+#pragma omp simd
+            for (int64_t j = 0; j < row_size; j++) {{{body}
+            }}{per_row}
+        }}
+    }}
+    return total;
+}}
+"""
+
+
+class SparseFloor:
+    """`floor_source(elements, rows)` built as the kernels are: `step(shape, batch)` binds it to a
+    table and state of its own (4 KiB pages, as the sparse contenders') and the batch, whose sorted
+    unique rows it makes beforehand."""
+
+    def __init__(self, folder: Path, elements: int, rows: int):
+        self.ffi, self.fn = built(
+            folder, f"floor_{elements}_{rows}", floor_source(elements, rows), "float",
+            "const int64_t *, int64_t, const int64_t *, const float *, int64_t, int64_t",
+            elements + rows)
+        self.elements, self.rows = elements, rows
+
+    def step(self, shape: tuple[int, int], batch: tuple[np.ndarray, np.ndarray]
+             ) -> Callable[[], float]:
+        return self.bind([zeros(shape, False) for _ in range(self.elements)]
+                         + [zeros(shape[:1], False) for _ in range(self.rows)], batch)
+
+    def bind(self, arrays: list[np.ndarray], batch: tuple[np.ndarray, np.ndarray]
+             ) -> Callable[[], float]:
+        """The floor on these float32 arrays (the element-wise ones, then the per-row ones) and the
+        batch (int64 indices, float32 values): a function that runs it and returns its sum."""
+        indices, values = batch
+        touched = np.unique(indices).astype(np.int64)
+        # from_buffer's pointers keep their arrays alive
+        arguments = [self.ffi.from_buffer("float[]", a) for a in arrays] + [
+            self.ffi.from_buffer("int64_t[]", touched), touched.size,
+            self.ffi.from_buffer("int64_t[]", indices), self.ffi.from_buffer("float[]", values),
+            indices.size, values.shape[1]]
+        return lambda: self.fn(*arguments)
 
 
 # --- torch's side: the optimizer where torch has one, else the rule in torch ops --------------
@@ -251,14 +344,16 @@ def dense(name: str, table: np.ndarray, grad: np.ndarray, rounds: int, warmup: i
 
 def sparse(name: str, shape: tuple[int, int], batch: tuple[np.ndarray, np.ndarray],
            spread: np.ndarray | None, rounds: int, warmup: int, bandwidth: float,
-           moved: int, clock: Callable[[], float]) -> dict[str, float]:
-    """The rule's sparse kernel and torch's step on the table of `shape`, and with `spread` (the
-    batch's rows on a 40x larger table) the kernel on that table, in one run; their medians."""
+           moved: int, floor: SparseFloor, clock: Callable[[], float]) -> dict[str, float]:
+    """The rule's sparse kernel, its floor and torch's step on the table of `shape`, and with
+    `spread` (the batch's rows on a 40x larger table) the kernel on that table, in one run; their
+    medians."""
     indices, values = batch
     contenders = {"lazyadam": (lambda step: lambda: step(batch))(
         ours(name, True, zeros(shape, False)))}
     theirs, label = torch_step(name, zeros(shape, False), batch)
     contenders["torch"] = theirs
+    contenders["floor"] = floor.step(shape, batch)
     if spread is not None:
         large = ours(name, True, zeros((40 * shape[0], shape[1]), False))
         contenders["lazyadam 40x"] = lambda: large((spread, values))
@@ -266,7 +361,8 @@ def sparse(name: str, shape: tuple[int, int], batch: tuple[np.ndarray, np.ndarra
     limit = moved / bandwidth
     print(f"  {name:22s} sparse {shape[0]:,} x {shape[1]}: lazyadam {t['lazyadam'] * 1e3:7.3f} ms"
           f"   {label} {t['torch'] * 1e3:7.2f} ms ({t['torch'] / t['lazyadam']:5.2f}x)   "
-          f"lazyadam / limit {t['lazyadam'] / limit:5.2f} (target <= 2)")
+          f"lazyadam / limit {t['lazyadam'] / limit:5.2f} (target <= 2)   floor "
+          f"{t['floor'] * 1e3:7.3f} ms: lazyadam / floor {t['lazyadam'] / t['floor']:5.2f}")
     if spread is not None:
         print(f"  {name:22s} 40x table: {t['lazyadam 40x'] * 1e3:7.3f} ms, "
               f"{t['lazyadam 40x'] / t['lazyadam']:5.2f}x the 1x table's (target <= 1.2)")
@@ -322,11 +418,12 @@ def main() -> None:
                                                     args.warmup, Path(folder), clock)
             s = None if args.dense_only else sparse(
                 name, (rows, dim), (indices, values), spread, args.rounds, args.warmup, bandwidth,
-                moved_bytes(rule, spec, touched, dim, nnz, indices.nbytes), clock)
+                moved_bytes(rule, spec, touched, dim, nnz, indices.nbytes),
+                SparseFloor(Path(folder), *array_counts(rule, spec)), clock)
             table.append(row_of(name, d, s))
     print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     print("\n| rule | dense 16M: lazyadam / torch (x) | / yardstick speed | sparse 1M x 64: "
-          "lazyadam / torch (x) | / limit | 40x table / 1x |\n|---|---|---|---|---|---|")
+          "lazyadam / torch (x) | / limit | / floor | 40x table / 1x |\n|---|---|---|---|---|---|---|")
     print("\n".join(table))
 
 
@@ -346,10 +443,10 @@ def row_of(name: str, d: dict | None, s: dict | None) -> str:
                 f"({t['torch'] / t['lazyadam']:.2f}x{ops})")
     dense_part = "- | -" if d is None else f"{versus(d)} | {d['yardstick'] / d['lazyadam']:.3f}"
     if s is None:
-        return f"| {name} | {dense_part} | - | - | - |"
+        return f"| {name} | {dense_part} | - | - | - | - |"
     large = f"{s['lazyadam 40x'] / s['lazyadam']:.2f}" if "lazyadam 40x" in s else "-"
     return (f"| {name} | {dense_part} | {versus(s)} | {s['lazyadam'] / s['limit']:.2f} | "
-            f"{large} |")
+            f"{s['lazyadam'] / s['floor']:.2f} | {large} |")
 
 
 if __name__ == "__main__":
