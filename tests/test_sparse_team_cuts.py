@@ -147,6 +147,28 @@ def test_lazyadam_sums_each_row_in_the_documented_order_on_every_team(batch, way
                 np.testing.assert_array_equal(mine, one, err_msg=f"{name} on {threads} threads")
 
 
+@pytest.mark.parametrize("spec", [Spec(sparse=True, parallel_min=0),
+                                  Spec(sparse=True, use_locking=True, decay="l2", parallel_min=0)],
+                         ids=("blocks", "segments"))
+@pytest.mark.parametrize("bad", [-1, ROWS])
+@pytest.mark.parametrize("where", [0, 600, 1000])
+def test_an_index_outside_the_table_in_any_share_refuses_the_step(spec, bad, where, rng):
+    """The team checks the indices as it sorts them (the sort's first pass, each thread its share):
+    one outside the table, in the first, a middle or the last thread's share, refuses the step on
+    every team, naming it, before any row is written."""
+    kernel = lazyadam.compile(spec)
+    indices = hot()
+    indices[where] = bad
+    grad = values_for(indices, rng, ROW_SIZE)
+    for threads in (1, *THREADS):
+        arrays = [np.full((ROWS, ROW_SIZE), 0.5, np.float32) for _ in range(3)]
+        with openmp.threads(threads), pytest.raises(
+                IndexError, match=rf"indices\[{where}\] = {bad} is outside \[0, {ROWS}\)"):
+            kernel(*arrays, (indices, grad), HParams.at_step(1, **HYPER))
+        for name, array in zip(("var", "m", "v"), arrays):
+            assert (array == 0.5).all(), f"{name} written on {threads} threads"
+
+
 def test_the_data_tells_the_orders_apart(rng):
     """Row 1 of `hot`, its first chunk summed as 2 threads would without waiting (each share's
     occurrences apart, then added) differs from the documented order: a wrong order shows."""
