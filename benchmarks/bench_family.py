@@ -164,7 +164,8 @@ def floor_source(elements: int, rows: int) -> str:
     read their shares of the indices and gradient rows in order (summing them, so that the reads
     stay); then take the touched rows (given, sorted and unique: no sort, no sums) in blocks of 64,
     each row of every array read and written (+1), their lines requested 8 rows ahead, as the
-    kernels take their runs."""
+    kernels take their runs. (bench_cpu.py's "moving the bytes" is LazyAdam's three arrays, its rows
+    in no particular order and not requested ahead: its figures stay comparable with their past.)"""
     arrays = [f"float *restrict a{k}" for k in range(elements)] + [
         f"float *restrict r{k}" for k in range(rows)]
     ahead = "".join(f"\n                    __builtin_prefetch(a{k} + next * row_size + j, 1);"
