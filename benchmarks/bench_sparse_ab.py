@@ -34,23 +34,27 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 RULES = ("sgd", "adagrad", "rowwise_adagrad", "partial_rowwise_adam", "lion", "adam")
 
-#: Prints the generated C source of a rule's sparse kernel, with the lazyadam on the path.
+#: Prints the generated C source of the sparse kernel of rule `lazyadam.rules.<NAME>` with the
+#: spec options in JSON, with the lazyadam on the path.
 GENERATE = """
-import sys
+import json, sys
 from lazyadam import rules
 from lazyadam.codegen.pipeline import generate
-rule = {r.name: r for r in (rules.SGD, rules.ADAGRAD, rules.ROWWISE_ADAGRAD,
-                            rules.PARTIAL_ROWWISE_ADAM, rules.LION, rules.ADAM)}[sys.argv[1]]
-options = {"momentum": True} if rule.name == "sgd" else {}
-sys.stdout.write(generate(rule.spec(sparse=True, **options).validate(), "c").text)
+rule = getattr(rules, sys.argv[1].upper())
+spec = rule.spec(sparse=True, **json.loads(sys.argv[2])).validate()
+sys.stdout.write(generate(spec, "c").text)
 """
 
 
 def source_of(tree: Path, rule: str) -> str:
-    """The C source of `rule`'s sparse kernel as the checkout at `tree` generates it."""
+    """The C source of `rule`'s sparse kernel (with bench_family.py's options) as the checkout at
+    `tree` generates it."""
+    import bench_family  # beside this file, on the path as its folder
+
+    options = json.dumps(bench_family.OPTIONS.get(rule, {}))
     env = {**os.environ, "PYTHONPATH": str(tree)}  # and run there: `-c` puts its folder first
-    return subprocess.run([sys.executable, "-c", GENERATE, rule], env=env, cwd=tree, check=True,
-                          capture_output=True, text=True).stdout
+    return subprocess.run([sys.executable, "-c", GENERATE, rule, options], env=env, cwd=tree,
+                          check=True, capture_output=True, text=True).stdout
 
 
 def one_process(rule_name: str, sources: dict[str, str], rounds: int, warm: bool) -> dict:
