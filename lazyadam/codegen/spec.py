@@ -51,6 +51,11 @@ class SpecError(ValueError):
     """An illegal spec: the message says what to change."""
 
 
+class UnknownOptionError(SpecError, TypeError):
+    """A keyword that a rule's specs do not take (another rule's option, say): a SpecError naming
+    the fields they do take, and the TypeError Python raises for any unexpected keyword."""
+
+
 #: The fields of every spec, (name, type, default), as they come before the rule's flags
 #: (`HEAD_FIELDS`), among them (`use_locking`, placed by `Rule.flag_order`) and after them.
 HEAD_FIELDS = (("sparse", bool, True),)
@@ -295,8 +300,24 @@ def spec_class(rule: Rule) -> type:
          for name, kind, value in fields],
         bases=(SpecBase,), frozen=True,
         namespace={"RULE": rule, "__doc__": doc, "__module__": __name__})
+    cls.__init__ = _naming_unknown_options(cls.__init__, rule.name, [name for name, _, _ in fields])
     _SPECS[rule.name] = cls
     return cls
+
+
+def _naming_unknown_options(init: Any, rule_name: str, names: list[str]) -> Any:
+    """The dataclass's `init`, raising `UnknownOptionError` for a keyword outside `names`."""
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        try:
+            init(self, *args, **kwargs)
+        except TypeError:
+            unknown = [name for name in kwargs if name not in names]
+            if not unknown:
+                raise
+            raise UnknownOptionError(f"the {rule_name} rule's specs have no option {unknown[0]!r}; "
+                                     f"they take {', '.join(names)}") from None
+    __init__.__doc__, __init__.__wrapped__ = init.__doc__, init
+    return __init__
 
 
 def spec_from_json(text: str) -> SpecBase:
