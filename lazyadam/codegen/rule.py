@@ -199,6 +199,14 @@ class Rule:
         """The C name of the hyperparameter struct."""
         return f"{self.prefix}_hparams"
 
+    @property
+    def hparam_options(self) -> tuple[str, ...]:
+        """The options named as a settable hyperparameter (SGD's `dampening`, which switches on
+        the `(1 - dampening)` factor): a front end takes the hyperparameter alone, and the option
+        is on where its value is not the hyperparameter's default (torch's `dampening > 0`)."""
+        settable = {h.name for h in self.hparams if h.derived is None}
+        return tuple(o.name for o in self.options if o.name in settable)
+
     def hparam(self, name: str) -> HParam:
         """The hyperparameter `name`.
 

@@ -32,8 +32,10 @@ def optimizer(rule: Rule, name: str | None = None) -> type[Optimizer]:
     their defaults (under MindSpore's names where the rule's `frontends["mindspore"]` gives
     them, and `learning_rate` for `lr`), then, keyword only, the rule's options with their
     defaults (a bool option under its MindSpore name too; `decay` takes the forms of weight decay
-    but "none", the first by default: a parameter without weight decay takes "none" itself) and
-    `use_locking`, `state_dtype`, `rounding`, `seed`, `capturable`. Each state array is a
+    but "none", the first by default: a parameter without weight decay takes "none" itself; an
+    option named as a hyperparameter, `Rule.hparam_options`, is no argument: it is on where the
+    hyperparameter is not its default) and `use_locking`, `state_dtype`, `rounding`, `seed`,
+    `capturable`. Each state array is a
     property under its MindSpore name, each running power ("power:" hyperparameter) too.
 
     Args:
@@ -51,7 +53,7 @@ def optimizer(rule: Rule, name: str | None = None) -> type[Optimizer]:
     if made is not None:
         return made[1]
     names = {"lr": "learning_rate", **rule.frontends.get("mindspore", {})}
-    options = {o.name: o for o in rule.options}
+    options = {o.name: o for o in rule.options if o.name not in rule.hparam_options}
     shown = {o: names[o] if o in names and isinstance(options[o].default, bool) else o
              for o in options}
     hparams = {names.get(h, h): h for h in settable(rule)}
@@ -78,7 +80,9 @@ def optimizer(rule: Rule, name: str | None = None) -> type[Optimizer]:
             self, given["params"], given[names["lr"]],
             given.get(names.get("weight_decay", "weight_decay"), 0.0),
             hparams={h: given[n] for n, h in hparams.items() if h not in RATES},
-            options={o: given[n] for o, n in shown.items()},
+            options={**{o: given[n] for o, n in shown.items()},
+                     **{o: given[names.get(o, o)] != rule.hparam(o).default
+                        for o in rule.hparam_options}},
             **{n: given[n] for n, _ in COMMON})
 
     __init__.__signature__ = signature  # type: ignore[attr-defined]

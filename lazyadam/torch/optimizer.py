@@ -83,9 +83,13 @@ class RuleOptimizer(Graphs, torch.optim.Optimizer):
         return groups.read_values(self.RULE, group, where)
 
     def _choices(self, group: dict[str, Any], where: str, values: dict[str, float]) -> tuple:
-        """The rule's options from a group, as (name, value) pairs: each option a keyword."""
-        return tuple((option.name, groups.read_option(option, group[option.name], where))
-                     for option in self.RULE.options)
+        """The rule's options from a group, as (name, value) pairs: each option a keyword, but
+        one named as a hyperparameter, on where that is not its default."""
+        rule = self.RULE
+        return tuple((option.name, values[option.name] != rule.hparam(option.name).default
+                      if option.name in rule.hparam_options
+                      else groups.read_option(option, group[option.name], where))
+                     for option in rule.options)
 
     def _inits(self, group: dict[str, Any], state: dict[str, Any]) -> dict[str, float] | None:
         """First values of state arrays, by rule name, where not the rule's (None: the rule's)."""

@@ -21,7 +21,8 @@ def optimizer(rule: Rule) -> type[RuleOptimizer]:
     """The `RuleOptimizer` class of `rule` (one per rule): its keywords are the rule's settable
     hyperparameters but loss_scale (named as the rule names them, with its defaults; a derived
     one such as beta1^t or the step t is computed each step, per parameter), the rule's options
-    (their values, the first the default) and the common ones (`use_locking`, `state_dtype`,
+    (their values, the first the default; one named as a hyperparameter, `Rule.hparam_options`,
+    is on where the hyperparameter is not its default) and the common ones (`use_locking`, `state_dtype`,
     `rounding`, `seed`, `capturable`, `foreach`, `fused`, `differentiable`). State is kept under
     the rule's torch names (`State.names["torch"]`, else the state's own name) and `step`.
 
@@ -37,7 +38,8 @@ def optimizer(rule: Rule) -> type[RuleOptimizer]:
     if found is not None:
         return found[1]
     defaults = {name: rule.hparam(name).default for name in hparam_names(rule)}
-    defaults.update({option.name: option.default for option in rule.options})
+    defaults.update({option.name: option.default for option in rule.options
+                     if option.name not in rule.hparam_options})
     name = "".join(part.capitalize() for part in rule.name.split("_"))
 
     def __init__(self: RuleOptimizer, params: Any, **given: Any) -> None:

@@ -1,0 +1,79 @@
+"""The classes that `lazyadam.optimizer(rule)` and `lazyadam.torch.optimizer(rule)` make for any
+rule, made for every registered one, and SGD's `dampening`, which is both an option and a
+hyperparameter (`Rule.hparam_options`): the generic classes take the number alone and switch the
+option on where it is not 0, as torch.optim.SGD does (`dampening > 0`).
+
+The classes of a rule defined in a test file: tests/test_rule_generic.py, test_torch_rule.py.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import numpy as np
+import pytest
+import torch
+
+import lazyadam
+import lazyadam.torch
+import reference_family as ref
+from lazyadam import Parameter, RowTensor
+from lazyadam.codegen.rule import get, names
+from lazyadam.rules import SGD
+
+
+@pytest.mark.parametrize("name", names())
+def test_every_registered_rule_gets_both_generic_classes_with_one_argument_a_name(name):
+    rule = get(name)
+    for cls in (lazyadam.optimizer(rule), lazyadam.torch.optimizer(rule)):
+        keywords = [p.name for p in inspect.signature(cls.__init__).parameters.values()]
+        assert len(keywords) == len(set(keywords)), keywords
+    assert lazyadam.torch.optimizer(rule)([torch.nn.Parameter(torch.ones(2))]).RULE is rule
+
+
+def test_sgds_dampening_is_its_hyperparameter_and_switches_its_option():
+    assert SGD.hparam_options == ("dampening",)
+    mindspore = inspect.signature(lazyadam.optimizer(SGD).__init__).parameters
+    assert mindspore["dampening"].default == 0.0
+    assert mindspore["dampening"].kind is inspect.Parameter.POSITIONAL_OR_KEYWORD
+
+
+@pytest.mark.parametrize("dampening", [0.0, 0.25])
+@pytest.mark.parametrize("sparse", [False, True], ids=["dense", "sparse"])
+def test_the_generic_torch_sgd_steps_as_lazyadam_torch_sgd(dampening, sparse):
+    """The generic class (the rule's names: `mu` for torch's momentum) and `lazyadam.torch.SGD`
+    on the same gradients, bit for bit: with dampening the option is on (state `seen`)."""
+    rng = np.random.default_rng(3)
+    start = torch.from_numpy(rng.standard_normal((6, 4)).astype(np.float32))
+    ours, theirs = torch.nn.Parameter(start.clone()), torch.nn.Parameter(start.clone())
+    generic = lazyadam.torch.optimizer(SGD)([ours], lr=0.1, mu=0.9, momentum=True,
+                                            dampening=dampening)
+    named = lazyadam.torch.SGD([theirs], lr=0.1, momentum=0.9, dampening=dampening)
+    for _ in range(3):
+        rows = torch.from_numpy(rng.integers(0, 6, 5))
+        values = torch.from_numpy(rng.standard_normal((5, 4)).astype(np.float32))
+        grad = torch.sparse_coo_tensor(rows[None], values, (6, 4))
+        for p, opt in ((ours, generic), (theirs, named)):
+            p.grad = grad if sparse else grad.to_dense()
+            opt.step()
+        assert torch.equal(ours, theirs)
+    assert ("seen" in generic.state[ours]) == (dampening > 0)
+    assert torch.equal(generic.state[ours]["momentum_buffer"],
+                       named.state[theirs]["momentum_buffer"])
+
+
+def test_the_generic_mindspore_sgd_with_dampening_matches_the_reference():
+    """Two sparse steps (row 4 first touched at the second: its buffer starts as its gradient)
+    against tests/reference_family.py's SGD."""
+    rng = np.random.default_rng(5)
+    start = rng.standard_normal((6, 3)).astype(np.float32)
+    table = Parameter(start.copy(), name="table")
+    opt = lazyadam.optimizer(SGD)([table], learning_rate=0.1, mu=0.9, dampening=0.25,
+                                  momentum=True)
+    var, buf, seen = start.astype(np.float64), np.zeros((6, 3)), np.zeros(6, bool)
+    for rows in (np.array([0, 2, 2]), np.array([2, 4])):
+        values = rng.standard_normal((len(rows), 3)).astype(np.float32)
+        opt([RowTensor(rows, values, table.shape)])
+        var, buf, seen = ref.sgd_step(var, buf, seen, values.astype(np.float64), indices=rows,
+                                      lr=0.1, momentum=0.9, dampening=0.25)
+    np.testing.assert_allclose(table.data, var, rtol=1e-6, atol=1e-7)
