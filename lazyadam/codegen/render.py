@@ -68,6 +68,7 @@ def template_context(kernel: Kernel, printer: CPrinter, symbol: str, indent: int
                    *(s.name for s in kernel.rule.state if s.per == "row"))
     return dict(
         symbol=symbol,
+        rule_name=kernel.rule.name,
         version=__version__,
         spec_json=spec.to_json(),
         statics=spec.static,
