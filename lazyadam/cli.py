@@ -361,7 +361,8 @@ def describe(rule: Rule) -> str:
     for option in rule.options:
         values = ", ".join(str(v).lower() if isinstance(v, bool) else str(v) for v in option.values)
         lines.append(f"    {option.name}: {values} (default {str(option.default).lower()})")
-    lines += ["    use_locking: false, true (default false; every rule)", "  hyperparameters:"]
+    lines += ["    use_locking: false, true (default false; every rule, as --locking)",
+              "  hyperparameters:"]
     for h in rule.hparams:
         how = (f"derived: {h.derived}" if h.derived else
                "static allowed" + (f" in {h.static_domain}" if h.static_domain else "")
