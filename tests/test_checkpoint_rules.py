@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import lazyadam
+import test_mindspore_family
 from lazyadam import LazyAdam, Parameter, RowTensor
 from lazyadam.runtime import checkpoint
 
@@ -155,3 +156,39 @@ def test_a_checkpoint_keeps_each_state_arrays_own_dtype(tmp_path):
     resumed = make(1)
     resumed.load(tmp_path / "half.npz")
     assert_same(opt, resumed)
+
+
+@pytest.mark.parametrize("name", test_mindspore_family.CLASSES)
+def test_each_class_resumes_a_half_precision_table_with_stochastic_rounding_bitwise(tmp_path,
+                                                                                    name):
+    """A bfloat16 table and a float16 matrix, bfloat16 state, stochastic rounding: two steps, a
+    save, and two more from the checkpoint in a new optimizer (made from other values and seed)
+    give the bits of four straight steps, so the checkpoint carries every state array in its
+    own dtype and what the rounding's random bits depend on (the seed and the step)."""
+    table, dense, grads = test_mindspore_family.data(np.float32, seed=7)
+
+    def make(seed):
+        rng = np.random.default_rng(seed)
+        shift = 0.0 if seed == 0 else 1.0
+        params = [Parameter((table + shift * rng.standard_normal(table.shape)).astype(
+                      ml_dtypes.bfloat16), name="table"),
+                  Parameter((dense + shift).astype(np.float16), name="dense")]
+        return test_mindspore_family.CLASSES[name](params, state_dtype="bfloat16",
+                                                   rounding="stochastic", seed=31 + seed)
+
+    def batch(k):
+        indices, values, matrix = grads[k]
+        return test_mindspore_family.step_of((indices, values, matrix.astype(np.float16)))
+    straight = make(0)
+    for k in range(4):
+        straight(batch(k))
+    first = make(0)
+    for k in range(2):
+        first(batch(k))
+    first.save(tmp_path / f"{name}.npz")
+    resumed = make(5)
+    resumed.load(tmp_path / f"{name}.npz")
+    for k in range(2, 4):
+        resumed(batch(k))
+    assert_same(straight, resumed)
+    assert straight.state_dict()["parameters"]["table"].dtype == ml_dtypes.bfloat16
