@@ -5,7 +5,8 @@ tests/test_bad_input.py).
 
 Every kernel of each rule's product (tests/product.py, `FAMILY`: the flag product in float32 and
 float64, a half-precision sample) runs against the references on C and emulated CUDA in
-tests/test_kernel_reference.py, and compiles with nvcc in tests/test_cuda_codegen.py.
+tests/test_kernel_reference.py, and compiles with nvcc in tests/test_cuda_codegen.py. Multi-tensor
+launches and stochastic rounding, C against emulated CUDA bit for bit: tests/test_family_cuda.py.
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ import pytest
 import cuda_emulation as emulation
 import lazyadam
 import product
+from lazyadam.codegen import SUM_CHUNK
 from lazyadam.codegen.variants import STORAGE_FIELDS, variants
-from lazyadam.rules import PARTIAL_ROWWISE_ADAM, ROWWISE_ADAGRAD
+from lazyadam.rules import ADAGRAD, LION, PARTIAL_ROWWISE_ADAM, ROWWISE_ADAGRAD, SGD
 from lazyadam.targets.base import hparams_of
 
 RULES = product.RULES
@@ -67,26 +69,38 @@ def test_lazyadam_compile_gives_each_rule_a_kernel_object(name, sparse):
             np.testing.assert_allclose(state[a], expected[a], **TOLERANCE["float64"])
 
 
-@pytest.mark.parametrize("rule", [ROWWISE_ADAGRAD, PARTIAL_ROWWISE_ADAM], ids=lambda r: r.name)
-def test_c_and_emulated_cuda_sum_rows_in_the_same_order(emulated_variants, rule):
-    """Sparse float32 steps whose rows span several column blocks of a warp (300 columns) and
-    whose row 1 is seen 600 times (chunk sums), data over six decades: the C kernel's lanes and
-    the CUDA warp's shuffles give the same bits."""
-    spec = rule.spec(sparse=True).validate()
+#: A sparse kernel of every rule, SGD's with and without its per-row `seen` (dampening).
+SUMMING = [spec.validate() for spec in (
+    ROWWISE_ADAGRAD.spec(), PARTIAL_ROWWISE_ADAM.spec(), SGD.spec(momentum=True, dampening=True),
+    SGD.spec(momentum=True, nesterov=True, decay="l2"), ADAGRAD.spec(decay="l2"),
+    LION.spec(decay="decoupled"))]
+
+
+@pytest.mark.parametrize("spec", SUMMING, ids=lambda s: s.symbol())
+def test_c_and_emulated_cuda_sum_rows_in_the_same_order(emulated_variants, spec):
+    """Sparse float32 steps whose rows span several column blocks of a warp (300 columns), whose
+    row 1 is seen 600 times (three chunks of SUM_CHUNK) and rows 0, 2, 3 and 4 once to three
+    times, interleaved, data over six decades: the C kernel's lanes and the CUDA warp's shuffles
+    give the same bits."""
+    rule = spec.RULE
     rng = np.random.default_rng(9)
     rows, row_size = 5, 300
     var = rng.standard_normal((rows, row_size)).astype(np.float32)
-    indices = np.array([1] * 300 + [3, 0] + [1] * 300, dtype=np.int64)
+    indices = np.array([1] * 300 + [3, 0, 4, 3, 2, 4] + [1] * 300 + [3, 2, 4], dtype=np.int64)
+    assert np.count_nonzero(indices == 1) > 2 * SUM_CHUNK
     grad = (rng.standard_normal((len(indices), row_size))
             * 10.0 ** rng.uniform(-3, 3, (len(indices), row_size))).astype(np.float32)
     kernels = [lazyadam.compile(spec), emulated_variants([spec])[spec]]
+    hp = hparams_of(rule).at_step(1, **product.FAMILY_HYPER[rule.name])
+    required = [s.name for s in rule.state if s.when is None]  # the others go by name
     results = []
     for kernel, put in zip(kernels, (np.asarray, emulation.Emulated)):
-        arrays = [var.copy()] + [np.zeros((rows, row_size) if s.per == "element" else rows,
-                                          np.float32)
-                                 for s in rule.state if s.name in kernel.arrays[1:]]
-        kernel(*map(put, arrays), (put(indices), put(grad)), hparams_of(rule).at_step(
-            1, **product.FAMILY_HYPER[rule.name]))
+        arrays = {"var": var.copy()} | {
+            s.name: np.zeros((rows, row_size) if s.per == "element" else rows, np.float32)
+            for s in rule.state if s.name in kernel.arrays}
+        kernel(put(arrays["var"]), *(put(arrays[n]) for n in required),
+               (put(indices), put(grad)), hp,
+               **{n: put(a) for n, a in arrays.items() if n != "var" and n not in required})
         results.append(arrays)
-    for c_array, cuda_array in zip(*results):
-        assert np.array_equal(c_array, cuda_array)
+    for name, c_array in results[0].items():
+        assert np.array_equal(c_array, results[1][name]), name
