@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import io
 import itertools
+import re
 
 import numpy as np
 import pytest
 
-from reference_family import lion_step, partial_rowwise_adam_step, rowwise_adagrad_step, sgd_step
+from reference_family import (adagrad_step, lion_step, partial_rowwise_adam_step,
+                              rowwise_adagrad_step, sgd_step)
 from tolerance import assert_close
 
 torch = pytest.importorskip("torch", reason="lazyadam.torch needs torch")
@@ -159,6 +161,27 @@ def test_a_torch_sgd_state_loads_and_goes_on_as_torch():
     step_dense_twins(ours, theirs, opt, reference, range(1, 3))
 
 
+@pytest.mark.parametrize("dampening", [0.0, 0.3])
+def test_a_saved_sgd_state_loads_into_torch_and_goes_on_as_ours(dampening):
+    """Ours into torch's: torch's SGD takes `momentum_buffer` (and keeps, unread, the `seen` of
+    dampening), and both go on with the same numbers and buffers."""
+    options = dict(lr=0.05, momentum=0.9, dampening=dampening, weight_decay=0.01)
+    ours, theirs = dense_twins()
+    opt = lazyadam.torch.SGD([ours], **options)
+    for step in range(2):
+        ours.grad = gradient(ours.shape, step)
+        opt.step()
+    with torch.no_grad():
+        theirs.copy_(ours)
+    reference = torch.optim.SGD([theirs], **options)
+    reference.load_state_dict(saved(opt))
+
+    def same_buffer():
+        assert_close(opt.state[ours]["momentum_buffer"].numpy(),
+                     reference.state[theirs]["momentum_buffer"].numpy(), "float64")
+    step_dense_twins(ours, theirs, opt, reference, range(2, 5), same_buffer)
+
+
 # -- against torch: Adagrad ------------------------------------------------------------------------
 
 ADAGRAD_OPTIONS = [dict(lr=0.1), dict(lr=0.1, lr_decay=0.05, initial_accumulator_value=0.2,
@@ -215,6 +238,57 @@ def test_adagrad_states_load_both_ways_with_torch():
     assert_close(ours.detach().numpy(), theirs.detach().numpy(), "float64")
 
 
+@pytest.mark.parametrize("ours_first", [True, False], ids=["ours-to-torch", "torch-to-ours"])
+def test_adagrad_states_after_sparse_steps_load_both_ways_with_torch(ours_first):
+    """Three steps of uncoalesced sparse gradients on one side; the other side's optimizer
+    loads that state (its table those weights), and both go on with the same numbers: `sum`
+    and `step` (lr_decay reads it) carried over."""
+    options = dict(lr=0.1, lr_decay=0.05, initial_accumulator_value=0.2)
+    ours, theirs = embedding_twins()
+    opt = lazyadam.torch.Adagrad(ours.parameters(), **options)
+    reference = torch.optim.Adagrad(theirs.parameters(), **options)
+    sides = [(opt, ours), (reference, theirs)]
+    (first, first_table), (then, then_table) = sides if ours_first else sides[::-1]
+    for step in range(3):
+        sparse_backward(first_table, step)
+        first.step()
+    then_table.load_state_dict(first_table.state_dict())
+    then.load_state_dict(saved(first))
+    for step in range(3, 6):
+        sparse_backward(ours, step)
+        sparse_backward(theirs, step)
+        opt.step()
+        reference.step()
+        assert_close(ours.weight.detach().numpy(), theirs.weight.detach().numpy(), "float64",
+                     f"step {step}")
+    assert_close(opt.state[ours.weight]["sum"].numpy(),
+                 reference.state[theirs.weight]["sum"].numpy(), "float64")
+    assert float(opt.state[ours.weight]["step"]) == float(reference.state[theirs.weight]["step"])
+    assert float(opt.state[ours.weight]["step"]) == 6
+
+
+def test_sparse_adagrad_takes_weight_decay_where_torch_refuses_it():
+    """docs/pytorch.md: L2 weight decay works with sparse gradients too, on the rows they touch
+    (torch's Adagrad raises): the numpy reference, lazy as torch's sparse Adagrad."""
+    options = dict(lr=0.1, weight_decay=0.02, initial_accumulator_value=0.1)
+    ours, theirs = embedding_twins()
+    opt = lazyadam.torch.Adagrad(ours.parameters(), **options)
+    reference = torch.optim.Adagrad(theirs.parameters(), **options)
+    sparse_backward(theirs, 0)
+    with pytest.raises(RuntimeError, match="weight_decay option is not compatible with sparse"):
+        reference.step()
+    w = ours.weight.detach().numpy().copy()
+    total = np.full_like(w, 0.1)
+    for step in range(3):
+        sparse_backward(ours, step)
+        grad = ours.weight.grad
+        w, total = adagrad_step(w, total, grad._values().numpy(), lr=0.1, step=step + 1,
+                                weight_decay=0.02, indices=grad._indices()[0].numpy())
+        opt.step()
+        assert_close(ours.weight.detach().numpy(), w, "float64", f"step {step}")
+    assert_close(opt.state[ours.weight]["sum"].numpy(), total, "float64")
+
+
 def resumed_from_torch(ours_class, torch_class, options):
     """A torch optimizer stepped once on one of `dense_twins`, and ours on the other (given the
     same values) resuming from its saved state: (ours, torch's, our parameter, torch's)."""
@@ -244,6 +318,99 @@ def assert_same_state(a, b):
         for key, value in entries.items():
             assert value.dtype == b["state"][index][key].dtype, key
             assert torch.equal(value, b["state"][index][key]), key
+
+
+# -- against torch: the arguments each refuses and takes at construction ------------------------
+
+NAN, INF = float("nan"), float("inf")
+
+SGD_ARGUMENTS = [
+    # torch refuses these
+    dict(lr=-0.1), dict(lr=-INF), dict(weight_decay=-0.1), dict(nesterov=True),
+    dict(momentum=0.9, dampening=0.1, nesterov=True), dict(lr=torch.tensor([0.1, 0.2])),
+    dict(lr="0.1"), dict(lr=None), dict(lr=1j), dict(momentum=-0.1), dict(momentum=None),
+    dict(fused=True, foreach=True),
+    # torch takes these
+    dict(lr=0.0), dict(lr=1), dict(momentum=1.5), dict(dampening=1.0),
+    dict(momentum=0.9, nesterov=True), dict(lr=torch.tensor(0.1)), dict(lr=torch.tensor([0.1])),
+    dict(momentum=torch.tensor(0.9)), dict(maximize=True), dict(foreach=True),
+    dict(foreach=False), dict(fused=True),
+]
+
+ADAGRAD_ARGUMENTS = [
+    # torch refuses these
+    dict(lr=-0.1), dict(lr=NAN), dict(lr_decay=-0.1), dict(lr_decay=NAN),
+    dict(weight_decay=-0.1), dict(weight_decay=NAN), dict(initial_accumulator_value=-0.1),
+    dict(initial_accumulator_value=NAN), dict(eps=-1e-10), dict(eps=NAN),
+    dict(lr=torch.tensor([0.1, 0.2])), dict(lr="0.1"), dict(lr=None),
+    dict(fused=True, foreach=True),
+    # torch takes these
+    dict(lr=0.0), dict(lr=1), dict(lr_decay=0.5), dict(initial_accumulator_value=0.5),
+    dict(eps=1e-30), dict(lr=torch.tensor(0.1)), dict(lr_decay=torch.tensor(0.1)),
+    dict(maximize=True), dict(foreach=True), dict(fused=True),
+]
+
+def raised(make):
+    """The exception `make()` raises, or None."""
+    try:
+        make()
+    except Exception as error:  # torch's, whatever its type, is the reference
+        return error
+    return None
+
+
+def assert_constructed_as_torch(cls, twin, options):
+    """`cls` raises what torch's `twin` raises with `options` (the type; a message that is
+    torch's, or names each keyword given), and takes what torch takes."""
+    theirs = raised(lambda: twin([nn.Parameter(torch.ones(2))], **options))
+    ours = raised(lambda: cls([nn.Parameter(torch.ones(2))], **options))
+    if theirs is None:
+        assert ours is None, f"torch takes {options}; ours raises {ours!r}"
+        return
+    assert type(ours) is type(theirs), f"torch raises {theirs!r}; ours {ours!r}"
+    assert str(theirs) in str(ours) or all(re.search(rf"\b{key}\b", str(ours))
+                                           for key in options), (str(ours), str(theirs))
+
+
+@pytest.mark.parametrize("options", SGD_ARGUMENTS, ids=str)
+def test_sgd_refuses_what_torch_refuses_and_takes_what_it_takes(options):
+    assert_constructed_as_torch(lazyadam.torch.SGD, torch.optim.SGD, options)
+
+
+@pytest.mark.parametrize("options", ADAGRAD_ARGUMENTS, ids=str)
+def test_adagrad_refuses_what_torch_refuses_and_takes_what_it_takes(options):
+    assert_constructed_as_torch(lazyadam.torch.Adagrad, torch.optim.Adagrad, options)
+
+
+SGD, ADAGRAD = (lazyadam.torch.SGD, torch.optim.SGD), (lazyadam.torch.Adagrad, torch.optim.Adagrad)
+
+
+@pytest.mark.parametrize("classes, options, error, match", [
+    (SGD, dict(differentiable=True), ValueError, "differentiable=True"),
+    (ADAGRAD, dict(differentiable=True), ValueError, "differentiable=True"),
+    (ADAGRAD, dict(eps=0.0), ValueError, r"eps must be .*> 0, got 0\.0"),
+    (SGD, dict(dampening=-0.1), ValueError, "dampening must .*got -0.1"),
+    (SGD, dict(dampening=1.5), ValueError, "dampening must .*got 1.5"),
+    *((SGD, {key: value}, ValueError, f"{key} must be finite")
+      for key in ("lr", "momentum", "weight_decay") for value in (NAN, INF)),
+    *((ADAGRAD, {key: INF}, ValueError, f"{key} must be finite")
+      for key in ("lr", "lr_decay", "weight_decay", "initial_accumulator_value", "eps")),
+    (SGD, dict(lr=True), TypeError, "lr must be a real number, got bool"),
+    (ADAGRAD, dict(lr=True), TypeError, "lr must be a real number, got bool"),
+    (SGD, dict(maximize=1), TypeError, "maximize must be a bool, got int"),
+    (SGD, dict(momentum=0.9, nesterov=1), TypeError, "nesterov must be a bool, got int"),
+    (ADAGRAD, dict(maximize=1), TypeError, "maximize must be a bool, got int"),
+    (SGD, dict(foreach="yes"), TypeError, "foreach must be None or a bool, got str"),
+    (ADAGRAD, dict(foreach="yes"), TypeError, "foreach must be None or a bool, got str"),
+], ids=str)
+def test_the_documented_refusals_of_what_torch_takes(classes, options, error, match):
+    """docs/pytorch.md: `differentiable=True` is refused (the kernels work outside autograd);
+    Adagrad's eps must be > 0 and SGD's dampening in [0, 1]; every hyperparameter a finite real
+    number, not a bool; every flag a bool (foreach and fused None or a bool). torch takes each."""
+    cls, twin = classes
+    twin([nn.Parameter(torch.ones(2))], **options)
+    with pytest.raises(error, match=match):
+        cls([nn.Parameter(torch.ones(2))], **options)
 
 
 # -- against the references: RowWiseAdagrad, PartialRowWiseAdam, Lion ----------------------------

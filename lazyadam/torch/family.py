@@ -71,7 +71,8 @@ class SGD(RuleOptimizer):
                 capturable=capturable)))
 
     def _values(self, group: dict[str, Any], where: str) -> dict[str, float]:
-        return read_values(self.RULE, group, where, {"mu": group["momentum"]})
+        return read_values(self.RULE, group, where, {"mu": group["momentum"]},
+                           {"mu": "momentum"})
 
     def _choices(self, group: dict[str, Any], where: str, values: dict[str, float]) -> tuple:
         nesterov = check.flag(group["nesterov"], where, "nesterov")

@@ -47,6 +47,7 @@ def read_common(group: dict[str, Any], where: str, options: tuple) -> tuple[int,
             not an int.
         ValueError: an unknown state_dtype or rounding, a seed outside [0, 2**64);
             differentiable=True (as torch's optimizers where they do not support it).
+        RuntimeError: fused and foreach both True (torch's error).
     """
     for name in ("use_locking", "capturable", "differentiable"):
         check.flag(group[name], where, name)
@@ -54,6 +55,8 @@ def read_common(group: dict[str, Any], where: str, options: tuple) -> tuple[int,
         if not (group[name] is None or isinstance(group[name], bool)):
             raise TypeError(f"{where}: {name} must be None or a bool, got "
                             f"{type(group[name]).__name__}: {group[name]!r}")
+    if group["fused"] and group["foreach"]:
+        raise RuntimeError(f"{where}: `fused` and `foreach` cannot be `True` together.")
     if group["differentiable"]:
         raise ValueError(f"{where}: differentiable=True is not supported: the kernels update "
                          "parameters in place, outside autograd")
@@ -89,18 +92,21 @@ def hparam_names(rule: Rule) -> tuple[str, ...]:
 
 
 def read_values(rule: Rule, group: dict[str, Any], where: str,
-                given: dict[str, Any] | None = None) -> dict[str, float]:
+                given: dict[str, Any] | None = None,
+                keywords: dict[str, str] | None = None) -> dict[str, float]:
     """The rule's settable hyperparameters (`hparam_names`) from `group`, or from `given` where
     it has them (under the rule's names: `betas` read as beta1 and beta2), each a real number or
-    a one-element tensor in its domain; and loss_scale 1.
+    a one-element tensor in its domain; and loss_scale 1. An error names a hyperparameter by
+    its keyword in `keywords` (SGD's `mu` is torch's `momentum`), else by the rule's name.
 
     Raises:
         TypeError, ValueError: as `runtime.options.number`.
     """
     domains, scaled = _domains(rule)
     given = given or _NONE
+    keywords = keywords or _NONE
     values = {name: check.number(given[name] if name in given else group[name], domain, where,
-                                 name, torch.Tensor)
+                                 keywords.get(name, name), torch.Tensor)
               for name, domain in domains}
     if scaled:
         values["loss_scale"] = 1.0
