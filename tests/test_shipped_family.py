@@ -26,6 +26,7 @@ from click.testing import CliRunner
 
 import product
 from lazyadam.cli import main
+from lazyadam.targets import c, cache
 from test_kernel_reference import assert_matches, rounds
 from test_shipped_c import EINDEX, OK, STRICT, cc, openmp_modes
 
@@ -113,13 +114,23 @@ class Shipped:
 
 
 def build(folder: Path, mode: str) -> Path:
-    out = folder / f"kernels_{mode}.so"
+    """The folder's sources in one shared library, in one compiler call under strict warnings;
+    kept in the kernel cache, keyed by the files written, the compiler and the mode (as
+    tests/test_shipped_c.py keeps its libraries)."""
     flags = ["-fopenmp", "-DLAZYADAM_PARALLEL_MIN=0"] if mode == "openmp" else []
-    cmd = [*cc(), *STRICT, "-O2", "-fPIC", "-shared", *flags,
-           *sorted(map(str, folder.glob("*.c"))), "-o", str(out), "-lm"]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return out
+    sources = sorted(folder.glob("*.c"))
+    written = {path.name: path.read_text() for path in sorted(folder.iterdir()) if path.is_file()}
+    name = f"kernels_{mode}.so"
+
+    def compile_into(entry: Path) -> Path:
+        cmd = [*cc(), *STRICT, "-O2", "-fPIC", "-shared", *flags, *map(str, sources),
+               "-o", str(entry / name), "-lm"]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return entry / name
+    key = cache.make_key({"test": "shipped-family", "mode": mode, "flags": [*STRICT, *flags],
+                          "files": written, **c.identity()})
+    return cache.fetch(key, name, compile_into)
 
 
 @pytest.fixture(scope="module")
