@@ -3,7 +3,7 @@ optimizers over them (`LazyAdam` and the MindSpore-style classes here, `lazyadam
 
 __version__ = "0.1.0"
 
-from .codegen import Source, SpecError, generate, stages  # noqa: E402
+from .codegen import Source, SpecError, UnknownOptionError, generate, stages  # noqa: E402
 from . import rules  # noqa: E402,F401  (registers the rules that ship)
 from .rules.adam import Spec  # noqa: E402
 from .errors import (CompilationError, CompilerNotFoundError, KernelError,  # noqa: E402
@@ -16,6 +16,7 @@ from .runtime.classes import optimizer  # noqa: E402
 
 __all__ = ["LazyAdam", "Parameter", "RowTensor", "Optimizer", "optimizer", "Momentum", "Adagrad",
            "RowWiseAdagrad", "PartialRowWiseAdam", "Lion",
-           "Spec", "SpecError", "Source", "HParams", "generate", "stages", "compile",
+           "Spec", "SpecError", "UnknownOptionError", "Source", "HParams", "generate", "stages",
+           "compile",
            "CompilationError", "CompilerNotFoundError", "KernelError", "TargetUnavailableError",
            "UntrustedCacheWarning", "__version__"]

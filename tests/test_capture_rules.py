@@ -16,7 +16,8 @@ import test_capture
 from lazyadam import Parameter
 from lazyadam.rules import ADAGRAD, SGD
 from lazyadam.schedules import ExponentialDecayLR
-from test_capture import capture, mlp, on_device, set_gradients  # noqa: F401  (the fixtures)
+from test_capture import capture, on_device  # noqa: F401  (the fixtures)
+from test_capture import mlp, set_gradients
 from test_mindspore_family import assert_same_state
 
 torch = pytest.importorskip("torch", reason="the captured steps are PyTorch's stream's")
@@ -103,7 +104,7 @@ TORCH = {
 def test_torch_replays_give_the_eager_steps_bits_for_every_family_class(capture, on_device,
                                                                         name):
     """Each family class of `lazyadam.torch`, captured and replayed, against the same class
-    stepping eagerly without capturable (its hyperparameters carried in the launches), over 4
+    stepping eagerly without capturable (its hyperparameters carried in the launches), over 5
     replays with learning rates and a weight decay set anew before each: parameters and state
     bit for bit. Adagrad's clr and partial-rowwise Adam's bias corrections read each
     parameter's step, which the replays count."""

@@ -134,10 +134,12 @@ def values_of(spec):
 
 
 def call(kernel, state, grad, hp, wrap=lambda a: a):
-    """`kernel(var, <state always kept>, grad, hp, <switched state by name>)` on `state`."""
+    """`kernel(var, <state always kept>, grad, hp, <switched state by name>)` on `state`, each
+    array (a sparse gradient's indices and values too) passed through `wrap`."""
     rule = kernel.spec.RULE
     required = [s.name for s in rule.state if s.when is None]
-    kernel(wrap(state["var"]), *(wrap(state[n]) for n in required), wrap(grad), hp,
+    grad = tuple(map(wrap, grad)) if kernel.spec.sparse else wrap(grad)
+    kernel(wrap(state["var"]), *(wrap(state[n]) for n in required), grad, hp,
            **{n: wrap(a) for n, a in state.items() if n != "var" and n not in required})
 
 

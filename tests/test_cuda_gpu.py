@@ -20,7 +20,7 @@ import product
 from lazyadam.targets.base import hparams_of
 from reference import lazyadam_step
 from runtime_reference import simulate
-from test_cuda_dense_rows import arrays_of
+from test_cuda_dense_rows import arrays_of, call
 
 from tolerance import assert_close
 
@@ -330,15 +330,6 @@ FAMILY_SPECS = [rule.spec(sparse=sparse, dtype=dtype, **FAMILY_OPTIONS[name]).va
                 for sparse, dtype in ((False, "float32"), (True, "float32"), (True, "float64"))]
 
 
-def family_step(kernel, state, grad, hp, put=lambda a: a):
-    """`kernel(var, <state always kept>, grad, hp, <switched state by name>)` on `state`."""
-    rule = kernel.spec.RULE
-    required = [s.name for s in rule.state if s.when is None]
-    kernel(put(state["var"]), *(put(state[n]) for n in required),
-           tuple(map(put, grad)) if kernel.spec.sparse else put(grad), hp,
-           **{n: put(a) for n, a in state.items() if n != "var" and n not in required})
-
-
 @pytest.mark.parametrize("spec", FAMILY_SPECS, ids=lambda s: s.symbol())
 def test_gpu_family_steps_equal_the_c_kernels_bitwise(device, spec, rng):
     """SGD, Adagrad, rowwise Adagrad, partial-rowwise Adam and Lion over three steps, dense (a
@@ -355,9 +346,9 @@ def test_gpu_family_steps_equal_the_c_kernels_bitwise(device, spec, rng):
         else:
             grad = rng.standard_normal((rows, row_size)).astype(spec.dtype)
         hp = hparams_of(spec.RULE).at_step(t, **product.FAMILY_HYPER[spec.RULE.name])
-        family_step(c_kernel, host, grad, hp)
+        call(c_kernel, host, grad, hp)
         gpu_grad = tuple(map(device.put, grad)) if spec.sparse else device.put(grad)
-        family_step(gpu_kernel, gpu, gpu_grad, hp)
+        call(gpu_kernel, gpu, gpu_grad, hp)
     for name, a in host.items():
         np.testing.assert_array_equal(device.get(gpu[name]), a, err_msg=name)
 
@@ -381,7 +372,7 @@ def test_gpu_family_multi_tensor_launches_equal_one_c_call_per_tensor(device, sp
                      **{s.names.get("plural", f"{s.name}s"): each[s.name] for s in rule.state
                         if s.when is not None and s.name in each})
     for state, gpu_state, grad in zip(tensors, on_gpu, grads):
-        family_step(c_kernel, state, grad, hp)
+        call(c_kernel, state, grad, hp)
         for name, a in state.items():
             np.testing.assert_array_equal(device.get(gpu_state[name]), a, err_msg=name)
 

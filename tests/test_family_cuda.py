@@ -31,6 +31,7 @@ from lazyadam.codegen.render_cuda import TENSORS_PER_LAUNCH
 from lazyadam.rules import ADAGRAD, LION, PARTIAL_ROWWISE_ADAM, ROWWISE_ADAGRAD, SGD
 from lazyadam.targets import batch
 from lazyadam.targets.base import hparams_of
+from test_cuda_dense_rows import call
 
 #: A seed with its high bits set: the hash must take all 64 bits of it.
 SEED = 0x9E3779B97F4A7C15
@@ -102,14 +103,6 @@ def hparams(spec, t):
 def required(spec) -> list:
     """The state arrays a call takes by position (the others, switched by a flag, by name)."""
     return [s.name for s in spec.RULE.state if s.when is None]
-
-
-def call(kernel, state, grad, hp, wrap=lambda a: a):
-    """`kernel(var, <required state>, grad, hp, <switched state by name>)` on `state`."""
-    spec = kernel.spec
-    grad = tuple(map(wrap, grad)) if spec.sparse else wrap(grad)
-    kernel(wrap(state["var"]), *(wrap(state[n]) for n in required(spec)), grad, hp,
-           **{n: wrap(a) for n, a in state.items() if n != "var" and n not in required(spec)})
 
 
 def assert_same_bits(ours: dict, theirs: dict, what: str) -> None:

@@ -18,8 +18,7 @@ import pytest
 import cuda_emulation as emulation
 import lazyadam
 import reference_family as ref
-from lazyadam import SpecError
-from lazyadam.codegen.spec import UnknownOptionError
+from lazyadam import SpecError, UnknownOptionError
 from lazyadam.rules import ADAGRAD, ADAM, LION, PARTIAL_ROWWISE_ADAM, ROWWISE_ADAGRAD, SGD
 from lazyadam.targets.base import hparams_of
 

@@ -8,6 +8,7 @@ The classes of a rule defined in a test file: tests/test_rule_generic.py, test_t
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 
 import numpy as np
@@ -31,11 +32,36 @@ def test_every_registered_rule_gets_both_generic_classes_with_one_argument_a_nam
     assert lazyadam.torch.optimizer(rule)([torch.nn.Parameter(torch.ones(2))]).RULE is rule
 
 
-def test_sgds_dampening_is_its_hyperparameter_and_switches_its_option():
+def test_sgds_dampening_is_one_argument_of_both_generic_classes_the_number():
     assert SGD.hparam_options == ("dampening",)
     mindspore = inspect.signature(lazyadam.optimizer(SGD).__init__).parameters
     assert mindspore["dampening"].default == 0.0
     assert mindspore["dampening"].kind is inspect.Parameter.POSITIONAL_OR_KEYWORD
+    assert "dampening=0.0" in lazyadam.torch.optimizer(SGD).__doc__
+
+
+def test_a_numpy_dampening_is_taken_as_a_python_one():
+    """The option derived from a numpy scalar is a bool, as the spec takes it."""
+    table = Parameter(np.ones((3, 2), np.float32), name="table")
+    opt = lazyadam.optimizer(SGD)([table], 0.1, np.float32(0.9), np.float64(0.25),
+                                  momentum=True)
+    opt([RowTensor(np.array([1]), np.ones((1, 2), np.float32), (3, 2))])
+    step = np.float32(1) - np.float32(0.1)  # a row's first step: its buffer is its gradient
+    np.testing.assert_array_equal(table.data, [[1, 1], [step, step], [1, 1]])
+
+
+def test_the_rules_checks_refuse_a_generic_torch_group_at_construction():
+    """Dampening needs momentum (the rule's `check`): refused when the optimizer is made, as
+    torch's SGD refuses its illegal arguments, not at the first step."""
+    with pytest.raises(lazyadam.SpecError, match="Sgd: nesterov and dampening need momentum"):
+        lazyadam.torch.optimizer(SGD)([torch.nn.Parameter(torch.ones(2))], dampening=0.25)
+
+
+def test_a_rule_whose_option_and_hyperparameter_share_a_name_needs_a_flag():
+    with pytest.raises(ValueError, match="option 'dampening' is named as a hyperparameter"):
+        dataclasses.replace(SGD, name="sgd_copy", options=tuple(
+            dataclasses.replace(o, values=("no", "yes"), default="no")
+            if o.name == "dampening" else o for o in SGD.options))
 
 
 @pytest.mark.parametrize("dampening", [0.0, 0.25])

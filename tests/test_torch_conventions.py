@@ -108,7 +108,7 @@ def optimizer(request):
 
 @pytest.fixture(params=OPTIMIZERS[:1], ids=lambda entry: entry.cls.__name__)
 def family(request):
-    """LazyAdam's entry alone, indexable as `(cls, twin, ...)`: tests/test_bad_input.py imports
+    """LazyAdam's entry alone (its class is `family[0]`): tests/test_bad_input.py imports
     this fixture, and its cases name Adam's state (`exp_avg`, `exp_avg_sq`) and expect no state
     before a step (Adagrad makes it at construction, SGD without momentum never)."""
     return request.param

@@ -3,6 +3,7 @@
 from .ir import SUM_CHUNK
 from .pipeline import generate, optimize, stages
 from .render import Source
-from .spec import SpecBase, SpecError
+from .spec import SpecBase, SpecError, UnknownOptionError
 
-__all__ = ["SUM_CHUNK", "SpecBase", "SpecError", "Source", "generate", "optimize", "stages"]
+__all__ = ["SUM_CHUNK", "SpecBase", "SpecError", "Source", "UnknownOptionError", "generate",
+           "optimize", "stages"]

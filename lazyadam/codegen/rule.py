@@ -167,11 +167,18 @@ class Rule:
     readme: str = ""
 
     def __post_init__(self) -> None:
-        """Raises ValueError for a state array named like a template's local (`RESERVED`)."""
+        """Raises ValueError for a state array named like a template's local (`RESERVED`), or an
+        option named as a settable hyperparameter that is not a flag off by default (see
+        `hparam_options`)."""
         clash = sorted(s.name for s in self.state if s.name in RESERVED | {"var", "grad", "g"})
         if clash:
             raise ValueError(f"rule {self.name!r}: state array {clash[0]!r} takes a name the "
                              "templates use; choose another")
+        for option in self.options:
+            if option.name in self.hparam_options and option.values != (False, True):
+                raise ValueError(f"rule {self.name!r}: option {option.name!r} is named as a "
+                                 "hyperparameter, so it must be a flag, off by default, that the "
+                                 "hyperparameter's value switches on; name it otherwise")
 
     @property
     def flags(self) -> tuple[str, ...]:
@@ -199,11 +206,12 @@ class Rule:
         """The C name of the hyperparameter struct."""
         return f"{self.prefix}_hparams"
 
-    @property
+    @functools.cached_property
     def hparam_options(self) -> tuple[str, ...]:
         """The options named as a settable hyperparameter (SGD's `dampening`, which switches on
-        the `(1 - dampening)` factor): a front end takes the hyperparameter alone, and the option
-        is on where its value is not the hyperparameter's default (torch's `dampening > 0`)."""
+        the `(1 - dampening)` factor). Such an option is a flag, off by default (checked when the
+        rule is made), that means "the hyperparameter is not its default": a front end takes the
+        hyperparameter alone and derives the flag from its value (torch's `dampening > 0`)."""
         settable = {h.name for h in self.hparams if h.derived is None}
         return tuple(o.name for o in self.options if o.name in settable)
 

@@ -11,6 +11,7 @@ LazyAdam's (`lazyadam.rules.adam`).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -307,6 +308,7 @@ def spec_class(rule: Rule) -> type:
 
 def _naming_unknown_options(init: Any, rule_name: str, names: list[str]) -> Any:
     """The dataclass's `init`, raising `UnknownOptionError` for a keyword outside `names`."""
+    @functools.wraps(init)
     def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
         try:
             init(self, *args, **kwargs)
@@ -316,7 +318,6 @@ def _naming_unknown_options(init: Any, rule_name: str, names: list[str]) -> Any:
                 raise
             raise UnknownOptionError(f"the {rule_name} rule's specs have no option {unknown[0]!r}; "
                                      f"they take {', '.join(names)}") from None
-    __init__.__doc__, __init__.__wrapped__ = init.__doc__, init
     return __init__
 
 

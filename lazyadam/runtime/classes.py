@@ -81,7 +81,7 @@ def optimizer(rule: Rule, name: str | None = None) -> type[Optimizer]:
             given.get(names.get("weight_decay", "weight_decay"), 0.0),
             hparams={h: given[n] for n, h in hparams.items() if h not in RATES},
             options={**{o: given[n] for o, n in shown.items()},
-                     **{o: given[names.get(o, o)] != rule.hparam(o).default
+                     **{o: bool(given[names.get(o, o)] != rule.hparam(o).default)
                         for o in rule.hparam_options}},
             **{n: given[n] for n, _ in COMMON})
 

@@ -124,7 +124,7 @@ class RuleOptimizer(Graphs, torch.optim.Optimizer):
         seed, flags, capturable = groups.read_common(group, where, choices)
         if flags not in self._valid:
             try:
-                self.RULE.spec(**dict(choices), use_locking=flags.use_locking)
+                self.RULE.spec(**dict(choices), use_locking=flags.use_locking).validate()
             except ValueError as error:
                 raise type(error)(f"{where}: {error}") from None
             self._valid.add(flags)
