@@ -204,7 +204,13 @@ def test_sparse_adagrad_matches_torch_on_uncoalesced_gradients(options):
     ours, theirs = embedding_twins()
     opt = lazyadam.torch.Adagrad(ours.parameters(), **options)
     reference = torch.optim.Adagrad(theirs.parameters(), **options)
-    for step in range(4):
+    step_sparse_twins(ours, theirs, opt, reference, range(4))
+
+
+def step_sparse_twins(ours, theirs, opt, reference, steps):
+    """Both tables take each step's uncoalesced sparse gradient and their optimizer's step, and
+    come out with the same weights."""
+    for step in steps:
         sparse_backward(ours, step)
         sparse_backward(theirs, step)
         opt.step()
@@ -254,13 +260,7 @@ def test_adagrad_states_after_sparse_steps_load_both_ways_with_torch(ours_first)
         first.step()
     then_table.load_state_dict(first_table.state_dict())
     then.load_state_dict(saved(first))
-    for step in range(3, 6):
-        sparse_backward(ours, step)
-        sparse_backward(theirs, step)
-        opt.step()
-        reference.step()
-        assert_close(ours.weight.detach().numpy(), theirs.weight.detach().numpy(), "float64",
-                     f"step {step}")
+    step_sparse_twins(ours, theirs, opt, reference, range(3, 6))
     assert_close(opt.state[ours.weight]["sum"].numpy(),
                  reference.state[theirs.weight]["sum"].numpy(), "float64")
     assert float(opt.state[ours.weight]["step"]) == float(reference.state[theirs.weight]["step"])
