@@ -35,8 +35,8 @@ def optimizer(rule: Rule, name: str | None = None) -> type[Optimizer]:
     but "none", the first by default: a parameter without weight decay takes "none" itself; an
     option named as a hyperparameter, `Rule.hparam_options`, is no argument: it is on where the
     hyperparameter is not its default) and `use_locking`, `state_dtype`, `rounding`, `seed`,
-    `capturable`. Each state array is a
-    property under its MindSpore name, each running power ("power:" hyperparameter) too.
+    `capturable`. Each state array is a property under its MindSpore name, each running power
+    ("power:" hyperparameter) too.
 
     Args:
         rule: any rule, registered or not (a rule defined in a script gets its optimizer).
