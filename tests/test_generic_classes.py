@@ -103,3 +103,40 @@ def test_the_generic_mindspore_sgd_with_dampening_matches_the_reference():
         var, buf, seen = ref.sgd_step(var, buf, seen, values.astype(np.float64), indices=rows,
                                       lr=0.1, momentum=0.9, dampening=0.25)
     np.testing.assert_allclose(table.data, var, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("how", ["switched on", "loaded"])
+def test_the_generic_torch_sgd_goes_on_from_a_buffer_kept_without_seen(how):
+    """A step without dampening, then dampening turned on in the group, or the state saved then
+    (a buffer, no `seen`) loaded into an optimizer made with dampening: a row with a buffer has
+    been stepped (`seen` starts at 1 beside it, the rule's `init_beside`), so its buffer goes on,
+    as in torch's SGD and in `lazyadam.torch.SGD`."""
+    start = torch.linspace(-1.0, 1.0, 12, dtype=torch.float64).reshape(4, 3)
+    ours, named, theirs = (torch.nn.Parameter(start.clone()) for _ in range(3))
+
+    def make(dampening):
+        return (lazyadam.torch.optimizer(SGD)([ours], lr=0.1, mu=0.9, momentum=True,
+                                              dampening=dampening),
+                lazyadam.torch.SGD([named], lr=0.1, momentum=0.9, dampening=dampening),
+                torch.optim.SGD([theirs], lr=0.1, momentum=0.9, dampening=dampening))
+    optimizers = make(0.0)
+    first = torch.arange(12.0, dtype=torch.float64).reshape(4, 3)
+    for p, opt in zip((ours, named, theirs), optimizers):
+        p.grad = first
+        opt.step()
+    if how == "switched on":
+        for opt in optimizers:
+            opt.param_groups[0]["dampening"] = 0.5
+    else:
+        saved = [opt.state_dict() for opt in optimizers]
+        optimizers = make(0.5)
+        for opt, state in zip(optimizers, saved):
+            state["param_groups"][0]["dampening"] = 0.5
+            opt.load_state_dict(state)
+    for step in range(2):
+        for p, opt in zip((ours, named, theirs), optimizers):
+            p.grad = first.flip(0) + step
+            opt.step()
+    assert torch.equal(ours, named)
+    torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-12)
+    assert torch.equal(optimizers[0].state[ours]["seen"], torch.ones(4, dtype=torch.float64))

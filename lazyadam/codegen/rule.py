@@ -105,6 +105,9 @@ class State:
         when: the spec switch (`Spec.flag`) that makes the kernel keep it; None for always.
         names: its name in each front end, by front end ("mindspore", "torch"), and "plural" for
             the lists of it that multi-tensor calls take.
+        init_beside: (another state array, a value): its value before the first step where that
+            array is kept already, as when a switch turns it on after steps without it or a
+            front end loads a state without it (SGD's `seen` is 1 beside a momentum buffer).
     """
     name: str
     per: str = "element"
@@ -112,6 +115,7 @@ class State:
     init: float = 0.0
     when: str | None = None
     names: Mapping[str, str] = field(default_factory=dict)
+    init_beside: tuple[str, float] | None = None
 
 
 @dataclass(frozen=True)

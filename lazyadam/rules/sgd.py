@@ -36,7 +36,7 @@ STATE = (
     State("buf", when="momentum",
           names={"mindspore": "moments", "torch": "momentum_buffer", "plural": "bufs"}),
     State("seen", per="row", dtype="compute", when="dampening",
-          names={"plural": "seens"}),
+          names={"plural": "seens"}, init_beside=("buf", 1.0)),
 )
 
 

@@ -84,10 +84,6 @@ class SGD(RuleOptimizer):
                 ("decay", "l2" if values["weight_decay"] > 0.0 else "none"),
                 ("maximize", check.flag(group["maximize"], where, "maximize")))
 
-    def _inits(self, group: dict[str, Any], state: dict[str, Any]) -> dict[str, float] | None:
-        """A buffer kept without `seen` (torch's state) has seen every row."""
-        return {"seen": 1.0} if state.get("momentum_buffer") is not None else None
-
     def _counted(self, spec: SpecBase) -> bool:
         return spec.rounding == "stochastic"
 

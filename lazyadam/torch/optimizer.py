@@ -92,8 +92,16 @@ class RuleOptimizer(Graphs, torch.optim.Optimizer):
                      for option in rule.options)
 
     def _inits(self, group: dict[str, Any], state: dict[str, Any]) -> dict[str, float] | None:
-        """First values of state arrays, by rule name, where not the rule's (None: the rule's)."""
-        return None
+        """First values of state arrays, by rule name, where not the rule's (None: the rule's):
+        a state array's `init_beside` value where the array it names is in `state` already."""
+        beside = {}
+        for array in self.RULE.state:
+            if array.init_beside is not None:
+                other, value = array.init_beside
+                named = next(s for s in self.RULE.state if s.name == other)
+                if state.get(named.names.get("torch", other)) is not None:
+                    beside[array.name] = value
+        return beside or None
 
     def _counted(self, spec: SpecBase) -> bool:
         """Whether a parameter of `spec` keeps a `step` count in its state."""
