@@ -372,8 +372,9 @@ def describe(rule: Rule) -> str:
     for s in rule.state:
         names = ", ".join(f"{front} {name}" for front, name in s.names.items())
         when = f", when {s.when}" if s.when else ""
-        lines.append(f"    {s.name}: per {s.per}, dtype {s.dtype}, starts at {s.init:g}{when}"
-                     + (f" ({names})" if names else ""))
+        beside = (f" ({s.init_beside[1]:g} beside {s.init_beside[0]})" if s.init_beside else "")
+        lines.append(f"    {s.name}: per {s.per}, dtype {s.dtype}, starts at {s.init:g}{beside}"
+                     f"{when}" + (f" ({names})" if names else ""))
     return "\n".join(lines)
 
 

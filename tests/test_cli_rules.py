@@ -41,6 +41,8 @@ def test_rules_lists_each_rule_with_its_options_hyperparameters_and_state(run):
     assert "    lr: default 0.001, in [0.0, inf); runtime only" in lines
     assert ("    vmax: per element, dtype state, starts at 0, when amsgrad (mindspore vmax, "
             "torch max_exp_avg_sq, plural vmaxes)") in lines
+    assert ("    seen: per row, dtype compute, starts at 0 (1 beside buf), when dampening "
+            "(plural seens)") in lines
 
 
 def test_rules_takes_a_rule_by_module_and_attribute(run):
