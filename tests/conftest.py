@@ -153,7 +153,6 @@ def quick_results(monkeypatch):
     return results
 
 
-
 @pytest.fixture
 def emulated_cuda(monkeypatch, emulated_variants):
     """`targets.compile(spec, "cuda")`, the optimizers' way to their kernels, gives the emulated
